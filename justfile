@@ -1,0 +1,54 @@
+# tower-trio's tasks. Every recipe sets up the project's virtualenv itself.
+
+set shell := ["bash", "-euo", "pipefail", "-c"]
+
+python := env_var_or_default("PYTHON", "python3")
+venv := justfile_directory() / ".venv"
+bin := venv / "bin"
+
+# List the recipes.
+default:
+    @just --list
+
+# Run the tower (HTTP API, watcher plugins, publisher) until Ctrl-C.
+run: _venv
+    PLUGIN_EXAMPLE_PATH="${PLUGIN_EXAMPLE_PATH:-var/example-inbox.txt}" {{bin}}/tower-trio run
+
+# Lint, then run the whole test suite against the local RabbitMQ.
+test *args: lint
+    {{bin}}/coverage run -m pytest {{args}}
+    {{bin}}/coverage report --fail-under=85
+
+# ruff (lint and format check) and mypy --strict.
+lint: _venv
+    {{bin}}/ruff check .
+    {{bin}}/ruff format --check .
+    {{bin}}/mypy
+
+# Format the code and apply ruff's safe fixes.
+fmt: _venv
+    {{bin}}/ruff format .
+    {{bin}}/ruff check --fix .
+
+# Measure throughput against peers in one run; writes docs/benchmarks.md.
+bench: (_venv "bench")
+    {{bin}}/python -m bench
+
+# Scaffold a new watcher plugin in plugins/NAME.
+new-plugin name: _venv
+    {{bin}}/python -m tower_trio._scaffold {{name}}
+
+# Create or refresh the virtualenv when pyproject.toml changes.
+_venv *groups:
+    #!/usr/bin/env bash
+    set -euo pipefail
+    stamp="{{venv}}/.installed{{ if groups == "" { "" } else { "-" + groups } }}"
+    if [[ -f "$stamp" && "$stamp" -nt pyproject.toml ]]; then exit 0; fi
+    if [[ ! -x "{{bin}}/python" ]]; then
+        {{python}} -c 'import sys; assert sys.version_info >= (3, 11), "tower-trio needs Python >= 3.11; set PYTHON=python3.11"'
+        {{python}} -m venv "{{venv}}"
+    fi
+    "{{bin}}/python" -m pip install --quiet --upgrade "pip>=25.1"
+    groups="--group test --group lint{{ if groups == "" { "" } else { " --group " + groups } }}"
+    "{{bin}}/python" -m pip install --quiet --editable . $groups
+    touch "$stamp"

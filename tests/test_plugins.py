@@ -1,0 +1,314 @@
+"""Plugin discovery, configuration from the environment, and supervision."""
+
+from __future__ import annotations
+
+import itertools
+import textwrap
+from pathlib import Path
+
+import pytest
+import trio
+import trio.testing
+
+from tower_trio import PluginError, Trigger
+from tower_trio._backoff import Backoff
+from tower_trio._channel import Submission
+from tower_trio._plugins import (
+    PluginState,
+    PluginStatus,
+    discover_plugins,
+    select_plugins,
+    serve_plugin,
+)
+
+REPO = Path(__file__).parent.parent
+
+
+def write_plugin(root: Path, name: str, source: str) -> Path:
+    folder = root / name
+    folder.mkdir(parents=True)
+    path = folder / "watcher.py"
+    path.write_text(textwrap.dedent(source))
+    return path
+
+
+SIMPLE = """
+    async def run(send_channel):
+        pass
+"""
+
+CONFIGURED = """
+    from pathlib import Path
+    import attrs
+
+    @attrs.frozen
+    class Config:
+        path: Path
+        interval: float = 1.0
+        enabled: bool = True
+        tags: list[str] = attrs.Factory(list)
+
+    async def run(send_channel, config):
+        pass
+"""
+
+
+class TestDiscovery:
+    def test_finds_each_folder_with_a_watcher(self, tmp_path: Path) -> None:
+        """Every sub-folder holding a watcher.py is a plugin named after the folder."""
+        write_plugin(tmp_path, "alpha", SIMPLE)
+        write_plugin(tmp_path, "beta", CONFIGURED)
+        (tmp_path / "not_a_plugin").mkdir()
+
+        found = discover_plugins(tmp_path, entry_points=False)
+
+        assert sorted(found) == ["alpha", "beta"]
+        assert not found["alpha"].wants_config
+        assert found["beta"].wants_config
+        assert found["beta"].config_variables() == {
+            "path": "PLUGIN_BETA_PATH",
+            "interval": "PLUGIN_BETA_INTERVAL",
+            "enabled": "PLUGIN_BETA_ENABLED",
+            "tags": "PLUGIN_BETA_TAGS",
+        }
+
+    def test_missing_folder_means_no_plugins(self, tmp_path: Path) -> None:
+        """A plugins folder that does not exist is not an error: there are no plugins."""
+        assert discover_plugins(tmp_path / "absent", entry_points=False) == {}
+
+    def test_bundled_example_is_discovered(self) -> None:
+        """The example plugin shipped in plugins/ is found and asks for its config."""
+        found = discover_plugins(REPO / "plugins", entry_points=False)
+        assert found["example"].wants_config
+
+    def test_import_error_names_the_file(self, tmp_path: Path) -> None:
+        """A plugin that fails to import stops discovery with its file in the message."""
+        path = write_plugin(tmp_path, "broken", "import no_such_module_anywhere\n")
+        with pytest.raises(PluginError, match="cannot import plugin 'broken'") as info:
+            discover_plugins(tmp_path, entry_points=False)
+        assert str(path) in str(info.value)
+        assert "no_such_module_anywhere" in str(info.value)
+
+    @pytest.mark.parametrize(
+        ("source", "message"),
+        [
+            pytest.param(
+                "def run(send_channel):\n    pass\n", "must define 'async def run", id="sync"
+            ),
+            pytest.param("x = 1\n", "must define 'async def run", id="no-run"),
+            pytest.param(
+                "async def run(channel):\n    pass\n", "run\\(\\) takes channel", id="wrong-name"
+            ),
+            pytest.param(
+                "async def run(send_channel, other):\n    pass\n",
+                "may take config",
+                id="extra-parameter",
+            ),
+            pytest.param(
+                "async def run(send_channel, config):\n    pass\n",
+                "defines no Config class",
+                id="config-without-class",
+            ),
+        ],
+    )
+    def test_wrong_signature_is_a_clear_error(
+        self, tmp_path: Path, source: str, message: str
+    ) -> None:
+        """A run() the loader cannot call is refused at start-up, saying what it must look like."""
+        write_plugin(tmp_path, "odd", source)
+        with pytest.raises(PluginError, match=message):
+            discover_plugins(tmp_path, entry_points=False)
+
+
+class TestConfiguration:
+    @pytest.fixture
+    def discovered(self, tmp_path: Path) -> dict[str, object]:
+        write_plugin(tmp_path, "simple", SIMPLE)
+        write_plugin(tmp_path, "configured", CONFIGURED)
+        return discover_plugins(tmp_path, entry_points=False)  # type: ignore[return-value]
+
+    def test_config_is_built_from_plugin_variables(self, discovered: dict) -> None:  # type: ignore[type-arg]
+        """PLUGIN_<NAME>_<FIELD> variables are parsed into the declared field types."""
+        environ = {
+            "PLUGIN_CONFIGURED_PATH": "/srv/inbox",
+            "PLUGIN_CONFIGURED_INTERVAL": "2.5",
+            "PLUGIN_CONFIGURED_ENABLED": "false",
+            "PLUGIN_CONFIGURED_TAGS": "a, b",
+        }
+        selected, skipped = select_plugins(discovered, ("configured",), environ)
+        assert skipped == []
+        config = selected[0].config
+        assert config.path == Path("/srv/inbox")
+        assert config.interval == 2.5
+        assert config.enabled is False
+        assert config.tags == ["a", "b"]
+
+    def test_unnamed_plugin_with_missing_config_is_skipped(self, discovered: dict) -> None:  # type: ignore[type-arg]
+        """Without TOWER_PLUGINS, a plugin missing a variable is skipped, naming it."""
+        selected, skipped = select_plugins(discovered, None, {})
+        assert [p.name for p in selected] == ["simple"]
+        assert [s.name for s in skipped] == ["configured"]
+        assert "PLUGIN_CONFIGURED_PATH is not set" in skipped[0].reason
+
+    def test_named_plugin_with_missing_config_stops_start_up(self, discovered: dict) -> None:  # type: ignore[type-arg]
+        """A plugin named in TOWER_PLUGINS must be fully configured."""
+        with pytest.raises(PluginError, match="PLUGIN_CONFIGURED_PATH is not set"):
+            select_plugins(discovered, ("configured",), {})
+
+    @pytest.mark.parametrize(
+        ("variable", "value", "message"),
+        [
+            ("PLUGIN_CONFIGURED_INTERVAL", "soon", "must be a number"),
+            ("PLUGIN_CONFIGURED_ENABLED", "perhaps", "must be true or false"),
+        ],
+    )
+    def test_invalid_value_names_the_variable(
+        self,
+        discovered: dict,  # type: ignore[type-arg]
+        variable: str,
+        value: str,
+        message: str,
+    ) -> None:
+        """An invalid value stops start-up even for an unnamed plugin, naming the variable."""
+        environ = {"PLUGIN_CONFIGURED_PATH": "/x", variable: value}
+        with pytest.raises(PluginError, match=f"{variable}='{value}' is invalid: {message}"):
+            select_plugins(discovered, None, environ)
+
+    def test_unknown_plugin_name_lists_the_available_ones(self, discovered: dict) -> None:  # type: ignore[type-arg]
+        """Naming a plugin that does not exist says which ones do."""
+        with pytest.raises(PluginError, match=r"names nope.*available: configured, simple"):
+            select_plugins(discovered, ("nope",), {})
+
+
+def _trigger(n: int = 1) -> Trigger:
+    return Trigger(api_version="OT-2/v1alpha1", protocol="PlateTransfer", spec={"n": n})
+
+
+class TestSupervision:
+    async def test_crashing_plugin_is_restarted_with_backoff(
+        self, tmp_path: Path, autojump_clock: trio.testing.MockClock
+    ) -> None:
+        """A plugin that raises is restarted after a growing delay and keeps its counters."""
+        write_plugin(
+            tmp_path,
+            "flaky",
+            """
+            import trio
+            from tower_trio import Trigger
+            starts = []
+
+            async def run(send_channel):
+                starts.append(trio.current_time())
+                await send_channel.send(
+                    Trigger(api_version="OT-2/v1alpha1", protocol="P", spec={"run": len(starts)})
+                )
+                if len(starts) < 4:
+                    raise RuntimeError("source went away")
+            """,
+        )
+        (plugin,), _ = select_plugins(discover_plugins(tmp_path, entry_points=False), None, {})
+        send, receive = trio.open_memory_channel[Submission](10)
+        status = PluginStatus("flaky")
+        backoff = Backoff(initial=1.0, cap=60.0, jitter=0.0)
+        async with receive:
+            await serve_plugin(plugin, send, status, backoff=backoff)
+            received = [receive.receive_nowait() for _ in range(4)]
+
+        module = plugin.plugin.run.__globals__
+        starts = module["starts"]
+        gaps = [later - earlier for earlier, later in itertools.pairwise(starts)]
+        assert gaps == pytest.approx([1.0, 2.0, 4.0])
+        assert status.state is PluginState.FINISHED
+        assert status.restarts == 3
+        assert status.triggers_sent == 4
+        assert status.last_error == "RuntimeError: source went away"
+        assert [s.trigger.spec for s in received] == [{"run": n} for n in (1, 2, 3, 4)]
+        assert {s.trigger.metadata.source for s in received} == {"flaky"}
+
+    async def test_one_crashing_plugin_leaves_the_others_alone(
+        self, tmp_path: Path, autojump_clock: trio.testing.MockClock
+    ) -> None:
+        """While one plugin crash-loops, a healthy one keeps sending on schedule."""
+        write_plugin(
+            tmp_path,
+            "crasher",
+            """
+            async def run(send_channel):
+                raise ValueError("always")
+            """,
+        )
+        write_plugin(
+            tmp_path,
+            "steady",
+            """
+            import trio
+            from tower_trio import Trigger
+
+            async def run(send_channel):
+                for n in range(10):
+                    await trio.sleep(10)
+                    await send_channel.send(
+                        Trigger(api_version="OT-2/v1alpha1", protocol="Tick", spec={"n": n})
+                    )
+            """,
+        )
+        plugins, _ = select_plugins(discover_plugins(tmp_path, entry_points=False), None, {})
+        send, receive = trio.open_memory_channel[Submission](100)
+        statuses = {p.name: PluginStatus(p.name) for p in plugins}
+        async with trio.open_nursery() as nursery, send:
+            for plugin in plugins:
+                await nursery.start(serve_plugin, plugin, send.clone(), statuses[plugin.name])
+            ticks = []
+            for _ in range(10):
+                submission = await receive.receive()
+                ticks.append((submission.trigger.spec["n"], trio.current_time()))
+            while statuses["steady"].state is not PluginState.FINISHED:
+                await trio.testing.wait_all_tasks_blocked()
+            nursery.cancel_scope.cancel()
+        assert [n for n, _ in ticks] == list(range(10))
+        assert [t for _, t in ticks] == pytest.approx([10.0 * (n + 1) for n in range(10)])
+        assert statuses["crasher"].restarts >= 3
+        assert statuses["steady"].state is PluginState.FINISHED
+
+    async def test_cancellation_is_not_mistaken_for_a_crash(self, tmp_path: Path) -> None:
+        """Cancelling a running plugin stops it without a restart or an error recorded."""
+        write_plugin(
+            tmp_path,
+            "sleeper",
+            """
+            import trio
+
+            async def run(send_channel):
+                await trio.sleep_forever()
+            """,
+        )
+        (plugin,), _ = select_plugins(discover_plugins(tmp_path, entry_points=False), None, {})
+        send, receive = trio.open_memory_channel[Submission](1)
+        status = PluginStatus("sleeper")
+        async with trio.open_nursery() as nursery:
+            await nursery.start(serve_plugin, plugin, send, status)
+            nursery.cancel_scope.cancel()
+        assert status.restarts == 0
+        assert status.last_error is None
+        with pytest.raises(trio.EndOfChannel):
+            receive.receive_nowait()
+
+    async def test_sending_something_else_than_a_trigger_is_a_crash(self, tmp_path: Path) -> None:
+        """A plugin that sends a dict gets a TypeError telling it to build a Trigger."""
+        write_plugin(
+            tmp_path,
+            "sloppy",
+            """
+            async def run(send_channel):
+                await send_channel.send({"apiVersion": "OT-2/v1"})
+            """,
+        )
+        (plugin,), _ = select_plugins(discover_plugins(tmp_path, entry_points=False), None, {})
+        send, _receive = trio.open_memory_channel[Submission](1)
+        status = PluginStatus("sloppy")
+        async with trio.open_nursery() as nursery:
+            await nursery.start(serve_plugin, plugin, send, status)
+            while status.last_error is None:
+                await trio.testing.wait_all_tasks_blocked()
+            nursery.cancel_scope.cancel()
+        assert "send tower_trio.Trigger objects, not dict" in status.last_error

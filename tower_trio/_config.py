@@ -1,0 +1,185 @@
+"""Settings, read once from an explicit environment mapping.
+
+Each setting is one ``TOWER_*`` variable; ``Settings.from_environ`` parses
+them all and raises a ``ConfigError`` naming the first bad variable. Tests
+pass a plain dict instead of patching the process environment.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import attrs
+
+from ._errors import ConfigError
+
+if TYPE_CHECKING:
+    from collections.abc import Callable, Mapping
+
+__all__ = ["Settings", "setting_docs"]
+
+_LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR")
+_DEFAULT_PLUGINS_DIR = Path("plugins")
+
+
+def _text(raw: str) -> str:
+    if not raw.strip():
+        raise ValueError("must not be empty")
+    return raw.strip()
+
+
+def _port(raw: str) -> int:
+    port = int(raw)
+    if not 0 <= port <= 65535:
+        raise ValueError("must be a TCP port between 0 and 65535")
+    return port
+
+
+def _positive_int(raw: str) -> int:
+    value = int(raw)
+    if value < 1:
+        raise ValueError("must be a positive integer")
+    return value
+
+
+def _seconds(raw: str) -> float:
+    value = float(raw)
+    if not (value > 0 and math.isfinite(value)):
+        raise ValueError("must be a positive number of seconds")
+    return value
+
+
+def _path(raw: str) -> Path:
+    return Path(_text(raw))
+
+
+def _names(raw: str) -> tuple[str, ...] | None:
+    names = tuple(name.strip() for name in raw.split(",") if name.strip())
+    return names or None
+
+
+def _log_level(raw: str) -> str:
+    level = raw.strip().upper()
+    if level not in _LOG_LEVELS:
+        raise ValueError(f"must be one of {', '.join(_LOG_LEVELS)}")
+    return level
+
+
+def _setting(
+    variable: str, default: Any, parse: Callable[[str], Any], doc: str, *, shown: str = ""
+) -> Any:
+    return attrs.field(
+        default=default,
+        metadata={"variable": variable, "parse": parse, "doc": doc, "shown": shown},
+    )
+
+
+@attrs.frozen
+class Settings:
+    """Everything tower-trio can be told, with its default."""
+
+    amqp_url: str = _setting(
+        "TOWER_AMQP_URL",
+        "amqp://guest:guest@localhost:5672/%2F",
+        _text,
+        "Broker to publish to: `amqp://user:password@host:port/vhost` (vhost `%2F` is `/`).",
+    )
+    exchange: str = _setting(
+        "TOWER_EXCHANGE",
+        "tower.triggers",
+        _text,
+        "Durable topic exchange the triggers are published to, declared at start-up.",
+    )
+    http_host: str = _setting(
+        "TOWER_HTTP_HOST", "127.0.0.1", _text, "Address the HTTP API listens on."
+    )
+    http_port: int = _setting(
+        "TOWER_HTTP_PORT", 8000, _port, "Port the HTTP API listens on (0 picks a free one)."
+    )
+    max_body_bytes: int = _setting(
+        "TOWER_MAX_BODY_BYTES",
+        1024 * 1024,
+        _positive_int,
+        "Largest request body accepted by `POST /triggers`; larger ones get 413.",
+    )
+    publish_timeout: float = _setting(
+        "TOWER_PUBLISH_TIMEOUT",
+        10.0,
+        _seconds,
+        "How long `POST /triggers` waits for the broker's confirm before answering 503.",
+    )
+    shutdown_grace: float = _setting(
+        "TOWER_SHUTDOWN_GRACE",
+        10.0,
+        _seconds,
+        "On SIGTERM/SIGINT, how long the publisher may keep publishing what is queued.",
+    )
+    plugins_dir: Path = _setting(
+        "TOWER_PLUGINS_DIR",
+        _DEFAULT_PLUGINS_DIR,
+        _path,
+        "Folder holding watcher plugins, one sub-folder with a `watcher.py` each.",
+    )
+    plugins: tuple[str, ...] | None = _setting(
+        "TOWER_PLUGINS",
+        None,
+        _names,
+        "Comma-separated plugins to run; unset runs every discovered plugin whose "
+        "configuration is complete.",
+        shown="(all with complete configuration)",
+    )
+    channel_size: int = _setting(
+        "TOWER_CHANNEL_SIZE",
+        512,
+        _positive_int,
+        "Triggers that may wait between the sources and the publisher; when it is "
+        "full, sources wait (back-pressure).",
+    )
+    confirm_window: int = _setting(
+        "TOWER_CONFIRM_WINDOW",
+        256,
+        _positive_int,
+        "Messages published but not yet confirmed by the broker, at most.",
+    )
+    max_attempts: int = _setting(
+        "TOWER_MAX_ATTEMPTS",
+        5,
+        _positive_int,
+        "Publish attempts for a trigger the broker refuses (Basic.Nack) before it is "
+        "given up as failed.",
+    )
+    log_level: str = _setting(
+        "TOWER_LOG_LEVEL", "INFO", _log_level, "One of DEBUG, INFO, WARNING, ERROR."
+    )
+
+    @classmethod
+    def from_environ(cls, environ: Mapping[str, str] | None = None) -> Settings:
+        """Settings from ``environ`` (default: the process environment)."""
+        if environ is None:
+            environ = os.environ
+        values = {}
+        for field in attrs.fields(cls):
+            variable = field.metadata["variable"]
+            raw = environ.get(variable)
+            if raw is None:
+                continue
+            try:
+                values[field.name] = field.metadata["parse"](raw)
+            except ValueError as err:
+                reason = (
+                    str(err) if not str(err).startswith("invalid literal") else "is not a number"
+                )
+                raise ConfigError(f"{variable}={raw!r} is invalid: {reason}") from err
+        return cls(**values)
+
+
+def setting_docs() -> list[tuple[str, str, str]]:
+    """(variable, default, description) for every setting, in declaration order."""
+    rows = []
+    for field in attrs.fields(Settings):
+        shown = field.metadata["shown"] or f"`{field.default}`"
+        rows.append((field.metadata["variable"], shown, field.metadata["doc"]))
+    return rows

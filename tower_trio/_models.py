@@ -1,0 +1,215 @@
+"""Protocol triggers: the one message tower-trio exists to deliver.
+
+A trigger is validated whenever it is built, from Python or from the wire,
+and every problem is reported at once with the wire name of its field, so
+that an HTTP client or a plugin author can fix a trigger in one go.
+"""
+
+from __future__ import annotations
+
+import re
+import uuid
+from collections.abc import Mapping, Sequence
+from datetime import UTC, datetime
+from typing import Any, TypeAlias
+
+import attrs
+
+from ._errors import TowerError
+
+__all__ = [
+    "FieldError",
+    "InvalidTriggerError",
+    "JSONObject",
+    "Metadata",
+    "Plate",
+    "Trigger",
+]
+
+JSONObject: TypeAlias = dict[str, Any]
+
+MAX_PROTOCOL_LENGTH = 128
+MAX_API_VERSION_LENGTH = 255  # an AMQP routing key is a short string: 255 bytes at most
+
+_API_VERSION = re.compile(r"[A-Za-z0-9-]+/v[1-9][0-9]*[a-z0-9]*(?:/[A-Za-z0-9_-]+)?")
+_PROTOCOL = re.compile(r"[A-Za-z][A-Za-z0-9_]*")
+
+
+@attrs.frozen
+class FieldError:
+    """One problem with one field, named as on the wire (``plate.rows``, ``spec[3]``)."""
+
+    field: str
+    message: str
+
+
+class InvalidTriggerError(TowerError, ValueError):
+    """A trigger broke one or more rules; ``errors`` lists every one of them."""
+
+    def __init__(self, errors: Sequence[FieldError]) -> None:
+        self.errors = tuple(errors)
+        super().__init__(
+            "invalid trigger: " + "; ".join(f"{e.field}: {e.message}" for e in self.errors)
+        )
+
+
+@attrs.frozen
+class Plate:
+    """The shape of a well plate; a plate trigger carries one spec per well."""
+
+    rows: int
+    columns: int
+
+    def __attrs_post_init__(self) -> None:
+        if errors := check_plate(self.rows, self.columns):
+            raise InvalidTriggerError(errors)
+
+    @property
+    def wells(self) -> int:
+        return self.rows * self.columns
+
+
+@attrs.frozen
+class Metadata:
+    """Where a trigger came from (set by the tower) and the caller's own notes."""
+
+    source: str = ""
+    spec: JSONObject = attrs.field(factory=dict)
+
+
+def _new_uuid() -> str:
+    return uuid.uuid4().hex
+
+
+def _utc_now() -> datetime:
+    return datetime.now(UTC)
+
+
+@attrs.frozen
+class Trigger:
+    """An instruction for a device service: run ``protocol`` with ``spec``.
+
+    >>> Trigger(api_version="OT-2/v1alpha1", protocol="PlateTransfer", spec={"volume": 100})
+    ... # doctest: +ELLIPSIS
+    Trigger(api_version='OT-2/v1alpha1', protocol='PlateTransfer', ...)
+
+    ``uuid`` and ``created_at`` are assigned here; ``metadata.source`` is set
+    by the tower when the trigger enters it (``"http"`` or a plugin's name).
+    """
+
+    api_version: str
+    protocol: str
+    spec: JSONObject | list[JSONObject]
+    plate: Plate | None = None
+    metadata: Metadata = attrs.field(factory=Metadata)
+    uuid: str = attrs.field(factory=_new_uuid)
+    created_at: datetime = attrs.field(factory=_utc_now)
+
+    def __attrs_post_init__(self) -> None:
+        if errors := check_trigger(self):
+            raise InvalidTriggerError(errors)
+
+    @property
+    def routing_key(self) -> str:
+        """The AMQP routing key: the apiVersion, exactly."""
+        return self.api_version
+
+    def with_source(self, source: str) -> Trigger:
+        """This trigger as it enters the tower through ``source``."""
+        if self.metadata.source == source:
+            return self
+        return attrs.evolve(self, metadata=attrs.evolve(self.metadata, source=source))
+
+
+def check_plate(rows: object, columns: object, prefix: str = "plate.") -> list[FieldError]:
+    errors = []
+    for name, value in (("rows", rows), ("columns", columns)):
+        if type(value) is not int or value < 1:
+            errors.append(FieldError(prefix + name, "must be a positive integer"))
+    return errors
+
+
+def check_api_version(value: object) -> str | None:
+    """Why ``value`` is not a valid apiVersion, or None if it is one."""
+    if not isinstance(value, str):
+        return "must be a string like 'OT-2/v1alpha1'"
+    if len(value) > MAX_API_VERSION_LENGTH or not _API_VERSION.fullmatch(value):
+        return (
+            "must be '<api>/<version>[/<device>]' like 'OT-2/v1alpha1' or "
+            "'TecanSpark/v1alpha1/Spark2' (api: letters, digits, '-'; version: 'v', "
+            "a positive integer and an optional lowercase suffix; device: letters, "
+            "digits, '-', '_')"
+        )
+    return None
+
+
+def check_protocol(value: object) -> str | None:
+    """Why ``value`` is not a valid protocol name, or None if it is one."""
+    if not isinstance(value, str):
+        return "must be a string naming the protocol, like 'PlateTransfer'"
+    if len(value) > MAX_PROTOCOL_LENGTH:
+        return f"must be at most {MAX_PROTOCOL_LENGTH} characters"
+    if not _PROTOCOL.fullmatch(value):
+        return "must start with a letter and contain only letters, digits and '_'"
+    return None
+
+
+def check_spec(spec: object, plate: Plate | None) -> list[FieldError]:
+    if plate is None:
+        if isinstance(spec, list):
+            return [FieldError("plate", "is required when spec is a list of wells")]
+        if not isinstance(spec, Mapping):
+            return [FieldError("spec", "must be a JSON object of protocol parameters")]
+        if not spec:
+            return [FieldError("spec", "must not be empty")]
+        return []
+    if not isinstance(spec, list):
+        return [FieldError("spec", "must be a list of well objects when plate is given")]
+    errors = [
+        FieldError(f"spec[{index}]", "must be a JSON object")
+        for index, well in enumerate(spec)
+        if not isinstance(well, Mapping)
+    ]
+    if len(spec) != plate.wells:
+        errors.append(
+            FieldError(
+                "spec",
+                f"must hold exactly {plate.wells} wells for a {plate.rows}x{plate.columns} "
+                f"plate (one per well, column-first from A1), got {len(spec)}",
+            )
+        )
+    return errors
+
+
+def check_metadata(metadata: object) -> list[FieldError]:
+    if not isinstance(metadata, Metadata):
+        return [FieldError("metadata", "must be a Metadata object")]
+    errors = []
+    if not isinstance(metadata.source, str):
+        errors.append(FieldError("metadata.source", "must be a string"))
+    if not isinstance(metadata.spec, Mapping):
+        errors.append(FieldError("metadata.spec", "must be a JSON object"))
+    return errors
+
+
+def check_trigger(trigger: Trigger) -> list[FieldError]:
+    """Every rule a trigger breaks; empty when it is valid."""
+    errors = []
+    if problem := check_api_version(trigger.api_version):
+        errors.append(FieldError("apiVersion", problem))
+    if problem := check_protocol(trigger.protocol):
+        errors.append(FieldError("protocol", problem))
+    if trigger.plate is not None and not isinstance(trigger.plate, Plate):
+        errors.append(FieldError("plate", "must be a Plate with rows and columns"))
+    else:
+        errors.extend(check_spec(trigger.spec, trigger.plate))
+    errors.extend(check_metadata(trigger.metadata))
+    if not (isinstance(trigger.uuid, str) and len(trigger.uuid) == 32 and _is_hex(trigger.uuid)):
+        errors.append(FieldError("uuid", "must be 32 lowercase hex characters"))
+    if not isinstance(trigger.created_at, datetime) or trigger.created_at.tzinfo is None:
+        errors.append(FieldError("createdAt", "must be a timezone-aware datetime"))
+    return errors
+
+
+def _is_hex(value: str) -> bool:
+    return all(c in "0123456789abcdef" for c in value)

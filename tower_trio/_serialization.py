@@ -1,0 +1,248 @@
+"""The wire format: one private cattrs converter, camelCase JSON on the wire.
+
+Structuring happens only at the edges (HTTP bodies, AMQP bodies, plugin
+configuration from the environment). Incoming triggers are checked by hand
+rather than by cattrs' coercions, because cattrs would quietly turn ``"3"``
+into ``3`` and stop at the first bad field; a lab engineer should see every
+problem of a trigger at once, each under its wire name.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping
+from datetime import UTC, datetime
+from typing import TYPE_CHECKING, Any
+
+from cattrs.gen import make_dict_unstructure_fn, override
+from cattrs.preconf.json import make_converter
+
+from ._models import (
+    FieldError,
+    InvalidTriggerError,
+    JSONObject,
+    Metadata,
+    Plate,
+    Trigger,
+    check_plate,
+)
+
+if TYPE_CHECKING:
+    import cattrs
+
+__all__ = [
+    "dump_trigger",
+    "dumps",
+    "format_datetime",
+    "load_trigger",
+    "parse_datetime",
+    "structure_env_value",
+    "trigger_from_wire",
+    "trigger_to_wire",
+]
+
+_SUBMITTED_FIELDS = frozenset({"apiVersion", "protocol", "spec", "plate", "metadata"})
+_ASSIGNED_FIELDS = frozenset({"uuid", "createdAt"})
+_METADATA_FIELDS = frozenset({"source", "spec"})
+_PLATE_FIELDS = frozenset({"rows", "columns"})
+_REQUIRED = ("apiVersion", "protocol", "spec")
+
+
+def format_datetime(value: datetime) -> str:
+    """RFC 3339 in UTC with a ``Z``, as every timestamp on the wire."""
+    return value.astimezone(UTC).isoformat().replace("+00:00", "Z")
+
+
+def parse_datetime(value: str) -> datetime:
+    parsed = datetime.fromisoformat(value)
+    if parsed.tzinfo is None:
+        raise ValueError("needs a timezone, like '2026-01-31T12:00:00Z'")
+    return parsed
+
+
+def _make_converter() -> cattrs.Converter:
+    converter = make_converter()
+    converter.register_unstructure_hook(datetime, format_datetime)
+    converter.register_unstructure_hook(
+        Trigger,
+        make_dict_unstructure_fn(
+            Trigger,
+            converter,
+            api_version=override(rename="apiVersion"),
+            created_at=override(rename="createdAt"),
+            plate=override(omit_if_default=True),
+        ),
+    )
+    return converter
+
+
+_converter = _make_converter()
+_encoder = json.JSONEncoder(ensure_ascii=False, separators=(",", ":"))
+
+
+_TRUE = frozenset({"1", "true", "yes", "on"})
+_FALSE = frozenset({"0", "false", "no", "off"})
+
+
+def _env_bool(raw: str, _: type) -> bool:
+    lowered = raw.strip().lower()
+    if lowered in _TRUE:
+        return True
+    if lowered in _FALSE:
+        return False
+    raise ValueError("must be true or false")
+
+
+def _env_number(raw: str, kind: type) -> Any:
+    try:
+        return kind(raw.strip())
+    except ValueError:
+        raise ValueError(f"must be {'an integer' if kind is int else 'a number'}") from None
+
+
+def _env_sequence(raw: str, kind: Any) -> Any:
+    (item,) = getattr(kind, "__args__", (str,))[:1] or (str,)
+    items = [
+        _env_converter.structure(part.strip(), item) for part in raw.split(",") if part.strip()
+    ]
+    return tuple(items) if getattr(kind, "__origin__", None) is tuple else items
+
+
+def _make_env_converter() -> cattrs.Converter:
+    # Environment variables are strings: "false" must not become True, and a
+    # list is written "a,b,c". Everything else is cattrs' usual structuring.
+    converter = _converter.copy()
+    converter.register_structure_hook(bool, _env_bool)
+    converter.register_structure_hook(int, _env_number)
+    converter.register_structure_hook(float, _env_number)
+    converter.register_structure_hook_func(
+        lambda kind: getattr(kind, "__origin__", None) in (list, tuple), _env_sequence
+    )
+    return converter
+
+
+_env_converter = _make_env_converter()
+
+
+def structure_env_value(raw: str, kind: Any) -> Any:
+    """An environment variable's text as a value of the declared type."""
+    return _env_converter.structure(raw, kind)
+
+
+def trigger_to_wire(trigger: Trigger) -> JSONObject:
+    """The trigger as a JSON-ready dict, camelCase keys."""
+    wire: JSONObject = _converter.unstructure(trigger, Trigger)
+    return wire
+
+
+def dumps(value: Any) -> bytes:
+    """Compact UTF-8 JSON."""
+    return _encoder.encode(value).encode()
+
+
+def dump_trigger(trigger: Trigger) -> bytes:
+    """The trigger's JSON body, as published."""
+    return dumps(trigger_to_wire(trigger))
+
+
+def trigger_from_wire(
+    wire: object, *, source: str | None = None, submitted: bool = True
+) -> Trigger:
+    """Build a trigger from decoded JSON, reporting every problem at once.
+
+    ``submitted`` triggers come from a client, who must not choose the
+    ``uuid`` or ``createdAt``; otherwise (a trigger read back from the
+    broker) those fields are required. ``source`` overrides
+    ``metadata.source``.
+    """
+    if not isinstance(wire, Mapping):
+        raise InvalidTriggerError([FieldError("$", "must be a JSON object")])
+    allowed = _SUBMITTED_FIELDS if submitted else _SUBMITTED_FIELDS | _ASSIGNED_FIELDS
+    errors = [
+        FieldError(key, "is assigned by the tower; leave it out")
+        if key in _ASSIGNED_FIELDS
+        else FieldError(str(key), "is not a trigger field")
+        for key in wire
+        if key not in allowed
+    ]
+    required = _REQUIRED if submitted else (*_REQUIRED, "uuid", "createdAt")
+    errors.extend(FieldError(key, "is required") for key in required if key not in wire)
+    plate = _plate_from_wire(wire.get("plate"), errors)
+    metadata = _metadata_from_wire(wire.get("metadata"), source, errors)
+    assigned: dict[str, Any] = {}
+    if not submitted:
+        assigned["uuid"] = wire.get("uuid")
+        created_at = wire.get("createdAt")
+        try:
+            assigned["created_at"] = parse_datetime(created_at)  # type: ignore[arg-type]
+        except (TypeError, ValueError):
+            if "createdAt" in wire:
+                errors.append(FieldError("createdAt", "must be an RFC 3339 timestamp"))
+            assigned["created_at"] = datetime.now(UTC)
+    try:
+        trigger = Trigger(
+            api_version=wire.get("apiVersion"),  # type: ignore[arg-type]
+            protocol=wire.get("protocol"),  # type: ignore[arg-type]
+            spec=wire.get("spec"),  # type: ignore[arg-type]
+            plate=plate,
+            metadata=metadata,
+            **assigned,
+        )
+    except InvalidTriggerError as err:
+        reported = {e.field for e in errors}
+        if any(field.startswith("plate") for field in reported):
+            # The plate was given but broken; "plate is required" would mislead.
+            reported.add("plate")
+        errors.extend(e for e in err.errors if e.field not in reported)
+    if errors:
+        raise InvalidTriggerError(errors)
+    return trigger
+
+
+def load_trigger(body: bytes | str) -> Trigger:
+    """A trigger from a published message body (uuid and createdAt included)."""
+    try:
+        wire = json.loads(body)
+    except ValueError as err:
+        raise InvalidTriggerError([FieldError("$", f"is not valid JSON: {err}")]) from err
+    return trigger_from_wire(wire, submitted=False)
+
+
+def _plate_from_wire(value: object, errors: list[FieldError]) -> Plate | None:
+    if value is None:
+        return None
+    if not isinstance(value, Mapping):
+        errors.append(FieldError("plate", 'must be an object like {"rows": 8, "columns": 12}'))
+        return None
+    errors.extend(
+        FieldError(f"plate.{key}", "is not a plate field")
+        for key in value
+        if key not in _PLATE_FIELDS
+    )
+    rows, columns = value.get("rows"), value.get("columns")
+    if problems := check_plate(rows, columns):
+        errors.extend(problems)
+        return None
+    return Plate(rows=rows, columns=columns)  # type: ignore[arg-type]
+
+
+def _metadata_from_wire(value: object, source: str | None, errors: list[FieldError]) -> Metadata:
+    if value is None:
+        return Metadata(source=source or "")
+    if not isinstance(value, Mapping):
+        errors.append(FieldError("metadata", 'must be an object like {"spec": {...}}'))
+        return Metadata(source=source or "")
+    errors.extend(
+        FieldError(f"metadata.{key}", "is not a metadata field")
+        for key in value
+        if key not in _METADATA_FIELDS
+    )
+    spec = value.get("spec", {})
+    if not isinstance(spec, Mapping):
+        errors.append(FieldError("metadata.spec", "must be a JSON object"))
+        spec = {}
+    wire_source = value.get("source", "")
+    if source is None and not isinstance(wire_source, str):
+        errors.append(FieldError("metadata.source", "must be a string"))
+        wire_source = ""
+    return Metadata(source=wire_source if source is None else source, spec=dict(spec))

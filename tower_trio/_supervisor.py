@@ -1,0 +1,194 @@
+"""The one nursery: plugins and the HTTP API feed the publisher.
+
+Task tree (every long-lived task is started with ``nursery.start``)::
+
+    run_tower                      signals: 1st → graceful shutdown, 2nd → exit now
+    └── serve_tower
+        ├── Publisher.serve        owns the broker connection; drains the channel
+        ├── _serve_http            Hypercorn + Quart-Trio, one send-channel clone
+        └── _serve_plugins         one serve_plugin task per plugin, a clone each
+
+Shutdown: the HTTP server stops accepting and finishes its requests, the
+plugins are cancelled, and the publisher keeps publishing until every
+producer has closed its clone and the channel is empty, or until the grace
+deadline passes.
+"""
+
+from __future__ import annotations
+
+import logging
+import signal
+from typing import TYPE_CHECKING
+
+import attrs
+import hypercorn.config
+import hypercorn.trio
+import trio
+
+from ._channel import Submission
+from ._http import create_app
+from ._logging import get_logger
+from ._plugins import ConfiguredPlugin, PluginState, PluginStatus, SkippedPlugin, serve_plugin
+from ._publisher import Publisher
+from ._version import __version__
+
+if TYPE_CHECKING:
+    from collections.abc import Sequence
+
+    from quart_trio import QuartTrio
+
+    from ._config import Settings
+
+__all__ = ["RunningTower", "run_tower", "serve_tower"]
+
+_log = get_logger(__name__)
+
+EXIT_FORCED = 130
+
+
+@attrs.frozen
+class RunningTower:
+    """What ``serve_tower`` reports once everything is up."""
+
+    http_urls: tuple[str, ...]
+    publisher: Publisher = attrs.field(repr=False)
+    plugins: dict[str, PluginStatus] = attrs.field(repr=False)
+
+
+async def serve_tower(
+    settings: Settings,
+    plugins: Sequence[ConfiguredPlugin] = (),
+    *,
+    shutdown: trio.Event,
+    skipped: Sequence[SkippedPlugin] = (),
+    task_status: trio.TaskStatus[RunningTower] = trio.TASK_STATUS_IGNORED,
+) -> None:
+    """Run the tower until ``shutdown`` is set and the publisher has drained."""
+    publisher = Publisher(settings)
+    statuses = {plugin.name: PluginStatus(plugin.name) for plugin in plugins}
+    draining = False
+
+    def readiness() -> list[str]:
+        reasons = []
+        if draining:
+            reasons.append("shutting down")
+        stats = publisher.statistics()
+        if not stats.connected:
+            reasons.append(f"broker not connected: {stats.last_error or 'connecting'}")
+        elif stats.blocked:
+            reasons.append("broker has blocked publishing (connection.blocked)")
+        reasons.extend(
+            f"plugin {name} has not started"
+            for name, status in statuses.items()
+            if status.state is PluginState.STARTING
+        )
+        return reasons
+
+    send_channel, receive_channel = trio.open_memory_channel[Submission](settings.channel_size)
+    async with trio.open_nursery() as nursery:
+        publisher_scope = trio.CancelScope()
+        await nursery.start(_run_in_scope, publisher_scope, publisher.serve, receive_channel)
+        plugins_scope = trio.CancelScope()
+        http_shutdown = trio.Event()
+        async with send_channel:
+            app = create_app(settings, send_channel.clone(), readiness)
+            http_urls = await nursery.start(_serve_http, app, settings, http_shutdown)
+            await nursery.start(_serve_plugins, plugins, send_channel, statuses, plugins_scope)
+        _log.info(
+            "tower.started",
+            version=__version__,
+            http=",".join(http_urls),
+            broker=publisher.url.redacted(),
+            exchange=settings.exchange,
+            plugins=",".join(statuses) or "none",
+        )
+        for skip in skipped:
+            _log.warning("plugin.skipped", plugin=skip.name, reason=skip.reason)
+        task_status.started(RunningTower(tuple(http_urls), publisher, statuses))
+
+        await shutdown.wait()
+        draining = True
+        _log.info("tower.stopping", grace=f"{settings.shutdown_grace:g}s")
+        http_shutdown.set()
+        plugins_scope.cancel()
+        publisher_scope.deadline = trio.current_time() + settings.shutdown_grace
+    _log.info("tower.stopped", **attrs.asdict(publisher.statistics()))
+
+
+async def _run_in_scope(
+    scope: trio.CancelScope,
+    serve: object,
+    *args: object,
+    task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED,
+) -> None:
+    with scope:
+        await serve(*args, task_status=task_status)  # type: ignore[operator]
+
+
+async def _serve_http(
+    app: QuartTrio,
+    settings: Settings,
+    shutdown: trio.Event,
+    *,
+    task_status: trio.TaskStatus[list[str]] = trio.TASK_STATUS_IGNORED,
+) -> None:
+    config = hypercorn.config.Config()
+    config.bind = [f"{settings.http_host}:{settings.http_port}"]
+    config.graceful_timeout = settings.shutdown_grace
+    config.accesslog = None
+    config.errorlog = logging.getLogger("tower_trio.http.server")
+    await hypercorn.trio.serve(app, config, shutdown_trigger=shutdown.wait, task_status=task_status)
+
+
+async def _serve_plugins(
+    plugins: Sequence[ConfiguredPlugin],
+    send_channel: trio.MemorySendChannel[Submission],
+    statuses: dict[str, PluginStatus],
+    scope: trio.CancelScope,
+    *,
+    task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED,
+) -> None:
+    with scope:
+        async with trio.open_nursery() as nursery:
+            for plugin in plugins:
+                await nursery.start(
+                    serve_plugin, plugin, send_channel.clone(), statuses[plugin.name]
+                )
+            task_status.started()
+
+
+async def run_tower(
+    settings: Settings,
+    plugins: Sequence[ConfiguredPlugin] = (),
+    skipped: Sequence[SkippedPlugin] = (),
+) -> int:
+    """Serve until SIGINT/SIGTERM; returns the process exit code.
+
+    The first signal drains gracefully (exit 0); a second one stops at once.
+    """
+    shutdown = trio.Event()
+    forced = False
+    with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
+        async with trio.open_nursery() as nursery:
+
+            async def watch_signals() -> None:
+                nonlocal forced
+                async for signum in signals:
+                    name = signal.Signals(signum).name
+                    if not shutdown.is_set():
+                        _log.info("shutdown.requested", signal=name)
+                        shutdown.set()
+                    else:
+                        _log.warning("shutdown.forced", signal=name)
+                        forced = True
+                        nursery.cancel_scope.cancel()
+
+            async def tower(*, task_status: trio.TaskStatus[None]) -> None:
+                await serve_tower(
+                    settings, plugins, shutdown=shutdown, skipped=skipped, task_status=task_status
+                )
+                nursery.cancel_scope.cancel()
+
+            nursery.start_soon(watch_signals)
+            await nursery.start(tower)
+    return EXIT_FORCED if forced else 0
