@@ -1,0 +1,55 @@
+"""A trio-native AMQP 0-9-1 client on pamqp, made for publishing with confirms.
+
+It knows nothing of tower-trio's triggers: it connects, opens channels,
+declares topology, publishes with pipelined publisher confirms, and has a
+small consumer side for tests and benchmarks::
+
+    async with amqp.open_connection("amqp://guest:guest@localhost/") as conn:
+        async with conn.open_channel(confirm=True) as channel:
+            confirmation = await channel.publish("events", "a.b", b"{}")
+            outcome = await confirmation.wait()
+"""
+
+from ._channel import Channel, QueueDeclared
+from ._confirm import Confirmation, Outcome, Returned
+from ._connection import Connection, open_connection
+from ._errors import (
+    AccessRefusedError,
+    AMQPConfigError,
+    AMQPError,
+    AuthenticationError,
+    BrokerUnreachableError,
+    ChannelClosedError,
+    ConnectionClosedError,
+    ConnectionLostError,
+    VhostNotFoundError,
+)
+from ._properties import PERSISTENT, TRANSIENT, Message, Properties
+from ._stats import ChannelStatistics, ConnectionStatistics
+from ._url import URL
+
+__all__ = [
+    "PERSISTENT",
+    "TRANSIENT",
+    "URL",
+    "AMQPConfigError",
+    "AMQPError",
+    "AccessRefusedError",
+    "AuthenticationError",
+    "BrokerUnreachableError",
+    "Channel",
+    "ChannelClosedError",
+    "ChannelStatistics",
+    "Confirmation",
+    "Connection",
+    "ConnectionClosedError",
+    "ConnectionLostError",
+    "ConnectionStatistics",
+    "Message",
+    "Outcome",
+    "Properties",
+    "QueueDeclared",
+    "Returned",
+    "VhostNotFoundError",
+    "open_connection",
+]

@@ -1,0 +1,164 @@
+"""Errors raised by the AMQP client.
+
+Each error carries the broker's reply code and text where there is one, and
+its message says what to do next, because these messages reach operators who
+only see a log line.
+"""
+
+from __future__ import annotations
+
+from typing import Self
+
+from pamqp import commands
+
+from tower_trio._errors import TowerError
+
+
+def _method_name(class_id: int, method_id: int) -> str | None:
+    method = commands.INDEX_MAPPING.get((class_id << 16) | method_id)
+    return None if method is None else str(getattr(method, "name", method.__name__))
+
+
+class AMQPError(TowerError):
+    """Base class of every error the AMQP client raises."""
+
+    # The error a copy was made from, so that copies raised by many waiters
+    # can be recognised as one failure when they meet in an exception group.
+    _origin: AMQPError | None = None
+
+    def _fresh(self) -> Self:
+        # One failure (a lost connection, a closed channel) is raised by every
+        # task that was waiting on it. Raising one object from many tasks would
+        # splice their tracebacks together, so each raise gets its own copy.
+        copy = object.__new__(type(self))
+        copy.__dict__.update(self.__dict__)
+        copy.args = self.args
+        copy.__cause__ = self.__cause__
+        copy._origin = self._origin or self
+        return copy
+
+
+class AMQPConfigError(AMQPError):
+    """The AMQP URL or a connection option is invalid."""
+
+
+class BrokerUnreachableError(AMQPError):
+    """No AMQP connection could be made: refused, unknown host or timed out."""
+
+    def __init__(self, host: str, port: int, reason: str) -> None:
+        self.host = host
+        self.port = port
+        self.reason = reason
+        super().__init__(
+            f"cannot reach the AMQP broker at {host}:{port}: {reason}; check that "
+            "RabbitMQ is running there and that TOWER_AMQP_URL points at it"
+        )
+
+
+class _ReplyError(AMQPError):
+    """An error that the broker reported with a reply code and text."""
+
+    def __init__(self, reply_code: int, reply_text: str, message: str) -> None:
+        self.reply_code = reply_code
+        self.reply_text = reply_text
+        super().__init__(message)
+
+
+class AuthenticationError(_ReplyError):
+    """The broker refused the user name or password (403 ACCESS_REFUSED)."""
+
+    def __init__(self, reply_code: int, reply_text: str, *, username: str) -> None:
+        self.username = username
+        super().__init__(
+            reply_code,
+            reply_text,
+            f"the broker refused the login of user {username!r} "
+            f"({reply_code} {reply_text}); check the user and password in the AMQP URL",
+        )
+
+
+class AccessRefusedError(_ReplyError):
+    """The broker refused to open the vhost for this user (530 NOT_ALLOWED)."""
+
+    def __init__(self, reply_code: int, reply_text: str, *, vhost: str, username: str) -> None:
+        self.vhost = vhost
+        self.username = username
+        super().__init__(reply_code, reply_text, self._describe(reply_code, reply_text))
+
+    def _describe(self, reply_code: int, reply_text: str) -> str:
+        return (
+            f"user {self.username!r} may not use vhost {self.vhost!r} "
+            f"({reply_code} {reply_text}); grant access with `rabbitmqctl "
+            f"set_permissions -p {self.vhost} {self.username} '.*' '.*' '.*'`"
+        )
+
+
+class VhostNotFoundError(AccessRefusedError):
+    """The vhost named in the URL does not exist on the broker."""
+
+    def _describe(self, reply_code: int, reply_text: str) -> str:
+        return (
+            f"vhost {self.vhost!r} does not exist on the broker "
+            f"({reply_code} {reply_text}); create it with `rabbitmqctl add_vhost "
+            f"{self.vhost}` and `rabbitmqctl set_permissions -p {self.vhost} "
+            f"{self.username} '.*' '.*' '.*'`, or fix the vhost in the AMQP URL"
+        )
+
+
+class ConnectionClosedError(_ReplyError):
+    """The connection was closed with Connection.Close, by the broker or by us."""
+
+    def __init__(self, reply_code: int, reply_text: str, *, by_client: bool = False) -> None:
+        self.by_client = by_client
+        if by_client:
+            message = (
+                f"the connection was closed by this client ({reply_code} {reply_text}); "
+                "open a new connection to go on"
+            )
+        else:
+            message = (
+                f"the broker closed the connection ({reply_code} {reply_text}); "
+                "reconnect, and republish every message that was not confirmed"
+            )
+        super().__init__(reply_code, reply_text, message)
+
+
+class ConnectionLostError(AMQPError):
+    """The connection broke without a close handshake: EOF, reset, or silence."""
+
+    def __init__(self, reason: str) -> None:
+        self.reason = reason
+        super().__init__(
+            f"lost the connection to the AMQP broker: {reason}; reconnect, and "
+            "republish every message that was not confirmed"
+        )
+
+
+class ChannelClosedError(_ReplyError):
+    """The channel is closed: by the broker (an error), by us, or with its connection."""
+
+    def __init__(
+        self,
+        reply_code: int,
+        reply_text: str,
+        class_id: int = 0,
+        method_id: int = 0,
+        *,
+        channel_id: int | None = None,
+        by_client: bool = False,
+    ) -> None:
+        self.class_id = class_id
+        self.method_id = method_id
+        self.channel_id = channel_id
+        self.by_client = by_client
+        which = "the channel" if channel_id is None else f"channel {channel_id}"
+        if by_client:
+            message = f"{which} was closed by this client ({reply_code} {reply_text})"
+        else:
+            method = _method_name(class_id, method_id)
+            cause = f" in reply to {method}" if method else ""
+            message = (
+                f"the broker closed {which}{cause}: {reply_code} {reply_text}; the "
+                "connection is still usable, open a new channel"
+            )
+        super().__init__(reply_code, reply_text, message)

@@ -1,0 +1,170 @@
+"""Parsing of ``amqp://`` URLs."""
+
+from __future__ import annotations
+
+import math
+from typing import ClassVar
+from urllib.parse import parse_qsl, quote, unquote, urlsplit
+
+import attrs
+
+from ._errors import AMQPConfigError
+
+DEFAULT_CONNECT_TIMEOUT = 10.0
+FRAME_MIN_SIZE = 4096
+_MAX_SHORT = 65535
+_MAX_LONG = 2**32 - 1
+
+
+def _query_int(name: str, text: str, low: int, high: int) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        value = -1
+    if not low <= value <= high:
+        raise AMQPConfigError(
+            f"invalid {name}={text!r} in the AMQP URL: expected a whole number from {low} to {high}"
+        )
+    return value
+
+
+@attrs.frozen
+class URL:
+    """Where and how to connect: ``amqp://user:pass@host:port/vhost?options``.
+
+    The password is left out of ``repr()``; use :meth:`redacted` in logs.
+    """
+
+    DEFAULT_PORTS: ClassVar[dict[str, int]] = {"amqp": 5672}
+
+    scheme: str
+    host: str
+    port: int
+    username: str
+    password: str = attrs.field(repr=False)
+    vhost: str
+    heartbeat: int | None = None
+    frame_max: int | None = None
+    channel_max: int | None = None
+    connect_timeout: float = DEFAULT_CONNECT_TIMEOUT
+
+    @classmethod
+    def parse(cls, url: str) -> URL:
+        """Parse ``url``; raise :class:`AMQPConfigError` naming what is wrong."""
+        try:
+            parts = urlsplit(url)
+            port = parts.port
+        except ValueError as err:
+            raise AMQPConfigError(f"invalid AMQP URL {_redact_raw(url)!r}: {err}") from err
+        scheme = parts.scheme.lower()
+        if scheme == "amqps":
+            raise AMQPConfigError(
+                "amqps:// (AMQP over TLS) is not supported yet; use an amqp:// URL "
+                "or terminate TLS in front of the client"
+            )
+        if scheme not in cls.DEFAULT_PORTS:
+            raise AMQPConfigError(
+                f"invalid AMQP URL {_redact_raw(url)!r}: the scheme must be amqp://"
+            )
+        if parts.fragment:
+            raise AMQPConfigError("invalid AMQP URL: it must not have a #fragment")
+        path = parts.path
+        if path in ("", "/"):
+            vhost = "/"
+        else:
+            raw_vhost = path[1:]
+            if "/" in raw_vhost:
+                raise AMQPConfigError(
+                    f"invalid vhost {raw_vhost!r} in the AMQP URL: write a '/' inside "
+                    "a vhost name as %2F"
+                )
+            vhost = unquote(raw_vhost)
+        options = cls._parse_query(parts.query)
+        heartbeat = options.get("heartbeat")
+        frame_max = options.get("frame_max")
+        channel_max = options.get("channel_max")
+        return cls(
+            scheme=scheme,
+            host=parts.hostname or "localhost",
+            port=cls.DEFAULT_PORTS[scheme] if port is None else port,
+            username="guest" if parts.username is None else unquote(parts.username),
+            password="guest" if parts.password is None else unquote(parts.password),
+            vhost=vhost,
+            heartbeat=None if heartbeat is None else int(heartbeat),
+            frame_max=None if frame_max is None else int(frame_max),
+            channel_max=None if channel_max is None else int(channel_max),
+            connect_timeout=options.get("connect_timeout", DEFAULT_CONNECT_TIMEOUT),
+        )
+
+    @staticmethod
+    def _parse_query(query: str) -> dict[str, int | float]:
+        options: dict[str, int | float] = {}
+        try:
+            pairs = parse_qsl(query, keep_blank_values=True, strict_parsing=bool(query))
+        except ValueError as err:
+            raise AMQPConfigError(f"invalid query string in the AMQP URL: {err}") from err
+        for name, text in pairs:
+            if name in ("heartbeat", "frame_max", "channel_max"):
+                key = name
+            elif name == "connection_timeout":
+                key = "connect_timeout"
+            else:
+                raise AMQPConfigError(
+                    f"unknown option {name!r} in the AMQP URL; the known options are "
+                    "heartbeat, frame_max, channel_max and connection_timeout"
+                )
+            if key in options:
+                raise AMQPConfigError(f"option {name!r} is given twice in the AMQP URL")
+            if key in ("heartbeat", "channel_max"):
+                options[key] = _query_int(name, text, 0, _MAX_SHORT)
+            elif key == "frame_max":
+                value = _query_int(name, text, 0, _MAX_LONG)
+                if 0 < value < FRAME_MIN_SIZE:
+                    raise AMQPConfigError(
+                        f"invalid frame_max={text!r} in the AMQP URL: AMQP needs at "
+                        f"least {FRAME_MIN_SIZE} bytes (or 0 for the broker's limit)"
+                    )
+                options[key] = value
+            else:
+                options[key] = _parse_timeout(text)
+        return options
+
+    def redacted(self) -> str:
+        """The URL with the password replaced by ``***``, safe for logs."""
+        host = f"[{self.host}]" if ":" in self.host else self.host
+        vhost = "" if self.vhost == "/" else quote(self.vhost, safe="")
+        query = []
+        for name, value in (
+            ("heartbeat", self.heartbeat),
+            ("frame_max", self.frame_max),
+            ("channel_max", self.channel_max),
+        ):
+            if value is not None:
+                query.append(f"{name}={value}")
+        if self.connect_timeout != DEFAULT_CONNECT_TIMEOUT:
+            query.append(f"connection_timeout={self.connect_timeout:g}")
+        suffix = "?" + "&".join(query) if query else ""
+        user = quote(self.username, safe="")
+        return f"{self.scheme}://{user}:***@{host}:{self.port}/{vhost}{suffix}"
+
+
+def _parse_timeout(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        value = math.nan
+    if not (value > 0 and math.isfinite(value)):
+        raise AMQPConfigError(
+            f"invalid connection_timeout={text!r} in the AMQP URL: expected a "
+            "positive number of seconds"
+        )
+    return value
+
+
+def _redact_raw(url: str) -> str:
+    # Used only when the URL could not be parsed: hide anything between the
+    # scheme and the last '@', which is where a password would be.
+    scheme, sep, rest = url.partition("://")
+    if not sep or "@" not in rest:
+        return url
+    return f"{scheme}://***@{rest.rpartition('@')[2]}"
