@@ -1,0 +1,256 @@
+"""Settings read from an explicit environment mapping."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import attrs
+import pytest
+
+from tower_trio import ConfigError, TowerError
+from tower_trio._config import Settings, setting_docs
+
+VARIABLES = [
+    "TOWER_AMQP_URL",
+    "TOWER_EXCHANGE",
+    "TOWER_HTTP_HOST",
+    "TOWER_HTTP_PORT",
+    "TOWER_MAX_BODY_BYTES",
+    "TOWER_PUBLISH_TIMEOUT",
+    "TOWER_SHUTDOWN_GRACE",
+    "TOWER_PLUGINS_DIR",
+    "TOWER_PLUGINS",
+    "TOWER_CHANNEL_SIZE",
+    "TOWER_CONFIRM_WINDOW",
+    "TOWER_MAX_ATTEMPTS",
+    "TOWER_LOG_LEVEL",
+]
+
+
+class TestDefaults:
+    @pytest.mark.parametrize(
+        ("field", "default"),
+        [
+            pytest.param("amqp_url", "amqp://guest:guest@localhost:5672/%2F", id="amqp-url"),
+            pytest.param("exchange", "tower.triggers", id="exchange"),
+            pytest.param("http_host", "127.0.0.1", id="http-host"),
+            pytest.param("http_port", 8000, id="http-port"),
+            pytest.param("max_body_bytes", 1024 * 1024, id="max-body-bytes"),
+            pytest.param("publish_timeout", 10.0, id="publish-timeout"),
+            pytest.param("shutdown_grace", 10.0, id="shutdown-grace"),
+            pytest.param("plugins_dir", Path("plugins"), id="plugins-dir"),
+            pytest.param("plugins", None, id="plugins"),
+            pytest.param("channel_size", 512, id="channel-size"),
+            pytest.param("confirm_window", 256, id="confirm-window"),
+            pytest.param("max_attempts", 5, id="max-attempts"),
+            pytest.param("log_level", "INFO", id="log-level"),
+        ],
+    )
+    def test_default(self, field: str, default: object) -> None:
+        """An empty environment gives the documented default."""
+        assert getattr(Settings.from_environ({}), field) == default
+
+    def test_empty_environ_is_all_defaults(self) -> None:
+        """An empty environment gives the same settings as the class defaults."""
+        assert Settings.from_environ({}) == Settings()
+
+    def test_unrelated_variables_ignored(self) -> None:
+        """Variables that are not settings do not matter, even with a TOWER_ prefix."""
+        environ = {"HOME": "/root", "TOWER_COLOUR": "blue", "tower_http_port": "1"}
+        assert Settings.from_environ(environ) == Settings()
+
+    def test_process_environment(self, monkeypatch: pytest.MonkeyPatch) -> None:
+        """Without a mapping, the process environment is read."""
+        for variable in VARIABLES:
+            monkeypatch.delenv(variable, raising=False)
+        monkeypatch.setenv("TOWER_HTTP_PORT", "9001")
+        assert Settings.from_environ() == Settings(http_port=9001)
+
+    def test_frozen(self) -> None:
+        """Settings cannot be changed once read."""
+        settings = Settings()
+        with pytest.raises(attrs.exceptions.FrozenInstanceError):
+            settings.http_port = 1  # type: ignore[misc]
+
+
+class TestValidValues:
+    @pytest.mark.parametrize(
+        ("variable", "raw", "field", "value"),
+        [
+            pytest.param(
+                "TOWER_AMQP_URL",
+                " amqp://u:p@rabbit:5672/lab ",
+                "amqp_url",
+                "amqp://u:p@rabbit:5672/lab",
+                id="amqp-url-stripped",
+            ),
+            pytest.param("TOWER_EXCHANGE", "lab.triggers", "exchange", "lab.triggers", id="exch"),
+            pytest.param("TOWER_HTTP_HOST", "0.0.0.0", "http_host", "0.0.0.0", id="host"),
+            pytest.param("TOWER_HTTP_PORT", "0", "http_port", 0, id="port-zero"),
+            pytest.param("TOWER_HTTP_PORT", "65535", "http_port", 65535, id="port-max"),
+            pytest.param("TOWER_HTTP_PORT", " 8080 ", "http_port", 8080, id="port-padded"),
+            pytest.param("TOWER_MAX_BODY_BYTES", "1", "max_body_bytes", 1, id="body-one"),
+            pytest.param(
+                "TOWER_PUBLISH_TIMEOUT", "0.25", "publish_timeout", 0.25, id="timeout-fraction"
+            ),
+            pytest.param("TOWER_SHUTDOWN_GRACE", "30", "shutdown_grace", 30.0, id="grace-int"),
+            pytest.param(
+                "TOWER_PLUGINS_DIR", "/srv/plugins", "plugins_dir", Path("/srv/plugins"), id="dir"
+            ),
+            pytest.param(
+                "TOWER_PLUGINS", "riffyn, example,,", "plugins", ("riffyn", "example"), id="list"
+            ),
+            pytest.param("TOWER_PLUGINS", " , ", "plugins", None, id="plugins-blank"),
+            pytest.param("TOWER_CHANNEL_SIZE", "1", "channel_size", 1, id="channel-one"),
+            pytest.param("TOWER_CONFIRM_WINDOW", "1000", "confirm_window", 1000, id="window"),
+            pytest.param("TOWER_MAX_ATTEMPTS", "1", "max_attempts", 1, id="attempts-one"),
+            pytest.param("TOWER_LOG_LEVEL", "debug", "log_level", "DEBUG", id="level-lower"),
+            pytest.param("TOWER_LOG_LEVEL", " Warning ", "log_level", "WARNING", id="level-mixed"),
+        ],
+    )
+    def test_parsed(self, variable: str, raw: str, field: str, value: Any) -> None:
+        """Each variable is parsed into its setting, and only that setting changes."""
+        settings = Settings.from_environ({variable: raw})
+        assert getattr(settings, field) == value
+        assert settings == attrs.evolve(Settings(), **{field: value})
+
+    def test_every_variable_at_once(self) -> None:
+        """All variables may be given together."""
+        environ = {
+            "TOWER_AMQP_URL": "amqp://rabbit",
+            "TOWER_EXCHANGE": "x",
+            "TOWER_HTTP_HOST": "::1",
+            "TOWER_HTTP_PORT": "1",
+            "TOWER_MAX_BODY_BYTES": "2",
+            "TOWER_PUBLISH_TIMEOUT": "3",
+            "TOWER_SHUTDOWN_GRACE": "4",
+            "TOWER_PLUGINS_DIR": "p",
+            "TOWER_PLUGINS": "a",
+            "TOWER_CHANNEL_SIZE": "5",
+            "TOWER_CONFIRM_WINDOW": "6",
+            "TOWER_MAX_ATTEMPTS": "7",
+            "TOWER_LOG_LEVEL": "ERROR",
+        }
+        assert sorted(environ) == sorted(VARIABLES)
+        assert Settings.from_environ(environ) == Settings(
+            amqp_url="amqp://rabbit",
+            exchange="x",
+            http_host="::1",
+            http_port=1,
+            max_body_bytes=2,
+            publish_timeout=3.0,
+            shutdown_grace=4.0,
+            plugins_dir=Path("p"),
+            plugins=("a",),
+            channel_size=5,
+            confirm_window=6,
+            max_attempts=7,
+            log_level="ERROR",
+        )
+
+
+class TestInvalidValues:
+    @pytest.mark.parametrize(
+        ("variable", "raw", "reason"),
+        [
+            pytest.param("TOWER_AMQP_URL", "", "must not be empty", id="url-empty"),
+            pytest.param("TOWER_EXCHANGE", "  ", "must not be empty", id="exchange-blank"),
+            pytest.param("TOWER_HTTP_HOST", "", "must not be empty", id="host-empty"),
+            pytest.param("TOWER_HTTP_PORT", "http", "is not a number", id="port-word"),
+            pytest.param("TOWER_HTTP_PORT", "", "is not a number", id="port-empty"),
+            pytest.param("TOWER_HTTP_PORT", "80.5", "is not a number", id="port-fraction"),
+            pytest.param(
+                "TOWER_HTTP_PORT", "65536", "must be a TCP port between 0 and 65535", id="port-big"
+            ),
+            pytest.param(
+                "TOWER_HTTP_PORT", "-1", "must be a TCP port between 0 and 65535", id="port-neg"
+            ),
+            pytest.param("TOWER_MAX_BODY_BYTES", "0", "must be a positive integer", id="body-0"),
+            pytest.param("TOWER_MAX_BODY_BYTES", "1MiB", "is not a number", id="body-unit"),
+            pytest.param(
+                "TOWER_PUBLISH_TIMEOUT", "0", "must be a positive number of seconds", id="timeout-0"
+            ),
+            pytest.param(
+                "TOWER_PUBLISH_TIMEOUT",
+                "-1",
+                "must be a positive number of seconds",
+                id="timeout-negative",
+            ),
+            pytest.param(
+                "TOWER_PUBLISH_TIMEOUT",
+                "nan",
+                "must be a positive number of seconds",
+                id="timeout-nan",
+            ),
+            pytest.param(
+                "TOWER_SHUTDOWN_GRACE",
+                "inf",
+                "must be a positive number of seconds",
+                id="grace-infinite",
+            ),
+            # The reason is Python's own wording here; only the variable is pinned.
+            pytest.param("TOWER_SHUTDOWN_GRACE", "10s", "", id="grace-unit"),
+            pytest.param("TOWER_PLUGINS_DIR", " ", "must not be empty", id="dir-blank"),
+            pytest.param("TOWER_CHANNEL_SIZE", "0", "must be a positive integer", id="channel-0"),
+            pytest.param(
+                "TOWER_CONFIRM_WINDOW", "-5", "must be a positive integer", id="window-negative"
+            ),
+            pytest.param("TOWER_MAX_ATTEMPTS", "many", "is not a number", id="attempts-word"),
+            pytest.param(
+                "TOWER_LOG_LEVEL",
+                "TRACE",
+                "must be one of DEBUG, INFO, WARNING, ERROR",
+                id="level-unknown",
+            ),
+        ],
+    )
+    def test_refused(self, variable: str, raw: str, reason: str) -> None:
+        """A bad value raises a ConfigError naming the variable, the value and the reason."""
+        with pytest.raises(ConfigError) as excinfo:
+            Settings.from_environ({variable: raw})
+        message = str(excinfo.value)
+        assert message.startswith(f"{variable}={raw!r} is invalid: ")
+        assert reason in message
+        assert isinstance(excinfo.value.__cause__, ValueError)
+
+    def test_first_bad_variable_named(self) -> None:
+        """With several bad values, the error names one of them, not a default."""
+        environ = {"TOWER_HTTP_PORT": "x", "TOWER_LOG_LEVEL": "loud", "TOWER_EXCHANGE": "ok"}
+        with pytest.raises(ConfigError, match=r"^TOWER_HTTP_PORT='x' is invalid"):
+            Settings.from_environ(environ)
+
+    def test_is_a_tower_error(self) -> None:
+        """ConfigError belongs to the tower's one exception hierarchy."""
+        assert issubclass(ConfigError, TowerError)
+
+
+class TestSettingDocs:
+    def test_variables(self) -> None:
+        """Every variable is documented, in declaration order."""
+        assert [variable for variable, _, _ in setting_docs()] == VARIABLES
+
+    def test_one_row_per_setting(self) -> None:
+        """Each setting of the class has exactly one documented variable."""
+        assert len(setting_docs()) == len(attrs.fields(Settings))
+
+    @pytest.mark.parametrize(
+        ("variable", "shown"),
+        [
+            pytest.param("TOWER_AMQP_URL", "`amqp://guest:guest@localhost:5672/%2F`", id="url"),
+            pytest.param("TOWER_HTTP_PORT", "`8000`", id="port"),
+            pytest.param("TOWER_MAX_BODY_BYTES", "`1048576`", id="body"),
+            pytest.param("TOWER_PLUGINS_DIR", "`plugins`", id="dir"),
+            pytest.param("TOWER_PLUGINS", "(all with complete configuration)", id="plugins"),
+            pytest.param("TOWER_LOG_LEVEL", "`INFO`", id="level"),
+        ],
+    )
+    def test_default_shown(self, variable: str, shown: str) -> None:
+        """The table shows each default as it would be written in the environment."""
+        assert {row[0]: row[1] for row in setting_docs()}[variable] == shown
+
+    def test_descriptions(self) -> None:
+        """Every variable has a sentence describing it."""
+        for variable, _, description in setting_docs():
+            assert description.endswith("."), variable
+            assert len(description) > 20, variable

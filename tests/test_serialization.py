@@ -1,0 +1,614 @@
+"""The wire format: camelCase JSON out, validated triggers in, exact round trips."""
+
+from __future__ import annotations
+
+import json
+import string
+from datetime import UTC, datetime, timedelta, timezone
+from typing import Any
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from tower_trio import FieldError, InvalidTriggerError, Metadata, Plate, Trigger
+from tower_trio._serialization import (
+    dump_trigger,
+    dumps,
+    format_datetime,
+    load_trigger,
+    parse_datetime,
+    structure_env_value,
+    trigger_from_wire,
+    trigger_to_wire,
+)
+
+FIXED_UUID = "0123456789abcdef0123456789abcdef"
+FIXED_TIME = datetime(2026, 1, 31, 12, 0, tzinfo=UTC)
+
+# Enough examples to find the odd case, few enough to keep the file fast;
+# no deadline, because a loaded CI machine is not a failing test.
+BOUNDED = settings(max_examples=100, deadline=None)
+
+
+def fixed_trigger(**overrides: Any) -> Trigger:
+    """A valid trigger with a known uuid and creation time."""
+    fields: dict[str, Any] = {
+        "api_version": "OT-2/v1alpha1",
+        "protocol": "PlateTransfer",
+        "spec": {"volume": 100},
+        "metadata": Metadata(source="http", spec={"operator": "ada"}),
+        "uuid": FIXED_UUID,
+        "created_at": FIXED_TIME,
+    }
+    fields.update(overrides)
+    return Trigger(**fields)
+
+
+def submitted(**overrides: Any) -> dict[str, Any]:
+    """A valid submitted wire trigger, with ``overrides`` replacing (or adding) keys."""
+    wire: dict[str, Any] = {
+        "apiVersion": "OT-2/v1alpha1",
+        "protocol": "PlateTransfer",
+        "spec": {"volume": 100},
+    }
+    wire.update(overrides)
+    return wire
+
+
+def published(**overrides: Any) -> dict[str, Any]:
+    """A valid published wire trigger, uuid and createdAt included."""
+    return submitted(uuid=FIXED_UUID, createdAt="2026-01-31T12:00:00Z") | overrides
+
+
+def wire_errors(wire: object, **kwargs: Any) -> dict[str, str]:
+    """Field name to message of every error ``trigger_from_wire`` reports; fails if valid."""
+    with pytest.raises(InvalidTriggerError) as excinfo:
+        trigger_from_wire(wire, **kwargs)
+    fields = [error.field for error in excinfo.value.errors]
+    assert len(fields) == len(set(fields)), f"a field is reported twice: {fields}"
+    return {error.field: error.message for error in excinfo.value.errors}
+
+
+def strict_json(body: bytes) -> Any:
+    """``body`` decoded as RFC 8259 JSON: UTF-8, and no NaN or Infinity."""
+
+    def reject(constant: str) -> Any:
+        raise AssertionError(f"{constant} is not JSON")
+
+    return json.loads(body.decode("utf-8"), parse_constant=reject)
+
+
+class TestDatetimes:
+    @pytest.mark.parametrize(
+        ("value", "text"),
+        [
+            pytest.param(FIXED_TIME, "2026-01-31T12:00:00Z", id="utc"),
+            pytest.param(
+                datetime(2026, 1, 31, 14, 0, tzinfo=timezone(timedelta(hours=2))),
+                "2026-01-31T12:00:00Z",
+                id="converted-to-utc",
+            ),
+            pytest.param(
+                datetime(2026, 1, 31, 12, 0, 0, 123456, tzinfo=UTC),
+                "2026-01-31T12:00:00.123456Z",
+                id="microseconds",
+            ),
+        ],
+    )
+    def test_format(self, value: datetime, text: str) -> None:
+        """Timestamps are written as RFC 3339 in UTC, ending in ``Z``."""
+        assert format_datetime(value) == text
+
+    @pytest.mark.parametrize(
+        "text",
+        [
+            pytest.param("2026-01-31T12:00:00Z", id="z"),
+            pytest.param("2026-01-31T12:00:00+00:00", id="zero-offset"),
+            pytest.param("2026-01-31T13:00:00+01:00", id="other-offset"),
+        ],
+    )
+    def test_parse(self, text: str) -> None:
+        """RFC 3339 timestamps with any offset are read as the instant they denote."""
+        assert parse_datetime(text) == FIXED_TIME
+
+    def test_parse_naive(self) -> None:
+        """A timestamp without an offset is refused with an example of a good one."""
+        with pytest.raises(ValueError, match="needs a timezone, like '2026-01-31T12:00:00Z'"):
+            parse_datetime("2026-01-31T12:00:00")
+
+
+class TestTriggerToWire:
+    def test_fields(self) -> None:
+        """A trigger becomes a dict with camelCase keys, no plate, and a ``Z`` timestamp."""
+        assert trigger_to_wire(fixed_trigger()) == {
+            "apiVersion": "OT-2/v1alpha1",
+            "protocol": "PlateTransfer",
+            "spec": {"volume": 100},
+            "metadata": {"source": "http", "spec": {"operator": "ada"}},
+            "uuid": FIXED_UUID,
+            "createdAt": "2026-01-31T12:00:00Z",
+        }
+
+    def test_plate(self) -> None:
+        """A plate is written as an object of rows and columns."""
+        wire = trigger_to_wire(fixed_trigger(plate=Plate(rows=1, columns=2), spec=[{}, {"a": 1}]))
+        assert wire["plate"] == {"rows": 1, "columns": 2}
+        assert wire["spec"] == [{}, {"a": 1}]
+
+    def test_created_at_in_utc(self) -> None:
+        """A creation time in another zone is written in UTC."""
+        paris = datetime(2026, 1, 31, 13, 0, 0, 5, tzinfo=timezone(timedelta(hours=1)))
+        assert trigger_to_wire(fixed_trigger(created_at=paris))["createdAt"] == (
+            "2026-01-31T12:00:00.000005Z"
+        )
+
+
+class TestDumps:
+    def test_compact_utf8(self) -> None:
+        """Bodies are compact UTF-8 JSON."""
+        body = dumps({"note": "µl", "list": [1, 2]})
+        assert b" " not in body
+        assert json.loads(body.decode("utf-8")) == {"note": "µl", "list": [1, 2]}
+
+    def test_dump_trigger(self) -> None:
+        """A published body is the JSON of the trigger's wire form."""
+        trigger = fixed_trigger(spec={"note": "5 µl, then mix"})
+        assert strict_json(dump_trigger(trigger)) == trigger_to_wire(trigger)
+
+
+class TestTriggerFromWire:
+    def test_minimal(self) -> None:
+        """The three required keys make a trigger; the tower assigns uuid and time."""
+        trigger = trigger_from_wire(submitted())
+        assert (trigger.api_version, trigger.protocol, trigger.spec) == (
+            "OT-2/v1alpha1",
+            "PlateTransfer",
+            {"volume": 100},
+        )
+        assert (trigger.plate, trigger.metadata) == (None, Metadata())
+        assert len(trigger.uuid) == 32
+        assert trigger.created_at.utcoffset() == timedelta(0)
+
+    def test_plate(self) -> None:
+        """A plate object with a list of wells makes a plate trigger."""
+        trigger = trigger_from_wire(
+            submitted(plate={"rows": 1, "columns": 2}, spec=[{"a": 1}, {"a": 2}])
+        )
+        assert trigger.plate == Plate(rows=1, columns=2)
+        assert trigger.spec == [{"a": 1}, {"a": 2}]
+
+    def test_null_plate(self) -> None:
+        """An explicit null plate is the same as no plate."""
+        assert trigger_from_wire(submitted(plate=None)).plate is None
+
+    def test_source_overrides_caller(self) -> None:
+        """On the HTTP path the tower sets the source and keeps the caller's metadata spec."""
+        wire = submitted(metadata={"source": "someone-else", "spec": {"operator": "ada"}})
+        trigger = trigger_from_wire(wire, source="http")
+        assert trigger.metadata == Metadata(source="http", spec={"operator": "ada"})
+
+    def test_source_without_metadata(self) -> None:
+        """The tower's source is set even when the caller sent no metadata."""
+        assert trigger_from_wire(submitted(), source="http").metadata == Metadata(source="http")
+
+    def test_source_overrides_invalid_caller_source(self) -> None:
+        """A bad caller source does not matter when the tower overrides it."""
+        wire = submitted(metadata={"source": 5})
+        assert trigger_from_wire(wire, source="http").metadata.source == "http"
+
+    def test_wire_source_kept_without_override(self) -> None:
+        """Without a source to impose, the wire's metadata is taken as it is."""
+        wire = submitted(metadata={"source": "riffyn", "spec": {"run": 3}})
+        trigger = trigger_from_wire(wire)
+        assert trigger.metadata == Metadata(source="riffyn", spec={"run": 3})
+
+    @pytest.mark.parametrize("key", ["uuid", "createdAt"])
+    def test_assigned_fields_refused(self, key: str) -> None:
+        """A submitted trigger may not choose its uuid or creation time."""
+        wire = submitted(**{key: published()[key]})
+        assert wire_errors(wire) == {key: "is assigned by the tower; leave it out"}
+
+    @pytest.mark.parametrize(
+        "key", ["api_version", "created_at", "Protocol", "specs", "routingKey", "status"]
+    )
+    def test_unknown_key(self, key: str) -> None:
+        """A key that is not a trigger field is named, so typos are not silently dropped."""
+        assert wire_errors(submitted(**{key: "x"})) == {key: "is not a trigger field"}
+
+    @pytest.mark.parametrize("key", ["apiVersion", "protocol", "spec"])
+    def test_missing_required(self, key: str) -> None:
+        """A missing required key is reported once, as required."""
+        wire = submitted()
+        del wire[key]
+        assert wire_errors(wire) == {key: "is required"}
+
+    @pytest.mark.parametrize(
+        "wire",
+        [
+            pytest.param([], id="list"),
+            pytest.param("trigger", id="string"),
+            pytest.param(None, id="null"),
+        ],
+    )
+    def test_not_an_object(self, wire: object) -> None:
+        """A body that is not a JSON object is reported under ``$``."""
+        assert wire_errors(wire) == {"$": "must be a JSON object"}
+
+    def test_list_spec_without_plate(self) -> None:
+        """A list of wells without a plate names ``plate``."""
+        assert wire_errors(submitted(spec=[{}])) == {
+            "plate": "is required when spec is a list of wells"
+        }
+
+    @pytest.mark.parametrize(
+        ("plate", "errors"),
+        [
+            pytest.param(
+                {"rows": True, "columns": 2},
+                {"plate.rows": "must be a positive integer"},
+                id="bool-rows",
+            ),
+            pytest.param(
+                {"rows": 1, "columns": "2"},
+                {"plate.columns": "must be a positive integer"},
+                id="string-columns",
+            ),
+            pytest.param(
+                {"rows": 1.0, "columns": 2.0},
+                {
+                    "plate.rows": "must be a positive integer",
+                    "plate.columns": "must be a positive integer",
+                },
+                id="floats",
+            ),
+            pytest.param(
+                {"rows": 1},
+                {"plate.columns": "must be a positive integer"},
+                id="missing-columns",
+            ),
+            pytest.param(
+                {"rows": 1, "columns": 2, "wells": 2},
+                {"plate.wells": "is not a plate field"},
+                id="unknown-key",
+            ),
+            pytest.param(
+                [1, 2],
+                {"plate": 'must be an object like {"rows": 8, "columns": 12}'},
+                id="not-an-object",
+            ),
+        ],
+    )
+    def test_invalid_plate(self, plate: object, errors: dict[str, str]) -> None:
+        """Each problem of the plate is named, without a misleading 'plate is required'."""
+        assert wire_errors(submitted(plate=plate, spec=[{}, {}])) == errors
+
+    def test_wrong_number_of_wells(self) -> None:
+        """A list of wells that does not fit the plate is reported under ``spec``."""
+        errors = wire_errors(submitted(plate={"rows": 2, "columns": 2}, spec=[{}]))
+        assert errors == {
+            "spec": "must hold exactly 4 wells for a 2x2 plate (one per well, column-first "
+            "from A1), got 1"
+        }
+
+    def test_well_problems_with_broken_plate(self) -> None:
+        """A well that is not an object is reported even when the plate is broken too."""
+        wire = submitted(plate={"rows": 0, "columns": 2}, spec=[{}, 5])
+        assert wire_errors(wire) == {
+            "plate.rows": "must be a positive integer",
+            "spec[1]": "must be a JSON object",
+        }
+
+    @pytest.mark.parametrize(
+        ("metadata", "errors"),
+        [
+            pytest.param(
+                "ada",
+                {"metadata": 'must be an object like {"spec": {...}}'},
+                id="not-an-object",
+            ),
+            pytest.param({"spec": [1]}, {"metadata.spec": "must be a JSON object"}, id="spec-list"),
+            pytest.param(
+                {"source": ["a"]}, {"metadata.source": "must be a string"}, id="source-list"
+            ),
+            pytest.param(
+                {"owner": "ada"}, {"metadata.owner": "is not a metadata field"}, id="unknown-key"
+            ),
+        ],
+    )
+    def test_invalid_metadata(self, metadata: object, errors: dict[str, str]) -> None:
+        """Each problem of the metadata is named under ``metadata``."""
+        assert wire_errors(submitted(metadata=metadata)) == errors
+
+    def test_every_problem_at_once(self) -> None:
+        """All problems of a submitted trigger come back together, each once."""
+        wire = {
+            "apiVersion": "OT-2 /v1",
+            "spec": {},
+            "plate": {"rows": "8", "columns": 12},
+            "metadata": {"spec": "none"},
+            "uuid": FIXED_UUID,
+            "colour": "blue",
+        }
+        assert set(wire_errors(wire)) == {
+            "apiVersion",
+            "protocol",
+            "spec",
+            "plate.rows",
+            "metadata.spec",
+            "uuid",
+            "colour",
+        }
+
+    @pytest.mark.parametrize(
+        "body",
+        [
+            pytest.param(rb'{"note": NaN}', id="nan"),
+            pytest.param(rb'{"note": -Infinity}', id="infinity"),
+            pytest.param(rb'{"note": "\ud800"}', id="lone-surrogate"),
+            pytest.param(rb'{"\udfff": 1}', id="lone-surrogate-key"),
+        ],
+    )
+    def test_spec_that_cannot_be_published(self, body: bytes) -> None:
+        """A spec Python's JSON reader lets through but strict JSON cannot carry is refused."""
+        wire = submitted(spec=json.loads(body))
+        assert any(field.startswith("spec") for field in wire_errors(wire, source="http"))
+
+
+class TestLoadTrigger:
+    def test_round_trip(self) -> None:
+        """A published body reads back as an equal trigger."""
+        trigger = fixed_trigger()
+        assert load_trigger(dump_trigger(trigger)) == trigger
+
+    def test_round_trip_plate(self) -> None:
+        """A plate trigger reads back as an equal trigger."""
+        trigger = fixed_trigger(plate=Plate(rows=2, columns=1), spec=[{"v": 1}, {"v": 2.5}])
+        assert load_trigger(dump_trigger(trigger)) == trigger
+
+    def test_text_body(self) -> None:
+        """A body given as text is read like bytes."""
+        trigger = fixed_trigger()
+        assert load_trigger(dump_trigger(trigger).decode()) == trigger
+
+    def test_keeps_assigned_fields(self) -> None:
+        """The uuid, creation time and source of a published body are kept."""
+        trigger = load_trigger(dumps(published(metadata={"source": "riffyn"})))
+        assert (trigger.uuid, trigger.created_at, trigger.metadata.source) == (
+            FIXED_UUID,
+            FIXED_TIME,
+            "riffyn",
+        )
+
+    def test_assigned_fields_required(self) -> None:
+        """A published body without uuid or creation time is refused."""
+        with pytest.raises(InvalidTriggerError) as excinfo:
+            load_trigger(dumps(submitted()))
+        assert set(excinfo.value.errors) == {
+            FieldError("uuid", "is required"),
+            FieldError("createdAt", "is required"),
+        }
+
+    @pytest.mark.parametrize(
+        ("overrides", "error"),
+        [
+            pytest.param(
+                {"uuid": FIXED_UUID.upper()},
+                FieldError("uuid", "must be 32 lowercase hex characters"),
+                id="uppercase-uuid",
+            ),
+            pytest.param(
+                {"createdAt": "2026-01-31T12:00:00"},
+                FieldError("createdAt", "must be an RFC 3339 timestamp"),
+                id="naive-created-at",
+            ),
+            pytest.param(
+                {"createdAt": "yesterday"},
+                FieldError("createdAt", "must be an RFC 3339 timestamp"),
+                id="garbage-created-at",
+            ),
+            pytest.param(
+                {"createdAt": 1769860800},
+                FieldError("createdAt", "must be an RFC 3339 timestamp"),
+                id="epoch-created-at",
+            ),
+            pytest.param(
+                {"status": "sent"},
+                FieldError("status", "is not a trigger field"),
+                id="unknown-key",
+            ),
+        ],
+    )
+    def test_invalid(self, overrides: dict[str, Any], error: FieldError) -> None:
+        """A published body with a bad field is refused, naming the field."""
+        with pytest.raises(InvalidTriggerError) as excinfo:
+            load_trigger(dumps(published(**overrides)))
+        assert excinfo.value.errors == (error,)
+
+    @pytest.mark.parametrize(
+        "body",
+        [
+            pytest.param(b"", id="empty"),
+            pytest.param(b"{", id="truncated"),
+            pytest.param(b"\xff\xfe", id="not-utf8"),
+        ],
+    )
+    def test_not_json(self, body: bytes) -> None:
+        """A body that is not JSON is refused under ``$``."""
+        with pytest.raises(InvalidTriggerError) as excinfo:
+            load_trigger(body)
+        (error,) = excinfo.value.errors
+        assert error.field == "$"
+        assert error.message.startswith("is not valid JSON: ")
+
+    def test_not_an_object(self) -> None:
+        """A JSON body that is not an object is refused under ``$``."""
+        with pytest.raises(InvalidTriggerError) as excinfo:
+            load_trigger(b"[]")
+        assert excinfo.value.errors == (FieldError("$", "must be a JSON object"),)
+
+
+API_CHARS = string.ascii_letters + string.digits + "-"
+
+json_scalars = (
+    st.none()
+    | st.booleans()
+    | st.integers()
+    | st.floats(allow_nan=False, allow_infinity=False)
+    | st.text(max_size=10)
+)
+json_values = st.recursive(
+    json_scalars,
+    lambda children: (
+        st.lists(children, max_size=4) | st.dictionaries(st.text(max_size=10), children, max_size=4)
+    ),
+    max_leaves=12,
+)
+json_objects = st.dictionaries(st.text(max_size=10), json_values, max_size=5)
+api_versions = st.builds(
+    lambda api, number, suffix, device: f"{api}/v{number}{suffix}{device}",
+    st.text(API_CHARS, min_size=1, max_size=12),
+    st.integers(min_value=1, max_value=999),
+    st.text(string.ascii_lowercase + string.digits, max_size=6),
+    st.just("") | st.text(API_CHARS + "_", min_size=1, max_size=12).map(lambda d: "/" + d),
+)
+protocols = st.builds(
+    str.__add__,
+    st.sampled_from(string.ascii_letters),
+    st.text(string.ascii_letters + string.digits + "_", max_size=127),
+)
+offsets = st.integers(min_value=-23 * 60 - 59, max_value=23 * 60 + 59).map(
+    lambda minutes: timezone(timedelta(minutes=minutes))
+)
+created_ats = st.datetimes(
+    min_value=datetime(1, 1, 2), max_value=datetime(9999, 12, 30), timezones=offsets
+)
+
+
+@st.composite
+def specs_and_plates(draw: st.DrawFn) -> tuple[Any, Plate | None]:
+    """A spec and the plate that goes with it: one object, or one object per well."""
+    if draw(st.booleans()):
+        return draw(st.dictionaries(st.text(max_size=10), json_values, min_size=1)), None
+    plate = Plate(
+        rows=draw(st.integers(min_value=1, max_value=3)),
+        columns=draw(st.integers(min_value=1, max_value=4)),
+    )
+    return draw(st.lists(json_objects, min_size=plate.wells, max_size=plate.wells)), plate
+
+
+@st.composite
+def triggers(draw: st.DrawFn) -> Trigger:
+    """Valid triggers, every field drawn from its whole legal range."""
+    spec, plate = draw(specs_and_plates())
+    return Trigger(
+        api_version=draw(api_versions),
+        protocol=draw(protocols),
+        spec=spec,
+        plate=plate,
+        metadata=Metadata(source=draw(st.text(max_size=20)), spec=draw(json_objects)),
+        uuid=draw(st.uuids()).hex,
+        created_at=draw(created_ats),
+    )
+
+
+class TestRoundTripProperties:
+    @BOUNDED
+    @given(trigger=triggers())
+    def test_load_dump(self, trigger: Trigger) -> None:
+        """Any valid trigger reads back unchanged from its published body."""
+        assert load_trigger(dump_trigger(trigger)) == trigger
+
+    @BOUNDED
+    @given(trigger=triggers())
+    def test_body_is_strict_json(self, trigger: Trigger) -> None:
+        """Any valid trigger is published as UTF-8 JSON with the documented keys."""
+        wire = strict_json(dump_trigger(trigger))
+        expected = {"apiVersion", "protocol", "spec", "metadata", "uuid", "createdAt"}
+        assert set(wire) == (expected if trigger.plate is None else expected | {"plate"})
+        assert wire["createdAt"].endswith("Z")
+
+    @BOUNDED
+    @given(trigger=triggers(), source=st.text(min_size=1, max_size=20))
+    def test_submitted(self, trigger: Trigger, source: str) -> None:
+        """Any valid trigger, submitted without its assigned fields, comes back the same."""
+        wire = json.loads(dump_trigger(trigger))
+        del wire["uuid"], wire["createdAt"]
+        received = trigger_from_wire(wire, source=source)
+        assert received.metadata == Metadata(source=source, spec=trigger.metadata.spec)
+        assert (received.api_version, received.protocol, received.spec, received.plate) == (
+            trigger.api_version,
+            trigger.protocol,
+            trigger.spec,
+            trigger.plate,
+        )
+
+
+class TestStructureEnvValue:
+    @pytest.mark.parametrize(
+        ("raw", "expected"),
+        [
+            pytest.param("true", True, id="true"),
+            pytest.param(" Yes ", True, id="yes-padded"),
+            pytest.param("ON", True, id="on-upper"),
+            pytest.param("1", True, id="one"),
+            pytest.param("false", False, id="false"),
+            pytest.param("no", False, id="no"),
+            pytest.param("Off", False, id="off"),
+            pytest.param("0", False, id="zero"),
+        ],
+    )
+    def test_bool(self, raw: str, expected: bool) -> None:
+        """Booleans are read from the usual words, so 'false' is False."""
+        assert structure_env_value(raw, bool) is expected
+
+    @pytest.mark.parametrize("raw", ["", "maybe", "2"])
+    def test_bad_bool(self, raw: str) -> None:
+        """Anything else is refused rather than read as truthy."""
+        with pytest.raises(ValueError, match=r"^must be true or false$"):
+            structure_env_value(raw, bool)
+
+    @pytest.mark.parametrize(
+        ("raw", "kind", "expected"),
+        [
+            pytest.param(" 42 ", int, 42, id="int"),
+            pytest.param("-3", int, -3, id="negative-int"),
+            pytest.param("2.5", float, 2.5, id="float"),
+            pytest.param("3", float, 3.0, id="whole-float"),
+            pytest.param("hello", str, "hello", id="str"),
+        ],
+    )
+    def test_scalar(self, raw: str, kind: type, expected: object) -> None:
+        """Numbers and strings are read as the declared type."""
+        value = structure_env_value(raw, kind)
+        assert (value, type(value)) == (expected, kind)
+
+    @pytest.mark.parametrize(
+        ("raw", "kind", "message"),
+        [
+            pytest.param("4.5", int, "must be an integer", id="fraction-for-int"),
+            pytest.param("many", int, "must be an integer", id="word-for-int"),
+            pytest.param("fast", float, "must be a number", id="word-for-float"),
+        ],
+    )
+    def test_bad_number(self, raw: str, kind: type, message: str) -> None:
+        """A number that does not parse says which kind was expected."""
+        with pytest.raises(ValueError, match=f"^{message}$"):
+            structure_env_value(raw, kind)
+
+    @pytest.mark.parametrize(
+        ("raw", "kind", "expected"),
+        [
+            pytest.param("1, 2,,3", list[int], [1, 2, 3], id="list-of-int"),
+            pytest.param("a,b", tuple[str, ...], ("a", "b"), id="tuple-of-str"),
+            pytest.param(" , ", list[str], [], id="empty"),
+        ],
+    )
+    def test_sequence(self, raw: str, kind: Any, expected: object) -> None:
+        """Lists are written comma-separated; blanks between commas are skipped."""
+        assert structure_env_value(raw, kind) == expected
+
+    def test_bad_item(self) -> None:
+        """A bad item of a list is refused like a bad single value."""
+        with pytest.raises(ValueError, match=r"^must be an integer$"):
+            structure_env_value("1,two", list[int])
