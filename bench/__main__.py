@@ -1,0 +1,164 @@
+"""``python -m bench``: run the benchmarks, print the figures, write docs/benchmarks.md."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import tempfile
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from ._broker import open_vhost
+from ._common import REPO_ROOT, BenchError
+from ._http_bench import run_http_bench
+from ._idle import run_idle_bench
+from ._report import (
+    HTTP_TARGET,
+    IDLE_TARGET,
+    PUBLISHER_TARGET,
+    describe_machine,
+    render_markdown,
+    verdict,
+)
+
+if TYPE_CHECKING:
+    from collections.abc import Sequence
+
+    from ._http_bench import HttpResult
+    from ._idle import IdleResult
+    from ._publisher_bench import PublisherResult
+
+PARTS = ("publisher", "http", "idle")
+DOCS_PATH = REPO_ROOT / "docs" / "benchmarks.md"
+COMMAND = "just bench"
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="python -m bench",
+        description=(
+            "Measure tower-trio against its peers in one run: publisher throughput against "
+            "aio-pika, POST /triggers against FastAPI + uvicorn + aio-pika, and idle CPU. "
+            "A full run writes docs/benchmarks.md."
+        ),
+    )
+    parser.add_argument(
+        "--quick",
+        action="store_true",
+        help="small figures for a smoke check (2000 messages, 3 s runs); writes no docs",
+    )
+    parser.add_argument("--only", choices=PARTS, help="run one part; writes no docs")
+    parser.add_argument("--messages", type=int, help="triggers per publisher round (20000)")
+    parser.add_argument("--rounds", type=int, default=3, help="publisher rounds per side (3)")
+    parser.add_argument("--duration", type=float, help="seconds of HTTP load per server (10)")
+    parser.add_argument("--http-rounds", type=int, default=1, help="HTTP runs per server (1)")
+    parser.add_argument("--connections", type=int, default=32, help="HTTP connections (32)")
+    parser.add_argument("--in-flight", type=int, default=256, help="unconfirmed messages (256)")
+    parser.add_argument("--idle-seconds", type=float, help="idle window (10)")
+    parser.add_argument(
+        "--broker", default="127.0.0.1:5672", help="RabbitMQ host:port (127.0.0.1:5672)"
+    )
+    parser.add_argument(
+        "--output",
+        type=Path,
+        help="where to write the Markdown report (default: docs/benchmarks.md on a full run)",
+    )
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    messages = args.messages or (2000 if args.quick else 20000)
+    duration = args.duration or (3.0 if args.quick else 10.0)
+    warmup = 1.0
+    idle_seconds = args.idle_seconds or (3.0 if args.quick else 10.0)
+    parts = (args.only,) if args.only else PARTS
+    full_run = not args.quick and args.only is None
+    output: Path | None = args.output or (DOCS_PATH if full_run else None)
+
+    publisher: PublisherResult | None = None
+    http: HttpResult | None = None
+    idle: IdleResult | None = None
+    try:
+        machine = describe_machine()
+        _say(
+            f"{machine.cores} cores, {machine.python}, RabbitMQ {machine.rabbitmq}, "
+            f"load: {machine.load_generator}, peer: uvicorn on {machine.peer_stack}"
+        )
+        with (
+            tempfile.TemporaryDirectory(prefix="tower-trio-bench-") as tmp,
+            open_vhost(args.broker) as vhost,
+        ):
+            workdir = Path(tmp)
+            if "publisher" in parts:
+                # Imported here so that the other parts run even while the
+                # publisher does not import.
+                from ._publisher_bench import run_publisher_bench  # noqa: PLC0415
+
+                _say(
+                    f"\nPublisher: {messages:,} persistent triggers, confirms, "
+                    f"{args.in_flight} in flight, {args.rounds} rounds"
+                )
+                publisher = run_publisher_bench(
+                    vhost,
+                    messages=messages,
+                    rounds=args.rounds,
+                    in_flight=args.in_flight,
+                    report=_say,
+                )
+                _say(
+                    f"  median: tower-trio {publisher.tower:,.0f} msgs/s, aio-pika "
+                    f"{publisher.aio_pika:,.0f} msgs/s, ratio {publisher.ratio:.2f}x "
+                    f"(target >= {PUBLISHER_TARGET:.1f}x: "
+                    f"{verdict(publisher.ratio >= PUBLISHER_TARGET)})"
+                )
+            if "http" in parts:
+                _say(
+                    f"\nHTTP: POST /triggers, {args.connections} connections, "
+                    f"{duration:g} s per server after a {warmup:g} s warm-up"
+                )
+                http = run_http_bench(
+                    vhost,
+                    connections=args.connections,
+                    duration=duration,
+                    warmup=warmup,
+                    rounds=args.http_rounds,
+                    workdir=workdir,
+                    report=_say,
+                )
+                _say(
+                    f"  ratio tower-trio / FastAPI peer: {http.ratio:.2f}x req/s "
+                    f"(target >= {HTTP_TARGET:.1f}x: {verdict(http.ratio >= HTTP_TARGET)})"
+                )
+            if "idle" in parts:
+                _say(f"\nIdle CPU: tower-trio run, no plugins, {idle_seconds:g} s")
+                idle = run_idle_bench(vhost, seconds=idle_seconds, workdir=workdir)
+                budget = idle.budget(IDLE_TARGET)
+                fine = (
+                    ""
+                    if idle.cpu_seconds_fine is None
+                    else f" (scheduler counters: {idle.cpu_seconds_fine:.4f} s)"
+                )
+                _say(
+                    f"  {idle.cpu_seconds:.2f} s CPU in {idle.seconds:.1f} s{fine} "
+                    f"(target < {budget:.3f} s: {verdict(idle.cpu_seconds < budget)})"
+                )
+    except BenchError as err:
+        print(f"bench: error: {err}", file=sys.stderr)
+        return 1
+    if output is not None:
+        command = COMMAND if full_run else "python -m bench " + " ".join(argv or sys.argv[1:])
+        output.parent.mkdir(parents=True, exist_ok=True)
+        output.write_text(
+            render_markdown(machine, command=command, publisher=publisher, http=http, idle=idle)
+        )
+        _say(f"\nWrote {output}")
+    return 0
+
+
+def _say(line: str) -> None:
+    print(line, flush=True)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,237 @@
+"""What the run measured, on what, as console lines and as ``docs/benchmarks.md``."""
+
+from __future__ import annotations
+
+import importlib.metadata
+import os
+import platform
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import attrs
+
+from ._broker import broker_version
+from ._load import generator_name
+from ._peer_fastapi import uvicorn_stack
+
+if TYPE_CHECKING:
+    from ._http_bench import HttpResult, HttpSide
+    from ._idle import IdleResult
+    from ._publisher_bench import PublisherResult
+
+__all__ = [
+    "HTTP_TARGET",
+    "IDLE_TARGET",
+    "PUBLISHER_TARGET",
+    "Machine",
+    "describe_machine",
+    "render_markdown",
+    "verdict",
+]
+
+PUBLISHER_TARGET = 2.0
+HTTP_TARGET = 1.0
+IDLE_TARGET = 0.05
+"""CPU seconds per 10 s of idleness."""
+
+_PACKAGES = (
+    "tower-trio",
+    "trio",
+    "hypercorn",
+    "quart-trio",
+    "pamqp",
+    "aio-pika",
+    "aiormq",
+    "fastapi",
+    "pydantic",
+    "uvicorn",
+)
+
+
+@attrs.frozen
+class Machine:
+    date: str
+    cores: int
+    cpu: str
+    system: str
+    python: str
+    rabbitmq: str
+    packages: dict[str, str]
+    peer_stack: str
+    load_generator: str
+
+
+def _cpu_model() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.partition(":")[2].strip()
+    except OSError:
+        pass
+    return platform.processor() or "unknown"
+
+
+def _version(package: str) -> str:
+    try:
+        return importlib.metadata.version(package)
+    except importlib.metadata.PackageNotFoundError:
+        return "not installed"
+
+
+def describe_machine() -> Machine:
+    return Machine(
+        date=datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC"),
+        cores=os.cpu_count() or 0,
+        cpu=_cpu_model(),
+        system=f"{platform.system()} {platform.release()}",
+        python=f"{platform.python_implementation()} {platform.python_version()}",
+        rabbitmq=broker_version(),
+        packages={package: _version(package) for package in _PACKAGES},
+        peer_stack=uvicorn_stack(),
+        load_generator=generator_name(),
+    )
+
+
+def verdict(met: bool) -> str:
+    return "met" if met else "MISSED"
+
+
+def render_markdown(
+    machine: Machine,
+    *,
+    command: str,
+    publisher: PublisherResult | None,
+    http: HttpResult | None,
+    idle: IdleResult | None,
+) -> str:
+    lines = [
+        "# Benchmarks",
+        "",
+        "<!-- Written by `python -m bench`; rerun `just bench` rather than editing by hand. -->",
+        "",
+        f"Measured on {machine.date} with `{command}`. Every figure below comes from that one "
+        "run: absolute numbers drift from run to run on a shared machine, so compare the "
+        "ratios, which were measured side by side.",
+        "",
+        "## Machine",
+        "",
+        "| | |",
+        "| --- | --- |",
+        f"| CPU | {machine.cores} cores, {machine.cpu} |",
+        f"| System | {machine.system} |",
+        f"| Python | {machine.python} |",
+        f"| RabbitMQ | {machine.rabbitmq}, on loopback |",
+        f"| Load generator | {machine.load_generator} |",
+        f"| uvicorn event loop + HTTP parser | {machine.peer_stack} |",
+    ]
+    lines.extend(f"| {name} | {version} |" for name, version in machine.packages.items())
+    if publisher is not None:
+        lines.extend(_publisher_section(publisher))
+    if http is not None:
+        lines.extend(_http_section(http, machine))
+    if idle is not None:
+        lines.extend(_idle_section(idle))
+    lines.extend(
+        [
+            "",
+            "## Reproducing",
+            "",
+            "Run `just bench` from the repository root with RabbitMQ running locally "
+            "(`rabbitmqctl` on PATH, guest/guest on 127.0.0.1:5672). It creates a vhost of its "
+            "own and deletes it at the end. `python -m bench --quick` is a smoke check; "
+            "`--only publisher|http|idle` runs one part; `--help` lists the rest.",
+            "",
+        ]
+    )
+    return "\n".join(lines)
+
+
+def _publisher_section(result: PublisherResult) -> list[str]:
+    rounds = len(result.tower_rates)
+
+    def each(rates: tuple[float, ...]) -> str:
+        return ", ".join(f"{rate:,.0f}" for rate in rates)
+
+    return [
+        "",
+        "## Publisher throughput",
+        "",
+        f"{result.messages:,} triggers (JSON bodies of about 220 bytes), persistent, to a "
+        "durable topic exchange with a durable queue bound to it, publisher confirms on, at "
+        f"most {result.in_flight} unconfirmed. The clock runs from the first message handed "
+        "over to the last confirm; connecting, declaring and serializing the bodies happen "
+        f"before it. Median of {rounds} rounds, the two sides alternating.",
+        "",
+        "- **tower-trio**: `Publisher.serve` fed through a trio memory channel, as the HTTP "
+        "API and the plugins feed it, on the project's own AMQP client.",
+        f"- **aio-pika**: {result.in_flight} coroutines, each publishing and awaiting its "
+        "confirm on one confirm-mode channel.",
+        "",
+        "| Publisher | msgs/s (median) | each round |",
+        "| --- | ---: | --- |",
+        f"| tower-trio | {result.tower:,.0f} | {each(result.tower_rates)} |",
+        f"| aio-pika | {result.aio_pika:,.0f} | {each(result.aio_pika_rates)} |",
+        "",
+        f"tower-trio / aio-pika: **{result.ratio:.2f}x** (target ≥ {PUBLISHER_TARGET:.1f}x: "
+        f"{verdict(result.ratio >= PUBLISHER_TARGET)}). Every round's queue held every "
+        "confirmed message.",
+    ]
+
+
+def _http_row(side: HttpSide) -> str:
+    load = side.load
+    return (
+        f"| {side.name} | {load.rate:,.0f} | {load.p50 * 1e3:.1f} | {load.p99 * 1e3:.1f} | "
+        f"{load.not_accepted} | {load.accepted:,} | {side.stored:,} |"
+    )
+
+
+def _http_section(result: HttpResult, machine: Machine) -> list[str]:
+    runs = len(result.tower_runs)
+    which = "" if runs == 1 else f" (the median of {runs} runs each)"
+    return [
+        "",
+        "## HTTP: `POST /triggers`",
+        "",
+        f"{result.connections} keep-alive connections for {result.duration:g} s{which}, each "
+        "request a valid trigger, after a short warm-up. Each server is one process and "
+        "publishes every trigger persistent with confirms before answering 202.",
+        "",
+        "- **tower-trio**: `tower-trio run` (Hypercorn + Quart-Trio, the project's publisher), "
+        "no plugins.",
+        f"- **FastAPI peer** (`bench/_peer_fastapi.py`): FastAPI + uvicorn ({machine.peer_stack})"
+        " + aio-pika with `publisher_confirms=True`, one worker, the same validation rules, "
+        "answering with the same JSON.",
+        "",
+        "req/s counts 202 responses only. Stored is the queue depth after the server drained; "
+        "it is at least the 202 count (requests cut off when the load stops may still publish).",
+        "",
+        "| Server | req/s | p50 ms | p99 ms | not 202 | 202s | stored |",
+        "| --- | ---: | ---: | ---: | ---: | ---: | ---: |",
+        _http_row(result.tower),
+        _http_row(result.peer),
+        "",
+        f"tower-trio / FastAPI peer: **{result.ratio:.2f}x** req/s (target ≥ "
+        f"{HTTP_TARGET:.1f}x: {verdict(result.ratio >= HTTP_TARGET)}).",
+    ]
+
+
+def _idle_section(result: IdleResult) -> list[str]:
+    budget = result.budget(IDLE_TARGET)
+    fine = (
+        ""
+        if result.cpu_seconds_fine is None
+        else f" (scheduler counters: {result.cpu_seconds_fine:.4f} s)"
+    )
+    return [
+        "",
+        "## Idle CPU",
+        "",
+        "`tower-trio run` with no plugins and the broker connected, measured from the moment "
+        f"`/readyz` answered 200, for {result.seconds:.1f} s with no traffic: user + system "
+        "CPU time of the process from `/proc/<pid>/stat`.",
+        "",
+        f"**{result.cpu_seconds:.2f} s** of CPU{fine}; target < {budget:.3f} s: "
+        f"{verdict(result.cpu_seconds < budget)}.",
+    ]
