@@ -30,7 +30,7 @@ class AMQPError(TowerError):
         # One failure (a lost connection, a closed channel) is raised by every
         # task that was waiting on it. Raising one object from many tasks would
         # splice their tracebacks together, so each raise gets its own copy.
-        copy = object.__new__(type(self))
+        copy = type(self).__new__(type(self), *self.args)
         copy.__dict__.update(self.__dict__)
         copy.args = self.args
         copy.__cause__ = self.__cause__

@@ -28,6 +28,7 @@ _METHOD = constants.FRAME_METHOD
 _HEADER = constants.FRAME_HEADER
 _BODY = constants.FRAME_BODY
 _HEARTBEAT = constants.FRAME_HEARTBEAT
+_KNOWN_TYPES = frozenset((_METHOD, _HEADER, _BODY, _HEARTBEAT))
 _BASIC_CLASS = commands.Basic.frame_id
 
 
@@ -57,6 +58,14 @@ class FrameReader:
         unpack = _ENVELOPE.unpack_from
         while size - position >= FRAME_OVERHEAD:
             kind, channel, length = unpack(buffer, position)
+            if kind not in _KNOWN_TYPES:
+                if buffer.startswith(b"AMQP", position):
+                    raise FrameError(
+                        "the broker answered with protocol header "
+                        f"{bytes(buffer[position : position + 8])!r}: it does not "
+                        "speak AMQP 0-9-1"
+                    )
+                raise FrameError(f"received a frame of unknown type {kind}")
             end = position + FRAME_OVERHEAD + length
             if self.frame_max and end - position > self.frame_max:
                 raise FrameError(
@@ -71,7 +80,7 @@ class FrameReader:
                 value: Frame = body.ContentBody(bytes(buffer[position + 7 : end - 1]))
             elif kind == _HEARTBEAT:
                 value = heartbeat.Heartbeat()
-            elif kind in (_METHOD, _HEADER):
+            else:
                 try:
                     _, _, decoded = frame.unmarshal(bytes(buffer[position:end]))
                 except exceptions.UnmarshalingException as err:
@@ -79,14 +88,6 @@ class FrameReader:
                 if isinstance(decoded, header.ProtocolHeader):
                     raise FrameError("a protocol header came in the middle of the stream")
                 value = decoded
-            elif buffer.startswith(b"AMQP", position):
-                raise FrameError(
-                    "the broker answered with protocol header "
-                    f"{bytes(buffer[position : position + 8])!r}: it does not speak "
-                    "AMQP 0-9-1"
-                )
-            else:
-                raise FrameError(f"received a frame of unknown type {kind}")
             frames.append((channel, value))
             position = end
         if position:

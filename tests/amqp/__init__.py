@@ -1,0 +1,1 @@
+"""Tests of the AMQP client, tower_trio.amqp."""
