@@ -53,6 +53,11 @@ class FakePeer:
         async with self._send_lock:
             await self._stream.send_all(frame.marshal(value, channel))
 
+    async def send_raw(self, data: bytes) -> None:
+        """Send bytes as they are, frame or not."""
+        async with self._send_lock:
+            await self._stream.send_all(data)
+
     async def send_message(
         self,
         channel: int,
@@ -141,44 +146,58 @@ class FakeBroker:
         return await self._peers.receive()
 
 
-async def _read_frames(stream: trio.SocketStream, buffer: bytearray) -> list[tuple[int, object]]:
-    while True:
-        frames: list[tuple[int, object]] = []
-        while True:
-            try:
-                consumed, channel, value = frame.unmarshal(bytes(buffer))
-            except exceptions.UnmarshalingException:
+@attrs.define(eq=False)
+class _Frames:
+    """Frames decoded from the client's byte stream, one at a time."""
+
+    _stream: trio.SocketStream
+    _buffer: bytearray = attrs.Factory(bytearray)
+    _ready: list[tuple[int, object]] = attrs.Factory(list)
+
+    async def protocol_header(self) -> bytes:
+        while len(self._buffer) < 8:
+            data = await self._stream.receive_some(8)
+            if not data:
+                return b""
+            self._buffer += data
+        header_bytes = bytes(self._buffer[:8])
+        del self._buffer[:8]
+        return header_bytes
+
+    async def next(self) -> tuple[int, object] | None:
+        """The next frame, or None at the end of the stream."""
+        while not self._ready:
+            while True:
+                try:
+                    consumed, channel, value = frame.unmarshal(bytes(self._buffer))
+                except exceptions.UnmarshalingException:
+                    break
+                del self._buffer[:consumed]
+                self._ready.append((channel, value))
+            if self._ready:
                 break
-            del buffer[:consumed]
-            frames.append((channel, value))
-        if frames:
-            return frames
-        data = await stream.receive_some(65536)
-        if not data:
-            return []
-        buffer += data
+            data = await self._stream.receive_some(65536)
+            if not data:
+                return None
+            self._buffer += data
+        return self._ready.pop(0)
 
-
-async def _expect(stream: trio.SocketStream, buffer: bytearray, kind: type[Any]) -> Any:
-    frames = await _read_frames(stream, buffer)
-    assert len(frames) == 1, frames
-    _, value = frames[0]
-    assert isinstance(value, kind), value
-    return value
+    async def expect(self, kind: type[Any]) -> Any:
+        item = await self.next()
+        assert item is not None
+        assert isinstance(item[1], kind), item
+        return item[1]
 
 
 async def _serve_peer(
     broker: FakeBroker, stream: trio.SocketStream, peers: trio.MemorySendChannel[FakePeer]
 ) -> None:
-    buffer = bytearray()
+    frames = _Frames(stream)
     async with stream:
-        while len(buffer) < 8:
-            data = await stream.receive_some(8)
-            if not data:
-                return
-            buffer += data
-        assert bytes(buffer[:8]) == b"AMQP\x00\x00\x09\x01", bytes(buffer[:8])
-        del buffer[:8]
+        header_bytes = await frames.protocol_header()
+        if not header_bytes:
+            return
+        assert header_bytes == b"AMQP\x00\x00\x09\x01", header_bytes
         peer = FakePeer(stream)
         await peer.send(
             0,
@@ -190,7 +209,7 @@ async def _serve_peer(
                 mechanisms="PLAIN AMQPLAIN",
             ),
         )
-        start_ok = await _expect(stream, buffer, commands.Connection.StartOk)
+        start_ok = await frames.expect(commands.Connection.StartOk)
         peer.client_properties = start_ok.client_properties
         await peer.send(
             0,
@@ -200,18 +219,14 @@ async def _serve_peer(
                 heartbeat=broker.heartbeat,
             ),
         )
-        peer.tune_ok = await _expect(stream, buffer, commands.Connection.TuneOk)
-        open_ = await _expect(stream, buffer, commands.Connection.Open)
+        peer.tune_ok = await frames.expect(commands.Connection.TuneOk)
+        open_ = await frames.expect(commands.Connection.Open)
         peer.vhost = open_.virtual_host
         await peer.send(0, commands.Connection.OpenOk())
         await peers.send(peer)
         try:
-            while True:
-                frames = await _read_frames(stream, buffer)
-                if not frames:
-                    break
-                for channel, value in frames:
-                    await peer._on_frame(channel, value)
+            while (item := await frames.next()) is not None:
+                await peer._on_frame(*item)
         except (trio.BrokenResourceError, trio.ClosedResourceError):
             pass  # The test dropped the socket on purpose, or the client left.
         peer._note(0, EOFError())

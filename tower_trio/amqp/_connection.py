@@ -1,6 +1,8 @@
 """The AMQP connection: its tasks, its write buffer and its lifetime.
 
-A connection runs three tasks in a nursery of its own:
+A connection runs three tasks in a nursery of its own, shielded from the
+caller's cancellation so that the close handshakes still work when the
+caller's block is cancelled; the connection stops them itself:
 
 * the reader reads large chunks, cuts them into frames and dispatches each
   frame to its channel at once (acks resolve confirmations right there);
@@ -11,9 +13,9 @@ A connection runs three tasks in a nursery of its own:
 
 Failures do not escape the tasks as exceptions. A task that finds the
 connection broken records the error, fails everything waiting on the
-connection (confirmations, RPCs, consumers) and cancels the nursery; the
-body of ``open_connection`` is cancelled with it, and the recorded error is
-raised out of the ``async with`` as a plain exception, not an exception group.
+connection (confirmations, RPCs, consumers) and cancels both the tasks and
+the body of ``open_connection``; the recorded error is then raised out of
+the ``async with`` as a plain exception, not as an exception group.
 """
 
 from __future__ import annotations
@@ -85,7 +87,9 @@ class Connection:
     _last_recv: float = 0.0
     _reader_paused: bool = False
     _counters: Counters = attrs.Factory(Counters)
-    _cancel_scope: trio.CancelScope | None = None
+    # The scope of the block using the connection, and that of the tasks.
+    _body_scope: trio.CancelScope | None = None
+    _task_scope: trio.CancelScope | None = None
 
     def __attrs_post_init__(self) -> None:
         self._chunk_size = (self._tuned.frame_max or UNLIMITED_FRAME_MAX) - FRAME_OVERHEAD
@@ -230,13 +234,28 @@ class Connection:
 
     # -- lifetime -------------------------------------------------------------
 
-    def _start(self, nursery: trio.Nursery) -> None:
-        self._cancel_scope = nursery.cancel_scope
-        now = trio.current_time()
-        self._last_send = self._last_recv = now
-        nursery.start_soon(self._serve_reader)
-        nursery.start_soon(self._serve_writer)
-        nursery.start_soon(self._serve_heartbeat)
+    async def _serve(
+        self, body_scope: trio.CancelScope, *, task_status: trio.TaskStatus[None]
+    ) -> None:
+        """Run the connection's tasks until :meth:`_stop`."""
+        self._body_scope = body_scope
+        # Shielded: when the caller's scope is cancelled, the reader and the
+        # writer must still carry the close handshakes of the channels and
+        # the connection. They end only when the connection stops them.
+        with trio.CancelScope(shield=True) as self._task_scope:
+            async with trio.open_nursery() as nursery:
+                now = trio.current_time()
+                self._last_send = self._last_recv = now
+                nursery.start_soon(self._serve_reader)
+                nursery.start_soon(self._serve_writer)
+                nursery.start_soon(self._serve_heartbeat)
+                task_status.started()
+
+    def _stop(self) -> None:
+        assert self._task_scope is not None
+        assert self._body_scope is not None
+        self._task_scope.cancel()
+        self._body_scope.cancel()
 
     def _mark_dead(self, error: AMQPError) -> None:
         """Fail everything that waits on the connection; refuse new work."""
@@ -258,8 +277,7 @@ class Connection:
         if self._failure is None and not self._closing:
             self._failure = error
         self._mark_dead(error)
-        assert self._cancel_scope is not None
-        self._cancel_scope.cancel()
+        self._stop()
 
     async def _close(self) -> None:
         """Close with Connection.Close / CloseOk, bounded in time."""
@@ -527,13 +545,13 @@ async def open_connection(
     error: BaseException | None = None
     try:
         async with trio.open_nursery() as nursery:
-            connection._start(nursery)
+            await nursery.start(connection._serve, nursery.cancel_scope)
             try:
                 yield connection
             finally:
                 with trio.CancelScope(shield=True):
                     await connection._close()
-                nursery.cancel_scope.cancel()
+                connection._stop()
     except BaseExceptionGroup as group:
         error = _sole_error(group, connection._failure)
         if error is None:
