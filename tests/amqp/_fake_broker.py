@@ -46,6 +46,9 @@ class FakePeer:
     heartbeats: int = 0
     # When false, Channel.Close and Connection.Close get no automatic answer.
     answer_close: bool = True
+    # Cleared to stop reading from the socket, so that the client's writes
+    # back up; set again to go on.
+    reading: trio.Event = attrs.Factory(trio.Event)
     _content: dict[int, list[Any]] = attrs.Factory(dict)
 
     async def send(self, channel: int, value: base.Frame | heartbeat.Heartbeat) -> None:
@@ -199,6 +202,7 @@ async def _serve_peer(
             return
         assert header_bytes == b"AMQP\x00\x00\x09\x01", header_bytes
         peer = FakePeer(stream)
+        peer.reading.set()
         await peer.send(
             0,
             commands.Connection.Start(
@@ -225,7 +229,11 @@ async def _serve_peer(
         await peer.send(0, commands.Connection.OpenOk())
         await peers.send(peer)
         try:
-            while (item := await frames.next()) is not None:
+            while True:
+                await peer.reading.wait()
+                item = await frames.next()
+                if item is None:
+                    break
                 await peer._on_frame(*item)
         except (trio.BrokenResourceError, trio.ClosedResourceError):
             pass  # The test dropped the socket on purpose, or the client left.

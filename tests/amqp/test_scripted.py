@@ -379,6 +379,31 @@ class TestConnectionEnd:
         assert peer.got(commands.Channel.Close)
         assert peer.got(commands.Connection.Close)
 
+    async def test_channel_opened_in_a_cancelled_scope(
+        self, connected: tuple[amqp.Connection, FakePeer]
+    ) -> None:
+        """A channel cancelled while opening is still opened and closed in order."""
+        connection, peer = connected
+        with trio.CancelScope() as scope:
+            scope.cancel()
+            async with connection.open_channel():
+                pytest.fail("the block should not run")
+        await peer.wait_for(lambda: bool(peer.got(commands.Channel.Close)))
+        assert [type(value) for _, value in peer.received][-2:] == [
+            commands.Channel.Open,
+            commands.Channel.Close,
+        ]
+        async with connection.open_channel(confirm=True) as channel:
+            assert not channel.closed
+
+    async def test_repr_hides_password(self, connected: tuple[amqp.Connection, FakePeer]) -> None:
+        """Connections and channels show the redacted URL in their repr."""
+        connection, _ = connected
+        async with connection.open_channel(confirm=True) as channel:
+            assert repr(channel).startswith("<Channel 1 confirm open on amqp://guest:***@")
+        assert "guest:***@" in repr(connection)
+        assert ":guest@" not in repr(connection)
+
     async def test_close_without_close_ok(
         self, fake_broker: FakeBroker, autojump_clock: trio.testing.MockClock
     ) -> None:
@@ -433,6 +458,36 @@ class TestHeartbeats:
             await trio.sleep(3600)
             assert connection.heartbeat == 0
             assert peer.heartbeats == 0
+
+
+class TestBackpressure:
+    """Publishing faster than the socket drains."""
+
+    async def test_publish_waits_for_the_writer(
+        self, connected: tuple[amqp.Connection, FakePeer]
+    ) -> None:
+        """With the peer not reading, publish stops once about 1 MiB is unsent."""
+        connection, peer = connected
+        payload = b"x" * 65536
+        count = 400  # 26 MB: more than the kernel's socket buffers hold.
+        peer.reading = trio.Event()
+        async with connection.open_channel() as channel:
+            published = 0
+
+            async def publish_all() -> None:
+                nonlocal published
+                for _ in range(count):
+                    await channel.publish("", "q", payload)
+                    published += 1
+
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(publish_all)
+                await trio.testing.wait_all_tasks_blocked()
+                assert published < count
+                unflushed = connection.statistics().unflushed_bytes
+                assert 0 < unflushed <= (1 << 20) + len(payload) + 100
+                peer.reading.set()
+            await peer.wait_published(count)
 
 
 class TestBlocked:

@@ -79,7 +79,7 @@ class _Content:
     parts: list[bytes] = attrs.Factory(list)
 
 
-@attrs.define(eq=False)
+@attrs.define(eq=False, repr=False)
 class Channel:
     """An open AMQP channel; get one from :meth:`Connection.open_channel`.
 
@@ -102,6 +102,11 @@ class Channel:
     _method_cache: dict[tuple[str, str, bool], bytes] = attrs.Factory(dict)
     _published: int = 0
     _prefetch: int = 0
+
+    def __repr__(self) -> str:
+        mode = " confirm" if self._pending is not None else ""
+        state = "closed" if self.closed else "open"
+        return f"<Channel {self._number}{mode} {state} on {self._conn._url.redacted()}>"
 
     @property
     def channel_id(self) -> int:
@@ -304,9 +309,15 @@ class Channel:
             commands.Queue.BindOk,
         )
 
-    async def queue_delete(self, name: str) -> None:
-        """Delete a queue."""
-        await self._call(commands.Queue.Delete(queue=name), commands.Queue.DeleteOk)
+    async def queue_delete(
+        self, name: str, *, if_unused: bool = False, if_empty: bool = False
+    ) -> int:
+        """Delete a queue; return how many messages it held."""
+        reply = await self._call(
+            commands.Queue.Delete(queue=name, if_unused=if_unused, if_empty=if_empty),
+            commands.Queue.DeleteOk,
+        )
+        return int(reply.message_count or 0)
 
     async def queue_purge(self, name: str) -> int:
         """Remove every ready message of a queue; return how many there were."""
@@ -428,7 +439,11 @@ class Channel:
         return rpc.result
 
     async def _open(self, confirm: bool) -> None:
-        await self._call(commands.Channel.Open(), commands.Channel.OpenOk)
+        # Without the lock, whose acquisition is a checkpoint: Channel.Open
+        # is then always on its way before anything can cancel us, and the
+        # Channel.Close sent on exit never reaches the broker alone (which
+        # would be a connection error).
+        await self._call_unlocked(commands.Channel.Open(), (commands.Channel.OpenOk,))
         if confirm:
             await self._call(commands.Confirm.Select(), commands.Confirm.SelectOk)
             self._pending = PendingConfirms()

@@ -55,15 +55,15 @@ class Confirmation:
     delivery_tag: int
     outcome: Outcome | None = None
     returned: Returned | None = None
-    _error: AMQPError | None = attrs.field(default=None, init=False)
+    _error: AMQPError | None = attrs.field(default=None, init=False, repr=False)
     # Created only when somebody waits, so that the usual path (a publisher
     # that collects outcomes with callbacks, or not at all) costs no Event.
-    _event: trio.Event | None = attrs.field(default=None, init=False)
+    _event: trio.Event | None = attrs.field(default=None, init=False, repr=False)
     _callbacks: list[Callable[[Confirmation], object]] | None = attrs.field(
-        default=None, init=False
+        default=None, init=False, repr=False
     )
     # Set for mandatory messages, to find them again when Basic.Return comes.
-    _message_id: str | None = attrs.field(default=None, init=False)
+    _message_id: str | None = attrs.field(default=None, init=False, repr=False)
 
     @property
     def done(self) -> bool:

@@ -58,7 +58,7 @@ if TYPE_CHECKING:
 _MAX_CHANNELS: Final = 65535
 
 
-@attrs.define(eq=False)
+@attrs.define(eq=False, repr=False)
 class Connection:
     """An open AMQP connection; get one from :func:`open_connection`."""
 
@@ -94,6 +94,10 @@ class Connection:
     def __attrs_post_init__(self) -> None:
         self._chunk_size = (self._tuned.frame_max or UNLIMITED_FRAME_MAX) - FRAME_OVERHEAD
         self._unblocked.set()
+
+    def __repr__(self) -> str:
+        state = "closed" if self._refusal is not None else "open"
+        return f"<Connection {self._url.redacted()} {state}>"
 
     # -- public surface -------------------------------------------------------
 
@@ -307,7 +311,7 @@ class Connection:
                 try:
                     data = await stream.receive_some(RECEIVE_SIZE)
                 except (trio.BrokenResourceError, trio.ClosedResourceError) as err:
-                    self._fail(ConnectionLostError(f"receiving failed: {_reason(err)}"))
+                    self._fail(_lost(f"receiving failed: {_reason(err)}", err))
                     return
                 if not data:
                     self._eof()
@@ -318,9 +322,9 @@ class Connection:
                 counters.frames_received += len(frames)
                 await self._dispatch(frames)
         except FrameError as err:
-            self._fail(ConnectionLostError(f"the broker broke the protocol: {err}"))
+            self._fail(_lost(f"the broker broke the protocol: {err}", err))
         except Exception as err:
-            self._fail(ConnectionLostError(f"internal error in the AMQP client: {err!r}"))
+            self._fail(_lost(f"internal error in the AMQP client: {err!r}", err))
             raise
 
     def _eof(self) -> None:
@@ -385,6 +389,13 @@ class Connection:
             raise FrameError(f"unexpected {type(frame).__name__} on channel 0")
 
     async def _serve_writer(self) -> None:
+        try:
+            await self._write_until_stopped()
+        except Exception as err:
+            self._fail(_lost(f"internal error in the AMQP client: {err!r}", err))
+            raise
+
+    async def _write_until_stopped(self) -> None:
         stream = self._stream
         counters = self._counters
         while True:
@@ -399,7 +410,7 @@ class Connection:
             try:
                 await stream.send_all(data)
             except (trio.BrokenResourceError, trio.ClosedResourceError) as err:
-                self._fail(ConnectionLostError(f"sending failed: {_reason(err)}"))
+                self._fail(_lost(f"sending failed: {_reason(err)}", err))
                 return
             counters.bytes_sent += len(data)
             self._last_send = trio.current_time()
@@ -436,6 +447,12 @@ class Connection:
     async def _teardown(self) -> None:
         with trio.move_on_after(CLOSE_TIMEOUT):
             await self._stream.aclose()
+
+
+def _lost(reason: str, cause: BaseException) -> ConnectionLostError:
+    error = ConnectionLostError(reason)
+    error.__cause__ = cause
+    return error
 
 
 def _reason(err: BaseException) -> str:

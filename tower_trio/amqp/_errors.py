@@ -153,7 +153,10 @@ class ChannelClosedError(_ReplyError):
         self.by_client = by_client
         which = "the channel" if channel_id is None else f"channel {channel_id}"
         if by_client:
-            message = f"{which} was closed by this client ({reply_code} {reply_text})"
+            message = (
+                f"{which} was closed by this client ({reply_code} {reply_text}); "
+                "open a new channel to go on"
+            )
         else:
             method = _method_name(class_id, method_id)
             cause = f" in reply to {method}" if method else ""
