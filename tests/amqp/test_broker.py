@@ -71,6 +71,21 @@ class TestHandshake:
         assert unique in str(info.value)
         assert isinstance(info.value, amqp.AccessRefusedError)
 
+    async def test_vhost_without_permissions(self, amqp_url: str, unique: str) -> None:
+        """A vhost the user may not use raises AccessRefusedError suggesting set_permissions."""
+        rabbitmqctl = shutil.which("rabbitmqctl")
+        assert rabbitmqctl is not None
+        await trio.run_process([rabbitmqctl, "-q", "add_vhost", unique], capture_stdout=True)
+        try:
+            with pytest.raises(amqp.AccessRefusedError, match="set_permissions -p") as info:
+                async with amqp.open_connection(_with_vhost(amqp_url, unique)):
+                    pytest.fail("the vhost should not open")
+            assert not isinstance(info.value, amqp.VhostNotFoundError)
+            assert info.value.reply_code == 530
+            assert "refused for user 'guest'" in str(info.value)
+        finally:
+            await trio.run_process([rabbitmqctl, "-q", "delete_vhost", unique], capture_stdout=True)
+
     async def test_refused_port(self) -> None:
         """Nothing listening raises BrokerUnreachableError naming host:port and the fix."""
         with socket.socket() as holder:
@@ -171,17 +186,21 @@ class TestPublishAndConsume:
             connection.open_channel() as admin,
         ):
             await consumer_channel.queue_declare(unique)
-            await consumer_channel.basic_qos(10)
-            for number in range(3):
-                await admin.publish("", unique, str(number).encode())
-            received = []
-            async with consumer_channel.consume(unique, no_ack=True) as messages:
-                async for message in messages:
-                    received.append(message.body)
-                    if len(received) == 3:
-                        await admin.queue_delete(unique)
-            assert received == [b"0", b"1", b"2"]
-            assert not consumer_channel.closed
+            try:
+                await consumer_channel.basic_qos(10)
+                for number in range(3):
+                    await admin.publish("", unique, str(number).encode())
+                received = []
+                async with consumer_channel.consume(unique, no_ack=True) as messages:
+                    async for message in messages:
+                        received.append(message.body)
+                        if len(received) == 3:
+                            await admin.queue_delete(unique)
+                assert received == [b"0", b"1", b"2"]
+                assert not consumer_channel.closed
+            finally:
+                # Deleting a queue that is already gone is not an error.
+                await admin.queue_delete(unique)
 
     async def test_basic_get_on_empty_queue(self, channel: amqp.Channel, unique: str) -> None:
         """basic_get returns None when the queue is empty."""

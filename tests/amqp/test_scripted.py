@@ -101,6 +101,39 @@ class TestHandshake:
             assert connection.heartbeat == 60
 
 
+class TestNotABroker:
+    """Servers that accept the TCP connection but are no AMQP broker."""
+
+    async def test_wrong_protocol(self, nursery: trio.Nursery) -> None:
+        """A server answering in another protocol raises BrokerUnreachableError."""
+
+        async def http(stream: trio.SocketStream) -> None:
+            await stream.send_all(b"HTTP/1.1 400 Bad Request\r\n\r\n")
+            await stream.aclose()
+
+        listeners = await nursery.start(partial(trio.serve_tcp, http, 0, host="127.0.0.1"))
+        port = listeners[0].socket.getsockname()[1]
+        with pytest.raises(amqp.BrokerUnreachableError, match="does not speak AMQP 0-9-1"):
+            async with amqp.open_connection(f"amqp://127.0.0.1:{port}/"):
+                pytest.fail("no connection should be made")
+
+    async def test_silent_server(
+        self, nursery: trio.Nursery, autojump_clock: trio.testing.MockClock
+    ) -> None:
+        """A server that never answers raises BrokerUnreachableError after connect_timeout."""
+
+        async def silent(stream: trio.SocketStream) -> None:
+            await trio.sleep_forever()
+
+        listeners = await nursery.start(partial(trio.serve_tcp, silent, 0, host="127.0.0.1"))
+        port = listeners[0].socket.getsockname()[1]
+        start = trio.current_time()
+        with pytest.raises(amqp.BrokerUnreachableError, match="no connection within 3 s"):
+            async with amqp.open_connection(f"amqp://127.0.0.1:{port}/", connect_timeout=3):
+                pytest.fail("no connection should be made")
+        assert trio.current_time() - start == pytest.approx(3)
+
+
 class TestConfirms:
     """Basic.Ack and Basic.Nack, single and multiple."""
 

@@ -512,7 +512,9 @@ async def _establish(
                 raise
     except trio.TooSlowError as err:
         raise BrokerUnreachableError(
-            url.host, url.port, f"no AMQP handshake within {connect_timeout:g} s"
+            url.host,
+            url.port,
+            f"no connection within {connect_timeout:g} s (TCP connect and AMQP handshake)",
         ) from err
     return stream, reader, tuned
 

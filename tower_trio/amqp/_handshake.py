@@ -19,7 +19,6 @@ from ._errors import (
     AuthenticationError,
     BrokerUnreachableError,
     ConnectionClosedError,
-    ConnectionLostError,
     VhostNotFoundError,
 )
 from ._frames import PROTOCOL_HEADER, Frame, FrameError, FrameReader, marshal_method
@@ -123,11 +122,16 @@ class _Handshake:
         self._frames: deque[tuple[int, Frame]] = deque()
         self._stage = "waiting for Connection.Start"
 
+    def _failed(self, what: str) -> BrokerUnreachableError:
+        # Until the handshake is done there is no connection to lose: every
+        # failure means no AMQP connection could be made.
+        return BrokerUnreachableError(self._url.host, self._url.port, f"{what} while {self._stage}")
+
     async def send(self, data: bytes) -> None:
         try:
             await self._stream.send_all(data)
         except (trio.BrokenResourceError, trio.ClosedResourceError) as err:
-            raise ConnectionLostError(f"sending failed while {self._stage}: {err}") from err
+            raise self._failed(f"sending failed ({err})") from err
 
     async def expect(self, reply: type[base.Frame]) -> Any:
         while True:
@@ -135,15 +139,13 @@ class _Handshake:
                 try:
                     data = await self._stream.receive_some(RECEIVE_SIZE)
                 except (trio.BrokenResourceError, trio.ClosedResourceError) as err:
-                    raise ConnectionLostError(
-                        f"receiving failed while {self._stage}: {err}"
-                    ) from err
+                    raise self._failed(f"receiving failed ({err})") from err
                 if not data:
-                    raise ConnectionLostError(f"the broker closed the socket while {self._stage}")
+                    raise self._failed("the server closed the socket")
                 try:
                     self._frames.extend(self._reader.feed(data))
                 except FrameError as err:
-                    raise ConnectionLostError(f"{err} (while {self._stage})") from err
+                    raise self._failed(f"the server does not speak AMQP 0-9-1 ({err})") from err
             _channel, frame = self._frames.popleft()
             if isinstance(frame, heartbeat.Heartbeat):
                 continue
@@ -152,7 +154,7 @@ class _Handshake:
             if isinstance(frame, commands.Connection.Close):
                 await self._answer_close()
                 raise self._refused(frame.reply_code or 0, frame.reply_text)
-            raise ConnectionLostError(f"the broker sent {type(frame).__name__} while {self._stage}")
+            raise self._failed(f"the broker sent {type(frame).__name__}")
 
     async def _answer_close(self) -> None:
         # Best effort: the broker closes the socket soon anyway.
