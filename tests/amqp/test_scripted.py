@@ -220,6 +220,20 @@ class TestConfirms:
                     "ex", "rk", b"x", properties=amqp.Properties(message_id="m"), mandatory=True
                 )
 
+    async def test_properties_larger_than_a_frame(self, nursery: trio.Nursery) -> None:
+        """Properties that cannot fit in one header frame are refused before sending."""
+        broker = await nursery.start(partial(serve_fake_broker, frame_max=4096))
+        async with amqp.open_connection(broker.url) as connection:
+            async with connection.open_channel() as channel:
+                big = amqp.Properties(headers={"notes": "x" * 5000})
+                with pytest.raises(ValueError, match="more than one frame holds"):
+                    await channel.publish("", "q", b"x", properties=big)
+                fits = amqp.Properties(headers={"notes": "x" * 3000})
+                await channel.publish("", "q", b"x", properties=fits)
+            peer = await broker.accept()
+            published = await peer.wait_published(1)
+            assert published[0].properties.headers == {"notes": "x" * 3000}
+
     async def test_without_confirm_mode(self, connected: tuple[amqp.Connection, FakePeer]) -> None:
         """On a plain channel the confirmation is resolved at once as UNCONFIRMED."""
         connection, peer = connected

@@ -187,6 +187,12 @@ class Channel:
             self._method_cache[key] = method
         encoded = _NO_PROPERTIES if properties is None else properties.to_pamqp().marshal()
         chunk = conn._chunk_size
+        if len(encoded) + 12 > chunk:
+            # A content header cannot be split across frames.
+            raise ValueError(
+                f"the message properties take {len(encoded)} bytes, more than one frame "
+                f"holds (frame_max {conn._tuned.frame_max}); put less in the headers"
+            )
         frames = marshal_content(number, encoded, body, chunk)
         conn._write_message(method, frames, 2 + body_frame_count(len(body), chunk))
 
