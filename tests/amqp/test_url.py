@@ -86,9 +86,9 @@ class TestRedacted:
         assert url.redacted() == "amqp://lab:***@broker:5673/lab%2Fone?heartbeat=15"
 
     def test_default_vhost(self) -> None:
-        """The default vhost redacts to an empty path, which parses back to "/"."""
+        """The default vhost "/" redacts to %2F, which parses back to "/"."""
         url = amqp.URL.parse("amqp://broker")
-        assert url.redacted() == "amqp://guest:***@broker:5672/"
+        assert url.redacted() == "amqp://guest:***@broker:5672/%2F"
         assert amqp.URL.parse(url.redacted()).vhost == "/"
 
     def test_repr_hides_password(self) -> None:

@@ -132,7 +132,8 @@ class URL:
     def redacted(self) -> str:
         """The URL with the password replaced by ``***``, safe for logs."""
         host = f"[{self.host}]" if ":" in self.host else self.host
-        vhost = "" if self.vhost == "/" else quote(self.vhost, safe="")
+        # "/" is written %2F: unambiguous for every client that reads it back.
+        vhost = quote(self.vhost, safe="")
         query = []
         for name, value in (
             ("heartbeat", self.heartbeat),
