@@ -12,9 +12,12 @@ import os
 import shutil
 import subprocess
 import uuid
-from collections.abc import Iterator
+from typing import TYPE_CHECKING
 
 import pytest
+
+if TYPE_CHECKING:
+    from collections.abc import Iterator
 
 BROKER_HOST = os.environ.get("TOWER_TEST_AMQP_HOST", "127.0.0.1:5672")
 
@@ -45,3 +48,9 @@ def amqp_vhost() -> Iterator[str]:
 def amqp_url(amqp_vhost: str) -> str:
     """An ``amqp://`` URL for the session's vhost."""
     return f"amqp://guest:guest@{BROKER_HOST}/{amqp_vhost}"
+
+
+@pytest.fixture
+def unique() -> str:
+    """A short random suffix for names of exchanges and queues made by one test."""
+    return uuid.uuid4().hex[:10]

@@ -10,6 +10,7 @@ import pytest
 import trio
 import trio.testing
 
+from tests._helpers import spec_of
 from tower_trio import PluginError, Trigger
 from tower_trio._backoff import Backoff
 from tower_trio._channel import Submission
@@ -261,7 +262,7 @@ class TestSupervision:
             ticks = []
             for _ in range(10):
                 submission = await receive.receive()
-                ticks.append((submission.trigger.spec["n"], trio.current_time()))
+                ticks.append((spec_of(submission.trigger)["n"], trio.current_time()))
             while statuses["steady"].state is not PluginState.FINISHED:
                 await trio.testing.wait_all_tasks_blocked()
             nursery.cancel_scope.cancel()

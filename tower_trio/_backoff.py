@@ -31,7 +31,8 @@ class Backoff:
         """The delay before the next attempt; each call counts one more failure."""
         base = min(self.cap, self.initial * 2**self._failures)
         self._failures += 1
-        return base * (1 - self.jitter * self._random.random())
+        jittered: float = base * (1 - self.jitter * self._random.random())
+        return jittered
 
     def reset(self) -> None:
         self._failures = 0

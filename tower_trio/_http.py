@@ -136,7 +136,7 @@ def create_app(
     @app.errorhandler(Exception)
     async def unexpected_error(error: Exception) -> Response:
         # A bug of ours: the operator gets the traceback, the client never does.
-        _log.error("http.unexpected_error", exc_info=True, path=request.path)
+        _log.exception("http.unexpected_error", path=request.path)
         return _error(500, "internal error", ["the tower hit an unexpected error; see its log"])
 
     return app

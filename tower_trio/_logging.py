@@ -60,8 +60,12 @@ class Logger:
     def warning(self, event: str, **fields: Any) -> None:
         self._log(logging.WARNING, event, False, fields)
 
-    def error(self, event: str, *, exc_info: bool = False, **fields: Any) -> None:
-        self._log(logging.ERROR, event, exc_info, fields)
+    def error(self, event: str, **fields: Any) -> None:
+        self._log(logging.ERROR, event, False, fields)
+
+    def exception(self, event: str, **fields: Any) -> None:
+        """An error with the traceback of the exception being handled."""
+        self._log(logging.ERROR, event, True, fields)
 
 
 def get_logger(name: str) -> Logger:

@@ -7,6 +7,7 @@ that an HTTP client or a plugin author can fix a trigger in one go.
 
 from __future__ import annotations
 
+import math
 import re
 import uuid
 from collections.abc import Mapping, Sequence
@@ -29,6 +30,7 @@ __all__ = [
 JSONObject: TypeAlias = dict[str, Any]
 
 MAX_PROTOCOL_LENGTH = 128
+MAX_JSON_DEPTH = 32
 MAX_API_VERSION_LENGTH = 255  # an AMQP routing key is a short string: 255 bytes at most
 
 _API_VERSION = re.compile(r"[A-Za-z0-9-]+/v[1-9][0-9]*[a-z0-9]*(?:/[A-Za-z0-9_-]+)?")
@@ -155,21 +157,27 @@ def check_protocol(value: object) -> str | None:
 
 
 def check_spec(spec: object, plate: Plate | None) -> list[FieldError]:
-    if plate is None:
-        if isinstance(spec, list):
-            return [FieldError("plate", "is required when spec is a list of wells")]
-        if not isinstance(spec, Mapping):
-            return [FieldError("spec", "must be a JSON object of protocol parameters")]
-        if not spec:
-            return [FieldError("spec", "must not be empty")]
-        return []
-    if not isinstance(spec, list):
+    if isinstance(spec, list):
+        errors = [
+            FieldError(f"spec[{i}]", "must be a JSON object")
+            for i, well in enumerate(spec)
+            if not isinstance(well, Mapping)
+        ]
+        if not errors and (problem := json_problem(spec)):
+            errors.append(FieldError("spec" + problem[0], problem[1]))
+        if plate is None:
+            errors.append(FieldError("plate", "is required when spec is a list of wells"))
+            return errors
+    elif plate is not None:
         return [FieldError("spec", "must be a list of well objects when plate is given")]
-    errors = [
-        FieldError(f"spec[{index}]", "must be a JSON object")
-        for index, well in enumerate(spec)
-        if not isinstance(well, Mapping)
-    ]
+    elif not isinstance(spec, Mapping):
+        return [FieldError("spec", "must be a JSON object of protocol parameters")]
+    elif not spec:
+        return [FieldError("spec", "must not be empty")]
+    elif problem := json_problem(spec):
+        return [FieldError("spec" + problem[0], problem[1])]
+    else:
+        return []
     if len(spec) != plate.wells:
         errors.append(
             FieldError(
@@ -184,11 +192,13 @@ def check_spec(spec: object, plate: Plate | None) -> list[FieldError]:
 def check_metadata(metadata: object) -> list[FieldError]:
     if not isinstance(metadata, Metadata):
         return [FieldError("metadata", "must be a Metadata object")]
-    errors = []
+    errors: list[FieldError] = []
     if not isinstance(metadata.source, str):
         errors.append(FieldError("metadata.source", "must be a string"))
     if not isinstance(metadata.spec, Mapping):
         errors.append(FieldError("metadata.spec", "must be a JSON object"))
+    elif problem := json_problem(metadata.spec):
+        errors.append(FieldError("metadata.spec" + problem[0], problem[1]))
     return errors
 
 
@@ -209,6 +219,48 @@ def check_trigger(trigger: Trigger) -> list[FieldError]:
     if not isinstance(trigger.created_at, datetime) or trigger.created_at.tzinfo is None:
         errors.append(FieldError("createdAt", "must be a timezone-aware datetime"))
     return errors
+
+
+def json_problem(value: object) -> tuple[str, str] | None:
+    """Where and why ``value`` is not plain JSON, or None if it is.
+
+    Checked without recursion, so that a deeply nested spec is refused with a
+    reason instead of exhausting the stack; and strictly, so that what is
+    accepted is exactly what will be published and read back.
+    """
+    stack: list[tuple[str, object, int]] = [("", value, 0)]
+    while stack:
+        path, item, depth = stack.pop()
+        if depth > MAX_JSON_DEPTH:
+            return path, f"is nested more than {MAX_JSON_DEPTH} levels deep"
+        if isinstance(item, str):
+            if not _encodable(item):
+                return path, "holds text that is not valid Unicode (a lone surrogate)"
+        elif isinstance(item, float):
+            if not math.isfinite(item):
+                return path, "holds NaN or Infinity, which JSON cannot carry"
+        elif item is None or isinstance(item, bool | int):
+            continue
+        elif isinstance(item, dict):
+            for key, child in item.items():
+                if not isinstance(key, str):
+                    return path, f"has a key that is not a string: {key!r}"
+                if not _encodable(key):
+                    return path, "has a key that is not valid Unicode"
+                stack.append((f"{path}.{key}", child, depth + 1))
+        elif isinstance(item, list):
+            stack.extend((f"{path}[{i}]", child, depth + 1) for i, child in enumerate(item))
+        else:
+            return path, f"holds a {type(item).__name__}, which is not a JSON value"
+    return None
+
+
+def _encodable(text: str) -> bool:
+    try:
+        text.encode()
+    except UnicodeEncodeError:
+        return False
+    return True
 
 
 def _is_hex(value: str) -> bool:

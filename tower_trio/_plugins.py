@@ -150,12 +150,12 @@ def discover_plugins(
                 raise PluginError(
                     f"cannot load plugin {entry_point.name!r} from {entry_point.value}: {err}"
                 ) from err
-            module = loaded if isinstance(loaded, types.ModuleType) else inspect.getmodule(loaded)
-            if module is None:
+            source = loaded if isinstance(loaded, types.ModuleType) else inspect.getmodule(loaded)
+            if source is None:
                 raise PluginError(
                     f"plugin {entry_point.name!r}: {entry_point.value} is not a module"
                 )
-            found[entry_point.name] = _inspect_module(entry_point.name, entry_point.value, module)
+            found[entry_point.name] = _inspect_module(entry_point.name, entry_point.value, source)
     return found
 
 
@@ -294,9 +294,8 @@ async def serve_plugin(
                 status.state = PluginState.BACKING_OFF
                 status.last_error = f"{type(err).__name__}: {err}"
                 status.last_error_at = time.time()
-                _log.error(
+                _log.exception(
                     "plugin.crashed",
-                    exc_info=True,
                     plugin=plugin.name,
                     error=status.last_error,
                     restart_in=f"{delay:.1f}s",

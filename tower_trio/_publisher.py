@@ -65,6 +65,8 @@ class Publisher:
         )
         self._inflight_changed = trio.Event()
         self._input_done = False
+        # Per connection: everything taken so far has been handed to the broker.
+        self._all_published = False
         self._retries_waiting = 0
         self._published = self._unroutable = self._failed = self._nacked = 0
         self._connections = 0
@@ -126,10 +128,35 @@ class Publisher:
                         task_status.started()
                     delay = backoff.next_delay()
                     _log.info("broker.reconnecting", delay=f"{delay:.2f}s")
-                    await trio.sleep(delay)
+                    if await self._wait_to_reconnect(delay, receive_channel):
+                        return
         finally:
             if self._unsettled:
                 _log.error("publisher.stopped_with_unpublished", count=len(self._unsettled))
+
+    async def _wait_to_reconnect(
+        self, delay: float, receive_channel: trio.MemoryReceiveChannel[Submission]
+    ) -> bool:
+        """Wait ``delay``; True if meanwhile the sources closed with nothing left to publish.
+
+        Without this, a tower shutting down while the broker is away would
+        wait out its whole grace period even with nothing to deliver. At most
+        one submission is taken per wait, so the channel still applies
+        back-pressure to the sources.
+        """
+        with trio.move_on_after(delay):
+            if not self._input_done:
+                try:
+                    submission = await receive_channel.receive()
+                except trio.EndOfChannel:
+                    self._input_done = True
+                else:
+                    self._unsettled[submission] = None
+                    self._requeued.append(submission)
+            if self._input_done and all(s.withdrawn for s in self._unsettled):
+                return True
+            await trio.sleep_forever()
+        return False
 
     async def _serve_connection(
         self,
@@ -163,12 +190,13 @@ class Publisher:
         channel: amqp.Channel,
         receive_channel: trio.MemoryReceiveChannel[Submission],
     ) -> None:
+        self._all_published = False
         while self._requeued:
             await self._publish(channel, self._requeued.popleft())
         async for submission in receive_channel:
             self._unsettled[submission] = None
             await self._publish(channel, submission)
-        self._input_done = True
+        self._input_done = self._all_published = True
         self._inflight_changed.set()
 
     async def _publish(self, channel: amqp.Channel, submission: Submission) -> None:
@@ -202,7 +230,7 @@ class Publisher:
         # run of them, so waiting on the oldest costs nothing extra.
         while True:
             if not self._inflight:
-                if self._input_done and not self._retries_waiting:
+                if self._all_published and not self._retries_waiting:
                     return
                 self._inflight_changed = trio.Event()
                 await self._inflight_changed.wait()
@@ -258,7 +286,6 @@ class Publisher:
     def _requeue_unsettled(self) -> None:
         self._inflight.clear()
         self._retries_waiting = 0
-        self._input_done = False
         self._requeued = collections.deque(self._unsettled)
 
 

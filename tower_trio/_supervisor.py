@@ -26,7 +26,7 @@ import hypercorn.trio
 import trio
 
 from ._channel import Submission
-from ._http import create_app
+from ._http import Readiness, create_app
 from ._logging import get_logger
 from ._plugins import ConfiguredPlugin, PluginState, PluginStatus, SkippedPlugin, serve_plugin
 from ._publisher import Publisher
@@ -34,8 +34,6 @@ from ._version import __version__
 
 if TYPE_CHECKING:
     from collections.abc import Sequence
-
-    from quart_trio import QuartTrio
 
     from ._config import Settings
 
@@ -91,8 +89,9 @@ async def serve_tower(
         plugins_scope = trio.CancelScope()
         http_shutdown = trio.Event()
         async with send_channel:
-            app = create_app(settings, send_channel.clone(), readiness)
-            http_urls = await nursery.start(_serve_http, app, settings, http_shutdown)
+            http_urls = await nursery.start(
+                _serve_http, settings, send_channel.clone(), readiness, http_shutdown
+            )
             await nursery.start(_serve_plugins, plugins, send_channel, statuses, plugins_scope)
         _log.info(
             "tower.started",
@@ -126,18 +125,31 @@ async def _run_in_scope(
 
 
 async def _serve_http(
-    app: QuartTrio,
     settings: Settings,
+    send_channel: trio.MemorySendChannel[Submission],
+    readiness: Readiness,
     shutdown: trio.Event,
     *,
     task_status: trio.TaskStatus[list[str]] = trio.TASK_STATUS_IGNORED,
 ) -> None:
+    """Serve the API until ``shutdown``; its clone closes once the last request is done."""
+    async with send_channel:
+        app = create_app(settings, send_channel, readiness)
+        await hypercorn.trio.serve(
+            app,
+            _hypercorn_config(settings),
+            shutdown_trigger=shutdown.wait,
+            task_status=task_status,
+        )
+
+
+def _hypercorn_config(settings: Settings) -> hypercorn.config.Config:
     config = hypercorn.config.Config()
     config.bind = [f"{settings.http_host}:{settings.http_port}"]
     config.graceful_timeout = settings.shutdown_grace
     config.accesslog = None
     config.errorlog = logging.getLogger("tower_trio.http.server")
-    await hypercorn.trio.serve(app, config, shutdown_trigger=shutdown.wait, task_status=task_status)
+    return config
 
 
 async def _serve_plugins(
@@ -183,7 +195,7 @@ async def run_tower(
                         forced = True
                         nursery.cancel_scope.cancel()
 
-            async def tower(*, task_status: trio.TaskStatus[None]) -> None:
+            async def tower(*, task_status: trio.TaskStatus[RunningTower]) -> None:
                 await serve_tower(
                     settings, plugins, shutdown=shutdown, skipped=skipped, task_status=task_status
                 )

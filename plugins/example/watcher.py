@@ -27,6 +27,8 @@ class Config:
     """apiVersion of the triggers it sends (PLUGIN_EXAMPLE_API_VERSION)."""
     interval: float = 1.0
     """Seconds between looks at the file (PLUGIN_EXAMPLE_INTERVAL)."""
+    skip_existing: bool = True
+    """Ignore lines already in the file at start-up (PLUGIN_EXAMPLE_SKIP_EXISTING)."""
 
 
 def parse_line(line: str, api_version: str) -> Trigger:
@@ -38,9 +40,8 @@ def parse_line(line: str, api_version: str) -> Trigger:
 async def run(send_channel: trio.abc.SendChannel[Trigger], config: Config) -> None:
     path = trio.Path(config.path)
     await path.touch()
-    offset = (await path.stat()).st_size  # only lines written from now on
+    offset = (await path.stat()).st_size if config.skip_existing else 0
     while True:
-        await trio.sleep(config.interval)
         async with await path.open("rb") as file:
             await file.seek(offset)
             complete, newline, _ = (await file.read()).rpartition(b"\n")
@@ -54,3 +55,4 @@ async def run(send_channel: trio.abc.SendChannel[Trigger], config: Config) -> No
                 log.warning("skipped a line that is not a trigger: %r (%s)", line, err)
                 continue
             await send_channel.send(trigger)
+        await trio.sleep(config.interval)

@@ -1,0 +1,376 @@
+"""The tower end to end, in-process, against the real broker.
+
+Each test starts ``serve_tower`` on port 0 with its own exchange, binds its
+own queues, and checks what a device service would receive.
+"""
+
+from __future__ import annotations
+
+import json
+import socket
+from contextlib import asynccontextmanager
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import attrs
+import httpx
+import pytest
+import trio
+
+from tests._helpers import spec_of
+from tower_trio import amqp
+from tower_trio._config import Settings
+from tower_trio._plugins import ConfiguredPlugin, discover_plugins, select_plugins
+from tower_trio._serialization import load_trigger
+from tower_trio._supervisor import RunningTower, serve_tower
+
+if TYPE_CHECKING:
+    from collections.abc import AsyncIterator, Sequence
+
+REPO = Path(__file__).parent.parent
+
+VALID = {"apiVersion": "OT-2/v1alpha1", "protocol": "PlateTransfer", "spec": {"volume": 100}}
+
+
+@attrs.frozen
+class Tower:
+    client: httpx.AsyncClient
+    running: RunningTower
+    exchange: str
+    shutdown: trio.Event
+
+
+@attrs.define
+class Broker:
+    """A test's own view of the broker: a channel to bind, consume and clean up."""
+
+    channel: amqp.Channel
+    exchange: str
+    queues: list[str] = attrs.Factory(list)
+
+    async def bind(self, routing_key: str) -> str:
+        await self.channel.exchange_declare(self.exchange, "topic", durable=True)
+        declared = await self.channel.queue_declare("", exclusive=True)
+        await self.channel.queue_bind(declared.name, self.exchange, routing_key)
+        self.queues.append(declared.name)
+        return declared.name
+
+    async def take(self, queue: str, count: int) -> list[amqp.Message]:
+        messages = []
+        with trio.fail_after(10):
+            async with self.channel.consume(queue, no_ack=True) as deliveries:
+                async for message in deliveries:
+                    messages.append(message)
+                    if len(messages) == count:
+                        break
+        return messages
+
+    async def count(self, queue: str) -> int:
+        return (await self.channel.queue_declare(queue, passive=True)).message_count
+
+
+@pytest.fixture
+async def broker(amqp_url: str, unique: str) -> AsyncIterator[Broker]:
+    async with (
+        amqp.open_connection(amqp_url) as connection,
+        connection.open_channel() as channel,
+    ):
+        broker = Broker(channel, f"test.triggers.{unique}")
+        try:
+            yield broker
+        finally:
+            with trio.CancelScope(shield=True), trio.move_on_after(5):
+                for queue in broker.queues:
+                    await channel.queue_delete(queue)
+                await channel.exchange_delete(broker.exchange)
+
+
+@asynccontextmanager
+async def run_tower(
+    settings: Settings, plugins: Sequence[ConfiguredPlugin] = ()
+) -> AsyncIterator[Tower]:
+    shutdown = trio.Event()
+    async with trio.open_nursery() as nursery:
+        running: RunningTower = await nursery.start(
+            lambda task_status: serve_tower(
+                settings, plugins, shutdown=shutdown, task_status=task_status
+            )
+        )
+        async with httpx.AsyncClient(base_url=running.http_urls[0], timeout=30) as client:
+            try:
+                yield Tower(client, running, settings.exchange, shutdown)
+            finally:
+                shutdown.set()
+
+
+def tower_settings(amqp_url: str, broker: Broker, **overrides: Any) -> Settings:
+    return attrs.evolve(
+        Settings(),
+        amqp_url=amqp_url,
+        exchange=broker.exchange,
+        http_port=0,
+        plugins_dir=Path("no-such-plugins-dir"),
+        **overrides,
+    )
+
+
+@pytest.fixture
+async def tower(amqp_url: str, broker: Broker) -> AsyncIterator[Tower]:
+    async with run_tower(tower_settings(amqp_url, broker)) as tower:
+        yield tower
+
+
+class TestPublishing:
+    async def test_posted_trigger_arrives_with_every_property(
+        self, tower: Tower, broker: Broker
+    ) -> None:
+        """A 202 means the bound queue holds the trigger, routed and labelled as documented."""
+        queue = await broker.bind("OT-2/v1alpha1")
+        before = datetime.now(UTC).replace(microsecond=0)
+
+        response = await tower.client.post(
+            "/triggers",
+            json={**VALID, "metadata": {"spec": {"experiment": "exp-42"}}},
+        )
+
+        assert response.status_code == 202
+        body = response.json()
+        assert body["status"] == "published"
+        assert response.headers["location"] == f"/triggers/{body['uuid']}"
+        (message,) = await broker.take(queue, 1)
+        assert message.exchange == broker.exchange
+        assert message.routing_key == "OT-2/v1alpha1"
+        trigger = load_trigger(message.body)
+        assert trigger.uuid == body["uuid"]
+        assert trigger.spec == {"volume": 100}
+        assert trigger.metadata.source == "http"
+        assert trigger.metadata.spec == {"experiment": "exp-42"}
+        assert {k: v for k, v in body.items() if k != "status"} == json.loads(message.body)
+        props = message.properties
+        assert props.delivery_mode == 2
+        assert props.content_type == "application/json"
+        assert props.message_id == trigger.uuid
+        assert props.type == "PlateTransfer"
+        assert props.app_id == "tower-trio"
+        assert props.headers == {"protocol": "PlateTransfer", "source": "http"}
+        assert props.timestamp is not None
+        assert before <= props.timestamp <= datetime.now(UTC)
+
+    async def test_device_suffix_routes_to_that_device_only(
+        self, tower: Tower, broker: Broker
+    ) -> None:
+        """A trigger for Spark2 reaches the queue bound to Spark2, not the one for Spark1."""
+        spark1 = await broker.bind("TecanSpark/v1alpha1/Spark1")
+        spark2 = await broker.bind("TecanSpark/v1alpha1/Spark2")
+
+        response = await tower.client.post(
+            "/triggers",
+            json={**VALID, "apiVersion": "TecanSpark/v1alpha1/Spark2"},
+        )
+
+        assert response.status_code == 202
+        assert await broker.count(spark2) == 1
+        assert await broker.count(spark1) == 0
+
+    async def test_plate_trigger_keeps_every_well(self, tower: Tower, broker: Broker) -> None:
+        """A plate trigger is published with its plate and one spec per well, in order."""
+        queue = await broker.bind("ChiBio/v1alpha1/ChiBio1")
+        wells = [{"od": n} for n in range(96)]
+
+        response = await tower.client.post(
+            "/triggers",
+            json={
+                "apiVersion": "ChiBio/v1alpha1/ChiBio1",
+                "protocol": "Dilute",
+                "spec": wells,
+                "plate": {"rows": 8, "columns": 12},
+            },
+        )
+
+        assert response.status_code == 202
+        (message,) = await broker.take(queue, 1)
+        trigger = load_trigger(message.body)
+        assert trigger.spec == wells
+        assert trigger.plate is not None
+        assert (trigger.plate.rows, trigger.plate.columns) == (8, 12)
+
+    async def test_unroutable_trigger_is_reported_not_lost_silently(self, tower: Tower) -> None:
+        """With no queue bound for its apiVersion, the answer says the trigger is unroutable."""
+        response = await tower.client.post("/triggers", json={**VALID, "apiVersion": "Nobody/v1"})
+
+        assert response.status_code == 202
+        assert response.json()["status"] == "unroutable"
+        assert tower.running.publisher.statistics().unroutable == 1
+
+    async def test_many_concurrent_posts_are_all_confirmed(
+        self, tower: Tower, broker: Broker
+    ) -> None:
+        """Concurrent requests share the confirm window and each gets its own answer."""
+        queue = await broker.bind("OT-2/v1alpha1")
+        statuses: list[int] = []
+        uuids: set[str] = set()
+
+        async def post(n: int) -> None:
+            response = await tower.client.post("/triggers", json={**VALID, "spec": {"n": n}})
+            statuses.append(response.status_code)
+            uuids.add(response.json()["uuid"])
+
+        async with trio.open_nursery() as nursery:
+            for n in range(200):
+                nursery.start_soon(post, n)
+
+        assert statuses == [202] * 200
+        messages = await broker.take(queue, 200)
+        assert {m.properties.message_id for m in messages} == uuids
+        assert sorted(spec_of(load_trigger(m.body))["n"] for m in messages) == list(range(200))
+
+    async def test_large_spec_is_split_across_small_frames(
+        self, amqp_url: str, broker: Broker
+    ) -> None:
+        """A 1 MB spec published with frame_max 4096 arrives byte for byte."""
+        settings = tower_settings(
+            amqp_url + "?frame_max=4096", broker, max_body_bytes=4 * 1024 * 1024
+        )
+        queue = await broker.bind("OT-2/v1alpha1")
+        spec = {"payload": "x" * (1024 * 1024), "volume": 1}
+        async with run_tower(settings) as tower:
+            response = await tower.client.post("/triggers", json={**VALID, "spec": spec})
+        assert response.status_code == 202
+        (message,) = await broker.take(queue, 1)
+        assert len(message.body) > 1024 * 1024
+        assert load_trigger(message.body).spec == spec
+
+
+def unused_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port: int = sock.getsockname()[1]
+        return port
+
+
+class TestBadInput:
+    @pytest.mark.parametrize(
+        ("content", "content_type", "status", "error"),
+        [
+            pytest.param(b"{nope", "application/json", 400, "malformed JSON", id="malformed"),
+            pytest.param(b"[1, 2", "application/json", 400, "malformed JSON", id="truncated"),
+            pytest.param(b"\xff\xfe", "application/json", 400, "malformed JSON", id="not-utf8"),
+            pytest.param(
+                json.dumps(VALID).encode(), "text/plain", 415, "unsupported media type", id="text"
+            ),
+            pytest.param(
+                json.dumps(VALID).encode(), "", 415, "unsupported media type", id="no-type"
+            ),
+            pytest.param(b"[1, 2]", "application/json", 422, "invalid trigger", id="array"),
+            pytest.param(b"null", "application/json", 422, "invalid trigger", id="null"),
+        ],
+    )
+    async def test_bad_bodies_get_a_json_error(
+        self, tower: Tower, content: bytes, content_type: str, status: int, error: str
+    ) -> None:
+        """Each kind of bad body gets its documented status and a JSON error body."""
+        headers = {"content-type": content_type} if content_type else {}
+        response = await tower.client.post("/triggers", content=content, headers=headers)
+        assert response.status_code == status
+        assert response.headers["content-type"] == "application/json"
+        assert response.json()["error"] == error
+        assert isinstance(response.json()["details"], list)
+
+    async def test_invalid_trigger_names_every_bad_field(self, tower: Tower) -> None:
+        """A 422 lists each offending field with a reason, not just the first."""
+        response = await tower.client.post(
+            "/triggers",
+            json={
+                "apiVersion": "OT-2/v0",
+                "protocol": "9lives",
+                "spec": {},
+                "uuid": "0" * 32,
+                "colour": "red",
+            },
+        )
+        assert response.status_code == 422
+        fields = {d["field"] for d in response.json()["details"]}
+        assert fields == {"apiVersion", "protocol", "spec", "uuid", "colour"}
+
+    async def test_oversized_body_is_refused_with_413(self, amqp_url: str, broker: Broker) -> None:
+        """A body over TOWER_MAX_BODY_BYTES gets 413 naming the limit, and nothing is published."""
+        settings = tower_settings(amqp_url, broker, max_body_bytes=1000)
+        queue = await broker.bind("OT-2/v1alpha1")
+        async with run_tower(settings) as tower:
+            response = await tower.client.post(
+                "/triggers", json={**VALID, "spec": {"blob": "x" * 2000}}
+            )
+            small = await tower.client.post("/triggers", json=VALID)
+        assert response.status_code == 413
+        assert "TOWER_MAX_BODY_BYTES" in response.json()["details"][0]
+        assert small.status_code == 202
+        assert await broker.count(queue) == 1
+
+    @pytest.mark.parametrize(
+        ("method", "path", "status"),
+        [("GET", "/nowhere", 404), ("DELETE", "/triggers", 405), ("PUT", "/healthz", 405)],
+    )
+    async def test_unknown_routes_answer_json(
+        self, tower: Tower, method: str, path: str, status: int
+    ) -> None:
+        """Unknown paths and methods get JSON errors too."""
+        response = await tower.client.request(method, path)
+        assert response.status_code == status
+        assert "error" in response.json()
+
+    async def test_deeply_nested_json_is_a_client_error(self, tower: Tower) -> None:
+        """JSON nested deeper than the parser allows is a 400, not a crash."""
+        content = b"[" * 100_000 + b"]" * 100_000
+        response = await tower.client.post(
+            "/triggers", content=content, headers={"content-type": "application/json"}
+        )
+        assert response.status_code == 400
+
+
+class TestProbes:
+    async def test_ready_when_connected(self, tower: Tower) -> None:
+        """With the broker connected and no plugins, both probes answer 200."""
+        assert (await tower.client.get("/healthz")).status_code == 200
+        response = await tower.client.get("/readyz")
+        assert response.status_code == 200
+        assert response.json() == {"status": "ready"}
+
+    async def test_broker_down_means_not_ready_and_503_on_post(self, broker: Broker) -> None:
+        """Without a broker the tower runs, says why it is not ready, and answers 503 in time."""
+        settings = tower_settings(
+            f"amqp://guest:guest@127.0.0.1:{unused_port()}/%2F",
+            broker,
+            publish_timeout=0.5,
+        )
+        async with run_tower(settings) as tower:
+            assert (await tower.client.get("/healthz")).status_code == 200
+            ready = await tower.client.get("/readyz")
+            response = await tower.client.post("/triggers", json=VALID)
+        assert ready.status_code == 503
+        assert "broker not connected" in ready.json()["details"][0]
+        assert response.status_code == 503
+        assert response.headers["retry-after"] == "1"
+        assert response.json()["error"] == "broker did not confirm in time"
+
+
+class TestPlugins:
+    async def test_example_plugin_trigger_arrives(
+        self, amqp_url: str, broker: Broker, tmp_path: Path
+    ) -> None:
+        """A line appended to the example's file arrives as a trigger from source 'example'."""
+        inbox = tmp_path / "inbox.txt"
+        inbox.write_text('PlateTransfer {"volume": 7}\n')
+        environ = {"PLUGIN_EXAMPLE_PATH": str(inbox), "PLUGIN_EXAMPLE_SKIP_EXISTING": "false"}
+        plugins, _ = select_plugins(
+            discover_plugins(REPO / "plugins", entry_points=False), ("example",), environ
+        )
+        queue = await broker.bind("OT-2/v1alpha1")
+        async with run_tower(tower_settings(amqp_url, broker), plugins) as tower:
+            assert (await tower.client.get("/readyz")).status_code == 200
+            (message,) = await broker.take(queue, 1)
+        trigger = load_trigger(message.body)
+        assert trigger.protocol == "PlateTransfer"
+        assert trigger.spec == {"volume": 7}
+        assert trigger.metadata.source == "example"
+        assert message.properties.headers == {"protocol": "PlateTransfer", "source": "example"}
