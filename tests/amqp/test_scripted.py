@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from functools import partial
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import pytest
 import trio
@@ -94,6 +94,22 @@ class TestHandshake:
                         pass
         assert peer.tune_ok is not None
         assert (peer.tune_ok.channel_max, peer.tune_ok.heartbeat) == (2, 30)
+
+    @pytest.mark.parametrize(
+        ("options", "message"),
+        [
+            ({"heartbeat": -1}, "heartbeat must be 0 to 65535"),
+            ({"frame_max": 1000}, "frame_max must be 0"),
+            ({"connect_timeout": 0}, "connect_timeout must be a positive number"),
+        ],
+    )
+    async def test_invalid_options(
+        self, fake_broker: FakeBroker, options: dict[str, Any], message: str
+    ) -> None:
+        """Invalid keyword options raise AMQPConfigError before any connection is made."""
+        with pytest.raises(amqp.AMQPConfigError, match=message):
+            async with amqp.open_connection(fake_broker.url, **options):
+                pytest.fail("no connection should be made")
 
     async def test_no_heartbeat_proposed(self, fake_broker: FakeBroker) -> None:
         """If the broker proposes no heartbeat, the client asks for 60 s."""

@@ -552,10 +552,15 @@ async def open_connection(
             f"frame_max must be 0 (the broker's limit) or at least {FRAME_MIN_SIZE}, "
             f"not {frame_max}"
         )
-    timeout = parsed.connect_timeout if connect_timeout is None else connect_timeout
+    if connect_timeout is None:
+        connect_timeout = parsed.connect_timeout
+    elif not connect_timeout > 0:
+        raise AMQPConfigError(
+            f"connect_timeout must be a positive number of seconds, not {connect_timeout}"
+        )
     stream, reader, tuned = await _establish(
         parsed,
-        timeout,
+        connect_timeout,
         heartbeat=heartbeat,
         frame_max=frame_max,
         client_properties=client_properties,
