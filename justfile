@@ -31,24 +31,21 @@ fmt: _venv
     {{bin}}/ruff check --fix .
 
 # Measure throughput against peers in one run; writes docs/benchmarks.md.
-bench: (_venv "bench")
-    {{bin}}/python -m bench
-
-# Scaffold a new watcher plugin in plugins/NAME.
-new-plugin name: _venv
-    {{bin}}/python -m tower_trio._scaffold {{name}}
+bench *args: _venv
+    {{bin}}/python -m bench {{args}}
 
 # Create or refresh the virtualenv when pyproject.toml changes.
-_venv *groups:
+_venv:
     #!/usr/bin/env bash
     set -euo pipefail
-    stamp="{{venv}}/.installed{{ if groups == "" { "" } else { "-" + groups } }}"
+    stamp="{{venv}}/.installed"
     if [[ -f "$stamp" && "$stamp" -nt pyproject.toml ]]; then exit 0; fi
     if [[ ! -x "{{bin}}/python" ]]; then
         {{python}} -c 'import sys; assert sys.version_info >= (3, 11), "tower-trio needs Python >= 3.11; set PYTHON=python3.11"'
         {{python}} -m venv "{{venv}}"
     fi
+    # Dependency groups need pip >= 25.1. The bench group is included because
+    # mypy checks the benchmark code too.
     "{{bin}}/python" -m pip install --quiet --upgrade "pip>=25.1"
-    groups="--group test --group lint{{ if groups == "" { "" } else { " --group " + groups } }}"
-    "{{bin}}/python" -m pip install --quiet --editable . $groups
+    "{{bin}}/python" -m pip install --quiet --editable . --group test --group lint --group bench
     touch "$stamp"
