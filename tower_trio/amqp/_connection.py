@@ -349,9 +349,9 @@ class Connection:
                 await self._hand_over(*delivery)
 
     async def _hand_over(self, send: trio.MemorySendChannel[Message], message: Message) -> None:
-        # The consumer's buffer is full: stop reading until it has room. The
-        # broker stops sending heartbeats too while TCP pushes back, so the
-        # silence must not count as a dead connection.
+        # The consumer's buffer is full: stop reading until it has room.
+        # Nothing is read meanwhile, so that silence must not count as a
+        # dead broker.
         self._reader_paused = True
         try:
             await send.send(message)
