@@ -31,6 +31,7 @@ JSONObject: TypeAlias = dict[str, Any]
 
 MAX_PROTOCOL_LENGTH = 128
 MAX_JSON_DEPTH = 32
+MAX_KEY_LENGTH = 256
 MAX_API_VERSION_LENGTH = 255  # an AMQP routing key is a short string: 255 bytes at most
 
 _API_VERSION = re.compile(r"[A-Za-z0-9-]+/v[1-9][0-9]*[a-z0-9]*(?:/[A-Za-z0-9_-]+)?")
@@ -106,6 +107,10 @@ class Trigger:
     metadata: Metadata = attrs.field(factory=Metadata)
     uuid: str = attrs.field(factory=_new_uuid)
     created_at: datetime = attrs.field(factory=_utc_now)
+    key: str | None = attrs.field(default=None, eq=False, kw_only=True)
+    """A plugin's idempotency key (e.g. ``riffyn:<runId>``): a second trigger with
+    the same key, from the same plugin, within the retention period, is dropped.
+    Not part of the published message."""
 
     def __attrs_post_init__(self) -> None:
         if errors := check_trigger(self):
@@ -216,8 +221,14 @@ def check_trigger(trigger: Trigger) -> list[FieldError]:
     errors.extend(check_metadata(trigger.metadata))
     if not (isinstance(trigger.uuid, str) and len(trigger.uuid) == 32 and _is_hex(trigger.uuid)):
         errors.append(FieldError("uuid", "must be 32 lowercase hex characters"))
-    if not isinstance(trigger.created_at, datetime) or trigger.created_at.tzinfo is None:
+    if not isinstance(trigger.created_at, datetime) or trigger.created_at.utcoffset() is None:
         errors.append(FieldError("createdAt", "must be a timezone-aware datetime"))
+    if trigger.key is not None and not (
+        isinstance(trigger.key, str) and 0 < len(trigger.key) <= MAX_KEY_LENGTH
+    ):
+        errors.append(
+            FieldError("key", f"must be a non-empty string of at most {MAX_KEY_LENGTH} characters")
+        )
     return errors
 
 

@@ -71,6 +71,7 @@ def _make_converter() -> cattrs.Converter:
             api_version=override(rename="apiVersion"),
             created_at=override(rename="createdAt"),
             plate=override(omit_if_default=True),
+            key=override(omit=True),
         ),
     )
     return converter
