@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import signal
 import sys
 import tempfile
 from pathlib import Path
@@ -10,7 +11,7 @@ from typing import TYPE_CHECKING
 
 from ._broker import open_vhost
 from ._common import REPO_ROOT, BenchError
-from ._http_bench import run_http_bench
+from ._http_bench import TOWER, TOWER_PUBLISHED, run_http_bench
 from ._idle import run_idle_bench
 from ._report import (
     HTTP_TARGET,
@@ -23,6 +24,7 @@ from ._report import (
 
 if TYPE_CHECKING:
     from collections.abc import Sequence
+    from types import FrameType
 
     from ._http_bench import HttpResult
     from ._idle import IdleResult
@@ -53,6 +55,11 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--duration", type=float, help="seconds of HTTP load per server (10)")
     parser.add_argument("--http-rounds", type=int, default=1, help="HTTP runs per server (1)")
     parser.add_argument("--connections", type=int, default=32, help="HTTP connections (32)")
+    parser.add_argument(
+        "--peer-plain",
+        action="store_true",
+        help="run the FastAPI peer on asyncio + h11 rather than uvloop + httptools",
+    )
     parser.add_argument("--in-flight", type=int, default=256, help="unconfirmed messages (256)")
     parser.add_argument("--idle-seconds", type=float, help="idle window (10)")
     parser.add_argument(
@@ -66,8 +73,15 @@ def _parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _interrupt(signum: int, frame: FrameType | None) -> None:
+    raise KeyboardInterrupt(f"signal {signal.Signals(signum).name}")
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
+    # A plain SIGTERM would end the process without running the clean-up
+    # that stops the servers and deletes the vhost; Ctrl-C already does.
+    signal.signal(signal.SIGTERM, _interrupt)
     messages = args.messages or (2000 if args.quick else 20000)
     duration = args.duration or (3.0 if args.quick else 10.0)
     warmup = 1.0
@@ -80,7 +94,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     http: HttpResult | None = None
     idle: IdleResult | None = None
     try:
-        machine = describe_machine()
+        machine = describe_machine(peer_plain=args.peer_plain)
         _say(
             f"{machine.cores} cores, {machine.python}, RabbitMQ {machine.rabbitmq}, "
             f"load: {machine.load_generator}, peer: uvicorn on {machine.peer_stack}"
@@ -123,16 +137,19 @@ def main(argv: Sequence[str] | None = None) -> int:
                     duration=duration,
                     warmup=warmup,
                     rounds=args.http_rounds,
+                    peer_plain=args.peer_plain,
                     workdir=workdir,
                     report=_say,
                 )
-                _say(
-                    f"  ratio tower-trio / FastAPI peer: {http.ratio:.2f}x req/s "
-                    f"(target >= {HTTP_TARGET:.1f}x: {verdict(http.ratio >= HTTP_TARGET)})"
-                )
+                for contender in (TOWER, TOWER_PUBLISHED):
+                    ratio = http.ratio(contender)
+                    _say(
+                        f"  {contender.name} / FastAPI peer: {ratio:.2f}x req/s "
+                        f"(target >= {HTTP_TARGET:.1f}x: {verdict(ratio >= HTTP_TARGET)})"
+                    )
             if "idle" in parts:
                 _say(f"\nIdle CPU: tower-trio run, no plugins, {idle_seconds:g} s")
-                idle = run_idle_bench(vhost, seconds=idle_seconds, workdir=workdir)
+                idle = run_idle_bench(vhost, seconds=idle_seconds, workdir=workdir, report=_say)
                 budget = idle.budget(IDLE_TARGET)
                 fine = (
                     ""

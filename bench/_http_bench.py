@@ -1,10 +1,14 @@
 """``POST /triggers`` under load: ``tower-trio run`` against the FastAPI peer.
 
-Each server runs in its own subprocess against its own exchange, with a
-durable queue bound to it so that every accepted trigger is routable and
-stored. After a short warm-up (discarded, then the queue purged) the load
-runs for the measured period; once the server has been stopped, and so has
-drained, the queue depth is read: it must be at least the number of 202s.
+The tower is measured twice: as clients get it by default (202 once the
+trigger is in its journal on disk) and with ``?wait=published`` (202 once
+the broker has confirmed it), which is what the peer does for every
+request. Each run gets a server of its own in a subprocess, with its own
+exchange and a durable queue bound to it, so that every accepted trigger is
+routable and stored. After a short warm-up (discarded, then the queue
+purged) the load runs for the measured period; once the server has been
+stopped, and so has drained, the queue depth is read: it should be at least
+the number of 202s.
 """
 
 from __future__ import annotations
@@ -12,7 +16,7 @@ from __future__ import annotations
 import json
 import time
 import uuid
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Literal
 
 import attrs
 
@@ -27,47 +31,54 @@ if TYPE_CHECKING:
 
     from ._broker import Vhost
 
-__all__ = ["HttpResult", "HttpSide", "request_body", "run_http_bench"]
-
-TOWER = "tower-trio"
-PEER = "FastAPI peer"
+__all__ = ["CONTENDERS", "Contender", "HttpResult", "HttpRun", "request_body", "run_http_bench"]
 
 _SETTLE = 0.5
 """Seconds for requests cut off by the end of the warm-up to finish publishing."""
 
 
 @attrs.frozen
-class HttpSide:
+class Contender:
     name: str
+    kind: Literal["tower", "peer"]
+    path: str
+    answers_when: str
+
+
+TOWER = Contender("tower-trio", "tower", "/triggers", "journaled (the default)")
+TOWER_PUBLISHED = Contender(
+    "tower-trio ?wait=published", "tower", "/triggers?wait=published", "confirmed by the broker"
+)
+PEER = Contender("FastAPI peer", "peer", "/triggers", "confirmed by the broker")
+CONTENDERS = (TOWER, TOWER_PUBLISHED, PEER)
+
+
+@attrs.frozen
+class HttpRun:
+    contender: Contender
     load: LoadResult
     stored: int
-    """Messages in the side's queue after the measured run and the server's drain."""
+    """Messages in the queue after the measured run and the server's drain."""
 
 
 @attrs.frozen
 class HttpResult:
     connections: int
     duration: float
-    tower_runs: tuple[HttpSide, ...]
-    peer_runs: tuple[HttpSide, ...]
+    runs: tuple[HttpRun, ...]
+
+    def median_run(self, contender: Contender) -> HttpRun:
+        runs = [run for run in self.runs if run.contender == contender]
+        middle = median([run.load.rate for run in runs])
+        return min(runs, key=lambda run: abs(run.load.rate - middle))
+
+    def ratio(self, contender: Contender) -> float:
+        """``contender``'s req/s over the peer's."""
+        return ratio(self.median_run(contender).load.rate, self.median_run(PEER).load.rate)
 
     @property
-    def tower(self) -> HttpSide:
-        return _median_run(self.tower_runs)
-
-    @property
-    def peer(self) -> HttpSide:
-        return _median_run(self.peer_runs)
-
-    @property
-    def ratio(self) -> float:
-        return ratio(self.tower.load.rate, self.peer.load.rate)
-
-
-def _median_run(runs: tuple[HttpSide, ...]) -> HttpSide:
-    rates = [run.load.rate for run in runs]
-    middle = median(rates)
-    return min(runs, key=lambda run: abs(run.load.rate - middle))
+    def rounds(self) -> int:
+        return sum(run.contender == PEER for run in self.runs)
 
 
 def request_body() -> bytes:
@@ -89,60 +100,55 @@ def run_http_bench(
     duration: float,
     warmup: float,
     rounds: int,
+    peer_plain: bool,
     workdir: Path,
     report: Callable[[str], None],
 ) -> HttpResult:
-    plugins_dir = workdir / "no-plugins"
-    plugins_dir.mkdir(exist_ok=True)
     body = request_body()
-    runs: dict[str, list[HttpSide]] = {TOWER: [], PEER: []}
+    runs: list[HttpRun] = []
     for round_index in range(rounds):
-        order = (TOWER, PEER) if round_index % 2 == 0 else (PEER, TOWER)
-        for name in order:
-            exchange = f"bench.http.{'tower' if name == TOWER else 'peer'}.{uuid.uuid4().hex[:8]}"
+        # Alternating the order keeps a drift of the machine from favouring one side.
+        order = CONTENDERS if round_index % 2 == 0 else CONTENDERS[::-1]
+        for contender in order:
+            exchange = f"bench.http.{contender.kind}.{uuid.uuid4().hex[:8]}"
             declare_bound_queue(vhost.url, exchange, exchange)
             port = pick_port()
-            if name == TOWER:
+            if contender.kind == "tower":
                 command = tower_command()
-                environ = tower_environ(vhost.url, exchange, port, plugins_dir)
+                environ = tower_environ(vhost.url, exchange, port, workdir)
                 ready_path = "/readyz"
             else:
-                command = peer_command(vhost.url, exchange, port)
+                command = peer_command(vhost.url, exchange, port, plain=peer_plain)
                 environ = None
                 ready_path = "/healthz"
-            log_path = workdir / f"{exchange}.log"
             with run_server(
-                name,
+                contender.name,
                 command,
                 port=port,
                 ready_path=ready_path,
-                log_path=log_path,
+                log_path=workdir / f"{exchange}.log",
                 environ=environ,
+                report=report,
             ) as server:
-                url = f"{server.base_url}/triggers"
+                url = server.base_url + contender.path
                 run_load(url, body, connections=connections, duration=warmup)
                 time.sleep(_SETTLE)
                 purge_queue(vhost.url, exchange)
                 load = run_load(url, body, connections=connections, duration=duration)
             stored = purge_queue(vhost.url, exchange)
-            side = HttpSide(name, load, stored)
-            runs[name].append(side)
-            report(_describe(side))
-    return HttpResult(
-        connections=connections,
-        duration=duration,
-        tower_runs=tuple(runs[TOWER]),
-        peer_runs=tuple(runs[PEER]),
-    )
+            run = HttpRun(contender, load, stored)
+            runs.append(run)
+            report(describe_run(run))
+    return HttpResult(connections=connections, duration=duration, runs=tuple(runs))
 
 
-def _describe(side: HttpSide) -> str:
-    load = side.load
+def describe_run(run: HttpRun) -> str:
+    load = run.load
     line = (
-        f"  {side.name:<13} {load.rate:>8,.0f} req/s  p50 {load.p50 * 1e3:6.1f} ms  "
+        f"  {run.contender.name:<27} {load.rate:>7,.0f} req/s  p50 {load.p50 * 1e3:6.1f} ms  "
         f"p99 {load.p99 * 1e3:6.1f} ms  202s {load.accepted}  not 202 {load.not_accepted}  "
-        f"stored {side.stored}"
+        f"stored {run.stored}"
     )
-    if side.stored < load.accepted:
+    if run.stored < load.accepted:
         line += "  (fewer stored than accepted!)"
     return line

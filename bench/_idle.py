@@ -20,6 +20,8 @@ from ._common import BenchError
 from ._servers import pick_port, run_server, tower_command, tower_environ
 
 if TYPE_CHECKING:
+    from collections.abc import Callable
+
     from ._broker import Vhost
 
 __all__ = ["IdleResult", "run_idle_bench"]
@@ -59,11 +61,11 @@ def _sched_cpu(pid: int) -> dict[str, int]:
     return times
 
 
-def run_idle_bench(vhost: Vhost, *, seconds: float, workdir: Path) -> IdleResult:
+def run_idle_bench(
+    vhost: Vhost, *, seconds: float, workdir: Path, report: Callable[[str], None]
+) -> IdleResult:
     if not Path("/proc/self/stat").exists():
         raise BenchError("the idle CPU benchmark reads /proc, which this system does not have")
-    plugins_dir = workdir / "no-plugins"
-    plugins_dir.mkdir(exist_ok=True)
     exchange = f"bench.idle.{uuid.uuid4().hex[:8]}"
     port = pick_port()
     with run_server(
@@ -72,7 +74,8 @@ def run_idle_bench(vhost: Vhost, *, seconds: float, workdir: Path) -> IdleResult
         port=port,
         ready_path="/readyz",
         log_path=workdir / f"{exchange}.log",
-        environ=tower_environ(vhost.url, exchange, port, plugins_dir),
+        environ=tower_environ(vhost.url, exchange, port, workdir),
+        report=report,
     ) as server:
         ticks_before, sched_before = _ticks_cpu(server.pid), _sched_cpu(server.pid)
         started = time.monotonic()

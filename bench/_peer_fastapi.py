@@ -145,8 +145,10 @@ def create_app(amqp_url: str, exchange_name: str) -> FastAPI:
     return app
 
 
-def uvicorn_stack() -> str:
-    """The event loop and HTTP parser uvicorn's ``auto`` settings pick here."""
+def uvicorn_stack(*, plain: bool = False) -> str:
+    """The event loop and HTTP parser uvicorn will use (``auto`` unless ``plain``)."""
+    if plain:
+        return "asyncio + h11"
     loop = "uvloop" if importlib.util.find_spec("uvloop") else "asyncio"
     http = "httptools" if importlib.util.find_spec("httptools") else "h11"
     return f"{loop} + {http}"
@@ -158,12 +160,17 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("--port", type=int, required=True)
     parser.add_argument("--amqp-url", required=True)
     parser.add_argument("--exchange", required=True)
+    parser.add_argument(
+        "--plain", action="store_true", help="asyncio + h11 even if uvloop and httptools are there"
+    )
     args = parser.parse_args(argv)
     # The tower runs without an access log, so the peer does too.
     uvicorn.run(
         create_app(args.amqp_url, args.exchange),
         host=args.host,
         port=args.port,
+        loop="asyncio" if args.plain else "auto",
+        http="h11" if args.plain else "auto",
         log_level="warning",
         access_log=False,
     )

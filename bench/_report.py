@@ -12,11 +12,12 @@ from typing import TYPE_CHECKING
 import attrs
 
 from ._broker import broker_version
+from ._http_bench import CONTENDERS, TOWER, TOWER_PUBLISHED
 from ._load import generator_name
 from ._peer_fastapi import uvicorn_stack
 
 if TYPE_CHECKING:
-    from ._http_bench import HttpResult, HttpSide
+    from ._http_bench import HttpResult, HttpRun
     from ._idle import IdleResult
     from ._publisher_bench import PublisherResult
 
@@ -79,7 +80,7 @@ def _version(package: str) -> str:
         return "not installed"
 
 
-def describe_machine() -> Machine:
+def describe_machine(*, peer_plain: bool = False) -> Machine:
     return Machine(
         date=datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC"),
         cores=os.cpu_count() or 0,
@@ -88,7 +89,7 @@ def describe_machine() -> Machine:
         python=f"{platform.python_implementation()} {platform.python_version()}",
         rabbitmq=broker_version(),
         packages={package: _version(package) for package in _PACKAGES},
-        peer_stack=uvicorn_stack(),
+        peer_stack=uvicorn_stack(plain=peer_plain),
         load_generator=generator_name(),
     )
 
@@ -179,42 +180,49 @@ def _publisher_section(result: PublisherResult) -> list[str]:
     ]
 
 
-def _http_row(side: HttpSide) -> str:
-    load = side.load
+def _http_row(run: HttpRun) -> str:
+    load = run.load
     return (
-        f"| {side.name} | {load.rate:,.0f} | {load.p50 * 1e3:.1f} | {load.p99 * 1e3:.1f} | "
-        f"{load.not_accepted} | {load.accepted:,} | {side.stored:,} |"
+        f"| {run.contender.name} | {run.contender.answers_when} | {load.rate:,.0f} | "
+        f"{load.p50 * 1e3:.1f} | {load.p99 * 1e3:.1f} | {load.not_accepted} | "
+        f"{load.accepted:,} | {run.stored:,} |"
     )
 
 
 def _http_section(result: HttpResult, machine: Machine) -> list[str]:
-    runs = len(result.tower_runs)
-    which = "" if runs == 1 else f" (the median of {runs} runs each)"
-    return [
+    which = "" if result.rounds == 1 else f" (the median of {result.rounds} runs each)"
+    lines = [
         "",
         "## HTTP: `POST /triggers`",
         "",
         f"{result.connections} keep-alive connections for {result.duration:g} s{which}, each "
-        "request a valid trigger, after a short warm-up. Each server is one process and "
-        "publishes every trigger persistent with confirms before answering 202.",
+        "request a valid trigger, after a short warm-up. Each server is one process with a "
+        "fresh exchange, a durable queue bound to it and (for the tower) a fresh journal.",
         "",
-        "- **tower-trio**: `tower-trio run` (Hypercorn + Quart-Trio, the project's publisher), "
-        "no plugins.",
+        "- **tower-trio**: `tower-trio run` (Hypercorn + Quart-Trio, the journal, the "
+        "project's publisher), no plugins; measured as clients get it by default and with "
+        "`?wait=published`.",
         f"- **FastAPI peer** (`bench/_peer_fastapi.py`): FastAPI + uvicorn ({machine.peer_stack})"
         " + aio-pika with `publisher_confirms=True`, one worker, the same validation rules, "
-        "answering with the same JSON.",
+        "the same JSON answer; it publishes persistent and waits for the confirm on every "
+        "request.",
         "",
-        "req/s counts 202 responses only. Stored is the queue depth after the server drained; "
-        "it is at least the 202 count (requests cut off when the load stops may still publish).",
+        "req/s counts 202 responses only. Stored is the queue depth once the server has "
+        "drained; it should be at least the 202 count (requests cut off when the load stops "
+        "may still publish).",
         "",
-        "| Server | req/s | p50 ms | p99 ms | not 202 | 202s | stored |",
-        "| --- | ---: | ---: | ---: | ---: | ---: | ---: |",
-        _http_row(result.tower),
-        _http_row(result.peer),
-        "",
-        f"tower-trio / FastAPI peer: **{result.ratio:.2f}x** req/s (target ≥ "
-        f"{HTTP_TARGET:.1f}x: {verdict(result.ratio >= HTTP_TARGET)}).",
+        "| Server | 202 once | req/s | p50 ms | p99 ms | not 202 | 202s | stored |",
+        "| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: |",
     ]
+    lines.extend(_http_row(result.median_run(contender)) for contender in CONTENDERS)
+    lines.append("")
+    for contender in (TOWER, TOWER_PUBLISHED):
+        value = result.ratio(contender)
+        lines.append(
+            f"- {contender.name} / FastAPI peer: **{value:.2f}x** req/s (target ≥ "
+            f"{HTTP_TARGET:.1f}x: {verdict(value >= HTTP_TARGET)})"
+        )
+    return lines
 
 
 def _idle_section(result: IdleResult) -> list[str]:

@@ -23,7 +23,7 @@ import attrs
 from ._common import REPO_ROOT, BenchError, free_port
 
 if TYPE_CHECKING:
-    from collections.abc import Iterator, Mapping, Sequence
+    from collections.abc import Callable, Iterator, Mapping, Sequence
 
 __all__ = [
     "RunningServer",
@@ -36,7 +36,9 @@ __all__ = [
 
 HOST = "127.0.0.1"
 READY_TIMEOUT = 30.0
-STOP_TIMEOUT = 20.0
+STOP_TIMEOUT = 30.0
+SLOW_STOP = 5.0
+"""Seconds after which a server's exit on SIGTERM is worth a note in the output."""
 _POLL_INTERVAL = 0.1
 _LOG_TAIL = 2000
 
@@ -56,11 +58,14 @@ def tower_command() -> list[str]:
     return [sys.executable, "-m", "tower_trio", "run"]
 
 
-def tower_environ(amqp_url: str, exchange: str, port: int, plugins_dir: Path) -> dict[str, str]:
+def tower_environ(amqp_url: str, exchange: str, port: int, workdir: Path) -> dict[str, str]:
+    """The environment of a tower with no plugins and a fresh journal under ``workdir``."""
+    plugins_dir = workdir / "no-plugins"
+    plugins_dir.mkdir(exist_ok=True)
     environ = {
         name: value
         for name, value in os.environ.items()
-        if not name.startswith(("TOWER_", "PLUGIN_"))
+        if not name.startswith(("TOWER_", "PLUGIN_")) and name != "STATE_DIRECTORY"
     }
     environ.update(
         TOWER_HTTP_HOST=HOST,
@@ -68,11 +73,12 @@ def tower_environ(amqp_url: str, exchange: str, port: int, plugins_dir: Path) ->
         TOWER_AMQP_URL=amqp_url,
         TOWER_EXCHANGE=exchange,
         TOWER_PLUGINS_DIR=str(plugins_dir),
+        TOWER_DATA_DIR=str(workdir / f"data-{exchange}"),
     )
     return environ
 
 
-def peer_command(amqp_url: str, exchange: str, port: int) -> list[str]:
+def peer_command(amqp_url: str, exchange: str, port: int, *, plain: bool) -> list[str]:
     return [
         sys.executable,
         "-m",
@@ -85,6 +91,7 @@ def peer_command(amqp_url: str, exchange: str, port: int) -> list[str]:
         amqp_url,
         "--exchange",
         exchange,
+        *(["--plain"] if plain else []),
     ]
 
 
@@ -97,6 +104,7 @@ def run_server(
     ready_path: str,
     log_path: Path,
     environ: Mapping[str, str] | None = None,
+    report: Callable[[str], None] | None = None,
 ) -> Iterator[RunningServer]:
     base_url = f"http://{HOST}:{port}"
     with log_path.open("wb") as log:
@@ -112,7 +120,9 @@ def run_server(
             _wait_ready(name, process, base_url + ready_path, log_path)
             yield RunningServer(name, process.pid, base_url)
         finally:
-            _stop(process)
+            seconds = _stop(process)
+            if report is not None and seconds > SLOW_STOP:
+                report(f"  note: {name} took {seconds:.1f} s to exit after SIGTERM")
 
 
 def pick_port() -> int:
@@ -145,15 +155,18 @@ def _wait_ready(name: str, process: subprocess.Popen[bytes], url: str, log_path:
     )
 
 
-def _stop(process: subprocess.Popen[bytes]) -> None:
+def _stop(process: subprocess.Popen[bytes]) -> float:
+    """Stop ``process``; returns how long it took to exit after SIGTERM."""
     if process.poll() is not None:
-        return
+        return 0.0
+    started = time.monotonic()
     process.send_signal(signal.SIGTERM)
     try:
         process.wait(timeout=STOP_TIMEOUT)
     except subprocess.TimeoutExpired:
         process.kill()
         process.wait()
+    return time.monotonic() - started
 
 
 def _tail(log_path: Path) -> str:
