@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import itertools
+import json
 import textwrap
+import threading
 from pathlib import Path
 
 import pytest
@@ -15,12 +17,17 @@ from tower_trio import PluginError, Trigger
 from tower_trio._backoff import Backoff
 from tower_trio._channel import Submission
 from tower_trio._plugins import (
+    MemoryStateBackend,
     PluginState,
     PluginStatus,
     discover_plugins,
+    is_secret_field,
+    plugins_report,
     select_plugins,
     serve_plugin,
 )
+from tower_trio.plugin import State
+from tower_trio.testing import open_plugin
 
 REPO = Path(__file__).parent.parent
 
@@ -313,3 +320,205 @@ class TestSupervision:
                 await trio.testing.wait_all_tasks_blocked()
             nursery.cancel_scope.cancel()
         assert "send tower_trio.Trigger objects, not dict" in status.last_error
+
+
+STATEFUL = """
+    from tower_trio import Trigger
+
+    async def run(send_channel, state):
+        runs = await state.get("runs", 0) + 1
+        await state.set("runs", runs)
+        await send_channel.send(
+            Trigger(api_version="OT-2/v1alpha1", protocol="Count", spec={"runs": runs})
+        )
+        if runs < 3:
+            raise RuntimeError("again")
+"""
+
+
+class TestState:
+    async def test_values_are_written_through_and_copied(self) -> None:
+        """set() saves to the backend at once, and later changes to the value do not leak in."""
+        backend = MemoryStateBackend()
+        state = await State.load("p", backend)
+        seen = {"ids": [1]}
+        await state.set("seen", seen)
+        seen["ids"].append(2)
+        assert backend.snapshot("p") == {"seen": {"ids": [1]}}
+        assert await state.get("seen") == {"ids": [1]}
+        assert await state.get("missing", "default") == "default"
+        assert state.keys() == ["seen"]
+        assert "seen" in state
+
+    async def test_delete_and_none_forget_a_key(self) -> None:
+        """delete() and set(key, None) both remove the key from memory and the backend."""
+        backend = MemoryStateBackend({"p": {"a": 1, "b": 2}})
+        state = await State.load("p", backend)
+        await state.delete("a")
+        await state.set("b", None)
+        await state.delete("never-there")
+        assert state.keys() == []
+        assert backend.snapshot("p") == {}
+
+    async def test_values_must_be_json(self) -> None:
+        """A value JSON cannot hold is refused with the key in the message."""
+        state = await State.load("p", MemoryStateBackend())
+        with pytest.raises(TypeError, match=r"state\['when'\] must be JSON-serialisable"):
+            await state.set("when", object())
+        with pytest.raises(TypeError, match="non-empty strings"):
+            await state.set("", 1)
+
+    async def test_blocking_backend_is_called_in_a_thread(self) -> None:
+        """A backend without blocking = False is called off the trio thread."""
+        trio_thread = threading.get_ident()
+        calls: list[int] = []
+
+        class SlowBackend:
+            def load_plugin_state(self, plugin: str) -> dict[str, object]:
+                calls.append(threading.get_ident())
+                return {}
+
+            def save_plugin_state(self, plugin: str, key: str, value: object) -> None:
+                calls.append(threading.get_ident())
+
+        state = await State.load("p", SlowBackend())
+        await state.set("k", 1)
+        assert len(calls) == 2
+        assert trio_thread not in calls
+
+    async def test_state_survives_restarts(
+        self, tmp_path: Path, autojump_clock: trio.testing.MockClock
+    ) -> None:
+        """A plugin asking for state gets what it saved before it crashed."""
+        write_plugin(tmp_path, "counter", STATEFUL)
+        (plugin,), _ = select_plugins(discover_plugins(tmp_path, entry_points=False), None, {})
+        send, receive = trio.open_memory_channel[Submission](10)
+        backend = MemoryStateBackend()
+        async with receive:
+            await serve_plugin(plugin, send, PluginStatus("counter"), state_backend=backend)
+            received = [receive.receive_nowait() for _ in range(3)]
+        assert [spec_of(s.trigger) for s in received] == [{"runs": n} for n in (1, 2, 3)]
+        assert backend.snapshot("counter") == {"runs": 3}
+
+
+SECRET_CONFIG = """
+    import attrs
+    from tower_trio import Trigger
+    from tower_trio.plugin import report_item_error
+
+    @attrs.frozen
+    class Config:
+        url: str
+        api_key: str
+        password: str = ""
+        interval: float = 10.0
+
+    async def run(send_channel, config):
+        report_item_error("run 7", f"rejected key {config.api_key}")
+        raise RuntimeError(f"login failed with {config.api_key}")
+"""
+
+
+class TestReport:
+    async def test_report_shows_counters_and_hides_secrets(
+        self,
+        tmp_path: Path,
+        autojump_clock: trio.testing.MockClock,
+        caplog: pytest.LogCaptureFixture,
+    ) -> None:
+        """GET /plugins data: state, counters, last error with time, config with secrets masked."""
+        write_plugin(tmp_path, "lims", SECRET_CONFIG)
+        environ = {"PLUGIN_LIMS_URL": "https://lims.example", "PLUGIN_LIMS_API_KEY": "s3cr3t-v4lue"}
+        (plugin,), _ = select_plugins(discover_plugins(tmp_path, entry_points=False), None, environ)
+        send, _receive = trio.open_memory_channel[Submission](1)
+        status = PluginStatus("lims")
+        async with trio.open_nursery() as nursery:
+            await nursery.start(serve_plugin, plugin, send, status)
+            # The first restart comes after at most 1 s, the second after 1.6 s more.
+            await trio.sleep(1.5)
+            nursery.cancel_scope.cancel()
+
+        (report,) = plugins_report({"lims": status}, [plugin])
+        assert report["name"] == "lims"
+        assert report["state"] == "backing-off"
+        assert report["restarts"] == 1
+        assert report["triggersSent"] == 0
+        assert report["errors"] >= 1
+        assert report["lastTriggerAt"] is None
+        assert report["lastError"]["message"] == "RuntimeError: login failed with ***"
+        assert report["lastError"]["at"].endswith("Z")
+        assert report["config"] == {
+            "url": "https://lims.example",
+            "api_key": "***",
+            "password": "***",
+            "interval": 10.0,
+        }
+        assert "s3cr3t-v4lue" not in caplog.text
+        assert "s3cr3t-v4lue" not in json.dumps(report)
+
+    def test_plugin_without_status_or_config_is_starting(self, tmp_path: Path) -> None:
+        """A plugin not yet started reports 'starting' and an empty config."""
+        write_plugin(tmp_path, "plain", SIMPLE)
+        (plugin,), _ = select_plugins(discover_plugins(tmp_path, entry_points=False), None, {})
+        (report,) = plugins_report({}, [plugin])
+        assert report["state"] == "starting"
+        assert report["config"] == {}
+        assert report["lastError"] is None
+
+    @pytest.mark.parametrize(
+        ("name", "secret"),
+        [
+            ("api_key", True),
+            ("TOKEN", True),
+            ("db_password", True),
+            ("client_secret", True),
+            ("url", False),
+            ("interval", False),
+        ],
+    )
+    def test_secret_field_names(self, name: str, secret: bool) -> None:
+        """Field names containing key, token, password or secret are secrets."""
+        assert is_secret_field(name) is secret
+
+
+class TestHarness:
+    async def test_collects_what_a_plugin_sends(self, tmp_path: Path) -> None:
+        """The harness runs a plugin with a config dict and returns its triggers in order."""
+        path = write_plugin(
+            tmp_path,
+            "twice",
+            """
+            import attrs
+            from tower_trio import Trigger
+
+            @attrs.frozen
+            class Config:
+                count: int
+
+            async def run(send_channel, config):
+                for n in range(config.count):
+                    await send_channel.send(
+                        Trigger(api_version="OT-2/v1alpha1", protocol="P", spec={"n": n})
+                    )
+            """,
+        )
+        async with open_plugin(path.parent, config={"count": "2"}) as harness:
+            first, second = await harness.next_triggers(2)
+        assert [spec_of(first), spec_of(second)] == [{"n": 0}, {"n": 1}]
+        assert first.metadata.source == "twice"
+        assert harness.status.triggers_sent == 2
+
+    async def test_waiting_for_more_than_a_finished_plugin_sent_fails(self, tmp_path: Path) -> None:
+        """Waiting for a trigger a finished plugin will never send fails at once."""
+        path = write_plugin(tmp_path, "idle", SIMPLE)
+        async with open_plugin(path) as harness:
+            with pytest.raises(AssertionError, match="finished before sending 1 triggers"):
+                await harness.next_trigger()
+        assert harness.finished
+
+    async def test_unknown_config_field_is_refused(self, tmp_path: Path) -> None:
+        """A config dict naming a field the plugin does not have lists the real fields."""
+        path = write_plugin(tmp_path, "configured", CONFIGURED)
+        with pytest.raises(PluginError, match="no config field nope; its fields are path"):
+            async with open_plugin(path, config={"nope": 1}):
+                pass  # pragma: no cover

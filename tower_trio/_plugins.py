@@ -7,21 +7,27 @@ through the ``tower_trio.plugins`` entry-point group. A plugin is
     async def run(send_channel): ...
 
 optionally asking, by parameter name, for ``config``: an instance of the
-attrs class ``Config`` in the same module, built from ``PLUGIN_<NAME>_*``.
+attrs class ``Config`` in the same module, built from ``PLUGIN_<NAME>_*``,
+and for ``state``: its ``tower_trio.plugin.State``, kept in a
+``StateBackend`` (the tower's journal; memory in tests).
 """
 
 from __future__ import annotations
 
+import copy
 import enum
 import importlib.metadata
 import importlib.util
 import inspect
+import logging
 import re
 import sys
 import time
 import types
 from collections.abc import Awaitable, Callable
-from typing import TYPE_CHECKING, Any
+from datetime import UTC, datetime
+from pathlib import PurePath
+from typing import TYPE_CHECKING, Any, ClassVar, Protocol
 
 import attrs
 import trio
@@ -30,10 +36,11 @@ from ._backoff import Backoff
 from ._channel import Submission, TriggerSendChannel
 from ._errors import PluginError
 from ._logging import get_logger
-from ._serialization import structure_env_value
+from ._serialization import format_datetime, structure_env_value
+from .plugin import State, _PluginContext, _reset_context, _set_context
 
 if TYPE_CHECKING:
-    from collections.abc import Mapping
+    from collections.abc import Mapping, Sequence
     from pathlib import Path
 
     from ._models import Trigger
@@ -41,10 +48,14 @@ if TYPE_CHECKING:
 __all__ = [
     "ConfiguredPlugin",
     "DiscoveredPlugin",
+    "MemoryStateBackend",
     "PluginState",
     "PluginStatus",
     "SkippedPlugin",
+    "StateBackend",
     "discover_plugins",
+    "is_secret_field",
+    "plugins_report",
     "select_plugins",
     "serve_plugin",
 ]
@@ -52,7 +63,9 @@ __all__ = [
 _log = get_logger(__name__)
 
 ENTRY_POINT_GROUP = "tower_trio.plugins"
-_PARAMETERS = ("send_channel", "config")
+_PARAMETERS = ("send_channel", "config", "state")
+_SECRET_WORDS = ("key", "token", "password", "secret")
+_REDACTED = "***"
 _NAME = re.compile(r"[a-z][a-z0-9_]*")
 # A plugin that ran this long before crashing was healthy; restart it quickly.
 _STABLE_AFTER = 60.0
@@ -65,6 +78,7 @@ class DiscoveredPlugin:
     run: Callable[..., Awaitable[None]]
     config_class: type | None
     wants_config: bool
+    wants_state: bool = False
 
     def config_variables(self) -> dict[str, str]:
         """Field name → environment variable, for every field of its Config."""
@@ -85,11 +99,63 @@ class ConfiguredPlugin:
     def name(self) -> str:
         return self.plugin.name
 
-    async def invoke(self, send_channel: TriggerSendChannel) -> None:
+    async def invoke(self, send_channel: TriggerSendChannel, state: State | None = None) -> None:
+        kwargs: dict[str, Any] = {}
         if self.plugin.wants_config:
-            await self.plugin.run(send_channel, config=self.config)
-        else:
-            await self.plugin.run(send_channel)
+            kwargs["config"] = self.config
+        if self.plugin.wants_state:
+            if state is None:
+                raise PluginError(f"plugin {self.name!r} asks for state but none was given")
+            kwargs["state"] = state
+        await self.plugin.run(send_channel, **kwargs)
+
+    def secret_values(self) -> list[str]:
+        """The text of every configured value whose field name suggests a secret."""
+        if self.config is None or not attrs.has(type(self.config)):
+            return []
+        return [
+            str(value)
+            for field in attrs.fields(type(self.config))
+            if is_secret_field(field.name)
+            and (value := getattr(self.config, field.name)) not in (None, "")
+        ]
+
+    def redact(self, text: str) -> str:
+        """``text`` with every secret configuration value replaced by ``***``."""
+        for secret in self.secret_values():
+            text = text.replace(secret, _REDACTED)
+        return text
+
+    def public_config(self) -> dict[str, Any]:
+        """The configuration as JSON, secrets replaced by ``***``."""
+        if self.config is None or not attrs.has(type(self.config)):
+            return {}
+        return {
+            field.name: _REDACTED
+            if is_secret_field(field.name)
+            else _jsonable(getattr(self.config, field.name))
+            for field in attrs.fields(type(self.config))
+        }
+
+
+def is_secret_field(name: str) -> bool:
+    """Whether a configuration field's name suggests a secret (key, token, password, secret)."""
+    lowered = name.lower()
+    return any(word in lowered for word in _SECRET_WORDS)
+
+
+def _jsonable(value: object) -> Any:
+    if value is None or isinstance(value, bool | int | float | str):
+        return value
+    if isinstance(value, PurePath):
+        return str(value)
+    if isinstance(value, enum.Enum):
+        return _jsonable(value.value)
+    if isinstance(value, list | tuple | set | frozenset):
+        return [_jsonable(item) for item in value]
+    if isinstance(value, dict):
+        return {str(k): _jsonable(v) for k, v in value.items()}
+    return str(value)
 
 
 @attrs.frozen
@@ -115,10 +181,101 @@ class PluginStatus:
     last_error: str | None = None
     last_error_at: float | None = None
     last_trigger_at: float | None = None
+    errors: int = 0
+    """Bad items reported with ``tower_trio.plugin.report_item_error``."""
 
     def count_sent(self, trigger: Trigger) -> None:
         self.triggers_sent += 1
         self.last_trigger_at = trigger.created_at.timestamp()
+
+    def record_error(self, message: str) -> None:
+        self.last_error = message
+        self.last_error_at = time.time()
+
+    def count_item_error(self, item: str, message: str) -> None:
+        self.errors += 1
+        self.record_error(f"{item}: {message}")
+
+
+class StateBackend(Protocol):
+    """Where plugin state is kept: the tower's journal, or memory in tests.
+
+    The methods are synchronous and may block (SQLite); ``State`` calls them
+    in a worker thread. A backend that never blocks may set ``blocking =
+    False`` to be called inline, which keeps tests under ``autojump_clock``
+    deterministic.
+    """
+
+    def load_plugin_state(self, plugin: str) -> dict[str, Any]:
+        """Every key and value saved for ``plugin``."""
+        ...
+
+    def save_plugin_state(self, plugin: str, key: str, value: Any | None) -> None:
+        """Save one value durably; ``None`` deletes the key."""
+        ...
+
+
+class MemoryStateBackend:
+    """A ``StateBackend`` in a dict: for tests, and for a tower without a journal.
+
+    Share one between two harness runs to test what a plugin does after a
+    restart.
+    """
+
+    blocking: ClassVar[bool] = False
+
+    def __init__(self, initial: Mapping[str, Mapping[str, Any]] | None = None) -> None:
+        self._plugins: dict[str, dict[str, Any]] = {
+            plugin: copy.deepcopy(dict(values)) for plugin, values in (initial or {}).items()
+        }
+
+    def load_plugin_state(self, plugin: str) -> dict[str, Any]:
+        return copy.deepcopy(self._plugins.get(plugin, {}))
+
+    def save_plugin_state(self, plugin: str, key: str, value: Any | None) -> None:
+        values = self._plugins.setdefault(plugin, {})
+        if value is None:
+            values.pop(key, None)
+        else:
+            values[key] = copy.deepcopy(value)
+
+    def snapshot(self, plugin: str) -> dict[str, Any]:
+        """A copy of what ``plugin`` has saved."""
+        return self.load_plugin_state(plugin)
+
+
+def _rfc3339(timestamp: float | None) -> str | None:
+    if timestamp is None:
+        return None
+    return format_datetime(datetime.fromtimestamp(timestamp, UTC))
+
+
+def plugins_report(
+    statuses: Mapping[str, PluginStatus], plugins: Sequence[ConfiguredPlugin]
+) -> list[dict[str, Any]]:
+    """What ``GET /plugins`` shows: each plugin's health, counters and (redacted) config."""
+    report = []
+    for plugin in plugins:
+        status = statuses.get(plugin.name) or PluginStatus(plugin.name)
+        last_error = None
+        if status.last_error is not None:
+            last_error = {
+                "message": plugin.redact(status.last_error),
+                "at": _rfc3339(status.last_error_at),
+            }
+        report.append(
+            {
+                "name": plugin.name,
+                "state": status.state.value,
+                "restarts": status.restarts,
+                "triggersSent": status.triggers_sent,
+                "errors": status.errors,
+                "lastError": last_error,
+                "lastTriggerAt": _rfc3339(status.last_trigger_at),
+                "config": plugin.public_config(),
+            }
+        )
+    return report
 
 
 def discover_plugins(
@@ -185,8 +342,8 @@ def _inspect_module(name: str, origin: str, module: types.ModuleType) -> Discove
     if "send_channel" not in parameters or unknown:
         raise PluginError(
             f"plugin {name!r} ({origin}): run() takes {', '.join(parameters) or 'nothing'}; "
-            f"it must take send_channel and may take config "
-            f"(like 'async def run(send_channel, config)')"
+            f"it must take send_channel and may take config and state, by those names "
+            f"(like 'async def run(send_channel, config, state)')"
         )
     config_class = getattr(module, "Config", None)
     if config_class is not None and not attrs.has(config_class):
@@ -196,7 +353,9 @@ def _inspect_module(name: str, origin: str, module: types.ModuleType) -> Discove
         raise PluginError(f"plugin {name!r} ({origin}) asks for config but defines no Config class")
     if config_class is not None:
         attrs.resolve_types(config_class)
-    return DiscoveredPlugin(name, origin, run, config_class, wants_config)
+    return DiscoveredPlugin(
+        name, origin, run, config_class, wants_config, wants_state="state" in parameters
+    )
 
 
 def build_config(plugin: DiscoveredPlugin, environ: Mapping[str, str]) -> Any:
@@ -267,42 +426,76 @@ async def serve_plugin(
     send_channel: trio.MemorySendChannel[Submission],
     status: PluginStatus,
     *,
+    state_backend: StateBackend | None = None,
     backoff: Backoff | None = None,
+    wall_clock: Callable[[], datetime] | None = None,
     task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED,
 ) -> None:
     """Run one plugin, restarting it with backoff whenever it raises.
 
     A plugin that returns is finished. Cancellation is never caught: it is
-    how the supervisor stops plugins.
+    how the supervisor stops plugins. Its state is (re)loaded from
+    ``state_backend`` at every start; without one it lives in memory and is
+    lost when the tower stops.
     """
     backoff = backoff or Backoff(initial=1.0, cap=60.0)
+    state_backend = state_backend if state_backend is not None else MemoryStateBackend()
+
+    def backing_off(active: bool) -> None:
+        status.state = PluginState.BACKING_OFF if active else PluginState.RUNNING
+
+    context = _PluginContext(
+        name=plugin.name,
+        item_failed=status.count_item_error,
+        backing_off=backing_off,
+        redact=plugin.redact,
+        wall_clock=wall_clock,
+    )
     async with send_channel:
         task_status.started()
         while True:
             status.state = PluginState.RUNNING
             _log.info("plugin.started", plugin=plugin.name, restarts=status.restarts)
             started_at = trio.current_time()
+            token = _set_context(context)
             try:
+                state = None
+                if plugin.plugin.wants_state:
+                    state = await State.load(plugin.name, state_backend)
                 async with TriggerSendChannel(
                     send_channel.clone(), plugin.name, status.count_sent
                 ) as plugin_channel:
-                    await plugin.invoke(plugin_channel)
+                    await plugin.invoke(plugin_channel, state)
             except Exception as err:
                 if trio.current_time() - started_at > _STABLE_AFTER:
                     backoff.reset()
                 delay = backoff.next_delay()
                 status.state = PluginState.BACKING_OFF
-                status.last_error = f"{type(err).__name__}: {err}"
-                status.last_error_at = time.time()
-                _log.exception(
-                    "plugin.crashed",
-                    plugin=plugin.name,
-                    error=status.last_error,
-                    restart_in=f"{delay:.1f}s",
-                )
+                message = plugin.redact(f"{type(err).__name__}: {err}")
+                status.record_error(message)
+                _log_crash(plugin, err, message, delay)
                 await trio.sleep(delay)
                 status.restarts += 1
                 continue
+            finally:
+                _reset_context(token)
             status.state = PluginState.FINISHED
             _log.info("plugin.finished", plugin=plugin.name, triggers_sent=status.triggers_sent)
             return
+
+
+class _RedactedError(Exception):
+    """Stands in for a crash whose message held a secret, so the traceback can be logged."""
+
+
+def _log_crash(plugin: ConfiguredPlugin, err: Exception, message: str, delay: float) -> None:
+    shown: BaseException = err
+    if plugin.redact(str(err)) != str(err):
+        # The frames show source lines, not values; only the message (and any
+        # chained cause, dropped here) can carry the secret itself.
+        shown = _RedactedError(message).with_traceback(err.__traceback__)
+    logging.getLogger(__name__).error(
+        "plugin.crashed",
+        exc_info=(type(shown), shown, shown.__traceback__),
+        extra={"fields": {"plugin": plugin.name, "error": message, "restart_in": f"{delay:.1f}s"}},
+    )
