@@ -23,9 +23,10 @@ if TYPE_CHECKING:
 TRIGGERS_IN_CHANNEL = 400
 
 
-def tower_environ(**variables: str) -> dict[str, str]:
+def tower_environ(data_dir: Path, **variables: str) -> dict[str, str]:
     environ = {k: v for k, v in os.environ.items() if not k.startswith(("TOWER_", "PLUGIN_"))}
     environ["TOWER_HTTP_PORT"] = "0"
+    environ["TOWER_DATA_DIR"] = str(data_dir)
     environ.update(variables)
     return environ
 
@@ -73,10 +74,10 @@ class TestStartUpErrors:
         ],
     )
     def test_bad_setting_is_one_line_naming_the_variable(
-        self, variables: dict[str, str], message: str
+        self, variables: dict[str, str], message: str, tmp_path: Path
     ) -> None:
         """A bad setting exits 2 with one line naming it, and no traceback."""
-        result = run_cli("run", environ=tower_environ(**variables))
+        result = run_cli("run", environ=tower_environ(tmp_path, **variables))
         assert result.returncode == 2
         lines = result.stderr.strip().splitlines()
         assert len(lines) == 1, result.stderr
@@ -87,7 +88,9 @@ class TestStartUpErrors:
         """A plugin with a syntax error stops start-up with its path in the message."""
         (tmp_path / "bad").mkdir()
         (tmp_path / "bad" / "watcher.py").write_text("async def run(send_channel:\n")
-        result = run_cli("run", environ=tower_environ(TOWER_PLUGINS_DIR=str(tmp_path)))
+        result = run_cli(
+            "run", environ=tower_environ(tmp_path / "data", TOWER_PLUGINS_DIR=str(tmp_path))
+        )
         assert result.returncode == 2
         assert str(tmp_path / "bad" / "watcher.py") in result.stderr
         assert "Traceback" not in result.stderr
@@ -142,6 +145,7 @@ class TestShutdown:
         (tmp_path / "burst").mkdir()
         (tmp_path / "burst" / "watcher.py").write_text(textwrap.dedent(BURST_PLUGIN))
         environ = tower_environ(
+            tmp_path / "data",
             TOWER_AMQP_URL=amqp_url,
             TOWER_EXCHANGE=exchange,
             TOWER_PLUGINS_DIR=str(tmp_path),
@@ -179,6 +183,7 @@ class TestShutdown:
         (tmp_path / "burst").mkdir()
         (tmp_path / "burst" / "watcher.py").write_text(textwrap.dedent(BURST_PLUGIN))
         environ = tower_environ(
+            tmp_path / "data",
             TOWER_AMQP_URL="amqp://guest:guest@127.0.0.1:1/%2F",
             TOWER_PLUGINS_DIR=str(tmp_path),
             TOWER_CHANNEL_SIZE=str(TRIGGERS_IN_CHANNEL),

@@ -23,6 +23,11 @@ VARIABLES = [
     "TOWER_PLUGINS",
     "TOWER_CHANNEL_SIZE",
     "TOWER_CONFIRM_WINDOW",
+    "TOWER_DATA_DIR",
+    "TOWER_JOURNAL_MAX_BYTES",
+    "TOWER_RETENTION",
+    "TOWER_CONFIRM_TIMEOUT",
+    "TOWER_UNROUTABLE_EXCHANGE",
     "TOWER_MAX_ATTEMPTS",
     "TOWER_LOG_LEVEL",
 ]
@@ -45,6 +50,11 @@ class TestDefaults:
             pytest.param("confirm_window", 256, id="confirm-window"),
             pytest.param("max_attempts", 5, id="max-attempts"),
             pytest.param("log_level", "INFO", id="log-level"),
+            pytest.param("data_dir", Path("var"), id="data-dir"),
+            pytest.param("journal_max_bytes", None, id="journal-max-bytes"),
+            pytest.param("retention", 7 * 86400.0, id="retention"),
+            pytest.param("confirm_timeout", 30.0, id="confirm-timeout"),
+            pytest.param("unroutable_exchange", None, id="unroutable-exchange"),
         ],
     )
     def test_default(self, field: str, default: object) -> None:
@@ -131,6 +141,11 @@ class TestValidValues:
             "TOWER_CONFIRM_WINDOW": "6",
             "TOWER_MAX_ATTEMPTS": "7",
             "TOWER_LOG_LEVEL": "ERROR",
+            "TOWER_DATA_DIR": "d",
+            "TOWER_JOURNAL_MAX_BYTES": "8",
+            "TOWER_RETENTION": "9",
+            "TOWER_CONFIRM_TIMEOUT": "10",
+            "TOWER_UNROUTABLE_EXCHANGE": "lost",
         }
         assert sorted(environ) == sorted(VARIABLES)
         assert Settings.from_environ(environ) == Settings(
@@ -147,6 +162,11 @@ class TestValidValues:
             confirm_window=6,
             max_attempts=7,
             log_level="ERROR",
+            data_dir=Path("d"),
+            journal_max_bytes=8,
+            retention=9.0,
+            confirm_timeout=10.0,
+            unroutable_exchange="lost",
         )
 
 
@@ -219,6 +239,19 @@ class TestInvalidValues:
         environ = {"TOWER_HTTP_PORT": "x", "TOWER_LOG_LEVEL": "loud", "TOWER_EXCHANGE": "ok"}
         with pytest.raises(ConfigError, match=r"^TOWER_HTTP_PORT='x' is invalid"):
             Settings.from_environ(environ)
+
+    @pytest.mark.parametrize(
+        ("raw", "seconds"),
+        [("7d", 604800.0), ("12h", 43200.0), ("30m", 1800.0), ("90", 90.0), ("2w", 1209600.0)],
+    )
+    def test_retention_takes_durations(self, raw: str, seconds: float) -> None:
+        """TOWER_RETENTION reads a number with an optional unit: s, m, h, d or w."""
+        assert Settings.from_environ({"TOWER_RETENTION": raw}).retention == seconds
+
+    def test_systemd_state_directory_is_the_default_data_dir(self) -> None:
+        """Under systemd's StateDirectory=, the journal goes where systemd says."""
+        settings = Settings.from_environ({"STATE_DIRECTORY": "/var/lib/tower-trio"})
+        assert settings.data_dir == Path("/var/lib/tower-trio")
 
     def test_is_a_tower_error(self) -> None:
         """ConfigError belongs to the tower's one exception hierarchy."""

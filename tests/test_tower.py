@@ -104,20 +104,21 @@ async def run_tower(
                 shutdown.set()
 
 
-def tower_settings(amqp_url: str, broker: Broker, **overrides: Any) -> Settings:
+def tower_settings(amqp_url: str, broker: Broker, data_dir: Path, **overrides: Any) -> Settings:
     return attrs.evolve(
         Settings(),
         amqp_url=amqp_url,
         exchange=broker.exchange,
         http_port=0,
         plugins_dir=Path("no-such-plugins-dir"),
+        data_dir=data_dir,
         **overrides,
     )
 
 
 @pytest.fixture
-async def tower(amqp_url: str, broker: Broker) -> AsyncIterator[Tower]:
-    async with run_tower(tower_settings(amqp_url, broker)) as tower:
+async def tower(amqp_url: str, broker: Broker, tmp_path: Path) -> AsyncIterator[Tower]:
+    async with run_tower(tower_settings(amqp_url, broker, tmp_path)) as tower:
         yield tower
 
 
@@ -130,7 +131,7 @@ class TestPublishing:
         before = datetime.now(UTC).replace(microsecond=0)
 
         response = await tower.client.post(
-            "/triggers",
+            "/triggers?wait=published",
             json={**VALID, "metadata": {"spec": {"experiment": "exp-42"}}},
         )
 
@@ -165,7 +166,7 @@ class TestPublishing:
         spark2 = await broker.bind("TecanSpark/v1alpha1/Spark2")
 
         response = await tower.client.post(
-            "/triggers",
+            "/triggers?wait=published",
             json={**VALID, "apiVersion": "TecanSpark/v1alpha1/Spark2"},
         )
 
@@ -197,7 +198,9 @@ class TestPublishing:
 
     async def test_unroutable_trigger_is_reported_not_lost_silently(self, tower: Tower) -> None:
         """With no queue bound for its apiVersion, the answer says the trigger is unroutable."""
-        response = await tower.client.post("/triggers", json={**VALID, "apiVersion": "Nobody/v1"})
+        response = await tower.client.post(
+            "/triggers?wait=published", json={**VALID, "apiVersion": "Nobody/v1"}
+        )
 
         assert response.status_code == 202
         assert response.json()["status"] == "unroutable"
@@ -212,7 +215,9 @@ class TestPublishing:
         uuids: set[str] = set()
 
         async def post(n: int) -> None:
-            response = await tower.client.post("/triggers", json={**VALID, "spec": {"n": n}})
+            response = await tower.client.post(
+                "/triggers?wait=published", json={**VALID, "spec": {"n": n}}
+            )
             statuses.append(response.status_code)
             uuids.add(response.json()["uuid"])
 
@@ -226,16 +231,18 @@ class TestPublishing:
         assert sorted(spec_of(load_trigger(m.body))["n"] for m in messages) == list(range(200))
 
     async def test_large_spec_is_split_across_small_frames(
-        self, amqp_url: str, broker: Broker
+        self, amqp_url: str, broker: Broker, tmp_path: Path
     ) -> None:
         """A 1 MB spec published with frame_max 4096 arrives byte for byte."""
         settings = tower_settings(
-            amqp_url + "?frame_max=4096", broker, max_body_bytes=4 * 1024 * 1024
+            amqp_url + "?frame_max=4096", broker, tmp_path, max_body_bytes=4 * 1024 * 1024
         )
         queue = await broker.bind("OT-2/v1alpha1")
         spec = {"payload": "x" * (1024 * 1024), "volume": 1}
         async with run_tower(settings) as tower:
-            response = await tower.client.post("/triggers", json={**VALID, "spec": spec})
+            response = await tower.client.post(
+                "/triggers?wait=published", json={**VALID, "spec": spec}
+            )
         assert response.status_code == 202
         (message,) = await broker.take(queue, 1)
         assert len(message.body) > 1024 * 1024
@@ -293,15 +300,17 @@ class TestBadInput:
         fields = {d["field"] for d in response.json()["details"]}
         assert fields == {"apiVersion", "protocol", "spec", "uuid", "colour"}
 
-    async def test_oversized_body_is_refused_with_413(self, amqp_url: str, broker: Broker) -> None:
+    async def test_oversized_body_is_refused_with_413(
+        self, amqp_url: str, broker: Broker, tmp_path: Path
+    ) -> None:
         """A body over TOWER_MAX_BODY_BYTES gets 413 naming the limit, and nothing is published."""
-        settings = tower_settings(amqp_url, broker, max_body_bytes=1000)
+        settings = tower_settings(amqp_url, broker, tmp_path, max_body_bytes=1000)
         queue = await broker.bind("OT-2/v1alpha1")
         async with run_tower(settings) as tower:
             response = await tower.client.post(
                 "/triggers", json={**VALID, "spec": {"blob": "x" * 2000}}
             )
-            small = await tower.client.post("/triggers", json=VALID)
+            small = await tower.client.post("/triggers?wait=published", json=VALID)
         assert response.status_code == 413
         assert "TOWER_MAX_BODY_BYTES" in response.json()["details"][0]
         assert small.status_code == 202
@@ -336,22 +345,30 @@ class TestProbes:
         assert response.status_code == 200
         assert response.json() == {"status": "ready"}
 
-    async def test_broker_down_means_not_ready_and_503_on_post(self, broker: Broker) -> None:
-        """Without a broker the tower runs, says why it is not ready, and answers 503 in time."""
+    async def test_broker_down_means_not_ready_but_still_accepting(
+        self, broker: Broker, tmp_path: Path
+    ) -> None:
+        """Without a broker the tower says why it is not ready and journals what it gets."""
         settings = tower_settings(
             f"amqp://guest:guest@127.0.0.1:{unused_port()}/%2F",
             broker,
+            tmp_path,
             publish_timeout=0.5,
         )
         async with run_tower(settings) as tower:
             assert (await tower.client.get("/healthz")).status_code == 200
             ready = await tower.client.get("/readyz")
-            response = await tower.client.post("/triggers", json=VALID)
+            accepted = await tower.client.post("/triggers", json=VALID)
+            waited = await tower.client.post("/triggers?wait=published", json=VALID)
+            record = await tower.client.get(accepted.headers["location"])
         assert ready.status_code == 503
         assert "broker not connected" in ready.json()["details"][0]
-        assert response.status_code == 503
-        assert response.headers["retry-after"] == "1"
-        assert response.json()["error"] == "broker did not confirm in time"
+        assert accepted.status_code == 202
+        assert accepted.json()["status"] == "pending"
+        assert waited.status_code == 504
+        assert waited.json()["status"] == "pending"
+        assert record.json()["status"] == "pending"
+        assert tower.running.publisher.statistics().pending == 2
 
 
 class TestPlugins:
@@ -366,7 +383,7 @@ class TestPlugins:
             discover_plugins(REPO / "plugins", entry_points=False), ("example",), environ
         )
         queue = await broker.bind("OT-2/v1alpha1")
-        async with run_tower(tower_settings(amqp_url, broker), plugins) as tower:
+        async with run_tower(tower_settings(amqp_url, broker, tmp_path), plugins) as tower:
             assert (await tower.client.get("/readyz")).status_code == 200
             (message,) = await broker.take(queue, 1)
         trigger = load_trigger(message.body)

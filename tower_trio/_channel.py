@@ -4,6 +4,9 @@ Sources hand over ``Submission``s on one bounded trio memory channel. A
 plugin sees a ``TriggerSendChannel`` instead: it sends plain ``Trigger``s,
 and the channel stamps them with the plugin's name on their way in, so a
 plugin cannot forget, or fake, where its triggers come from.
+
+A submission reports twice: once when the journal has it on disk (or
+refused it), and, if its source waits for that, when the broker confirmed.
 """
 
 from __future__ import annotations
@@ -20,7 +23,7 @@ from ._serialization import dump_trigger
 if TYPE_CHECKING:
     from collections.abc import Callable
 
-__all__ = ["DeliveryStatus", "Submission", "TriggerSendChannel"]
+__all__ = ["DeliveryStatus", "Intake", "Submission", "TriggerSendChannel"]
 
 
 class DeliveryStatus(enum.Enum):
@@ -30,37 +33,91 @@ class DeliveryStatus(enum.Enum):
     FAILED = "failed"
 
 
+class Intake(enum.Enum):
+    """What the journal did with a submission."""
+
+    WAITING = "waiting"
+    ACCEPTED = "accepted"
+    DUPLICATE = "duplicate"
+    REJECTED = "rejected"
+
+
 @attrs.define(eq=False)
 class Submission:
-    """One trigger on its way to the broker, and how its delivery went."""
+    """One trigger on its way to the journal and the broker."""
 
     trigger: Trigger
     body: bytes
+    key: str | None = None
+    """Idempotency key, namespaced by source (``http:…``, ``plugin:<name>:…``)."""
+    fingerprint: str | None = None
+    """Digest of the request, to tell a retry (same key, same request) from a conflict."""
+    intake: Intake = Intake.WAITING
     status: DeliveryStatus = DeliveryStatus.PENDING
-    attempts: int = 0
-    last_error: str | None = None
+    error: str | None = None
+    duplicate: object = None
+    """For a DUPLICATE: the journal's record of the first trigger with this key."""
+    same_request: bool = False
     withdrawn: bool = False
-    """Set by a source that gave up waiting, so that a trigger nobody awaits any
-    more is not published after its sender was told it failed."""
+    """Set by a source that stopped waiting before the journal took it: a trigger
+    whose sender was told it failed is not stored (and published) behind its back."""
+    _committed: trio.Event = attrs.field(factory=trio.Event)
     _settled: trio.Event | None = None
 
     @classmethod
-    def of(cls, trigger: Trigger, *, awaited: bool = False) -> Submission:
-        return cls(trigger, dump_trigger(trigger), settled=trio.Event() if awaited else None)
+    def of(
+        cls,
+        trigger: Trigger,
+        *,
+        key: str | None = None,
+        fingerprint: str | None = None,
+        wait_published: bool = False,
+    ) -> Submission:
+        return cls(
+            trigger,
+            dump_trigger(trigger),
+            key,
+            fingerprint,
+            settled=trio.Event() if wait_published else None,
+        )
 
     @property
-    def settled(self) -> bool:
-        return self.status is not DeliveryStatus.PENDING
+    def wants_settlement(self) -> bool:
+        return self._settled is not None
+
+    # -- reported by the publisher -------------------------------------------
+
+    def accepted(self) -> None:
+        self.intake = Intake.ACCEPTED
+        self._committed.set()
+
+    def rejected(self, error: str) -> None:
+        self.intake = Intake.REJECTED
+        self.error = error
+        self._committed.set()
+        self.settle(DeliveryStatus.FAILED, error)
+
+    def duplicate_of(self, record: object, *, same_request: bool) -> None:
+        self.intake = Intake.DUPLICATE
+        self.duplicate = record
+        self.same_request = same_request
+        self._committed.set()
 
     def settle(self, status: DeliveryStatus, error: str | None = None) -> None:
         self.status = status
-        self.last_error = error
+        self.error = error
         if self._settled is not None:
             self._settled.set()
 
+    # -- awaited by the source -------------------------------------------------
+
+    async def wait_committed(self) -> Intake:
+        await self._committed.wait()
+        return self.intake
+
     async def wait_settled(self) -> DeliveryStatus:
         if self._settled is None:
-            raise RuntimeError("this submission was not created with awaited=True")
+            raise RuntimeError("this submission was not created with wait_published=True")
         await self._settled.wait()
         return self.status
 
@@ -84,7 +141,8 @@ class TriggerSendChannel(trio.abc.SendChannel[Trigger]):
                 f"plugins send tower_trio.Trigger objects, not {type(trigger).__name__}; "
                 "build one with Trigger(api_version=..., protocol=..., spec=...)"
             )
-        return Submission.of(trigger.with_source(self._source))
+        key = None if trigger.key is None else f"plugin:{self._source}:{trigger.key}"
+        return Submission.of(trigger.with_source(self._source), key=key)
 
     def _sent(self, trigger: Trigger) -> None:
         if self._on_send is not None:

@@ -23,6 +23,7 @@ __all__ = ["Settings", "setting_docs"]
 
 _LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR")
 _DEFAULT_PLUGINS_DIR = Path("plugins")
+_DEFAULT_DATA_DIR = Path("var")
 
 
 def _text(raw: str) -> str:
@@ -54,6 +55,26 @@ def _seconds(raw: str) -> float:
 
 def _path(raw: str) -> Path:
     return Path(_text(raw))
+
+
+_DURATION_UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}
+
+
+def _duration(raw: str) -> float:
+    text = raw.strip().lower()
+    unit = _DURATION_UNITS.get(text[-1:])
+    number = text[:-1] if unit else text
+    try:
+        value = float(number) * (unit or 1)
+    except ValueError:
+        raise ValueError("must be a duration like 7d, 12h, 30m or 90 (seconds)") from None
+    if not (value > 0 and math.isfinite(value)):
+        raise ValueError("must be a positive duration")
+    return value
+
+
+def _optional_text(raw: str) -> str | None:
+    return raw.strip() or None
 
 
 def _names(raw: str) -> tuple[str, ...] | None:
@@ -109,7 +130,8 @@ class Settings:
         "TOWER_PUBLISH_TIMEOUT",
         10.0,
         _seconds,
-        "How long `POST /triggers` waits for the broker's confirm before answering 503.",
+        "How long `POST /triggers` waits for the journal (503 after it) and, with "
+        "`?wait=published`, for the broker's confirm (504 after it).",
     )
     shutdown_grace: float = _setting(
         "TOWER_SHUTDOWN_GRACE",
@@ -144,6 +166,45 @@ class Settings:
         _positive_int,
         "Messages published but not yet confirmed by the broker, at most.",
     )
+    data_dir: Path = _setting(
+        "TOWER_DATA_DIR",
+        _DEFAULT_DATA_DIR,
+        _path,
+        "Folder of the journal (`journal.sqlite3`), created if missing. Back it up; "
+        "it holds every trigger not yet confirmed by the broker.",
+        shown="`var` (or systemd's `$STATE_DIRECTORY`)",
+    )
+    journal_max_bytes: int | None = _setting(
+        "TOWER_JOURNAL_MAX_BYTES",
+        None,
+        _positive_int,
+        "Cap on the journal's size; when it is reached, `POST /triggers` answers 503 "
+        "until pruning makes room. Unset: limited by the disk only.",
+        shown="(unset)",
+    )
+    retention: float = _setting(
+        "TOWER_RETENTION",
+        7 * 86400.0,
+        _duration,
+        "How long settled triggers stay in the journal for lookup and idempotency "
+        "(`7d`, `12h`, `30m` or seconds). Unpublished ones are never pruned.",
+        shown="`7d`",
+    )
+    confirm_timeout: float = _setting(
+        "TOWER_CONFIRM_TIMEOUT",
+        30.0,
+        _seconds,
+        "A confirm that has not come this many seconds after the publish counts as lost: "
+        "the tower reconnects and republishes.",
+    )
+    unroutable_exchange: str | None = _setting(
+        "TOWER_UNROUTABLE_EXCHANGE",
+        None,
+        _optional_text,
+        "If set, a fanout exchange declared as the trigger exchange's alternate exchange: "
+        "triggers no device queue is bound for go there instead of being returned.",
+        shown="(unset)",
+    )
     max_attempts: int = _setting(
         "TOWER_MAX_ATTEMPTS",
         5,
@@ -173,6 +234,9 @@ class Settings:
                     str(err) if not str(err).startswith("invalid literal") else "is not a number"
                 )
                 raise ConfigError(f"{variable}={raw!r} is invalid: {reason}") from err
+        if "data_dir" not in values and (state := environ.get("STATE_DIRECTORY")):
+            # systemd's StateDirectory= hands a service its private, persistent folder.
+            values["data_dir"] = Path(state.split(":")[0])
         return cls(**values)
 
 

@@ -22,3 +22,7 @@ class PluginError(TowerError):
 
 class PublishError(TowerError):
     """A trigger could not be handed to the broker."""
+
+
+class JournalError(TowerError):
+    """The journal cannot be opened or written (read-only or full disk, corruption)."""

@@ -1,61 +1,124 @@
 """The HTTP API: a Quart-Trio app that turns requests into submissions.
 
 Handlers stay lean on purpose (Hypercorn's pure-Python HTTP stack is the
-ceiling here): the body is read once as bytes, decoded once, and the
-response is built from the bytes that are also the published message.
+ceiling here): the body is read once as bytes, decoded once, and responses
+are built from the bytes that are also the published message.
 """
 
 from __future__ import annotations
 
 import json
-from collections.abc import Callable, Sequence
-from typing import TYPE_CHECKING, Any
+from collections.abc import Callable, Mapping, Sequence
+from datetime import UTC, datetime
+from typing import Any
 
+import attrs
 import trio
 from quart import Response, request
 from quart_trio import QuartTrio
 from werkzeug.exceptions import HTTPException
 
-from ._channel import DeliveryStatus, Submission
+from ._channel import DeliveryStatus, Intake, Submission
+from ._config import Settings
+from ._journal import Journal, JournalRecord, request_fingerprint
 from ._logging import get_logger
 from ._models import FieldError, InvalidTriggerError
-from ._serialization import dumps, trigger_from_wire
-
-if TYPE_CHECKING:
-    from ._config import Settings
+from ._serialization import dumps, format_datetime, trigger_from_wire
 
 __all__ = ["Readiness", "create_app"]
 
 _log = get_logger(__name__)
 
 Readiness = Callable[[], Sequence[str]]
-"""Returns why the tower is not ready; empty when it is."""
+"""Why the tower is not ready; empty when it is."""
 
 _JSON_TYPES = frozenset({"application/json"})
+_STATUSES = frozenset(status.value for status in DeliveryStatus)
+_MAX_KEY = 256
+_MAX_LIMIT = 500
+_DEFAULT_LIMIT = 50
+_LIST_FILTERS = {
+    "status": "status",
+    "apiVersion": "api_version",
+    "protocol": "protocol",
+    "source": "source",
+}
+_LIST_PARAMETERS = frozenset({*_LIST_FILTERS, "limit", "before"})
+
+
+def _json(body: bytes, status: int = 200, **headers: str) -> Response:
+    return Response(body, status=status, content_type="application/json", headers=headers)
 
 
 def _error(status: int, error: str, details: Sequence[Any] = (), **headers: str) -> Response:
-    body = dumps({"error": error, "details": list(details)})
-    return Response(body, status=status, content_type="application/json", headers=headers)
+    return _json(dumps({"error": error, "details": list(details)}), status, **headers)
 
 
 def _field_details(errors: Sequence[FieldError]) -> list[dict[str, str]]:
     return [{"field": e.field, "message": e.message} for e in errors]
 
 
-def create_app(
-    settings: Settings,
-    send_channel: trio.MemorySendChannel[Submission],
-    readiness: Readiness,
-) -> QuartTrio:
-    """The API app; it sends every accepted trigger on ``send_channel``."""
-    app = QuartTrio("tower_trio")
-    app.config["MAX_CONTENT_LENGTH"] = settings.max_body_bytes
-    publish_timeout = settings.publish_timeout
-    retry_after = str(max(1, round(publish_timeout)))
+def _bad_parameter(name: str, message: str) -> Response:
+    return _error(400, "invalid query parameter", [{"field": name, "message": message}])
 
-    @app.post("/triggers")
-    async def post_trigger() -> Response:
+
+def _record_json(record: JournalRecord) -> bytes:
+    """The trigger as published, with its delivery record in front."""
+    delivery = {
+        "status": record.status,
+        "publishedAt": _timestamp(record.published_at),
+        "attempts": record.attempts,
+        "lastError": record.last_error,
+    }
+    return dumps(delivery)[:-1] + b"," + record.body[1:]
+
+
+def _timestamp(value: float | None) -> str | None:
+    if value is None:
+        return None
+    return format_datetime(datetime.fromtimestamp(value, UTC))
+
+
+def _unknown_parameters(args: Mapping[str, str], allowed: frozenset[str]) -> Response | None:
+    for name in args:
+        if name not in allowed:
+            return _bad_parameter(
+                name, f"is not a parameter here; known: {', '.join(sorted(allowed))}"
+            )
+    return None
+
+
+@attrs.define
+class _Api:
+    settings: Settings
+    send_channel: trio.MemorySendChannel[Submission]
+    journal: Journal
+    readiness: Readiness
+    draining: Callable[[], bool]
+    plugins_view: Callable[[], list[dict[str, Any]]]
+
+    @property
+    def _retry_after(self) -> dict[str, str]:
+        return {"Retry-After": str(max(1, round(self.settings.publish_timeout)))}
+
+    async def post_trigger(self) -> Response:
+        if self.draining():
+            return _error(
+                503,
+                "shutting down",
+                ["the tower is draining; retry later or on another instance"],
+                **self._retry_after,
+            )
+        if problem := _unknown_parameters(request.args, frozenset({"wait"})):
+            return problem
+        wait = request.args.get("wait")
+        if wait not in (None, "published"):
+            return _bad_parameter("wait", "must be 'published' (or left out)")
+        key = request.headers.get("Idempotency-Key")
+        if key is not None and not (0 < len(key) <= _MAX_KEY and key.isprintable()):
+            return _error(
+                400, "invalid Idempotency-Key", [f"must be 1 to {_MAX_KEY} printable characters"]
+            )
         content_type = request.mimetype
         if content_type not in _JSON_TYPES and not content_type.endswith("+json"):
             return _error(
@@ -66,77 +129,161 @@ def create_app(
         body = await request.get_data(cache=False)
         try:
             wire = json.loads(body)
-        except (ValueError, RecursionError) as err:
-            return _error(
-                400,
-                "malformed JSON",
-                [str(err) if isinstance(err, ValueError) else "too deeply nested"],
-            )
+        except ValueError as err:
+            return _error(400, "malformed JSON", [str(err)])
+        except RecursionError:
+            return _error(400, "malformed JSON", ["nested too deeply"])
         try:
             trigger = trigger_from_wire(wire, source="http")
         except InvalidTriggerError as err:
             return _error(422, "invalid trigger", _field_details(err.errors))
-        submission = Submission.of(trigger, awaited=True)
-        with trio.move_on_after(publish_timeout):
-            await send_channel.send(submission)
-            await submission.wait_settled()
-        if not submission.settled:
+        submission = Submission.of(
+            trigger,
+            key=None if key is None else f"http:{key}",
+            fingerprint=None if key is None else request_fingerprint(wire),
+            wait_published=wait == "published",
+        )
+        timeout = self.settings.publish_timeout
+        with trio.move_on_after(timeout) as deadline:
+            await self.send_channel.send(submission)
+            if await submission.wait_committed() is Intake.ACCEPTED and wait:
+                await submission.wait_settled()
+        return self._answer(submission, key, timed_out=deadline.cancelled_caught)
+
+    def _answer(self, submission: Submission, key: str | None, *, timed_out: bool) -> Response:
+        timeout = self.settings.publish_timeout
+        if submission.intake is Intake.WAITING:
             submission.withdrawn = True
-            _log.warning("trigger.publish_timeout", uuid=trigger.uuid, timeout=publish_timeout)
+            _log.warning("trigger.journal_timeout", uuid=submission.trigger.uuid, timeout=timeout)
             return _error(
                 503,
-                "broker did not confirm in time",
-                [f"the broker did not confirm within {publish_timeout:g} s; retry later"],
-                **{"Retry-After": retry_after},
+                "journal did not answer in time",
+                [f"the trigger was not stored within {timeout:g} s (TOWER_PUBLISH_TIMEOUT)"],
+                **self._retry_after,
             )
+        if submission.intake is Intake.REJECTED:
+            return _error(
+                503,
+                "journal unavailable",
+                ["the trigger could not be stored, so nothing was published; retry later"],
+                **self._retry_after,
+            )
+        if submission.intake is Intake.DUPLICATE:
+            record = submission.duplicate
+            assert isinstance(record, JournalRecord)
+            if not submission.same_request:
+                return _error(
+                    409,
+                    "idempotency key reused",
+                    [
+                        f"Idempotency-Key {key!r} was used for trigger {record.uuid} "
+                        "with a different body; use a new key"
+                    ],
+                )
+            return _json(_record_json(record), 200, Location=f"/triggers/{record.uuid}")
+        location = f"/triggers/{submission.trigger.uuid}"
+        if timed_out:
+            # On disk and on its way; the client can follow it at Location.
+            return _json(_status_json("pending", submission.body), 504, Location=location)
         if submission.status is DeliveryStatus.FAILED:
             return _error(
                 503,
                 "broker refused the trigger",
-                [submission.last_error or "refused"],
-                **{"Retry-After": retry_after},
+                [submission.error or "refused"],
+                **self._retry_after,
             )
-        # The published body is reused: the status goes in front of its fields.
-        response_body = b'{"status":"%s",%s' % (
-            submission.status.value.encode(),
-            submission.body[1:],
-        )
-        return Response(
-            response_body,
-            status=202,
-            content_type="application/json",
-            headers={"Location": f"/triggers/{trigger.uuid}"},
-        )
+        return _json(_status_json(submission.status.value, submission.body), 202, Location=location)
 
-    @app.get("/healthz")
-    async def healthz() -> Response:
-        return Response(b'{"status":"ok"}', content_type="application/json")
+    async def get_trigger(self, uuid: str) -> Response:
+        journal = self.journal
+        record = await journal.read(journal.get, uuid) if len(uuid) == 32 else None
+        if record is None:
+            return _error(
+                404,
+                "no such trigger",
+                [f"no trigger {uuid} in the journal; settled ones go after TOWER_RETENTION"],
+            )
+        return _json(_record_json(record))
 
-    @app.get("/readyz")
-    async def readyz() -> Response:
-        reasons = list(readiness())
+    async def list_triggers(self) -> Response:
+        args = request.args
+        if problem := _unknown_parameters(args, _LIST_PARAMETERS):
+            return problem
+        filters = {column: args[name] for name, column in _LIST_FILTERS.items() if name in args}
+        if "status" in filters and filters["status"] not in _STATUSES:
+            return _bad_parameter("status", f"must be one of {', '.join(sorted(_STATUSES))}")
+        try:
+            limit = int(args.get("limit", _DEFAULT_LIMIT))
+            if not 1 <= limit <= _MAX_LIMIT:
+                raise ValueError
+        except ValueError:
+            return _bad_parameter("limit", f"must be an integer from 1 to {_MAX_LIMIT}")
+        before = args.get("before")
+        if before is not None and not (before.isdigit() and len(before) < 19):
+            return _bad_parameter("before", "must be a cursor returned as 'next' by this endpoint")
+        cursor = None if before is None else int(before)
+        journal = self.journal
+        records = await journal.read(lambda: journal.find(**filters, before=cursor, limit=limit))
+        next_cursor = str(records[-1].seq) if len(records) == limit else None
+        items = b",".join(_record_json(r) for r in records)
+        return _json(b'{"items":[' + items + b'],"next":' + dumps(next_cursor) + b"}")
+
+    async def plugins(self) -> Response:
+        return _json(dumps({"plugins": self.plugins_view()}))
+
+    async def healthz(self) -> Response:
+        return _json(b'{"status":"ok"}')
+
+    async def readyz(self) -> Response:
+        reasons = list(self.readiness())
         if reasons:
             return _error(503, "not ready", reasons)
-        return Response(b'{"status":"ready"}', content_type="application/json")
+        return _json(b'{"status":"ready"}')
 
-    @app.errorhandler(HTTPException)
-    async def http_error(error: HTTPException) -> Response:
+    async def http_error(self, error: HTTPException) -> Response:
         status = error.code or 500
         if status == 413:
+            limit = self.settings.max_body_bytes
             return _error(
                 413,
                 "request body too large",
-                [f"the body may be {settings.max_body_bytes} bytes at most (TOWER_MAX_BODY_BYTES)"],
+                [f"the body may be {limit} bytes at most (TOWER_MAX_BODY_BYTES)"],
             )
         headers = {}
         if status == 405 and error.valid_methods:  # type: ignore[attr-defined]
             headers["Allow"] = ", ".join(error.valid_methods)  # type: ignore[attr-defined]
         return _error(status, (error.name or "error").lower(), [error.description or ""], **headers)
 
-    @app.errorhandler(Exception)
-    async def unexpected_error(error: Exception) -> Response:
+    async def unexpected_error(self, error: Exception) -> Response:
         # A bug of ours: the operator gets the traceback, the client never does.
         _log.exception("http.unexpected_error", path=request.path)
         return _error(500, "internal error", ["the tower hit an unexpected error; see its log"])
 
+
+def create_app(
+    settings: Settings,
+    send_channel: trio.MemorySendChannel[Submission],
+    journal: Journal,
+    readiness: Readiness,
+    *,
+    draining: Callable[[], bool] = lambda: False,
+    plugins_view: Callable[[], list[dict[str, Any]]] = list,
+) -> QuartTrio:
+    """The API app; it sends every valid trigger on ``send_channel``."""
+    api = _Api(settings, send_channel, journal, readiness, draining, plugins_view)
+    app = QuartTrio("tower_trio")
+    app.config["MAX_CONTENT_LENGTH"] = settings.max_body_bytes
+    app.add_url_rule("/triggers", view_func=api.post_trigger, methods=["POST"])
+    app.add_url_rule("/triggers", view_func=api.list_triggers, methods=["GET"])
+    app.add_url_rule("/triggers/<uuid>", view_func=api.get_trigger, methods=["GET"])
+    app.add_url_rule("/plugins", view_func=api.plugins, methods=["GET"])
+    app.add_url_rule("/healthz", view_func=api.healthz, methods=["GET"])
+    app.add_url_rule("/readyz", view_func=api.readyz, methods=["GET"])
+    app.register_error_handler(HTTPException, api.http_error)
+    app.register_error_handler(Exception, api.unexpected_error)
     return app
+
+
+def _status_json(status: str, body: bytes) -> bytes:
+    # The published body is reused: the status goes in front of its fields.
+    return b'{"status":"%s",%s' % (status.encode(), body[1:])

@@ -1,18 +1,30 @@
-"""The publisher: the one task that owns the broker connection.
+"""The publisher: journal first, then the broker, with confirms.
 
-It takes submissions from the memory channel, publishes them with
-``mandatory`` on a confirm-mode channel, many in flight at once (RabbitMQ
-calls publish-and-wait an anti-pattern), and settles each submission when
-its confirm comes. When the connection fails it reconnects with capped,
-jittered backoff and republishes, oldest first, everything it took from the
-channel that was not yet confirmed. It returns once every producer has
-closed its end of the channel and everything taken has been settled.
+The publisher owns the journal's writer and the broker connection. Its
+tasks:
+
+- ``_ingest``: takes batches from the memory channel and commits each
+  batch to the journal in one transaction (group commit), then tells the
+  sources their triggers are on disk. It runs whether or not the broker is
+  there, so the tower keeps accepting while RabbitMQ is away.
+- ``_deliver``: (re)connects with capped, jittered backoff, and publishes
+  every pending journal row in order, many in flight at once on a
+  confirm-mode channel. After a reconnect (or a restart) it starts again
+  from the oldest unconfirmed row. A copy of recently committed rows is
+  kept in memory so that the usual path never reads them back from disk.
+- ``_record``: writes the broker's answers back to the journal in batches.
+- ``_prune``: deletes settled rows older than the retention period.
+
+It returns when every source has closed its end of the channel and the
+journal holds nothing pending.
 """
 
 from __future__ import annotations
 
 import collections
 import platform
+import time
+from datetime import UTC, datetime
 from typing import TYPE_CHECKING
 
 import attrs
@@ -21,57 +33,83 @@ import trio
 from . import amqp
 from ._backoff import Backoff
 from ._channel import DeliveryStatus, Submission
+from ._errors import JournalError, PublishError
+from ._journal import Accepted, Outgoing, Settlement
 from ._logging import get_logger
 from ._version import __version__
 
 if TYPE_CHECKING:
     from ._config import Settings
+    from ._journal import Journal
 
 __all__ = ["Publisher", "PublisherStatistics"]
 
 _log = get_logger(__name__)
 
 APP_ID = "tower-trio"
+_BATCH = 512
+_RECENT = 8192
+_PRUNE_EVERY = 3600.0
+
+
+class ConfirmTimeoutError(PublishError):
+    """The broker did not confirm a message in time; the connection is presumed dead."""
 
 
 @attrs.frozen
 class PublisherStatistics:
     connected: bool
     blocked: bool
+    pending: int
     published: int
     unroutable: int
     failed: int
     nacked: int
+    duplicates: int
     reconnects: int
     unconfirmed: int
     last_error: str | None
 
 
-class Publisher:
-    """Publishes triggers to the exchange, routed by their apiVersion."""
+@attrs.define(eq=False)
+class _InFlight:
+    outgoing: Outgoing
+    attempts: int
+    confirmation: amqp.Confirmation
+    deadline: float
 
-    def __init__(self, settings: Settings) -> None:
+
+class Publisher:
+    """Journals triggers, then publishes them to the exchange, routed by apiVersion."""
+
+    def __init__(self, settings: Settings, journal: Journal) -> None:
+        self._settings = settings
+        self._journal = journal
         self._url = amqp.URL.parse(settings.amqp_url)
         self._exchange = settings.exchange
-        self._window = settings.confirm_window
-        self._max_attempts = settings.max_attempts
         self._connection: amqp.Connection | None = None
-        # Everything taken from the channel and not settled, in the order it
-        # was taken: after a connection failure this is the republish queue.
-        self._unsettled: dict[Submission, None] = {}
-        self._requeued: collections.deque[Submission] = collections.deque()
-        self._inflight: collections.deque[tuple[Submission, amqp.Confirmation]] = (
-            collections.deque()
-        )
+
+        self._last_committed = 0  # highest journal seq committed so far
+        self._pending = 0  # journal rows not yet settled
+        self._ingest_done = False
+        self._recent: collections.deque[Outgoing] = collections.deque()
+        self._waiters: dict[int, Submission] = {}
+        self._work = trio.Event()  # something new to publish, or the ingest ended
+
+        self._inflight: collections.deque[_InFlight] = collections.deque()
         self._inflight_changed = trio.Event()
-        self._input_done = False
-        # Per connection: everything taken so far has been handed to the broker.
-        self._all_published = False
         self._retries_waiting = 0
+        self._delivering_done = False
+        self._nack_backoff = Backoff(initial=0.5, cap=30.0)
+
+        self._settlements: list[Settlement] = []
+        self._settlements_waiting = trio.Event()
+        self._flush_lock = trio.Lock()
+
         self._published = self._unroutable = self._failed = self._nacked = 0
+        self._duplicates = 0
         self._connections = 0
         self._last_error: str | None = None
-        self._nack_backoff = Backoff(initial=0.5, cap=30.0)
 
     @property
     def url(self) -> amqp.URL:
@@ -82,10 +120,12 @@ class Publisher:
         return PublisherStatistics(
             connected=connection is not None,
             blocked=connection is not None and connection.blocked,
+            pending=self._pending,
             published=self._published,
             unroutable=self._unroutable,
             failed=self._failed,
             nacked=self._nacked,
+            duplicates=self._duplicates,
             reconnects=max(0, self._connections - 1),
             unconfirmed=len(self._inflight),
             last_error=self._last_error,
@@ -97,78 +137,126 @@ class Publisher:
         *,
         task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED,
     ) -> None:
-        """Publish until the channel is closed and drained.
+        """Run until the sources are done and nothing is pending.
 
-        Reports started after the first connection attempt, whether it
-        succeeded or not: the tower serves (and reports not ready) while the
-        broker is away, and the publisher keeps trying.
+        Reports started once the journal is read and the first connection
+        attempt is over, whether it succeeded or not: the tower serves (and
+        reports not ready) while the broker is away.
         """
+        journal = self._journal
+        self._last_committed = await journal.write(journal.last_seq)
+        self._pending = await journal.write(journal.pending_count)
+        if self._pending:
+            _log.info("journal.backlog", pending=self._pending, path=journal.path)
+        try:
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(self._ingest, receive_channel)
+                nursery.start_soon(self._record)
+                nursery.start_soon(self._prune)
+                await self._deliver(task_status)
+                nursery.cancel_scope.cancel()
+        finally:
+            with trio.CancelScope(shield=True), trio.move_on_after(5):
+                await self._flush_settlements()
+            if self._pending:
+                _log.warning(
+                    "publisher.stopped_with_pending",
+                    pending=self._pending,
+                    note="kept in the journal; published at the next start",
+                )
+
+    # -- channel → journal ---------------------------------------------------------
+
+    async def _ingest(self, receive_channel: trio.MemoryReceiveChannel[Submission]) -> None:
+        journal = self._journal
+        async with receive_channel:
+            while True:
+                try:
+                    batch = [await receive_channel.receive()]
+                except trio.EndOfChannel:
+                    break
+                while len(batch) < _BATCH:
+                    try:
+                        batch.append(receive_channel.receive_nowait())
+                    except (trio.WouldBlock, trio.EndOfChannel):
+                        break
+                batch = [s for s in batch if not s.withdrawn]
+                entries = [(s.trigger, s.body, s.key, s.fingerprint) for s in batch]
+                try:
+                    results = await journal.write(journal.append, entries)
+                except JournalError as err:
+                    _log.error("journal.write_failed", error=err, triggers=len(batch))
+                    for submission in batch:
+                        submission.rejected(str(err))
+                    continue
+                for submission, result in zip(batch, results, strict=True):
+                    if isinstance(result, Accepted):
+                        self._accepted(submission, result.outgoing)
+                    else:
+                        self._duplicates += 1
+                        _log.info(
+                            "trigger.duplicate",
+                            key=submission.key,
+                            first_uuid=result.record.uuid,
+                            same_request=result.same_request,
+                        )
+                        submission.duplicate_of(result.record, same_request=result.same_request)
+                self._work.set()
+        self._ingest_done = True
+        self._work.set()
+
+    def _accepted(self, submission: Submission, outgoing: Outgoing) -> None:
+        self._last_committed = outgoing.seq
+        self._pending += 1
+        if submission.wants_settlement:
+            self._waiters[outgoing.seq] = submission
+        if len(self._recent) < _RECENT:
+            self._recent.append(outgoing)
+        submission.accepted()
+
+    # -- journal → broker ------------------------------------------------------------
+
+    async def _deliver(self, task_status: trio.TaskStatus[None]) -> None:
         backoff = Backoff(initial=0.5, cap=30.0)
         started = False
-        try:
-            async with receive_channel:
-                while True:
-                    try:
-                        await self._serve_connection(receive_channel, task_status, started)
-                        return
-                    except* (amqp.AMQPError, OSError) as group:
-                        error = _first_leaf(group)
-                        self._last_error = str(error)
-                        self._requeue_unsettled()
-                        _log.warning(
-                            "broker.disconnected",
-                            error=error,
-                            unconfirmed=len(self._requeued),
-                            url=self._url.redacted(),
-                        )
-                    finally:
-                        self._connection = None
-                    if not started:
-                        started = True
-                        task_status.started()
-                    delay = backoff.next_delay()
-                    _log.info("broker.reconnecting", delay=f"{delay:.2f}s")
-                    if await self._wait_to_reconnect(delay, receive_channel):
-                        return
-        finally:
-            if self._unsettled:
-                _log.error("publisher.stopped_with_unpublished", count=len(self._unsettled))
+        while True:
+            try:
+                await self._serve_connection(task_status, started)
+                return
+            except* (amqp.AMQPError, PublishError, OSError) as group:
+                error = _first_leaf(group)
+                self._last_error = str(error)
+                log = _log.error if _is_permanent(error) else _log.warning
+                log(
+                    "broker.disconnected",
+                    error=error,
+                    pending=self._pending,
+                    url=self._url.redacted(),
+                )
+            finally:
+                self._connection = None
+                self._inflight.clear()
+                self._retries_waiting = 0
+            if not started:
+                started = True
+                task_status.started()
+            if self._ingest_done and not self._pending:
+                return
+            delay = backoff.next_delay()
+            _log.info("broker.reconnecting", delay=f"{delay:.2f}s")
+            with trio.move_on_after(delay):
+                # A shutdown with nothing left to publish need not wait for the broker.
+                while not (self._ingest_done and not self._pending):
+                    self._work = trio.Event()
+                    await self._work.wait()
+                return
 
-    async def _wait_to_reconnect(
-        self, delay: float, receive_channel: trio.MemoryReceiveChannel[Submission]
-    ) -> bool:
-        """Wait ``delay``; True if meanwhile the sources closed with nothing left to publish.
-
-        Without this, a tower shutting down while the broker is away would
-        wait out its whole grace period even with nothing to deliver. At most
-        one submission is taken per wait, so the channel still applies
-        back-pressure to the sources.
-        """
-        with trio.move_on_after(delay):
-            if not self._input_done:
-                try:
-                    submission = await receive_channel.receive()
-                except trio.EndOfChannel:
-                    self._input_done = True
-                else:
-                    self._unsettled[submission] = None
-                    self._requeued.append(submission)
-            if self._input_done and all(s.withdrawn for s in self._unsettled):
-                return True
-            await trio.sleep_forever()
-        return False
-
-    async def _serve_connection(
-        self,
-        receive_channel: trio.MemoryReceiveChannel[Submission],
-        task_status: trio.TaskStatus[None],
-        started: bool,
-    ) -> None:
+    async def _serve_connection(self, task_status: trio.TaskStatus[None], started: bool) -> None:
         async with (
             amqp.open_connection(self._url, client_properties=_client_properties()) as connection,
-            connection.open_channel(confirm=True, window=self._window) as channel,
+            connection.open_channel(confirm=True, window=self._settings.confirm_window) as channel,
         ):
-            await channel.exchange_declare(self._exchange, "topic", durable=True)
+            await self._declare(channel)
             self._connection = connection
             self._connections += 1
             _log.info(
@@ -177,125 +265,239 @@ class Publisher:
                 exchange=self._exchange,
                 frame_max=connection.frame_max,
                 heartbeat=connection.heartbeat,
+                pending=self._pending,
             )
             if not started:
                 task_status.started()
+            self._delivering_done = False
             async with trio.open_nursery() as nursery:
                 nursery.start_soon(self._settle_confirms, channel, nursery)
-                await self._publish_all(channel, receive_channel)
+                await self._publish_pending(channel)
         _log.info("publisher.drained", published=self._published)
 
-    async def _publish_all(
-        self,
-        channel: amqp.Channel,
-        receive_channel: trio.MemoryReceiveChannel[Submission],
-    ) -> None:
-        self._all_published = False
-        while self._requeued:
-            await self._publish(channel, self._requeued.popleft())
-        async for submission in receive_channel:
-            self._unsettled[submission] = None
-            await self._publish(channel, submission)
-        self._input_done = self._all_published = True
+    async def _declare(self, channel: amqp.Channel) -> None:
+        arguments = None
+        alternate = self._settings.unroutable_exchange
+        if alternate:
+            await channel.exchange_declare(alternate, "fanout", durable=True)
+            arguments = {"alternate-exchange": alternate}
+        await channel.exchange_declare(self._exchange, "topic", durable=True, arguments=arguments)
+
+    async def _publish_pending(self, channel: amqp.Channel) -> None:
+        # Every pending row with seq > cursor is published once per connection,
+        # in order; a reconnect starts again from the oldest.
+        skip = await self._settled_but_unrecorded()
+        cursor = 0
+        while (batch := await self._next_batch(cursor)) is not None:
+            rows, cursor = batch
+            for outgoing in rows:
+                if outgoing.seq not in skip:
+                    await self._publish(channel, outgoing, outgoing.attempts + 1)
+        self._delivering_done = True
         self._inflight_changed.set()
 
-    async def _publish(self, channel: amqp.Channel, submission: Submission) -> None:
-        if submission.withdrawn:
-            # Its sender stopped waiting and was told it failed; publishing it
-            # now would make a duplicate when the sender retries.
-            del self._unsettled[submission]
-            return
-        trigger = submission.trigger
-        submission.attempts += 1
+    async def _settled_but_unrecorded(self) -> set[int]:
+        """Rows the broker settled whose record could not be written yet.
+
+        The journal still says they are pending; they must not go out again.
+        Flushing first (under the lock the recorder also takes) makes every
+        other row's status in the journal current before it is read.
+        """
+        try:
+            await self._flush_settlements()
+        except JournalError as err:
+            _log.error("journal.write_failed", error=err, settlements=len(self._settlements))
+        return {s.seq for s in self._settlements if s.status != "pending"}
+
+    async def _next_batch(self, cursor: int) -> tuple[list[Outgoing], int] | None:
+        """The next pending rows after ``cursor`` and the new cursor.
+
+        None once the sources are done and everything has been published.
+        """
+        while True:
+            recent = self._recent
+            while recent and recent[0].seq <= cursor:
+                recent.popleft()
+            if recent and recent[0].seq == cursor + 1:
+                rows: list[Outgoing] = []
+                while recent and recent[0].seq == cursor + len(rows) + 1 and len(rows) < _BATCH:
+                    rows.append(recent.popleft())
+                return rows, rows[-1].seq
+            if cursor < self._last_committed:
+                # Rows not kept in memory (after a restart, a reconnect, or while
+                # the broker was away): read them back from the journal.
+                up_to = recent[0].seq - 1 if recent else self._last_committed
+                rows = await self._journal.write(self._journal.pending, cursor, up_to, _BATCH)
+                return rows, (up_to if len(rows) < _BATCH else rows[-1].seq)
+            if self._ingest_done:
+                return None
+            self._work = trio.Event()
+            await self._work.wait()
+
+    async def _publish(self, channel: amqp.Channel, outgoing: Outgoing, attempts: int) -> None:
         confirmation = await channel.publish(
             self._exchange,
-            trigger.routing_key,
-            submission.body,
+            outgoing.routing_key,
+            outgoing.body,
             properties=amqp.Properties(
                 content_type="application/json",
                 delivery_mode=2,
-                message_id=trigger.uuid,
-                type=trigger.protocol,
+                message_id=outgoing.uuid,
+                type=outgoing.protocol,
                 app_id=APP_ID,
-                timestamp=trigger.created_at,
-                headers={"protocol": trigger.protocol, "source": trigger.metadata.source},
+                timestamp=_utc(outgoing.created_at),
+                headers={"protocol": outgoing.protocol, "source": outgoing.source},
             ),
             mandatory=True,
         )
-        self._inflight.append((submission, confirmation))
+        deadline = trio.current_time() + self._settings.confirm_timeout
+        self._inflight.append(_InFlight(outgoing, attempts, confirmation, deadline))
         self._inflight_changed.set()
 
     async def _settle_confirms(self, channel: amqp.Channel, nursery: trio.Nursery) -> None:
-        # Confirms are awaited in publish order; a multiple-ack settles a whole
+        # Confirms are awaited in publish order; one multiple-ack settles a whole
         # run of them, so waiting on the oldest costs nothing extra.
         while True:
             if not self._inflight:
-                if self._all_published and not self._retries_waiting:
+                if self._delivering_done and not self._retries_waiting:
                     return
                 self._inflight_changed = trio.Event()
                 await self._inflight_changed.wait()
                 continue
-            submission, confirmation = self._inflight[0]
-            outcome = await confirmation.wait()
-            self._inflight.popleft()
-            if outcome is amqp.Outcome.NACK:
-                self._nacked += 1
-                if submission.attempts < self._max_attempts:
-                    self._retries_waiting += 1
-                    nursery.start_soon(self._republish_later, channel, submission)
-                    continue
-                self._failed += 1
-                _log.error(
-                    "trigger.failed",
-                    **_trigger_fields(submission),
-                    attempts=submission.attempts,
-                    reason="the broker refused it (basic.nack)",
-                )
-                self._settle(submission, DeliveryStatus.FAILED, "refused by the broker (nack)")
-            elif outcome is amqp.Outcome.RETURNED:
-                self._unroutable += 1
-                returned = confirmation.returned
-                reason = f"{returned.reply_code} {returned.reply_text}" if returned else "returned"
-                _log.warning(
-                    "trigger.unroutable",
-                    **_trigger_fields(submission),
-                    routing_key=submission.trigger.routing_key,
-                    reason=reason,
-                    hint="no queue is bound to the exchange for this apiVersion",
-                )
-                self._settle(submission, DeliveryStatus.UNROUTABLE, f"unroutable: {reason}")
+            flight = self._inflight[0]
+            if flight.confirmation.done:
+                outcome = await flight.confirmation.wait()
             else:
-                self._published += 1
-                self._nack_backoff.reset()
-                self._settle(submission, DeliveryStatus.PUBLISHED)
+                with trio.move_on_at(flight.deadline):
+                    outcome = await flight.confirmation.wait()
+                if not flight.confirmation.done:
+                    raise ConfirmTimeoutError(
+                        f"the broker did not confirm trigger {flight.outgoing.uuid} within "
+                        f"{self._settings.confirm_timeout:g} s (TOWER_CONFIRM_TIMEOUT); "
+                        "reconnecting to publish it again"
+                    )
+            self._inflight.popleft()
+            self._settle(flight, outcome, channel, nursery)
 
-    async def _republish_later(self, channel: amqp.Channel, submission: Submission) -> None:
+    def _settle(
+        self,
+        flight: _InFlight,
+        outcome: amqp.Outcome,
+        channel: amqp.Channel,
+        nursery: trio.Nursery,
+    ) -> None:
+        outgoing = flight.outgoing
+        fields = _trigger_fields(outgoing)
+        if outcome is amqp.Outcome.NACK:
+            self._nacked += 1
+            if flight.attempts < self._settings.max_attempts:
+                self._record_settlement(
+                    outgoing, "pending", flight.attempts, "nacked by the broker"
+                )
+                self._retries_waiting += 1
+                nursery.start_soon(self._republish_later, channel, outgoing, flight.attempts + 1)
+                return
+            self._failed += 1
+            _log.error("trigger.failed", **fields, attempts=flight.attempts, reason="nacked")
+            self._finish(outgoing, DeliveryStatus.FAILED, flight.attempts, "nacked by the broker")
+        elif outcome is amqp.Outcome.RETURNED:
+            self._unroutable += 1
+            returned = flight.confirmation.returned
+            reason = f"{returned.reply_code} {returned.reply_text}" if returned else "returned"
+            _log.warning(
+                "trigger.unroutable",
+                **fields,
+                routing_key=outgoing.routing_key,
+                reason=reason,
+                hint="no queue is bound to the exchange with this apiVersion",
+            )
+            self._finish(outgoing, DeliveryStatus.UNROUTABLE, flight.attempts, reason)
+        else:
+            self._published += 1
+            self._nack_backoff.reset()
+            self._finish(outgoing, DeliveryStatus.PUBLISHED, flight.attempts, None)
+
+    def _finish(
+        self, outgoing: Outgoing, status: DeliveryStatus, attempts: int, error: str | None
+    ) -> None:
+        self._pending -= 1
+        self._record_settlement(outgoing, status.value, attempts, error)
+        if (waiter := self._waiters.pop(outgoing.seq, None)) is not None:
+            waiter.settle(status, error)
+
+    async def _republish_later(
+        self, channel: amqp.Channel, outgoing: Outgoing, attempts: int
+    ) -> None:
         try:
             await trio.sleep(self._nack_backoff.next_delay())
-            await self._publish(channel, submission)
+            await self._publish(channel, outgoing, attempts)
         finally:
             self._retries_waiting -= 1
             self._inflight_changed.set()
 
-    def _settle(
-        self, submission: Submission, status: DeliveryStatus, error: str | None = None
+    # -- broker's answers → journal --------------------------------------------------
+
+    def _record_settlement(
+        self, outgoing: Outgoing, status: str, attempts: int, error: str | None
     ) -> None:
-        self._unsettled.pop(submission, None)
-        submission.settle(status, error)
+        self._settlements.append(Settlement(outgoing.seq, status, attempts, error, time.time()))
+        self._settlements_waiting.set()
 
-    def _requeue_unsettled(self) -> None:
-        self._inflight.clear()
-        self._retries_waiting = 0
-        self._requeued = collections.deque(self._unsettled)
+    async def _record(self) -> None:
+        backoff = Backoff(initial=0.5, cap=10.0)
+        while True:
+            if not self._settlements:
+                self._settlements_waiting = trio.Event()
+                await self._settlements_waiting.wait()
+                continue
+            try:
+                await self._flush_settlements()
+            except JournalError as err:
+                # The triggers are out; only their records wait. Retrying keeps
+                # a full disk from turning into duplicates after a restart.
+                _log.error("journal.write_failed", error=err, settlements=len(self._settlements))
+                await trio.sleep(backoff.next_delay())
+            else:
+                backoff.reset()
+
+    async def _flush_settlements(self) -> None:
+        async with self._flush_lock:
+            batch, self._settlements = self._settlements, []
+            if not batch:
+                return
+            try:
+                await self._journal.write(self._journal.settle, batch)
+            except BaseException:
+                self._settlements[:0] = batch
+                raise
+
+    async def _prune(self) -> None:
+        retention = self._settings.retention
+        while True:
+            try:
+                deleted = await self._journal.write(self._journal.prune, retention)
+            except JournalError as err:
+                _log.error("journal.prune_failed", error=err)
+            else:
+                if deleted:
+                    _log.info("journal.pruned", deleted=deleted)
+            await trio.sleep(min(_PRUNE_EVERY, retention / 10))
 
 
-def _trigger_fields(submission: Submission) -> dict[str, str]:
-    trigger = submission.trigger
+def _utc(timestamp: float) -> datetime:
+    return datetime.fromtimestamp(timestamp, UTC)
+
+
+def _is_permanent(error: BaseException) -> bool:
+    return isinstance(error, amqp.AuthenticationError | amqp.AccessRefusedError)
+
+
+def _trigger_fields(outgoing: Outgoing) -> dict[str, str]:
     return {
-        "uuid": trigger.uuid,
-        "api_version": trigger.api_version,
-        "protocol": trigger.protocol,
-        "source": trigger.metadata.source,
+        "uuid": outgoing.uuid,
+        "api_version": outgoing.routing_key,
+        "protocol": outgoing.protocol,
+        "source": outgoing.source,
     }
 
 

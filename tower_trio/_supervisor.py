@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import logging
 import signal
+from functools import partial
 from typing import TYPE_CHECKING
 
 import attrs
@@ -26,14 +27,24 @@ import hypercorn.trio
 import trio
 
 from ._channel import Submission
-from ._http import Readiness, create_app
+from ._http import create_app
+from ._journal import Journal, open_journal
 from ._logging import get_logger
-from ._plugins import ConfiguredPlugin, PluginState, PluginStatus, SkippedPlugin, serve_plugin
+from ._plugins import (
+    ConfiguredPlugin,
+    PluginState,
+    PluginStatus,
+    SkippedPlugin,
+    plugins_report,
+    serve_plugin,
+)
 from ._publisher import Publisher
 from ._version import __version__
 
 if TYPE_CHECKING:
-    from collections.abc import Sequence
+    from collections.abc import Callable, Sequence
+
+    from quart_trio import QuartTrio
 
     from ._config import Settings
 
@@ -50,6 +61,7 @@ class RunningTower:
 
     http_urls: tuple[str, ...]
     publisher: Publisher = attrs.field(repr=False)
+    journal: Journal = attrs.field(repr=False)
     plugins: dict[str, PluginStatus] = attrs.field(repr=False)
 
 
@@ -62,7 +74,27 @@ async def serve_tower(
     task_status: trio.TaskStatus[RunningTower] = trio.TASK_STATUS_IGNORED,
 ) -> None:
     """Run the tower until ``shutdown`` is set and the publisher has drained."""
-    publisher = Publisher(settings)
+    journal = await trio.to_thread.run_sync(
+        partial(open_journal, settings.data_dir, max_bytes=settings.journal_max_bytes)
+    )
+    try:
+        await _serve_with_journal(
+            settings, plugins, journal, shutdown=shutdown, skipped=skipped, task_status=task_status
+        )
+    finally:
+        journal.close()
+
+
+async def _serve_with_journal(
+    settings: Settings,
+    plugins: Sequence[ConfiguredPlugin],
+    journal: Journal,
+    *,
+    shutdown: trio.Event,
+    skipped: Sequence[SkippedPlugin],
+    task_status: trio.TaskStatus[RunningTower],
+) -> None:
+    publisher = Publisher(settings, journal)
     statuses = {plugin.name: PluginStatus(plugin.name) for plugin in plugins}
     draining = False
 
@@ -82,6 +114,16 @@ async def serve_tower(
         )
         return reasons
 
+    def make_app(send_channel: trio.MemorySendChannel[Submission]) -> QuartTrio:
+        return create_app(
+            settings,
+            send_channel,
+            journal,
+            readiness,
+            draining=lambda: draining,
+            plugins_view=lambda: plugins_report(statuses, plugins),
+        )
+
     send_channel, receive_channel = trio.open_memory_channel[Submission](settings.channel_size)
     async with trio.open_nursery() as nursery:
         publisher_scope = trio.CancelScope()
@@ -90,20 +132,23 @@ async def serve_tower(
         http_shutdown = trio.Event()
         async with send_channel:
             http_urls = await nursery.start(
-                _serve_http, settings, send_channel.clone(), readiness, http_shutdown
+                _serve_http, settings, make_app, send_channel.clone(), http_shutdown
             )
-            await nursery.start(_serve_plugins, plugins, send_channel, statuses, plugins_scope)
+            await nursery.start(
+                _serve_plugins, plugins, send_channel, statuses, journal, plugins_scope
+            )
         _log.info(
             "tower.started",
             version=__version__,
             http=",".join(http_urls),
             broker=publisher.url.redacted(),
             exchange=settings.exchange,
+            journal=journal.path,
             plugins=",".join(statuses) or "none",
         )
         for skip in skipped:
             _log.warning("plugin.skipped", plugin=skip.name, reason=skip.reason)
-        task_status.started(RunningTower(tuple(http_urls), publisher, statuses))
+        task_status.started(RunningTower(tuple(http_urls), publisher, journal, statuses))
 
         await shutdown.wait()
         draining = True
@@ -126,17 +171,16 @@ async def _run_in_scope(
 
 async def _serve_http(
     settings: Settings,
+    make_app: Callable[[trio.MemorySendChannel[Submission]], QuartTrio],
     send_channel: trio.MemorySendChannel[Submission],
-    readiness: Readiness,
     shutdown: trio.Event,
     *,
     task_status: trio.TaskStatus[list[str]] = trio.TASK_STATUS_IGNORED,
 ) -> None:
     """Serve the API until ``shutdown``; its clone closes once the last request is done."""
     async with send_channel:
-        app = create_app(settings, send_channel, readiness)
         await hypercorn.trio.serve(
-            app,
+            make_app(send_channel),
             _hypercorn_config(settings),
             shutdown_trigger=shutdown.wait,
             task_status=task_status,
@@ -156,6 +200,7 @@ async def _serve_plugins(
     plugins: Sequence[ConfiguredPlugin],
     send_channel: trio.MemorySendChannel[Submission],
     statuses: dict[str, PluginStatus],
+    journal: Journal,
     scope: trio.CancelScope,
     *,
     task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED,
@@ -164,7 +209,13 @@ async def _serve_plugins(
         async with trio.open_nursery() as nursery:
             for plugin in plugins:
                 await nursery.start(
-                    serve_plugin, plugin, send_channel.clone(), statuses[plugin.name]
+                    partial(
+                        serve_plugin,
+                        plugin,
+                        send_channel.clone(),
+                        statuses[plugin.name],
+                        state_backend=journal,
+                    )
                 )
             task_status.started()
 

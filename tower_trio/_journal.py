@@ -1,0 +1,413 @@
+"""The journal: every trigger on disk before it is published.
+
+One SQLite database in WAL mode under ``TOWER_DATA_DIR``. The publisher is
+its only writer; HTTP lookups read through a second connection, which WAL
+lets run beside the writer. Every method here blocks: callers run them with
+``trio.to_thread.run_sync`` through ``Journal.write`` / ``Journal.read``,
+which serialise each side on its own connection.
+
+A trigger's row is its delivery record: ``pending`` until the broker
+confirms it, then ``published``, ``unroutable`` or ``failed``. Rows that
+are settled are pruned after the retention period; pending rows never are.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import sqlite3
+import time
+from typing import TYPE_CHECKING, Any, TypeVar
+
+import attrs
+import trio
+
+from ._errors import JournalError
+
+if TYPE_CHECKING:
+    from collections.abc import Callable, Iterable, Sequence
+    from pathlib import Path
+
+    from ._models import Trigger
+
+__all__ = [
+    "Accepted",
+    "Duplicate",
+    "Journal",
+    "JournalRecord",
+    "Outgoing",
+    "Settlement",
+    "open_journal",
+    "request_fingerprint",
+]
+
+_T = TypeVar("_T")
+
+SCHEMA_VERSION = 1
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS triggers (
+    seq          INTEGER PRIMARY KEY AUTOINCREMENT,
+    uuid         TEXT NOT NULL UNIQUE,
+    api_version  TEXT NOT NULL,
+    protocol     TEXT NOT NULL,
+    source       TEXT NOT NULL,
+    body         BLOB NOT NULL,
+    status       TEXT NOT NULL DEFAULT 'pending',
+    created_at   REAL NOT NULL,
+    published_at REAL,
+    settled_at   REAL,
+    attempts     INTEGER NOT NULL DEFAULT 0,
+    last_error   TEXT,
+    idem_key     TEXT UNIQUE,
+    fingerprint  TEXT
+);
+CREATE INDEX IF NOT EXISTS triggers_pending ON triggers (seq) WHERE status = 'pending';
+CREATE INDEX IF NOT EXISTS triggers_status ON triggers (status, seq);
+CREATE INDEX IF NOT EXISTS triggers_settled ON triggers (settled_at) WHERE status != 'pending';
+CREATE TABLE IF NOT EXISTS plugin_state (
+    plugin TEXT NOT NULL,
+    key    TEXT NOT NULL,
+    value  TEXT NOT NULL,
+    PRIMARY KEY (plugin, key)
+) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL) WITHOUT ROWID;
+"""
+
+FILE_NAME = "journal.sqlite3"
+
+
+def request_fingerprint(wire: object) -> str:
+    """A digest of what a client asked for, to tell a retry from a different request."""
+    canonical = json.dumps(wire, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+    return hashlib.sha256(canonical.encode()).hexdigest()
+
+
+@attrs.frozen
+class Outgoing:
+    """A journaled trigger as the publisher needs it."""
+
+    seq: int
+    uuid: str
+    routing_key: str
+    protocol: str
+    source: str
+    body: bytes
+    created_at: float
+    attempts: int
+
+
+@attrs.frozen
+class Accepted:
+    outgoing: Outgoing
+
+
+@attrs.frozen
+class Duplicate:
+    """The idempotency key was seen before: here is the first trigger."""
+
+    record: JournalRecord
+    same_request: bool
+
+
+@attrs.frozen
+class Settlement:
+    seq: int
+    status: str
+    attempts: int
+    last_error: str | None
+    at: float
+
+
+@attrs.frozen
+class JournalRecord:
+    """A trigger as published, with its delivery record."""
+
+    seq: int
+    uuid: str
+    api_version: str
+    protocol: str
+    source: str
+    body: bytes
+    status: str
+    created_at: float
+    published_at: float | None
+    attempts: int
+    last_error: str | None
+
+
+_RECORD_COLUMNS = (
+    "seq, uuid, api_version, protocol, source, body, status, created_at, "
+    "published_at, attempts, last_error"
+)
+
+
+def _connect(path: Path, *, readonly: bool) -> sqlite3.Connection:
+    uri = f"{path.resolve().as_uri()}{'?mode=ro' if readonly else ''}"
+    connection = sqlite3.connect(
+        uri, uri=True, isolation_level=None, check_same_thread=False, timeout=10
+    )
+    connection.execute("PRAGMA busy_timeout = 10000")
+    return connection
+
+
+class Journal:
+    """The SQLite journal. Blocking; see the module docstring."""
+
+    def __init__(
+        self,
+        path: Path,
+        *,
+        max_bytes: int | None = None,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self.path = path
+        self._clock = clock
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            self._writer = _connect(path, readonly=False)
+            self._writer.execute("PRAGMA journal_mode = WAL")
+            # FULL: a 202 promises the trigger survives a power cut, not just a crash.
+            self._writer.execute("PRAGMA synchronous = FULL")
+            self._writer.executescript(_SCHEMA)
+            if max_bytes is not None:
+                (page_size,) = self._writer.execute("PRAGMA page_size").fetchone()
+                self._writer.execute(f"PRAGMA max_page_count = {max(1, max_bytes // page_size)}")
+            self._writer.execute(
+                "INSERT OR IGNORE INTO meta (key, value) VALUES ('schema_version', ?)",
+                (str(SCHEMA_VERSION),),
+            )
+            self._reader = _connect(path, readonly=True)
+        except (OSError, sqlite3.Error) as err:
+            raise JournalError(
+                f"cannot open the journal {path}: {err}; TOWER_DATA_DIR must be a "
+                "writable directory"
+            ) from err
+        self._write_lock = trio.CapacityLimiter(1)
+        self._read_lock = trio.CapacityLimiter(1)
+
+    def close(self) -> None:
+        self._reader.close()
+        self._writer.close()
+
+    async def write(self, function: Callable[..., _T], *args: Any) -> _T:
+        """Run a writing method in a worker thread, one at a time.
+
+        Not abandoned on cancellation: a transaction, once started, finishes,
+        so a cancelled caller never leaves the journal half-written.
+        """
+        return await trio.to_thread.run_sync(function, *args, limiter=self._write_lock)
+
+    async def read(self, function: Callable[..., _T], *args: Any) -> _T:
+        return await trio.to_thread.run_sync(function, *args, limiter=self._read_lock)
+
+    # -- the publisher's side (writer connection) ------------------------------
+
+    def append(
+        self, entries: Sequence[tuple[Trigger, bytes, str | None, str | None]]
+    ) -> list[Accepted | Duplicate]:
+        """Store a batch of (trigger, body, idempotency key, fingerprint) in one transaction."""
+        db = self._writer
+        results: list[Accepted | Duplicate] = []
+        try:
+            db.execute("BEGIN IMMEDIATE")
+            try:
+                for trigger, body, key, fingerprint in entries:
+                    if key is not None:
+                        row = db.execute(
+                            f"SELECT {_RECORD_COLUMNS}, fingerprint FROM triggers "
+                            "WHERE idem_key = ?",
+                            (key,),
+                        ).fetchone()
+                        if row is not None:
+                            record = JournalRecord(*row[:-1])
+                            results.append(Duplicate(record, row[-1] == fingerprint))
+                            continue
+                    created_at = trigger.created_at.timestamp()
+                    cursor = db.execute(
+                        "INSERT INTO triggers (uuid, api_version, protocol, source, body, "
+                        "created_at, idem_key, fingerprint) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+                        (
+                            trigger.uuid,
+                            trigger.api_version,
+                            trigger.protocol,
+                            trigger.metadata.source,
+                            body,
+                            created_at,
+                            key,
+                            fingerprint,
+                        ),
+                    )
+                    assert cursor.lastrowid is not None
+                    results.append(
+                        Accepted(
+                            Outgoing(
+                                cursor.lastrowid,
+                                trigger.uuid,
+                                trigger.api_version,
+                                trigger.protocol,
+                                trigger.metadata.source,
+                                body,
+                                created_at,
+                                0,
+                            )
+                        )
+                    )
+                db.execute("COMMIT")
+            except BaseException:
+                db.execute("ROLLBACK")
+                raise
+        except sqlite3.Error as err:
+            raise JournalError(f"cannot write to the journal {self.path}: {err}") from err
+        return results
+
+    def settle(self, settlements: Iterable[Settlement]) -> None:
+        """Record the broker's answers (and retries) for a batch of triggers."""
+        rows = [
+            (
+                s.status,
+                s.attempts,
+                s.last_error,
+                s.at if s.status == "published" else None,
+                s.at if s.status != "pending" else None,
+                s.seq,
+            )
+            for s in settlements
+        ]
+        try:
+            with self._transaction():
+                self._writer.executemany(
+                    "UPDATE triggers SET status = ?, attempts = ?, last_error = ?, "
+                    "published_at = COALESCE(?, published_at), settled_at = ? WHERE seq = ?",
+                    rows,
+                )
+        except sqlite3.Error as err:
+            raise JournalError(f"cannot write to the journal {self.path}: {err}") from err
+
+    def pending(self, after_seq: int, up_to_seq: int, limit: int) -> list[Outgoing]:
+        """Unconfirmed triggers with ``after_seq < seq <= up_to_seq``, oldest first.
+
+        Reads through the reader connection, so the publisher's fetches do not
+        queue behind the ingest's group commits.
+        """
+        rows = self._reader.execute(
+            "SELECT seq, uuid, api_version, protocol, source, body, created_at, attempts "
+            "FROM triggers WHERE status = 'pending' AND seq > ? AND seq <= ? ORDER BY seq LIMIT ?",
+            (after_seq, up_to_seq, limit),
+        ).fetchall()
+        return [Outgoing(*row) for row in rows]
+
+    def pending_count(self) -> int:
+        (count,) = self._writer.execute(
+            "SELECT count(*) FROM triggers WHERE status = 'pending'"
+        ).fetchone()
+        return int(count)
+
+    def last_seq(self) -> int:
+        (seq,) = self._writer.execute("SELECT coalesce(max(seq), 0) FROM triggers").fetchone()
+        return int(seq)
+
+    def prune(self, retention: float, batch: int = 5000) -> int:
+        """Delete settled triggers older than ``retention`` seconds; returns how many."""
+        cutoff = self._clock() - retention
+        deleted = 0
+        while True:
+            # Small transactions, so the publisher's writes never wait long.
+            with self._transaction():
+                cursor = self._writer.execute(
+                    "DELETE FROM triggers WHERE seq IN (SELECT seq FROM triggers "
+                    "WHERE status != 'pending' AND settled_at < ? LIMIT ?)",
+                    (cutoff, batch),
+                )
+            deleted += cursor.rowcount
+            if cursor.rowcount < batch:
+                return deleted
+
+    # -- plugin state (writer connection) -------------------------------------
+
+    def load_plugin_state(self, plugin: str) -> dict[str, Any]:
+        rows = self._writer.execute(
+            "SELECT key, value FROM plugin_state WHERE plugin = ?", (plugin,)
+        ).fetchall()
+        return {key: json.loads(value) for key, value in rows}
+
+    def save_plugin_state(self, plugin: str, key: str, value: Any | None) -> None:
+        try:
+            with self._transaction():
+                if value is None:
+                    self._writer.execute(
+                        "DELETE FROM plugin_state WHERE plugin = ? AND key = ?", (plugin, key)
+                    )
+                else:
+                    self._writer.execute(
+                        "INSERT INTO plugin_state (plugin, key, value) VALUES (?, ?, ?) "
+                        "ON CONFLICT (plugin, key) DO UPDATE SET value = excluded.value",
+                        (plugin, key, json.dumps(value)),
+                    )
+        except sqlite3.Error as err:
+            raise JournalError(f"cannot write to the journal {self.path}: {err}") from err
+
+    # -- lookups (reader connection) -------------------------------------------
+
+    def get(self, uuid: str) -> JournalRecord | None:
+        row = self._reader.execute(
+            f"SELECT {_RECORD_COLUMNS} FROM triggers WHERE uuid = ?", (uuid,)
+        ).fetchone()
+        return None if row is None else JournalRecord(*row)
+
+    def find(
+        self,
+        *,
+        status: str | None = None,
+        api_version: str | None = None,
+        protocol: str | None = None,
+        source: str | None = None,
+        before: int | None = None,
+        limit: int = 50,
+    ) -> list[JournalRecord]:
+        """Newest first, ``limit`` at most, each filter optional; ``before`` is a seq."""
+        clauses: list[str] = []
+        values: list[str | int] = []
+        for column, value in (
+            ("status", status),
+            ("api_version", api_version),
+            ("protocol", protocol),
+            ("source", source),
+        ):
+            if value is not None:
+                clauses.append(f"{column} = ?")
+                values.append(value)
+        if before is not None:
+            clauses.append("seq < ?")
+            values.append(before)
+        where = f"WHERE {' AND '.join(clauses)}" if clauses else ""
+        rows = self._reader.execute(
+            f"SELECT {_RECORD_COLUMNS} FROM triggers {where} ORDER BY seq DESC LIMIT ?",
+            (*values, limit),
+        ).fetchall()
+        return [JournalRecord(*row) for row in rows]
+
+    def size_bytes(self) -> int:
+        return sum(
+            p.stat().st_size for p in self.path.parent.glob(self.path.name + "*") if p.is_file()
+        )
+
+    def _transaction(self) -> _Transaction:
+        return _Transaction(self._writer)
+
+
+class _Transaction:
+    def __init__(self, db: sqlite3.Connection) -> None:
+        self._db = db
+
+    def __enter__(self) -> None:
+        self._db.execute("BEGIN IMMEDIATE")
+
+    def __exit__(self, kind: object, error: object, traceback: object) -> None:
+        self._db.execute("COMMIT" if kind is None else "ROLLBACK")
+
+
+def open_journal(
+    data_dir: Path, *, max_bytes: int | None = None, clock: Callable[[], float] = time.time
+) -> Journal:
+    """The journal in ``data_dir``, created if missing. Blocking."""
+    return Journal(data_dir / FILE_NAME, max_bytes=max_bytes, clock=clock)
