@@ -130,8 +130,19 @@ class PluginHarness:
 
     async def wait_for_state(self, key: str) -> Any:
         """The value of ``key`` in the plugin's state, waiting until it is set."""
-        await self._wait(lambda: key in self.state, f"saving state[{key!r}]")
+        await self.wait_until(lambda: key in self.state)
         return self.state[key]
+
+    async def wait_until(self, condition: Callable[[], bool], *, every: float = 0.1) -> None:
+        """Wait until ``condition()`` is true, checking every ``every`` seconds of trio time.
+
+        For effects the harness cannot observe directly (a file moved, a key
+        deleted); under ``autojump_clock`` the checks cost no real time.
+        """
+        while not condition():
+            if self._finished:
+                raise AssertionError("the plugin finished before the condition held")
+            await trio.sleep(every)
 
 
 def load_plugin(plugin: types.ModuleType | str | os.PathLike[str]) -> types.ModuleType:
