@@ -22,7 +22,7 @@ import trio
 
 from ._backoff import Backoff
 from ._logging import get_logger
-from ._models import FieldError, InvalidTriggerError, Trigger
+from ._models import FieldError, InvalidTriggerError, Trigger, check_api_version
 from ._serialization import trigger_from_wire
 
 if TYPE_CHECKING:
@@ -32,6 +32,7 @@ if TYPE_CHECKING:
 
 __all__ = [
     "State",
+    "is_api_version",
     "open_http_client",
     "poll",
     "report_item_error",
@@ -117,6 +118,11 @@ def trigger_from_json(wire: object, *, key: str | None = None) -> Trigger:
         raise
     except (TypeError, ValueError) as err:  # pragma: no cover - evolve only re-validates
         raise InvalidTriggerError([FieldError("key", str(err))]) from err
+
+
+def is_api_version(value: object) -> bool:
+    """Whether ``value`` is a valid trigger apiVersion (``OT-2/v1alpha1``)."""
+    return check_api_version(value) is None
 
 
 def open_http_client(

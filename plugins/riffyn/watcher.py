@@ -1,0 +1,340 @@
+"""Riffyn Nexus: a run that starts in the LIMS becomes triggers for its devices.
+
+Every ``poll_interval`` seconds the plugin walks experiments → run groups →
+runs. A run that has become ``running`` is started: for each of its inputs
+whose ``resourceName`` is an apiVersion (``OT-2/v1alpha1``), one trigger,
+``protocol`` from the activity's name and ``spec`` from the run's data. A
+run that goes back to ``stopped`` or ``new`` is forgotten, so starting it
+again triggers again. Runs named ``<name> [RxC] <i>`` are the wells of one
+plate: one plate trigger is sent once all R*C of them have started.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import re
+from typing import Any
+
+import attrs
+import httpx
+import trio
+
+from tower_trio import InvalidTriggerError, Trigger
+from tower_trio.plugin import (
+    State,
+    is_api_version,
+    open_http_client,
+    poll,
+    report_item_error,
+    trigger_from_json,
+)
+
+RESTARTABLE = frozenset({"stopped", "new"})
+_PLATE_RUN = re.compile(
+    r"(?P<name>.*\S)\s*\[(?P<rows>\d+)\s*[xX]\s*(?P<columns>\d+)\]\s*(?P<well>\d+)"
+)
+_WORD = re.compile(r"[A-Za-z0-9]+")
+
+
+@attrs.frozen
+class Config:
+    api_key: str = attrs.field(repr=False)
+    """Riffyn API key, sent as the ``api-key`` header (PLUGIN_RIFFYN_API_KEY)."""
+    url: str = "https://api.app.riffyn.com/v1"
+    """Base URL of the Riffyn API (PLUGIN_RIFFYN_URL)."""
+    poll_interval: float = attrs.field(default=10.0, validator=attrs.validators.gt(0))
+    """Seconds between polls (PLUGIN_RIFFYN_POLL_INTERVAL)."""
+    timeout: float = attrs.field(default=30.0, validator=attrs.validators.gt(0))
+    """Seconds one API request may take (PLUGIN_RIFFYN_TIMEOUT)."""
+
+
+class RiffynDataError(ValueError):
+    """The Riffyn API answered, but not with what a run needs."""
+
+
+def pascal_case(text: str) -> str:
+    """``Serial Dilution`` → ``SerialDilution``."""
+    return "".join(word[0].upper() + word[1:] for word in _WORD.findall(text))
+
+
+def camel_case(text: str) -> str:
+    """``measurement wavelength`` → ``measurementWavelength``."""
+    pascal = pascal_case(text)
+    return pascal[:1].lower() + pascal[1:]
+
+
+@attrs.frozen
+class PlateWell:
+    """Where a run named ``<name> [RxC] <i>`` sits."""
+
+    name: str
+    rows: int
+    columns: int
+    well: int
+
+    @classmethod
+    def parse(cls, run_name: str) -> PlateWell | None:
+        match = _PLATE_RUN.fullmatch(run_name.strip())
+        if match is None:
+            return None
+        return cls(match["name"], int(match["rows"]), int(match["columns"]), int(match["well"]))
+
+
+def _items(body: Any, what: str) -> list[dict[str, Any]]:
+    data = body.get("data") if isinstance(body, dict) else None
+    if not isinstance(data, list) or not all(isinstance(item, dict) for item in data):
+        raise RiffynDataError(f"{what}: expected {{'data': [objects]}}")
+    return data
+
+
+def _field(item: Any, name: str, what: str) -> Any:
+    if not isinstance(item, dict) or item.get(name) in (None, ""):
+        raise RiffynDataError(f"{what} has no {name!r}")
+    return item[name]
+
+
+@attrs.define
+class Riffyn:
+    """The few Riffyn API calls the plugin makes."""
+
+    client: httpx.AsyncClient
+
+    async def get(self, path: str, **params: Any) -> Any:
+        response = await self.client.get(path, params=params or None)
+        response.raise_for_status()
+        try:
+            return response.json()
+        except ValueError as err:
+            raise RiffynDataError(f"GET {path} did not answer JSON: {err}") from None
+
+    async def experiments(self) -> list[dict[str, Any]]:
+        return _items(await self.get("/experiments"), "GET /experiments")
+
+    async def run_groups(self, experiment: str) -> list[dict[str, Any]]:
+        path = f"/experiment/{experiment}/run-groups"
+        return _items(await self.get(path), f"GET {path}")
+
+    async def runs(self, experiment: str, group: str) -> list[dict[str, Any]]:
+        path = f"/experiment/{experiment}/run-group/{group}/runs"
+        return _items(await self.get(path), f"GET {path}")
+
+    async def activity(self, experiment: str, activity: str) -> dict[str, Any]:
+        body = await self.get(f"/process/{experiment}/activity/{activity}")
+        if not isinstance(body, dict):
+            raise RiffynDataError(f"activity {activity} is not an object")
+        return body
+
+    async def run_values(self, experiment: str, run: dict[str, Any]) -> dict[str, Any]:
+        run_id, activity = run["_id"], run["activityId"]
+        body = await self.get(
+            f"/experiment/{experiment}/step/{activity}/data/raw",
+            rgid=run.get("groupId", ""),
+            rid=run_id,
+            rnum=run.get("num", ""),
+        )
+        try:
+            row = body["datatables"][run_id]["datatable"][0]
+        except (KeyError, IndexError, TypeError):
+            raise RiffynDataError(f"run {run_id} has no datatables.{run_id}.datatable[0]") from None
+        if not isinstance(row, dict):
+            raise RiffynDataError(f"run {run_id}'s datatable row is not an object")
+        return row
+
+
+@attrs.frozen
+class StartedRun:
+    """What a started run asks for: protocol, and one spec per device apiVersion."""
+
+    experiment: str
+    activity: str
+    run_id: str
+    protocol: str
+    specs: dict[str, dict[str, Any]]
+
+
+async def describe_run(riffyn: Riffyn, experiment: str, run: dict[str, Any]) -> StartedRun:
+    """Fetch a started run's activity and data; raises RiffynDataError or httpx errors."""
+    run_id = _field(run, "_id", "a run")
+    activity_id = _field(run, "activityId", f"run {run_id}")
+    activity = await riffyn.activity(experiment, activity_id)
+    protocol = pascal_case(str(_field(activity, "name", f"activity {activity_id}")))
+    inputs = run.get("inputs") or []
+    wanted = [i for i in inputs if isinstance(i, dict) and is_api_version(i.get("resourceName"))]
+    if not wanted:
+        return StartedRun(experiment, activity_id, run_id, protocol, {})
+    values = await riffyn.run_values(experiment, run)
+    by_id = {}
+    for definition in activity.get("inputs") or []:
+        if isinstance(definition, dict):
+            for ref in (definition.get("_id"), definition.get("resourceDefId")):
+                if ref:
+                    by_id[ref] = definition
+    specs: dict[str, dict[str, Any]] = {}
+    for run_input in wanted:
+        resource = run_input["resourceName"]
+        definition = by_id.get(run_input.get("resourceDefId"))
+        if definition is None:
+            raise RiffynDataError(
+                f"run {run_id}: input {resource} ({run_input.get('resourceDefId')}) "
+                f"is not an input of activity {activity_id}"
+            )
+        spec = specs.setdefault(resource, {})
+        for prop in definition.get("properties") or []:
+            if not isinstance(prop, dict) or not prop.get("_id") or not prop.get("name"):
+                continue
+            column = f"{activity_id} | input | {definition['_id']} | {prop['_id']} | value"
+            value = values.get(column)
+            if value is not None:
+                spec[camel_case(str(prop["name"]))] = value
+    return StartedRun(experiment, activity_id, run_id, protocol, specs)
+
+
+def single_triggers(started: StartedRun, generation: int) -> list[Trigger]:
+    """One trigger per apiVersion of a run that is not a plate well."""
+    meta = {"experimentId": started.experiment, "activityId": started.activity}
+    return [
+        trigger_from_json(
+            {
+                "apiVersion": api_version,
+                "protocol": started.protocol,
+                "spec": spec,
+                "metadata": {"spec": {**meta, "runId": started.run_id}},
+            },
+            key=f"riffyn:{started.run_id}:{generation}:{api_version}",
+        )
+        for api_version, spec in sorted(started.specs.items())
+    ]
+
+
+def plate_triggers(
+    plate: PlateWell, experiment: str, activity: str, wells: dict[str, Any]
+) -> list[Trigger]:
+    """One plate trigger per apiVersion, its spec (and run IDs) in well order."""
+    order = [wells[str(i)] for i in range(1, plate.rows * plate.columns + 1)]
+    run_ids = [well["runId"] for well in order]
+    generations = ",".join(f"{w['runId']}:{w['gen']}" for w in order)
+    digest = hashlib.sha256(generations.encode()).hexdigest()[:16]
+    api_versions = sorted({api for well in order for api in well["specs"]})
+    return [
+        trigger_from_json(
+            {
+                "apiVersion": api_version,
+                "protocol": order[0]["protocol"],
+                "plate": {"rows": plate.rows, "columns": plate.columns},
+                "spec": [well["specs"].get(api_version, {}) for well in order],
+                "metadata": {
+                    "spec": {"experimentId": experiment, "activityId": activity, "runId": run_ids}
+                },
+            },
+            key=f"riffyn:plate:{digest}:{api_version}",
+        )
+        for api_version in api_versions
+    ]
+
+
+@attrs.define
+class Watcher:
+    riffyn: Riffyn
+    send_channel: trio.abc.SendChannel[Trigger]
+    state: State
+
+    async def poll_once(self) -> None:
+        """One walk over every run; an API failure on the experiment list raises (backoff)."""
+        for experiment in await self.riffyn.experiments():
+            experiment_id = experiment.get("_id")
+            if not experiment_id:
+                report_item_error("experiment", "an experiment has no '_id'")
+                continue
+            try:
+                runs = [
+                    run
+                    for group in await self.riffyn.run_groups(experiment_id)
+                    for run in await self.riffyn.runs(experiment_id, _field(group, "_id", "group"))
+                ]
+            except (RiffynDataError, httpx.HTTPError) as err:
+                report_item_error(f"experiment {experiment_id}", err)
+                continue
+            for run in runs:
+                await self.check_run(experiment_id, run)
+
+    async def check_run(self, experiment: str, run: dict[str, Any]) -> None:
+        run_id, status = run.get("_id"), run.get("status")
+        if not run_id or not isinstance(run_id, str):
+            report_item_error(f"experiment {experiment}", "a run has no '_id'")
+            return
+        record = await self.state.get(f"run:{run_id}", {"gen": 0, "active": False})
+        if status in RESTARTABLE and record["active"]:
+            await self.forget(experiment, run)
+            await self.state.set(f"run:{run_id}", {"gen": record["gen"] + 1, "active": False})
+        elif status == "running" and not record["active"]:
+            await self.start(experiment, run, record["gen"])
+
+    async def start(self, experiment: str, run: dict[str, Any], generation: int) -> None:
+        run_id = run["_id"]
+        try:
+            started = await describe_run(self.riffyn, experiment, run)
+        except (RiffynDataError, httpx.HTTPError) as err:
+            # Not marked active: the next poll tries again.
+            report_item_error(f"run {run_id}", err)
+            return
+        plate = PlateWell.parse(str(run.get("name", "")))
+        if plate is None:
+            await self.send(f"run {run_id}", lambda: single_triggers(started, generation))
+        elif not 1 <= plate.well <= plate.rows * plate.columns:
+            report_item_error(
+                f"run {run_id}",
+                f"well {plate.well} is outside a {plate.rows}x{plate.columns} plate",
+            )
+        else:
+            await self.add_well(plate, started, generation)
+        await self.state.set(f"run:{run_id}", {"gen": generation, "active": True})
+
+    def plate_key(self, plate: PlateWell, experiment: str, activity: str) -> str:
+        return f"plate:{experiment}:{activity}:{plate.name}:{plate.rows}x{plate.columns}"
+
+    async def add_well(self, plate: PlateWell, started: StartedRun, generation: int) -> None:
+        key = self.plate_key(plate, started.experiment, started.activity)
+        wells = await self.state.get(key, {})
+        wells[str(plate.well)] = {
+            "runId": started.run_id,
+            "gen": generation,
+            "protocol": started.protocol,
+            "specs": started.specs,
+        }
+        if len(wells) < plate.rows * plate.columns:
+            await self.state.set(key, wells)
+            return
+        await self.send(
+            f"plate {plate.name}",
+            lambda: plate_triggers(plate, started.experiment, started.activity, wells),
+        )
+        await self.state.delete(key)
+
+    async def forget(self, experiment: str, run: dict[str, Any]) -> None:
+        plate = PlateWell.parse(str(run.get("name", "")))
+        activity = run.get("activityId")
+        if plate is None or not activity:
+            return
+        key = self.plate_key(plate, experiment, activity)
+        wells = await self.state.get(key, {})
+        if wells.get(str(plate.well), {}).get("runId") == run["_id"]:
+            del wells[str(plate.well)]
+            await self.state.set(key, wells or None)
+
+    async def send(self, item: str, build: Any) -> None:
+        try:
+            triggers = build()
+        except InvalidTriggerError as err:
+            report_item_error(item, err)
+            return
+        for trigger in triggers:
+            await self.send_channel.send(trigger)
+
+
+async def run(send_channel: trio.abc.SendChannel[Trigger], config: Config, state: State) -> None:
+    headers = {"api-key": config.api_key, "accept": "application/json"}
+    async with open_http_client(
+        base_url=config.url.rstrip("/"), headers=headers, timeout=config.timeout
+    ) as client:
+        watcher = Watcher(Riffyn(client), send_channel, state)
+        await poll(watcher.poll_once, interval=config.poll_interval, what="riffyn API")
