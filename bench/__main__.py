@@ -13,6 +13,7 @@ from ._broker import open_vhost
 from ._common import REPO_ROOT, BenchError
 from ._http_bench import TOWER, TOWER_PUBLISHED, run_http_bench
 from ._idle import run_idle_bench
+from ._publisher_bench import run_publisher_bench
 from ._report import (
     HTTP_TARGET,
     IDLE_TARGET,
@@ -96,7 +97,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         machine = describe_machine(peer_plain=args.peer_plain)
         _say(
-            f"{machine.cores} cores, {machine.python}, RabbitMQ {machine.rabbitmq}, "
+            f"{machine.cores} cores (load {machine.load_average}), {machine.python}, "
+            f"RabbitMQ {machine.rabbitmq}, "
             f"load: {machine.load_generator}, peer: uvicorn on {machine.peer_stack}"
         )
         with (
@@ -105,10 +107,6 @@ def main(argv: Sequence[str] | None = None) -> int:
         ):
             workdir = Path(tmp)
             if "publisher" in parts:
-                # Imported here so that the other parts run even while the
-                # publisher does not import.
-                from ._publisher_bench import run_publisher_bench  # noqa: PLC0415
-
                 _say(
                     f"\nPublisher: {messages:,} persistent triggers, confirms, "
                     f"{args.in_flight} in flight, {args.rounds} rounds"
@@ -121,9 +119,10 @@ def main(argv: Sequence[str] | None = None) -> int:
                     report=_say,
                 )
                 _say(
-                    f"  median: tower-trio {publisher.tower:,.0f} msgs/s, aio-pika "
-                    f"{publisher.aio_pika:,.0f} msgs/s, ratio {publisher.ratio:.2f}x "
-                    f"(target >= {PUBLISHER_TARGET:.1f}x: "
+                    f"  median: tower-trio {publisher.tower:,.0f} msgs/s "
+                    f"({publisher.tower_cpu * 1e6:.0f} µs CPU/msg), aio-pika "
+                    f"{publisher.aio_pika:,.0f} msgs/s ({publisher.aio_pika_cpu * 1e6:.0f} µs "
+                    f"CPU/msg), ratio {publisher.ratio:.2f}x (target >= {PUBLISHER_TARGET:.1f}x: "
                     f"{verdict(publisher.ratio >= PUBLISHER_TARGET)})"
                 )
             if "http" in parts:
@@ -163,14 +162,40 @@ def main(argv: Sequence[str] | None = None) -> int:
     except BenchError as err:
         print(f"bench: error: {err}", file=sys.stderr)
         return 1
+    _summarize(publisher, http, idle)
     if output is not None:
-        command = COMMAND if full_run else "python -m bench " + " ".join(argv or sys.argv[1:])
+        arguments = list(sys.argv[1:] if argv is None else argv)
+        command = "python -m bench " + " ".join(arguments) if arguments else COMMAND
         output.parent.mkdir(parents=True, exist_ok=True)
         output.write_text(
             render_markdown(machine, command=command, publisher=publisher, http=http, idle=idle)
         )
         _say(f"\nWrote {output}")
     return 0
+
+
+def _summarize(
+    publisher: PublisherResult | None, http: HttpResult | None, idle: IdleResult | None
+) -> None:
+    _say("\nSummary")
+    if publisher is not None:
+        _say(
+            f"  publisher   tower-trio / aio-pika      {publisher.ratio:5.2f}x msgs/s  "
+            f"(target >= {PUBLISHER_TARGET:.1f}x: {verdict(publisher.ratio >= PUBLISHER_TARGET)})"
+        )
+    if http is not None:
+        for contender in (TOWER, TOWER_PUBLISHED):
+            ratio = http.ratio(contender)
+            _say(
+                f"  http        {contender.name + ' / peer':<26} {ratio:5.2f}x req/s   "
+                f"(target >= {HTTP_TARGET:.1f}x: {verdict(ratio >= HTTP_TARGET)})"
+            )
+    if idle is not None:
+        budget = idle.budget(IDLE_TARGET)
+        _say(
+            f"  idle        tower-trio CPU             {idle.cpu_seconds:5.2f} s in "
+            f"{idle.seconds:.0f} s (target < {budget:.3f} s: {verdict(idle.cpu_seconds < budget)})"
+        )
 
 
 def _say(line: str) -> None:

@@ -21,7 +21,7 @@ from typing import TYPE_CHECKING, Literal
 import attrs
 
 from ._broker import declare_bound_queue, purge_queue
-from ._common import median, ratio
+from ._common import median, process_cpu_seconds, ratio
 from ._load import LoadResult, run_load
 from ._servers import peer_command, pick_port, run_server, tower_command, tower_environ
 
@@ -59,6 +59,12 @@ class HttpRun:
     load: LoadResult
     stored: int
     """Messages in the queue after the measured run and the server's drain."""
+    cpu_seconds: float
+    """The server process's CPU time during the measured run."""
+
+    @property
+    def cpu_per_request(self) -> float:
+        return self.cpu_seconds / self.load.requests if self.load.requests else 0.0
 
 
 @attrs.frozen
@@ -134,9 +140,11 @@ def run_http_bench(
                 run_load(url, body, connections=connections, duration=warmup)
                 time.sleep(_SETTLE)
                 purge_queue(vhost.url, exchange)
+                cpu_before = process_cpu_seconds(server.pid)
                 load = run_load(url, body, connections=connections, duration=duration)
+                cpu_seconds = process_cpu_seconds(server.pid) - cpu_before
             stored = purge_queue(vhost.url, exchange)
-            run = HttpRun(contender, load, stored)
+            run = HttpRun(contender, load, stored, cpu_seconds)
             runs.append(run)
             report(describe_run(run))
     return HttpResult(connections=connections, duration=duration, runs=tuple(runs))
@@ -146,8 +154,8 @@ def describe_run(run: HttpRun) -> str:
     load = run.load
     line = (
         f"  {run.contender.name:<27} {load.rate:>7,.0f} req/s  p50 {load.p50 * 1e3:6.1f} ms  "
-        f"p99 {load.p99 * 1e3:6.1f} ms  202s {load.accepted}  not 202 {load.not_accepted}  "
-        f"stored {run.stored}"
+        f"p99 {load.p99 * 1e3:6.1f} ms  CPU {run.cpu_per_request * 1e3:.2f} ms/req  "
+        f"202s {load.accepted}  not 202 {load.not_accepted}  stored {run.stored}"
     )
     if run.stored < load.accepted:
         line += "  (fewer stored than accepted!)"

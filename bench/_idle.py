@@ -8,7 +8,6 @@ both ends of the window.
 
 from __future__ import annotations
 
-import os
 import time
 import uuid
 from pathlib import Path
@@ -16,7 +15,7 @@ from typing import TYPE_CHECKING
 
 import attrs
 
-from ._common import BenchError
+from ._common import BenchError, process_cpu_seconds
 from ._servers import pick_port, run_server, tower_command, tower_environ
 
 if TYPE_CHECKING:
@@ -25,9 +24,6 @@ if TYPE_CHECKING:
     from ._broker import Vhost
 
 __all__ = ["IdleResult", "run_idle_bench"]
-
-_UTIME_INDEX = 11
-"""Index of utime among the fields after ``(comm)``: field 14 of proc_pid_stat(5)."""
 
 
 @attrs.frozen
@@ -41,14 +37,6 @@ class IdleResult:
 
     def budget(self, per_ten_seconds: float) -> float:
         return per_ten_seconds * self.seconds / 10
-
-
-def _ticks_cpu(pid: int) -> float:
-    stat = Path(f"/proc/{pid}/stat").read_text()
-    # comm may hold spaces and parentheses; the fields start after the last ')'.
-    fields = stat.rpartition(")")[2].split()
-    ticks = int(fields[_UTIME_INDEX]) + int(fields[_UTIME_INDEX + 1])
-    return ticks / os.sysconf("SC_CLK_TCK")
 
 
 def _sched_cpu(pid: int) -> dict[str, int]:
@@ -77,11 +65,11 @@ def run_idle_bench(
         environ=tower_environ(vhost.url, exchange, port, workdir),
         report=report,
     ) as server:
-        ticks_before, sched_before = _ticks_cpu(server.pid), _sched_cpu(server.pid)
+        ticks_before, sched_before = process_cpu_seconds(server.pid), _sched_cpu(server.pid)
         started = time.monotonic()
         time.sleep(seconds)
         elapsed = time.monotonic() - started
-        ticks_after, sched_after = _ticks_cpu(server.pid), _sched_cpu(server.pid)
+        ticks_after, sched_after = process_cpu_seconds(server.pid), _sched_cpu(server.pid)
     common = sched_before.keys() & sched_after.keys()
     fine = sum(sched_after[task] - sched_before[task] for task in common) / 1e9 if common else None
     return IdleResult(

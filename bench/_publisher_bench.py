@@ -8,15 +8,19 @@ Connecting and declaring happen before the clock starts on both sides;
 building each message's properties happens inside it on both sides.
 
 The tower side is the real thing: ``Publisher.serve`` fed through a trio
-memory channel, exactly as the HTTP API and the plugins feed it.
+memory channel, exactly as the HTTP API and the plugins feed it, so its
+figure includes committing every trigger to the journal (SQLite, fsynced)
+before publishing it; aio-pika has no such step.
 """
 
 from __future__ import annotations
 
 import asyncio
+import tempfile
 import time
 import uuid
 from datetime import datetime
+from pathlib import Path
 from typing import TYPE_CHECKING
 
 import aio_pika
@@ -26,17 +30,18 @@ import trio
 from tower_trio import Metadata, Trigger
 from tower_trio._channel import Submission
 from tower_trio._config import Settings
+from tower_trio._journal import open_journal
 from tower_trio._publisher import APP_ID, Publisher
 
 from ._broker import declare_bound_queue, purge_queue
-from ._common import BenchError, median, ratio
+from ._common import BenchError, median, own_cpu_seconds, ratio
 
 if TYPE_CHECKING:
     from collections.abc import Callable, Sequence
 
     from ._broker import Vhost
 
-__all__ = ["PublisherResult", "make_triggers", "run_publisher_bench"]
+__all__ = ["PublisherResult", "Round", "make_triggers", "run_publisher_bench"]
 
 TOWER = "tower-trio"
 AIO_PIKA = "aio-pika"
@@ -45,20 +50,46 @@ _API_VERSIONS = ("OT-2/v1alpha1", "TecanSpark/v1alpha1/Spark2", "Hamilton-STAR/v
 
 
 @attrs.frozen
+class Round:
+    messages: int
+    seconds: float
+    cpu_seconds: float
+    """CPU time of this process (every thread) while the clock ran."""
+
+    @property
+    def rate(self) -> float:
+        return self.messages / self.seconds
+
+    @property
+    def cpu_per_message(self) -> float:
+        return self.cpu_seconds / self.messages
+
+
+@attrs.frozen
 class PublisherResult:
     messages: int
+    body_bytes: int
     in_flight: int
-    tower_rates: tuple[float, ...]
-    """Messages per second, one figure per round."""
-    aio_pika_rates: tuple[float, ...]
+    tower_rounds: tuple[Round, ...]
+    aio_pika_rounds: tuple[Round, ...]
 
     @property
     def tower(self) -> float:
-        return median(list(self.tower_rates))
+        """Median msgs/s."""
+        return median([round_.rate for round_ in self.tower_rounds])
 
     @property
     def aio_pika(self) -> float:
-        return median(list(self.aio_pika_rates))
+        return median([round_.rate for round_ in self.aio_pika_rounds])
+
+    @property
+    def tower_cpu(self) -> float:
+        """Median CPU seconds per message."""
+        return median([round_.cpu_per_message for round_ in self.tower_rounds])
+
+    @property
+    def aio_pika_cpu(self) -> float:
+        return median([round_.cpu_per_message for round_ in self.aio_pika_rounds])
 
     @property
     def ratio(self) -> float:
@@ -89,13 +120,11 @@ def run_publisher_bench(
     """Alternate the two sides for ``rounds`` rounds, checking every message was stored."""
     triggers = make_triggers(messages)
     suffix = uuid.uuid4().hex[:8]
-    tower_exchange, tower_queue = (
-        f"bench.publisher.tower.{suffix}",
-        f"bench.publisher.tower.{suffix}",
-    )
-    pika_exchange, pika_queue = f"bench.publisher.pika.{suffix}", f"bench.publisher.pika.{suffix}"
-    declare_bound_queue(vhost.url, tower_exchange, tower_queue)
-    declare_bound_queue(vhost.url, pika_exchange, pika_queue)
+    # Queues and exchanges are separate namespaces, so each queue takes its exchange's name.
+    tower_exchange = f"bench.publisher.tower.{suffix}"
+    pika_exchange = f"bench.publisher.aio-pika.{suffix}"
+    declare_bound_queue(vhost.url, tower_exchange, tower_exchange)
+    declare_bound_queue(vhost.url, pika_exchange, pika_exchange)
     settings = Settings.from_environ(
         {
             "TOWER_AMQP_URL": vhost.url,
@@ -105,47 +134,62 @@ def run_publisher_bench(
     )
     prepared = [_Prepared.of(trigger) for trigger in triggers]
 
-    def tower_round() -> float:
+    def tower_round() -> tuple[float, float]:
         return trio.run(_tower_round, settings, triggers)
 
-    def pika_round() -> float:
+    def pika_round() -> tuple[float, float]:
         return asyncio.run(_aio_pika_round(vhost.url, pika_exchange, prepared, in_flight))
 
-    sides: dict[str, tuple[Callable[[], float], str, list[float]]] = {
-        TOWER: (tower_round, tower_queue, []),
-        AIO_PIKA: (pika_round, pika_queue, []),
+    sides: dict[str, tuple[Callable[[], tuple[float, float]], str, list[Round]]] = {
+        TOWER: (tower_round, tower_exchange, []),
+        AIO_PIKA: (pika_round, pika_exchange, []),
     }
     for round_index in range(rounds):
         # Alternating who goes first keeps a drift of the machine from favouring one side.
         order = (TOWER, AIO_PIKA) if round_index % 2 == 0 else (AIO_PIKA, TOWER)
         for name in order:
-            run, queue, rates = sides[name]
-            seconds = run()
+            run, queue, results = sides[name]
+            seconds, cpu_seconds = run()
             stored = purge_queue(vhost.url, queue)
             if stored != messages:
                 raise BenchError(
                     f"{name} round {round_index + 1}: the queue held {stored} messages "
                     f"after {messages} were confirmed"
                 )
-            rates.append(messages / seconds)
+            result = Round(messages, seconds, cpu_seconds)
+            results.append(result)
             report(
-                f"  round {round_index + 1}: {name:<10} {messages / seconds:>9,.0f} msgs/s "
-                f"({seconds:.3f} s, {stored} stored)"
+                f"  round {round_index + 1}: {name:<10} {result.rate:>9,.0f} msgs/s "
+                f"({seconds:.3f} s, CPU {result.cpu_per_message * 1e6:.0f} µs/msg, "
+                f"{stored} stored)"
             )
     return PublisherResult(
         messages=messages,
+        body_bytes=round(sum(len(item.body) for item in prepared) / len(prepared)),
         in_flight=in_flight,
-        tower_rates=tuple(sides[TOWER][2]),
-        aio_pika_rates=tuple(sides[AIO_PIKA][2]),
+        tower_rounds=tuple(sides[TOWER][2]),
+        aio_pika_rounds=tuple(sides[AIO_PIKA][2]),
     )
 
 
-async def _tower_round(settings: Settings, triggers: Sequence[Trigger]) -> float:
-    publisher = Publisher(settings)
+async def _tower_round(settings: Settings, triggers: Sequence[Trigger]) -> tuple[float, float]:
+    with tempfile.TemporaryDirectory(prefix="tower-trio-bench-journal-") as data_dir:
+        # A fresh journal per round, so that no round starts with a backlog.
+        journal = open_journal(Path(data_dir))
+        try:
+            return await _publish_through(Publisher(settings, journal), settings, triggers)
+        finally:
+            journal.close()
+
+
+async def _publish_through(
+    publisher: Publisher, settings: Settings, triggers: Sequence[Trigger]
+) -> tuple[float, float]:
+    """Seconds and CPU seconds from the first send until all are confirmed."""
     send_channel, receive_channel = trio.open_memory_channel[Submission](settings.channel_size)
     # Bodies are serialized here, before the clock, as aio-pika's are.
     submissions = [Submission.of(trigger) for trigger in triggers[:-1]]
-    last = Submission.of(triggers[-1], awaited=True)
+    last = Submission.of(triggers[-1], wait_published=True)
     submissions.append(last)
     drained_at = 0.0
 
@@ -159,12 +203,14 @@ async def _tower_round(settings: Settings, triggers: Sequence[Trigger]) -> float
         before = publisher.statistics()
         if not before.connected:
             raise BenchError(f"the tower's publisher could not connect: {before.last_error}")
+        cpu_started = own_cpu_seconds()
         started = time.perf_counter()
         async with send_channel:
             for submission in submissions:
                 await send_channel.send(submission)
         await last.wait_settled()
         settled_at = time.perf_counter()
+        cpu_settled = own_cpu_seconds()
         at_last = publisher.statistics()
     stats = publisher.statistics()
     if stats.published != len(triggers):
@@ -174,9 +220,10 @@ async def _tower_round(settings: Settings, triggers: Sequence[Trigger]) -> float
         )
     # Confirms settle in publish order, so the last settling means all did,
     # unless a nack sent one round again; then the drain is the honest end.
+    cpu_seconds = cpu_settled - cpu_started
     if at_last.published == len(triggers):
-        return settled_at - started
-    return drained_at - started
+        return settled_at - started, cpu_seconds
+    return drained_at - started, cpu_seconds
 
 
 @attrs.frozen
@@ -202,7 +249,7 @@ class _Prepared:
 
 async def _aio_pika_round(
     url: str, exchange_name: str, prepared: Sequence[_Prepared], in_flight: int
-) -> float:
+) -> tuple[float, float]:
     async with await aio_pika.connect(url) as connection:
         channel = await connection.channel(publisher_confirms=True)
         exchange = await channel.declare_exchange(
@@ -226,6 +273,7 @@ async def _aio_pika_round(
                 )
                 await exchange.publish(message, routing_key=item.routing_key)
 
+        cpu_started = own_cpu_seconds()
         started = time.perf_counter()
         await asyncio.gather(*(publish_some() for _ in range(in_flight)))
-        return time.perf_counter() - started
+        return time.perf_counter() - started, own_cpu_seconds() - cpu_started

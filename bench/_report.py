@@ -12,14 +12,14 @@ from typing import TYPE_CHECKING
 import attrs
 
 from ._broker import broker_version
-from ._http_bench import CONTENDERS, TOWER, TOWER_PUBLISHED
+from ._http_bench import CONTENDERS, PEER, TOWER, TOWER_PUBLISHED
 from ._load import generator_name
 from ._peer_fastapi import uvicorn_stack
 
 if TYPE_CHECKING:
     from ._http_bench import HttpResult, HttpRun
     from ._idle import IdleResult
-    from ._publisher_bench import PublisherResult
+    from ._publisher_bench import PublisherResult, Round
 
 __all__ = [
     "HTTP_TARGET",
@@ -61,6 +61,8 @@ class Machine:
     packages: dict[str, str]
     peer_stack: str
     load_generator: str
+    load_average: str
+    """The 1, 5 and 15 minute load averages when the run started: how busy the machine was."""
 
 
 def _cpu_model() -> str:
@@ -91,6 +93,7 @@ def describe_machine(*, peer_plain: bool = False) -> Machine:
         packages={package: _version(package) for package in _PACKAGES},
         peer_stack=uvicorn_stack(plain=peer_plain),
         load_generator=generator_name(),
+        load_average=" / ".join(f"{load:.2f}" for load in os.getloadavg()),
     )
 
 
@@ -121,12 +124,14 @@ def render_markdown(
         "| --- | --- |",
         f"| CPU | {machine.cores} cores, {machine.cpu} |",
         f"| System | {machine.system} |",
+        f"| Load average at the start (1 / 5 / 15 min) | {machine.load_average} |",
         f"| Python | {machine.python} |",
         f"| RabbitMQ | {machine.rabbitmq}, on loopback |",
         f"| Load generator | {machine.load_generator} |",
         f"| uvicorn event loop + HTTP parser | {machine.peer_stack} |",
     ]
     lines.extend(f"| {name} | {version} |" for name, version in machine.packages.items())
+    lines.extend(_summary(publisher, http, idle))
     if publisher is not None:
         lines.extend(_publisher_section(publisher))
     if http is not None:
@@ -148,35 +153,75 @@ def render_markdown(
     return "\n".join(lines)
 
 
-def _publisher_section(result: PublisherResult) -> list[str]:
-    rounds = len(result.tower_rates)
+def _summary(
+    publisher: PublisherResult | None, http: HttpResult | None, idle: IdleResult | None
+) -> list[str]:
+    lines = [
+        "",
+        "## Summary",
+        "",
+        "| Measure | tower-trio | peer | ratio | target | |",
+        "| --- | ---: | ---: | ---: | --- | --- |",
+    ]
+    if publisher is not None:
+        lines.append(
+            f"| Publisher msgs/s (vs aio-pika) | {publisher.tower:,.0f} | "
+            f"{publisher.aio_pika:,.0f} | {publisher.ratio:.2f}x | ≥ {PUBLISHER_TARGET:.1f}x | "
+            f"{verdict(publisher.ratio >= PUBLISHER_TARGET)} |"
+        )
+    if http is not None:
+        peer = http.median_run(PEER).load.rate
+        for contender in (TOWER, TOWER_PUBLISHED):
+            value = http.ratio(contender)
+            label = "" if contender == TOWER else " with `?wait=published`"
+            lines.append(
+                f"| `POST /triggers` req/s{label} (vs FastAPI) | "
+                f"{http.median_run(contender).load.rate:,.0f} | {peer:,.0f} | {value:.2f}x | "
+                f"≥ {HTTP_TARGET:.1f}x | {verdict(value >= HTTP_TARGET)} |"
+            )
+    if idle is not None:
+        budget = idle.budget(IDLE_TARGET)
+        lines.append(
+            f"| Idle CPU s in {idle.seconds:.0f} s | {idle.cpu_seconds:.2f} | | | "
+            f"< {budget:.3f} | {verdict(idle.cpu_seconds < budget)} |"
+        )
+    return lines
 
-    def each(rates: tuple[float, ...]) -> str:
-        return ", ".join(f"{rate:,.0f}" for rate in rates)
+
+def _publisher_section(result: PublisherResult) -> list[str]:
+    rounds = len(result.tower_rounds)
+
+    def each(rounds: tuple[Round, ...]) -> str:
+        return ", ".join(f"{round_.rate:,.0f}" for round_ in rounds)
 
     return [
         "",
         "## Publisher throughput",
         "",
-        f"{result.messages:,} triggers (JSON bodies of about 220 bytes), persistent, to a "
-        "durable topic exchange with a durable queue bound to it, publisher confirms on, at "
-        f"most {result.in_flight} unconfirmed. The clock runs from the first message handed "
-        "over to the last confirm; connecting, declaring and serializing the bodies happen "
-        f"before it. Median of {rounds} rounds, the two sides alternating.",
+        f"{result.messages:,} triggers (JSON bodies of {result.body_bytes} bytes on average), "
+        "persistent, to a durable topic exchange with a durable queue bound to it, publisher "
+        f"confirms on, at most {result.in_flight} unconfirmed. The clock runs from the first "
+        "message handed over to the last confirm; connecting, declaring and serializing the "
+        f"bodies happen before it. Median of {rounds} rounds, the two sides alternating. CPU "
+        "is the publishing process's own (all its threads) while the clock ran: unlike the "
+        "rate, it hardly depends on what else the machine is doing.",
         "",
         "- **tower-trio**: `Publisher.serve` fed through a trio memory channel, as the HTTP "
-        "API and the plugins feed it, on the project's own AMQP client.",
+        "API and the plugins feed it: each trigger is committed to the journal (SQLite, "
+        "fsynced) and then published on the project's own AMQP client.",
         f"- **aio-pika**: {result.in_flight} coroutines, each publishing and awaiting its "
-        "confirm on one confirm-mode channel.",
+        "confirm on one confirm-mode channel; no journal.",
         "",
-        "| Publisher | msgs/s (median) | each round |",
-        "| --- | ---: | --- |",
-        f"| tower-trio | {result.tower:,.0f} | {each(result.tower_rates)} |",
-        f"| aio-pika | {result.aio_pika:,.0f} | {each(result.aio_pika_rates)} |",
+        "| Publisher | msgs/s (median) | CPU µs/msg (median) | msgs/s each round |",
+        "| --- | ---: | ---: | --- |",
+        f"| tower-trio | {result.tower:,.0f} | {result.tower_cpu * 1e6:.0f} | "
+        f"{each(result.tower_rounds)} |",
+        f"| aio-pika | {result.aio_pika:,.0f} | {result.aio_pika_cpu * 1e6:.0f} | "
+        f"{each(result.aio_pika_rounds)} |",
         "",
-        f"tower-trio / aio-pika: **{result.ratio:.2f}x** (target ≥ {PUBLISHER_TARGET:.1f}x: "
-        f"{verdict(result.ratio >= PUBLISHER_TARGET)}). Every round's queue held every "
-        "confirmed message.",
+        f"tower-trio / aio-pika: **{result.ratio:.2f}x** msgs/s (target ≥ "
+        f"{PUBLISHER_TARGET:.1f}x: {verdict(result.ratio >= PUBLISHER_TARGET)}). Every "
+        "round's queue held every confirmed message.",
     ]
 
 
@@ -184,8 +229,8 @@ def _http_row(run: HttpRun) -> str:
     load = run.load
     return (
         f"| {run.contender.name} | {run.contender.answers_when} | {load.rate:,.0f} | "
-        f"{load.p50 * 1e3:.1f} | {load.p99 * 1e3:.1f} | {load.not_accepted} | "
-        f"{load.accepted:,} | {run.stored:,} |"
+        f"{load.p50 * 1e3:.1f} | {load.p99 * 1e3:.1f} | {run.cpu_per_request * 1e3:.2f} | "
+        f"{load.not_accepted} | {load.accepted:,} | {run.stored:,} |"
     )
 
 
@@ -195,8 +240,9 @@ def _http_section(result: HttpResult, machine: Machine) -> list[str]:
         "",
         "## HTTP: `POST /triggers`",
         "",
-        f"{result.connections} keep-alive connections for {result.duration:g} s{which}, each "
-        "request a valid trigger, after a short warm-up. Each server is one process with a "
+        f"{result.connections} keep-alive connections from {machine.load_generator} (one "
+        f"thread) for {result.duration:g} s{which}, each request a valid trigger, after a "
+        "short warm-up. Each server is one process with a "
         "fresh exchange, a durable queue bound to it and (for the tower) a fresh journal.",
         "",
         "- **tower-trio**: `tower-trio run` (Hypercorn + Quart-Trio, the journal, the "
@@ -207,12 +253,12 @@ def _http_section(result: HttpResult, machine: Machine) -> list[str]:
         "the same JSON answer; it publishes persistent and waits for the confirm on every "
         "request.",
         "",
-        "req/s counts 202 responses only. Stored is the queue depth once the server has "
-        "drained; it should be at least the 202 count (requests cut off when the load stops "
-        "may still publish).",
+        "req/s counts 202 responses only. CPU is the server process's own (all its threads) "
+        "per response. Stored is the queue depth once the server has drained; it should be at "
+        "least the 202 count (requests cut off when the load stops may still publish).",
         "",
-        "| Server | 202 once | req/s | p50 ms | p99 ms | not 202 | 202s | stored |",
-        "| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: |",
+        "| Server | 202 once | req/s | p50 ms | p99 ms | CPU ms/req | not 202 | 202s | stored |",
+        "| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
     ]
     lines.extend(_http_row(result.median_run(contender)) for contender in CONTENDERS)
     lines.append("")
