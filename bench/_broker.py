@@ -58,8 +58,13 @@ def _rabbitmqctl(*args: str) -> str:
             timeout=_RABBITMQCTL_TIMEOUT,
         )
     except subprocess.CalledProcessError as err:
+        reason = (err.stderr.strip() or err.stdout.strip()).splitlines()[:1]
         raise BenchError(
-            f"`rabbitmqctl {' '.join(args)}` failed: {err.stderr.strip() or err.stdout.strip()}"
+            f"`rabbitmqctl {' '.join(args)}` failed: {reason[0] if reason else err}"
+        ) from err
+    except subprocess.TimeoutExpired as err:
+        raise BenchError(
+            f"`rabbitmqctl {' '.join(args)}` did not finish within {_RABBITMQCTL_TIMEOUT} s"
         ) from err
     return done.stdout.strip()
 
@@ -77,7 +82,25 @@ def open_vhost(host: str) -> Iterator[Vhost]:
         _rabbitmqctl("set_permissions", "-p", name, "guest", ".*", ".*", ".*")
         yield Vhost(name, f"amqp://guest:guest@{host}/{quote(name, safe='')}")
     finally:
+        _delete_vhost(name)
+
+
+def _delete_vhost(name: str) -> None:
+    try:
         _rabbitmqctl("delete_vhost", name)
+    except BenchError:
+        pass
+    else:
+        return
+    # The broker may be restarting (tests stop and start its app); give it
+    # a minute so that the vhost does not outlive the run.
+    try:
+        _rabbitmqctl("await_startup", "--timeout", str(_RABBITMQCTL_TIMEOUT - 10))
+        _rabbitmqctl("delete_vhost", name)
+    except BenchError as err:
+        raise BenchError(
+            f"{err}; delete the benchmark's vhost by hand: rabbitmqctl delete_vhost {name}"
+        ) from err
 
 
 async def _declare_bound_queue(url: str, exchange: str, queue: str) -> None:
