@@ -1,14 +1,104 @@
-"""Small helpers shared by the tests."""
+"""Small helpers shared by the tests: an in-process tower and a broker view."""
 
 from __future__ import annotations
 
+import socket
+from contextlib import asynccontextmanager
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+import attrs
+import httpx
+import trio
+
+from tower_trio import amqp
+from tower_trio._config import Settings
+from tower_trio._supervisor import RunningTower, serve_tower
+
 if TYPE_CHECKING:
+    from collections.abc import AsyncIterator, Sequence
+
     from tower_trio import Trigger
+    from tower_trio._plugins import ConfiguredPlugin
+
+VALID = {"apiVersion": "OT-2/v1alpha1", "protocol": "PlateTransfer", "spec": {"volume": 100}}
 
 
 def spec_of(trigger: Trigger) -> dict[str, Any]:
     """The spec of a trigger without a plate, typed as the object it is."""
     assert isinstance(trigger.spec, dict)
     return trigger.spec
+
+
+@attrs.frozen
+class Tower:
+    client: httpx.AsyncClient
+    running: RunningTower
+    exchange: str
+    shutdown: trio.Event
+
+
+@attrs.define
+class Broker:
+    """A test's own view of the broker: a channel to bind, consume and clean up."""
+
+    channel: amqp.Channel
+    exchange: str
+    queues: list[str] = attrs.Factory(list)
+
+    async def bind(self, routing_key: str) -> str:
+        await self.channel.exchange_declare(self.exchange, "topic", durable=True)
+        declared = await self.channel.queue_declare("", exclusive=True)
+        await self.channel.queue_bind(declared.name, self.exchange, routing_key)
+        self.queues.append(declared.name)
+        return declared.name
+
+    async def take(self, queue: str, count: int) -> list[amqp.Message]:
+        messages = []
+        with trio.fail_after(10):
+            async with self.channel.consume(queue, no_ack=True) as deliveries:
+                async for message in deliveries:
+                    messages.append(message)
+                    if len(messages) == count:
+                        break
+        return messages
+
+    async def count(self, queue: str) -> int:
+        return (await self.channel.queue_declare(queue, passive=True)).message_count
+
+
+@asynccontextmanager
+async def run_tower(
+    settings: Settings, plugins: Sequence[ConfiguredPlugin] = ()
+) -> AsyncIterator[Tower]:
+    shutdown = trio.Event()
+    async with trio.open_nursery() as nursery:
+        running: RunningTower = await nursery.start(
+            lambda task_status: serve_tower(
+                settings, plugins, shutdown=shutdown, task_status=task_status
+            )
+        )
+        async with httpx.AsyncClient(base_url=running.http_urls[0], timeout=30) as client:
+            try:
+                yield Tower(client, running, settings.exchange, shutdown)
+            finally:
+                shutdown.set()
+
+
+def tower_settings(amqp_url: str, exchange: str, data_dir: Path, **overrides: Any) -> Settings:
+    return attrs.evolve(
+        Settings(),
+        amqp_url=amqp_url,
+        exchange=exchange,
+        http_port=0,
+        plugins_dir=Path("no-such-plugins-dir"),
+        data_dir=data_dir,
+        **overrides,
+    )
+
+
+def unused_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port: int = sock.getsockname()[1]
+        return port

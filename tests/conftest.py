@@ -15,9 +15,13 @@ import uuid
 from typing import TYPE_CHECKING
 
 import pytest
+import trio
+
+from tests._helpers import Broker
+from tower_trio import amqp
 
 if TYPE_CHECKING:
-    from collections.abc import Iterator
+    from collections.abc import AsyncIterator, Iterator
 
 BROKER_HOST = os.environ.get("TOWER_TEST_AMQP_HOST", "127.0.0.1:5672")
 
@@ -54,3 +58,20 @@ def amqp_url(amqp_vhost: str) -> str:
 def unique() -> str:
     """A short random suffix for names of exchanges and queues made by one test."""
     return uuid.uuid4().hex[:10]
+
+
+@pytest.fixture
+async def broker(amqp_url: str, unique: str) -> AsyncIterator[Broker]:
+    """The test's own exchange name and a channel to bind, consume and clean up with."""
+    async with (
+        amqp.open_connection(amqp_url) as connection,
+        connection.open_channel() as channel,
+    ):
+        broker = Broker(channel, f"test.triggers.{unique}")
+        try:
+            yield broker
+        finally:
+            with trio.CancelScope(shield=True), trio.move_on_after(5):
+                for queue in broker.queues:
+                    await channel.queue_delete(queue)
+                await channel.exchange_delete(broker.exchange)

@@ -13,6 +13,7 @@ PUBLIC_NAMES = [
     "ConfigError",
     "FieldError",
     "InvalidTriggerError",
+    "JournalError",
     "Metadata",
     "Plate",
     "PluginError",

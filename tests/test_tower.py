@@ -7,118 +7,26 @@ own queues, and checks what a device service would receive.
 from __future__ import annotations
 
 import json
-import socket
-from contextlib import asynccontextmanager
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
-import attrs
-import httpx
 import pytest
 import trio
 
-from tests._helpers import spec_of
-from tower_trio import amqp
-from tower_trio._config import Settings
-from tower_trio._plugins import ConfiguredPlugin, discover_plugins, select_plugins
+from tests._helpers import VALID, Broker, Tower, run_tower, spec_of, tower_settings, unused_port
+from tower_trio._plugins import discover_plugins, select_plugins
 from tower_trio._serialization import load_trigger
-from tower_trio._supervisor import RunningTower, serve_tower
 
 if TYPE_CHECKING:
-    from collections.abc import AsyncIterator, Sequence
+    from collections.abc import AsyncIterator
 
 REPO = Path(__file__).parent.parent
-
-VALID = {"apiVersion": "OT-2/v1alpha1", "protocol": "PlateTransfer", "spec": {"volume": 100}}
-
-
-@attrs.frozen
-class Tower:
-    client: httpx.AsyncClient
-    running: RunningTower
-    exchange: str
-    shutdown: trio.Event
-
-
-@attrs.define
-class Broker:
-    """A test's own view of the broker: a channel to bind, consume and clean up."""
-
-    channel: amqp.Channel
-    exchange: str
-    queues: list[str] = attrs.Factory(list)
-
-    async def bind(self, routing_key: str) -> str:
-        await self.channel.exchange_declare(self.exchange, "topic", durable=True)
-        declared = await self.channel.queue_declare("", exclusive=True)
-        await self.channel.queue_bind(declared.name, self.exchange, routing_key)
-        self.queues.append(declared.name)
-        return declared.name
-
-    async def take(self, queue: str, count: int) -> list[amqp.Message]:
-        messages = []
-        with trio.fail_after(10):
-            async with self.channel.consume(queue, no_ack=True) as deliveries:
-                async for message in deliveries:
-                    messages.append(message)
-                    if len(messages) == count:
-                        break
-        return messages
-
-    async def count(self, queue: str) -> int:
-        return (await self.channel.queue_declare(queue, passive=True)).message_count
-
-
-@pytest.fixture
-async def broker(amqp_url: str, unique: str) -> AsyncIterator[Broker]:
-    async with (
-        amqp.open_connection(amqp_url) as connection,
-        connection.open_channel() as channel,
-    ):
-        broker = Broker(channel, f"test.triggers.{unique}")
-        try:
-            yield broker
-        finally:
-            with trio.CancelScope(shield=True), trio.move_on_after(5):
-                for queue in broker.queues:
-                    await channel.queue_delete(queue)
-                await channel.exchange_delete(broker.exchange)
-
-
-@asynccontextmanager
-async def run_tower(
-    settings: Settings, plugins: Sequence[ConfiguredPlugin] = ()
-) -> AsyncIterator[Tower]:
-    shutdown = trio.Event()
-    async with trio.open_nursery() as nursery:
-        running: RunningTower = await nursery.start(
-            lambda task_status: serve_tower(
-                settings, plugins, shutdown=shutdown, task_status=task_status
-            )
-        )
-        async with httpx.AsyncClient(base_url=running.http_urls[0], timeout=30) as client:
-            try:
-                yield Tower(client, running, settings.exchange, shutdown)
-            finally:
-                shutdown.set()
-
-
-def tower_settings(amqp_url: str, broker: Broker, data_dir: Path, **overrides: Any) -> Settings:
-    return attrs.evolve(
-        Settings(),
-        amqp_url=amqp_url,
-        exchange=broker.exchange,
-        http_port=0,
-        plugins_dir=Path("no-such-plugins-dir"),
-        data_dir=data_dir,
-        **overrides,
-    )
 
 
 @pytest.fixture
 async def tower(amqp_url: str, broker: Broker, tmp_path: Path) -> AsyncIterator[Tower]:
-    async with run_tower(tower_settings(amqp_url, broker, tmp_path)) as tower:
+    async with run_tower(tower_settings(amqp_url, broker.exchange, tmp_path)) as tower:
         yield tower
 
 
@@ -235,7 +143,7 @@ class TestPublishing:
     ) -> None:
         """A 1 MB spec published with frame_max 4096 arrives byte for byte."""
         settings = tower_settings(
-            amqp_url + "?frame_max=4096", broker, tmp_path, max_body_bytes=4 * 1024 * 1024
+            amqp_url + "?frame_max=4096", broker.exchange, tmp_path, max_body_bytes=4 * 1024 * 1024
         )
         queue = await broker.bind("OT-2/v1alpha1")
         spec = {"payload": "x" * (1024 * 1024), "volume": 1}
@@ -247,13 +155,6 @@ class TestPublishing:
         (message,) = await broker.take(queue, 1)
         assert len(message.body) > 1024 * 1024
         assert load_trigger(message.body).spec == spec
-
-
-def unused_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
 
 
 class TestBadInput:
@@ -304,7 +205,7 @@ class TestBadInput:
         self, amqp_url: str, broker: Broker, tmp_path: Path
     ) -> None:
         """A body over TOWER_MAX_BODY_BYTES gets 413 naming the limit, and nothing is published."""
-        settings = tower_settings(amqp_url, broker, tmp_path, max_body_bytes=1000)
+        settings = tower_settings(amqp_url, broker.exchange, tmp_path, max_body_bytes=1000)
         queue = await broker.bind("OT-2/v1alpha1")
         async with run_tower(settings) as tower:
             response = await tower.client.post(
@@ -351,7 +252,7 @@ class TestProbes:
         """Without a broker the tower says why it is not ready and journals what it gets."""
         settings = tower_settings(
             f"amqp://guest:guest@127.0.0.1:{unused_port()}/%2F",
-            broker,
+            broker.exchange,
             tmp_path,
             publish_timeout=0.5,
         )
@@ -383,7 +284,7 @@ class TestPlugins:
             discover_plugins(REPO / "plugins", entry_points=False), ("example",), environ
         )
         queue = await broker.bind("OT-2/v1alpha1")
-        async with run_tower(tower_settings(amqp_url, broker, tmp_path), plugins) as tower:
+        async with run_tower(tower_settings(amqp_url, broker.exchange, tmp_path), plugins) as tower:
             assert (await tower.client.get("/readyz")).status_code == 200
             (message,) = await broker.take(queue, 1)
         trigger = load_trigger(message.body)

@@ -5,7 +5,7 @@ channel to one publisher task, which delivers them to RabbitMQ with
 publisher confirms.
 """
 
-from ._errors import ConfigError, PluginError, PublishError, TowerError
+from ._errors import ConfigError, JournalError, PluginError, PublishError, TowerError
 from ._models import FieldError, InvalidTriggerError, Metadata, Plate, Trigger
 from ._version import __version__
 
@@ -13,6 +13,7 @@ __all__ = [
     "ConfigError",
     "FieldError",
     "InvalidTriggerError",
+    "JournalError",
     "Metadata",
     "Plate",
     "PluginError",

@@ -96,6 +96,7 @@ class _Api:
     readiness: Readiness
     draining: Callable[[], bool]
     plugins_view: Callable[[], list[dict[str, Any]]]
+    current: Callable[[JournalRecord], JournalRecord]
 
     @property
     def _retry_after(self) -> dict[str, str]:
@@ -180,7 +181,9 @@ class _Api:
                         "with a different body; use a new key"
                     ],
                 )
-            return _json(_record_json(record), 200, Location=f"/triggers/{record.uuid}")
+            return _json(
+                _record_json(self.current(record)), 200, Location=f"/triggers/{record.uuid}"
+            )
         location = f"/triggers/{submission.trigger.uuid}"
         if timed_out:
             # On disk and on its way; the client can follow it at Location.
@@ -203,7 +206,7 @@ class _Api:
                 "no such trigger",
                 [f"no trigger {uuid} in the journal; settled ones go after TOWER_RETENTION"],
             )
-        return _json(_record_json(record))
+        return _json(_record_json(self.current(record)))
 
     async def list_triggers(self) -> Response:
         args = request.args
@@ -225,7 +228,7 @@ class _Api:
         journal = self.journal
         records = await journal.read(lambda: journal.find(**filters, before=cursor, limit=limit))
         next_cursor = str(records[-1].seq) if len(records) == limit else None
-        items = b",".join(_record_json(r) for r in records)
+        items = b",".join(_record_json(self.current(r)) for r in records)
         return _json(b'{"items":[' + items + b'],"next":' + dumps(next_cursor) + b"}")
 
     async def plugins(self) -> Response:
@@ -268,9 +271,14 @@ def create_app(
     *,
     draining: Callable[[], bool] = lambda: False,
     plugins_view: Callable[[], list[dict[str, Any]]] = list,
+    current: Callable[[JournalRecord], JournalRecord] = lambda record: record,
 ) -> QuartTrio:
-    """The API app; it sends every valid trigger on ``send_channel``."""
-    api = _Api(settings, send_channel, journal, readiness, draining, plugins_view)
+    """The API app; it sends every valid trigger on ``send_channel``.
+
+    ``current`` brings a journal record up to date with what the publisher
+    knows but has not written yet.
+    """
+    api = _Api(settings, send_channel, journal, readiness, draining, plugins_view, current)
     app = QuartTrio("tower_trio")
     app.config["MAX_CONTENT_LENGTH"] = settings.max_body_bytes
     app.add_url_rule("/triggers", view_func=api.post_trigger, methods=["POST"])

@@ -254,7 +254,7 @@ class Journal:
                     )
                 db.execute("COMMIT")
             except BaseException:
-                db.execute("ROLLBACK")
+                _rollback(db)
                 raise
         except sqlite3.Error as err:
             raise JournalError(f"cannot write to the journal {self.path}: {err}") from err
@@ -403,7 +403,20 @@ class _Transaction:
         self._db.execute("BEGIN IMMEDIATE")
 
     def __exit__(self, kind: object, error: object, traceback: object) -> None:
-        self._db.execute("COMMIT" if kind is None else "ROLLBACK")
+        if kind is None:
+            try:
+                self._db.execute("COMMIT")
+            except BaseException:
+                _rollback(self._db)
+                raise
+        else:
+            _rollback(self._db)
+
+
+def _rollback(db: sqlite3.Connection) -> None:
+    # SQLite has already rolled back after some errors (a full disk at COMMIT).
+    if db.in_transaction:
+        db.execute("ROLLBACK")
 
 
 def open_journal(

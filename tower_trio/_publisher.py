@@ -34,7 +34,7 @@ from . import amqp
 from ._backoff import Backoff
 from ._channel import DeliveryStatus, Submission
 from ._errors import JournalError, PublishError
-from ._journal import Accepted, Outgoing, Settlement
+from ._journal import Accepted, JournalRecord, Outgoing, Settlement
 from ._logging import get_logger
 from ._version import __version__
 
@@ -88,6 +88,7 @@ class Publisher:
         self._url = amqp.URL.parse(settings.amqp_url)
         self._exchange = settings.exchange
         self._connection: amqp.Connection | None = None
+        self._started = False
 
         self._last_committed = 0  # highest journal seq committed so far
         self._pending = 0  # journal rows not yet settled
@@ -102,7 +103,10 @@ class Publisher:
         self._delivering_done = False
         self._nack_backoff = Backoff(initial=0.5, cap=30.0)
 
-        self._settlements: list[Settlement] = []
+        # Broker answers not yet in the journal, by seq (a later answer for the
+        # same row replaces an earlier one), and the batch being written now.
+        self._settlements: dict[int, Settlement] = {}
+        self._recording: dict[int, Settlement] = {}
         self._settlements_waiting = trio.Event()
         self._flush_lock = trio.Lock()
 
@@ -110,6 +114,24 @@ class Publisher:
         self._duplicates = 0
         self._connections = 0
         self._last_error: str | None = None
+
+    def current(self, record: JournalRecord) -> JournalRecord:
+        """``record`` with the broker's answer that the journal has not recorded yet.
+
+        Settlements are written in batches, so a lookup right after a confirm
+        would otherwise show a trigger as pending that a client was already
+        told is published.
+        """
+        settlement = self._settlements.get(record.seq) or self._recording.get(record.seq)
+        if settlement is None:
+            return record
+        return attrs.evolve(
+            record,
+            status=settlement.status,
+            attempts=settlement.attempts,
+            last_error=settlement.last_error,
+            published_at=settlement.at if settlement.status == "published" else None,
+        )
 
     @property
     def url(self) -> amqp.URL:
@@ -157,7 +179,12 @@ class Publisher:
                 nursery.cancel_scope.cancel()
         finally:
             with trio.CancelScope(shield=True), trio.move_on_after(5):
-                await self._flush_settlements()
+                try:
+                    await self._flush_settlements()
+                except JournalError as err:
+                    _log.error(
+                        "journal.write_failed", error=err, settlements=len(self._settlements)
+                    )
             if self._pending:
                 _log.warning(
                     "publisher.stopped_with_pending",
@@ -218,10 +245,9 @@ class Publisher:
 
     async def _deliver(self, task_status: trio.TaskStatus[None]) -> None:
         backoff = Backoff(initial=0.5, cap=30.0)
-        started = False
         while True:
             try:
-                await self._serve_connection(task_status, started)
+                await self._serve_connection(task_status)
                 return
             except* (amqp.AMQPError, PublishError, OSError) as group:
                 error = _first_leaf(group)
@@ -237,9 +263,7 @@ class Publisher:
                 self._connection = None
                 self._inflight.clear()
                 self._retries_waiting = 0
-            if not started:
-                started = True
-                task_status.started()
+            self._report_started(task_status)
             if self._ingest_done and not self._pending:
                 return
             delay = backoff.next_delay()
@@ -251,7 +275,12 @@ class Publisher:
                     await self._work.wait()
                 return
 
-    async def _serve_connection(self, task_status: trio.TaskStatus[None], started: bool) -> None:
+    def _report_started(self, task_status: trio.TaskStatus[None]) -> None:
+        if not self._started:
+            self._started = True
+            task_status.started()
+
+    async def _serve_connection(self, task_status: trio.TaskStatus[None]) -> None:
         async with (
             amqp.open_connection(self._url, client_properties=_client_properties()) as connection,
             connection.open_channel(confirm=True, window=self._settings.confirm_window) as channel,
@@ -267,8 +296,7 @@ class Publisher:
                 heartbeat=connection.heartbeat,
                 pending=self._pending,
             )
-            if not started:
-                task_status.started()
+            self._report_started(task_status)
             self._delivering_done = False
             async with trio.open_nursery() as nursery:
                 nursery.start_soon(self._settle_confirms, channel, nursery)
@@ -307,7 +335,7 @@ class Publisher:
             await self._flush_settlements()
         except JournalError as err:
             _log.error("journal.write_failed", error=err, settlements=len(self._settlements))
-        return {s.seq for s in self._settlements if s.status != "pending"}
+        return {s.seq for s in self._settlements.values() if s.status != "pending"}
 
     async def _next_batch(self, cursor: int) -> tuple[list[Outgoing], int] | None:
         """The next pending rows after ``cursor`` and the new cursor.
@@ -440,7 +468,9 @@ class Publisher:
     def _record_settlement(
         self, outgoing: Outgoing, status: str, attempts: int, error: str | None
     ) -> None:
-        self._settlements.append(Settlement(outgoing.seq, status, attempts, error, time.time()))
+        self._settlements[outgoing.seq] = Settlement(
+            outgoing.seq, status, attempts, error, time.time()
+        )
         self._settlements_waiting.set()
 
     async def _record(self) -> None:
@@ -462,14 +492,16 @@ class Publisher:
 
     async def _flush_settlements(self) -> None:
         async with self._flush_lock:
-            batch, self._settlements = self._settlements, []
-            if not batch:
+            self._recording, self._settlements = self._settlements, {}
+            if not self._recording:
                 return
             try:
-                await self._journal.write(self._journal.settle, batch)
+                await self._journal.write(self._journal.settle, list(self._recording.values()))
             except BaseException:
-                self._settlements[:0] = batch
+                self._settlements = self._recording | self._settlements
                 raise
+            finally:
+                self._recording = {}
 
     async def _prune(self) -> None:
         retention = self._settings.retention

@@ -122,6 +122,7 @@ async def _serve_with_journal(
             readiness,
             draining=lambda: draining,
             plugins_view=lambda: plugins_report(statuses, plugins),
+            current=publisher.current,
         )
 
     send_channel, receive_channel = trio.open_memory_channel[Submission](settings.channel_size)
