@@ -49,3 +49,7 @@ _venv:
     "{{bin}}/python" -m pip install --quiet --upgrade "pip>=25.1"
     "{{bin}}/python" -m pip install --quiet --editable . --group test --group lint --group bench
     touch "$stamp"
+
+# Create plugins/NAME/ with a watcher, a README and a test to start from.
+new-plugin name: _venv
+    {{bin}}/python -m tower_trio._scaffold {{name}}

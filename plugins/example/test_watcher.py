@@ -1,0 +1,35 @@
+"""The example plugin, as a specification."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import trio
+import trio.testing
+
+from tower_trio.testing import open_plugin
+
+HERE = Path(__file__).parent
+
+
+def append(path: Path, text: str) -> None:
+    with path.open("a") as file:
+        file.write(text)
+
+
+class TestExample:
+    async def test_each_line_is_a_trigger(
+        self, tmp_path: Path, autojump_clock: trio.testing.MockClock
+    ) -> None:
+        """Each complete line is sent in order; bad and blank lines are skipped."""
+        inbox = tmp_path / "inbox.txt"
+        inbox.write_text('PlateTransfer {"volume": 100}\nnot a trigger\n\nWash {"n": 2}\n')
+        config = {"path": str(inbox), "skip_existing": "false"}
+        async with open_plugin(HERE, config=config) as harness:
+            first, second = await harness.next_triggers(2)
+            append(inbox, 'Dry {"minutes": 5}\nHalf {"n"')
+            third = await harness.next_trigger()
+            await trio.sleep(10)
+        assert (first.protocol, first.spec) == ("PlateTransfer", {"volume": 100})
+        assert [second.protocol, third.protocol] == ["Wash", "Dry"]
+        assert harness.unread() == []
