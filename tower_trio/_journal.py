@@ -286,10 +286,10 @@ class Journal:
     def pending(self, after_seq: int, up_to_seq: int, limit: int) -> list[Outgoing]:
         """Unconfirmed triggers with ``after_seq < seq <= up_to_seq``, oldest first.
 
-        Reads through the reader connection, so the publisher's fetches do not
-        queue behind the ingest's group commits.
+        Called through ``write``: serialised with the recording of broker
+        answers, it never sees a row as pending whose answer is being written.
         """
-        rows = self._reader.execute(
+        rows = self._writer.execute(
             "SELECT seq, uuid, api_version, protocol, source, body, created_at, attempts "
             "FROM triggers WHERE status = 'pending' AND seq > ? AND seq <= ? ORDER BY seq LIMIT ?",
             (after_seq, up_to_seq, limit),
