@@ -29,6 +29,7 @@ VARIABLES = [
     "TOWER_CONFIRM_TIMEOUT",
     "TOWER_UNROUTABLE_EXCHANGE",
     "TOWER_MAX_ATTEMPTS",
+    "TOWER_METRICS_TOKEN",
     "TOWER_LOG_LEVEL",
 ]
 
@@ -146,6 +147,7 @@ class TestValidValues:
             "TOWER_RETENTION": "9",
             "TOWER_CONFIRM_TIMEOUT": "10",
             "TOWER_UNROUTABLE_EXCHANGE": "lost",
+            "TOWER_METRICS_TOKEN": "scrape",
         }
         assert sorted(environ) == sorted(VARIABLES)
         assert Settings.from_environ(environ) == Settings(
@@ -167,6 +169,7 @@ class TestValidValues:
             retention=9.0,
             confirm_timeout=10.0,
             unroutable_exchange="lost",
+            metrics_token="scrape",
         )
 
 

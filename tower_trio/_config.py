@@ -212,6 +212,13 @@ class Settings:
         "Publish attempts for a trigger the broker refuses (Basic.Nack) before it is "
         "given up as failed.",
     )
+    metrics_token: str | None = _setting(
+        "TOWER_METRICS_TOKEN",
+        None,
+        _optional_text,
+        "If set, `GET /metrics` needs it as a bearer token.",
+        shown="(unset)",
+    )
     log_level: str = _setting(
         "TOWER_LOG_LEVEL", "INFO", _log_level, "One of DEBUG, INFO, WARNING, ERROR."
     )

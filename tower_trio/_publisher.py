@@ -39,6 +39,8 @@ from ._logging import get_logger
 from ._version import __version__
 
 if TYPE_CHECKING:
+    from collections.abc import Callable
+
     from ._config import Settings
     from ._journal import Journal
 
@@ -62,6 +64,7 @@ class PublisherStatistics:
     blocked: bool
     pending: int
     published: int
+    attempts: int
     unroutable: int
     failed: int
     nacked: int
@@ -89,6 +92,9 @@ class Publisher:
         self._exchange = settings.exchange
         self._connection: amqp.Connection | None = None
         self._started = False
+        self._reconnect_backoff = Backoff(initial=0.5, cap=30.0)
+        self.on_published: Callable[[float], None] | None = None
+        """Called with the seconds from acceptance to confirm of each published trigger."""
 
         self._last_committed = 0  # highest journal seq committed so far
         self._pending = 0  # journal rows not yet settled
@@ -111,6 +117,7 @@ class Publisher:
         self._flush_lock = trio.Lock()
 
         self._published = self._unroutable = self._failed = self._nacked = 0
+        self._attempts = 0
         self._duplicates = 0
         self._connections = 0
         self._last_error: str | None = None
@@ -144,6 +151,7 @@ class Publisher:
             blocked=connection is not None and connection.blocked,
             pending=self._pending,
             published=self._published,
+            attempts=self._attempts,
             unroutable=self._unroutable,
             failed=self._failed,
             nacked=self._nacked,
@@ -244,7 +252,7 @@ class Publisher:
     # -- journal → broker ------------------------------------------------------------
 
     async def _deliver(self, task_status: trio.TaskStatus[None]) -> None:
-        backoff = Backoff(initial=0.5, cap=30.0)
+        backoff = self._reconnect_backoff
         while True:
             try:
                 await self._serve_connection(task_status)
@@ -288,6 +296,9 @@ class Publisher:
             await self._declare(channel)
             self._connection = connection
             self._connections += 1
+            # A healthy connection starts the next outage's backoff from the beginning.
+            self._reconnect_backoff.reset()
+            self._last_error = None
             _log.info(
                 "broker.connected",
                 url=self._url.redacted(),
@@ -378,6 +389,7 @@ class Publisher:
             ),
             mandatory=True,
         )
+        self._attempts += 1
         deadline = trio.current_time() + self._settings.confirm_timeout
         self._inflight.append(_InFlight(outgoing, attempts, confirmation, deadline))
         self._inflight_changed.set()
@@ -443,6 +455,8 @@ class Publisher:
         else:
             self._published += 1
             self._nack_backoff.reset()
+            if self.on_published is not None:
+                self.on_published(time.time() - outgoing.created_at)
             self._finish(outgoing, DeliveryStatus.PUBLISHED, flight.attempts, None)
 
     def _finish(

@@ -30,6 +30,7 @@ from ._channel import Submission
 from ._http import create_app
 from ._journal import Journal, open_journal
 from ._logging import get_logger
+from ._metrics import ASGIApp, TowerMetrics, instrument
 from ._plugins import (
     ConfiguredPlugin,
     PluginState,
@@ -43,8 +44,6 @@ from ._version import __version__
 
 if TYPE_CHECKING:
     from collections.abc import Callable, Sequence
-
-    from quart_trio import QuartTrio
 
     from ._config import Settings
 
@@ -114,8 +113,16 @@ async def _serve_with_journal(
         )
         return reasons
 
-    def make_app(send_channel: trio.MemorySendChannel[Submission]) -> QuartTrio:
-        return create_app(
+    send_channel, receive_channel = trio.open_memory_channel[Submission](settings.channel_size)
+    metrics = TowerMetrics(
+        publisher.statistics,
+        statuses,
+        lambda: receive_channel.statistics().current_buffer_used,
+    )
+    publisher.on_published = metrics.observe_published
+
+    def make_app(send_channel: trio.MemorySendChannel[Submission]) -> ASGIApp:
+        app = create_app(
             settings,
             send_channel,
             journal,
@@ -124,8 +131,8 @@ async def _serve_with_journal(
             plugins_view=lambda: plugins_report(statuses, plugins),
             current=publisher.current,
         )
+        return instrument(app, metrics, token=settings.metrics_token)
 
-    send_channel, receive_channel = trio.open_memory_channel[Submission](settings.channel_size)
     async with trio.open_nursery() as nursery:
         publisher_scope = trio.CancelScope()
         await nursery.start(_run_in_scope, publisher_scope, publisher.serve, receive_channel)
@@ -172,7 +179,7 @@ async def _run_in_scope(
 
 async def _serve_http(
     settings: Settings,
-    make_app: Callable[[trio.MemorySendChannel[Submission]], QuartTrio],
+    make_app: Callable[[trio.MemorySendChannel[Submission]], ASGIApp],
     send_channel: trio.MemorySendChannel[Submission],
     shutdown: trio.Event,
     *,

@@ -1,0 +1,257 @@
+"""Prometheus metrics: ``GET /metrics`` in the text exposition format.
+
+Most figures are read at scrape time from the objects that already keep
+them (publisher statistics, plugin statuses, the channel), so the hot paths
+carry no metrics code at all. Only what has no other home is counted as it
+happens: HTTP requests, and the time from acceptance to confirm.
+
+Label values are bounded: routes are templates (``/triggers/{uuid}``), never
+raw paths, and nothing a caller chooses (uuids, apiVersions) becomes a label.
+"""
+
+from __future__ import annotations
+
+import hmac
+import time
+from collections.abc import Callable, Iterator, Mapping
+from typing import TYPE_CHECKING, Any
+
+from prometheus_client import CollectorRegistry, Counter, Histogram
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
+from prometheus_client.exposition import CONTENT_TYPE_LATEST, generate_latest
+from prometheus_client.registry import Collector
+
+from ._plugins import PluginState
+
+if TYPE_CHECKING:
+    from prometheus_client.metrics_core import Metric
+
+    from ._plugins import PluginStatus
+    from ._publisher import PublisherStatistics
+
+__all__ = ["TowerMetrics", "instrument"]
+
+ASGIApp = Callable[..., Any]
+
+_LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 300)
+_ROUTES = (
+    "/triggers",
+    "/plugins",
+    "/healthz",
+    "/readyz",
+    "/metrics",
+    "/openapi.json",
+    "/protocols",
+)
+
+
+def route_of(path: str) -> str:
+    """The route template for ``path``, from a fixed set: label values stay bounded."""
+    if path in _ROUTES:
+        return path
+    if path.startswith("/triggers/"):
+        return "/triggers/{uuid}"
+    return "other"
+
+
+def _outcome(status: int) -> str:
+    if status == 202:
+        return "accepted"
+    if status == 200:
+        return "duplicate"
+    return {
+        400: "malformed",
+        401: "unauthorized",
+        403: "forbidden",
+        409: "conflict",
+        413: "too_large",
+        415: "unsupported_media_type",
+        422: "invalid",
+        429: "rate_limited",
+        503: "unavailable",
+        504: "timeout",
+    }.get(status, "other")
+
+
+class _StateCollector(Collector):
+    """Reads the tower's own counters at scrape time."""
+
+    def __init__(
+        self,
+        publisher: Callable[[], PublisherStatistics],
+        plugins: Mapping[str, PluginStatus],
+        channel: Callable[[], int],
+    ) -> None:
+        self._publisher = publisher
+        self._plugins = plugins
+        self._channel = channel
+
+    def collect(self) -> Iterator[Metric]:
+        stats = self._publisher()
+        for name, value, doc in (
+            ("tower_triggers_published", stats.published, "Triggers confirmed by the broker."),
+            ("tower_triggers_unroutable", stats.unroutable, "Triggers returned as unroutable."),
+            ("tower_triggers_failed", stats.failed, "Triggers given up after repeated nacks."),
+            ("tower_triggers_duplicate", stats.duplicates, "Triggers with a reused key."),
+            ("tower_broker_nacks", stats.nacked, "Negative acknowledgements from the broker."),
+            ("tower_publish_attempts", stats.attempts, "Messages handed to the broker."),
+            ("tower_broker_reconnects", stats.reconnects, "Connections after the first."),
+        ):
+            yield CounterMetricFamily(name, doc, value=value)
+        yield GaugeMetricFamily(
+            "tower_journal_pending", "Journaled triggers not yet confirmed.", value=stats.pending
+        )
+        yield GaugeMetricFamily(
+            "tower_unconfirmed",
+            "Messages published and awaiting a confirm.",
+            value=stats.unconfirmed,
+        )
+        yield GaugeMetricFamily(
+            "tower_channel_depth", "Triggers waiting in the memory channel.", value=self._channel()
+        )
+        yield GaugeMetricFamily(
+            "tower_broker_connected",
+            "1 while the broker connection is open.",
+            value=stats.connected,
+        )
+        yield GaugeMetricFamily(
+            "tower_broker_blocked", "1 while the broker blocks publishing.", value=stats.blocked
+        )
+        sent = CounterMetricFamily(
+            "tower_plugin_triggers_sent", "Triggers sent by each plugin.", labels=["plugin"]
+        )
+        restarts = CounterMetricFamily(
+            "tower_plugin_restarts", "Restarts of each plugin after a crash.", labels=["plugin"]
+        )
+        state = GaugeMetricFamily(
+            "tower_plugin_state", "1 for each plugin's current state.", labels=["plugin", "state"]
+        )
+        for name, status in self._plugins.items():
+            sent.add_metric([name], status.triggers_sent)
+            restarts.add_metric([name], status.restarts)
+            for candidate in PluginState:
+                state.add_metric([name, candidate.value], status.state is candidate)
+        yield sent
+        yield restarts
+        yield state
+
+
+class TowerMetrics:
+    """The tower's metrics, in a registry of their own (never the global one)."""
+
+    def __init__(
+        self,
+        publisher: Callable[[], PublisherStatistics],
+        plugins: Mapping[str, PluginStatus],
+        channel: Callable[[], int],
+    ) -> None:
+        self.registry = CollectorRegistry()
+        self.registry.register(_StateCollector(publisher, plugins, channel))
+        self.requests = Counter(
+            "tower_http_requests",
+            "HTTP requests by route, method and status.",
+            ["route", "method", "status"],
+            registry=self.registry,
+        )
+        self.request_seconds = Histogram(
+            "tower_http_request_seconds",
+            "HTTP request latency by route.",
+            ["route"],
+            buckets=_LATENCY_BUCKETS,
+            registry=self.registry,
+        )
+        self.received = Counter(
+            "tower_triggers_received",
+            "Triggers received over HTTP by outcome.",
+            ["source", "outcome"],
+            registry=self.registry,
+        )
+        self.publish_seconds = Histogram(
+            "tower_publish_latency_seconds",
+            "Time from a trigger's acceptance to the broker's confirm.",
+            buckets=_LATENCY_BUCKETS,
+            registry=self.registry,
+        )
+
+    def observe_published(self, seconds: float) -> None:
+        self.publish_seconds.observe(max(0.0, seconds))
+
+    def render(self) -> bytes:
+        return generate_latest(self.registry)
+
+
+def instrument(app: ASGIApp, metrics: TowerMetrics, *, token: str | None = None) -> ASGIApp:
+    """Wrap an ASGI app: count its requests and serve ``GET /metrics``.
+
+    ``/metrics`` is answered here, before the app, so that a scrape never
+    waits behind the API's own work; with ``token`` it needs that bearer
+    token.
+    """
+    expected = None if token is None else f"Bearer {token}".encode()
+
+    async def app_with_metrics(scope: dict[str, Any], receive: Any, send: Any) -> None:
+        if scope["type"] != "http":
+            await app(scope, receive, send)
+            return
+        path: str = scope["path"]
+        if path == "/metrics" and scope["method"] == "GET":
+            await _serve_metrics(scope, send, metrics, expected)
+            return
+        started = time.perf_counter()
+        status = 500
+
+        async def send_and_note(message: dict[str, Any]) -> None:
+            nonlocal status
+            if message["type"] == "http.response.start":
+                status = message["status"]
+            await send(message)
+
+        try:
+            await app(scope, receive, send_and_note)
+        finally:
+            route = route_of(path)
+            metrics.requests.labels(route, scope["method"], str(status)).inc()
+            metrics.request_seconds.labels(route).observe(time.perf_counter() - started)
+            if route == "/triggers" and scope["method"] == "POST":
+                metrics.received.labels("http", _outcome(status)).inc()
+
+    return app_with_metrics
+
+
+async def _serve_metrics(
+    scope: dict[str, Any], send: Any, metrics: TowerMetrics, expected: bytes | None
+) -> None:
+    if expected is not None:
+        given = dict(scope["headers"]).get(b"authorization", b"")
+        if not hmac.compare_digest(given, expected):
+            await _respond(
+                send,
+                401,
+                b'{"error":"unauthorized","details":["GET /metrics needs TOWER_METRICS_TOKEN '
+                b'as a bearer token"]}',
+                b"application/json",
+                [(b"www-authenticate", b'Bearer realm="tower-trio metrics"')],
+            )
+            return
+    await _respond(send, 200, metrics.render(), CONTENT_TYPE_LATEST.encode())
+
+
+async def _respond(
+    send: Any,
+    status: int,
+    body: bytes,
+    content_type: bytes,
+    headers: list[tuple[bytes, bytes]] | None = None,
+) -> None:
+    await send(
+        {
+            "type": "http.response.start",
+            "status": status,
+            "headers": [
+                (b"content-type", content_type),
+                (b"content-length", str(len(body)).encode()),
+                *(headers or []),
+            ],
+        }
+    )
+    await send({"type": "http.response.body", "body": body})
