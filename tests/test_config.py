@@ -31,6 +31,7 @@ VARIABLES = [
     "TOWER_MAX_ATTEMPTS",
     "TOWER_METRICS_TOKEN",
     "TOWER_LOG_LEVEL",
+    "TOWER_LOG_FORMAT",
 ]
 
 
@@ -51,6 +52,7 @@ class TestDefaults:
             pytest.param("confirm_window", 256, id="confirm-window"),
             pytest.param("max_attempts", 5, id="max-attempts"),
             pytest.param("log_level", "INFO", id="log-level"),
+            pytest.param("log_format", "auto", id="log-format"),
             pytest.param("data_dir", Path("var"), id="data-dir"),
             pytest.param("journal_max_bytes", None, id="journal-max-bytes"),
             pytest.param("retention", 7 * 86400.0, id="retention"),
@@ -118,6 +120,7 @@ class TestValidValues:
             pytest.param("TOWER_MAX_ATTEMPTS", "1", "max_attempts", 1, id="attempts-one"),
             pytest.param("TOWER_LOG_LEVEL", "debug", "log_level", "DEBUG", id="level-lower"),
             pytest.param("TOWER_LOG_LEVEL", " Warning ", "log_level", "WARNING", id="level-mixed"),
+            pytest.param("TOWER_LOG_FORMAT", " JSON ", "log_format", "json", id="format-upper"),
         ],
     )
     def test_parsed(self, variable: str, raw: str, field: str, value: Any) -> None:
@@ -142,6 +145,7 @@ class TestValidValues:
             "TOWER_CONFIRM_WINDOW": "6",
             "TOWER_MAX_ATTEMPTS": "7",
             "TOWER_LOG_LEVEL": "ERROR",
+            "TOWER_LOG_FORMAT": "json",
             "TOWER_DATA_DIR": "d",
             "TOWER_JOURNAL_MAX_BYTES": "8",
             "TOWER_RETENTION": "9",
@@ -164,6 +168,7 @@ class TestValidValues:
             confirm_window=6,
             max_attempts=7,
             log_level="ERROR",
+            log_format="json",
             data_dir=Path("d"),
             journal_max_bytes=8,
             retention=9.0,
@@ -225,6 +230,9 @@ class TestInvalidValues:
                 "TRACE",
                 "must be one of DEBUG, INFO, WARNING, ERROR",
                 id="level-unknown",
+            ),
+            pytest.param(
+                "TOWER_LOG_FORMAT", "xml", "must be one of auto, json, console", id="format-unknown"
             ),
         ],
     )

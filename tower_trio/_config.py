@@ -89,6 +89,16 @@ def _log_level(raw: str) -> str:
     return level
 
 
+_LOG_FORMATS = ("auto", "json", "console")
+
+
+def _log_format(raw: str) -> str:
+    log_format = raw.strip().lower()
+    if log_format not in _LOG_FORMATS:
+        raise ValueError(f"must be one of {', '.join(_LOG_FORMATS)}")
+    return log_format
+
+
 def _setting(
     variable: str, default: Any, parse: Callable[[str], Any], doc: str, *, shown: str = ""
 ) -> Any:
@@ -221,6 +231,13 @@ class Settings:
     )
     log_level: str = _setting(
         "TOWER_LOG_LEVEL", "INFO", _log_level, "One of DEBUG, INFO, WARNING, ERROR."
+    )
+    log_format: str = _setting(
+        "TOWER_LOG_FORMAT",
+        "auto",
+        _log_format,
+        "`json` (one object per line), `console` (readable key=value) or `auto`: "
+        "console when stderr is a terminal, JSON otherwise.",
     )
 
     @classmethod
