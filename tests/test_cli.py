@@ -162,10 +162,10 @@ class TestShutdown:
 
         log = result.stderr.decode()
         assert result.returncode == 0, log
-        assert "event=shutdown.requested signal=SIGTERM" in log
-        assert "event=tower.stopped" in log
-        assert "level=error" not in log
-        assert "level=warning" not in log
+        assert '"event": "shutdown.requested", "signal": "SIGTERM"' in log
+        assert '"event": "tower.stopped"' in log
+        assert '"level": "error"' not in log
+        assert '"level": "warning"' not in log
         assert "Traceback" not in log
         async with (
             amqp.open_connection(amqp_url) as connection,
@@ -198,7 +198,7 @@ class TestShutdown:
         log = b""
         try:
             with trio.fail_after(30):
-                while b"event=tower.stopping" not in log:
+                while b'"event": "tower.stopping"' not in log:
                     chunk = await process.stderr.receive_some()
                     assert chunk, log.decode()
                     log += chunk
@@ -209,4 +209,4 @@ class TestShutdown:
         finally:
             process.kill()
         assert process.returncode == 130, log.decode()
-        assert b"event=shutdown.forced" in log
+        assert b'"event": "shutdown.forced"' in log
