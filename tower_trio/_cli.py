@@ -160,7 +160,7 @@ def _run(environ: Mapping[str, str]) -> int:
     configure_logging(
         settings.log_level,
         settings.log_format,
-        secrets=_secrets(settings, url, discovered.values(), environ),
+        secrets=_secrets(url, discovered.values(), environ),
     )
     return trio.run(run_tower, settings, plugins, skipped)
 
@@ -173,7 +173,6 @@ def _parse_amqp_url(settings: Settings) -> amqp.URL:
 
 
 def _secrets(
-    settings: Settings,
     url: amqp.URL,
     plugins: Iterable[DiscoveredPlugin],
     environ: Mapping[str, str],
@@ -181,10 +180,10 @@ def _secrets(
     """Every secret value the logs must never show."""
     secrets = [url.password, quote(url.password, safe="")]
     for field in attrs.fields(Settings):
-        if _is_secret(field.name):
-            value = getattr(settings, field.name)
-            values = value if isinstance(value, tuple | list) else [value]
-            secrets.extend(str(v) for v in values if v not in (None, ""))
+        raw = environ.get(field.metadata["variable"])
+        if raw and _is_secret(field.name):
+            # From the environment, not the setting: tokens are kept as digests only.
+            secrets.extend([raw.strip(), *(part.strip() for part in raw.split(","))])
     # Skipped plugins' values too: a half-configured plugin's key is still a key.
     for plugin in plugins:
         for name, variable in plugin.config_variables().items():

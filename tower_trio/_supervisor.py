@@ -29,7 +29,7 @@ import trio
 from ._channel import Submission
 from ._http import create_app
 from ._journal import Journal, open_journal
-from ._logging import get_logger
+from ._logging import get_logger, print_summary
 from ._metrics import ASGIApp, TowerMetrics, instrument
 from ._plugins import (
     ConfiguredPlugin,
@@ -156,6 +156,12 @@ async def _serve_with_journal(
         )
         for skip in skipped:
             _log.warning("plugin.skipped", plugin=skip.name, reason=skip.reason)
+        print_summary(
+            f"tower-trio {__version__}",
+            _summary_rows(
+                settings, http_urls, publisher, journal, statuses=statuses, skipped=skipped
+            ),
+        )
         task_status.started(RunningTower(tuple(http_urls), publisher, journal, statuses))
 
         await shutdown.wait()
@@ -165,6 +171,30 @@ async def _serve_with_journal(
         plugins_scope.cancel()
         publisher_scope.deadline = trio.current_time() + settings.shutdown_grace
     _log.info("tower.stopped", **attrs.asdict(publisher.statistics()))
+
+
+def _summary_rows(
+    settings: Settings,
+    http_urls: Sequence[str],
+    publisher: Publisher,
+    journal: Journal,
+    *,
+    statuses: dict[str, PluginStatus],
+    skipped: Sequence[SkippedPlugin],
+) -> list[tuple[str, str]]:
+    """The start-up screen: what runs where, and what was left out and why."""
+    rows = [
+        ("HTTP API", ", ".join(http_urls)),
+        ("auth", "bearer tokens" if settings.api_tokens else "off (no TOWER_API_TOKENS)"),
+        ("broker", publisher.url.redacted()),
+        ("exchange", settings.exchange),
+        ("journal", str(journal.path)),
+    ]
+    rows.extend((f"plugin {name}", status.state.value) for name, status in statuses.items())
+    rows.extend((f"plugin {skip.name}", f"skipped: {skip.reason}") for skip in skipped)
+    if not statuses and not skipped:
+        rows.append(("plugins", "none"))
+    return rows
 
 
 async def _run_in_scope(
