@@ -97,6 +97,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         machine = describe_machine(peer_plain=args.peer_plain)
         _say(
+            f"tower-trio {machine.revision}; "
             f"{machine.cores} cores (load {machine.load_average}), {machine.python}, "
             f"RabbitMQ {machine.rabbitmq}, "
             f"load: {machine.load_generator}, peer: uvicorn on {machine.peer_stack}"

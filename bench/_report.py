@@ -5,6 +5,7 @@ from __future__ import annotations
 import importlib.metadata
 import os
 import platform
+import subprocess
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -12,6 +13,7 @@ from typing import TYPE_CHECKING
 import attrs
 
 from ._broker import broker_version
+from ._common import REPO_ROOT
 from ._http_bench import CONTENDERS, PEER, TOWER, TOWER_PUBLISHED
 from ._load import generator_name
 from ._peer_fastapi import uvicorn_stack
@@ -63,6 +65,8 @@ class Machine:
     load_generator: str
     load_average: str
     """The 1, 5 and 15 minute load averages when the run started: how busy the machine was."""
+    revision: str
+    """The commit of tower-trio that was measured."""
 
 
 def _cpu_model() -> str:
@@ -82,6 +86,26 @@ def _version(package: str) -> str:
         return "not installed"
 
 
+def _git(*args: str) -> str:
+    done = subprocess.run(
+        ["git", "-C", str(REPO_ROOT), *args],
+        capture_output=True,
+        text=True,
+        check=True,
+        timeout=30,
+    )
+    return done.stdout.strip()
+
+
+def _revision() -> str:
+    try:
+        commit = _git("rev-parse", "--short=12", "HEAD")
+        changed = _git("status", "--porcelain", "--untracked-files=no", "--", "tower_trio")
+    except (OSError, subprocess.SubprocessError):
+        return "unknown (not a git checkout)"
+    return commit + (" with uncommitted changes to tower_trio/" if changed else "")
+
+
 def describe_machine(*, peer_plain: bool = False) -> Machine:
     return Machine(
         date=datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC"),
@@ -94,6 +118,7 @@ def describe_machine(*, peer_plain: bool = False) -> Machine:
         peer_stack=uvicorn_stack(plain=peer_plain),
         load_generator=generator_name(),
         load_average=" / ".join(f"{load:.2f}" for load in os.getloadavg()),
+        revision=_revision(),
     )
 
 
@@ -122,6 +147,7 @@ def render_markdown(
         "",
         "| | |",
         "| --- | --- |",
+        f"| tower-trio commit | {machine.revision} |",
         f"| CPU | {machine.cores} cores, {machine.cpu} |",
         f"| System | {machine.system} |",
         f"| Load average at the start (1 / 5 / 15 min) | {machine.load_average} |",
