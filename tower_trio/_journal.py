@@ -209,56 +209,48 @@ class Journal:
         db = self._writer
         results: list[Accepted | Duplicate] = []
         try:
-            db.execute("BEGIN IMMEDIATE")
-            try:
+            with self._transaction():
                 for trigger, body, key, fingerprint in entries:
-                    if key is not None:
-                        row = db.execute(
-                            f"SELECT {_RECORD_COLUMNS}, fingerprint FROM triggers "
-                            "WHERE idem_key = ?",
-                            (key,),
-                        ).fetchone()
-                        if row is not None:
-                            record = JournalRecord(*row[:-1])
-                            results.append(Duplicate(record, row[-1] == fingerprint))
-                            continue
-                    created_at = trigger.created_at.timestamp()
+                    if key is not None and (duplicate := self._first_with(key, fingerprint)):
+                        results.append(duplicate)
+                        continue
+                    outgoing = Outgoing(
+                        0,
+                        trigger.uuid,
+                        trigger.api_version,
+                        trigger.protocol,
+                        trigger.metadata.source,
+                        body,
+                        trigger.created_at.timestamp(),
+                        0,
+                    )
                     cursor = db.execute(
                         "INSERT INTO triggers (uuid, api_version, protocol, source, body, "
                         "created_at, idem_key, fingerprint) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
                         (
-                            trigger.uuid,
-                            trigger.api_version,
-                            trigger.protocol,
-                            trigger.metadata.source,
+                            outgoing.uuid,
+                            outgoing.routing_key,
+                            outgoing.protocol,
+                            outgoing.source,
                             body,
-                            created_at,
+                            outgoing.created_at,
                             key,
                             fingerprint,
                         ),
                     )
-                    assert cursor.lastrowid is not None
-                    results.append(
-                        Accepted(
-                            Outgoing(
-                                cursor.lastrowid,
-                                trigger.uuid,
-                                trigger.api_version,
-                                trigger.protocol,
-                                trigger.metadata.source,
-                                body,
-                                created_at,
-                                0,
-                            )
-                        )
-                    )
-                db.execute("COMMIT")
-            except BaseException:
-                _rollback(db)
-                raise
+                    assert cursor.lastrowid is not None  # set by every INSERT
+                    results.append(Accepted(attrs.evolve(outgoing, seq=cursor.lastrowid)))
         except sqlite3.Error as err:
             raise JournalError(f"cannot write to the journal {self.path}: {err}") from err
         return results
+
+    def _first_with(self, key: str, fingerprint: str | None) -> Duplicate | None:
+        row = self._writer.execute(
+            f"SELECT {_RECORD_COLUMNS}, fingerprint FROM triggers WHERE idem_key = ?", (key,)
+        ).fetchone()
+        if row is None:
+            return None
+        return Duplicate(JournalRecord(*row[:-1]), same_request=row[-1] == fingerprint)
 
     def settle(self, settlements: Iterable[Settlement]) -> None:
         """Record the broker's answers (and retries) for a batch of triggers."""
