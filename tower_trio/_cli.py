@@ -350,7 +350,8 @@ def _send_one(
     if answer.status == 504:
         report.interrupt(f"tower-trio: {item.label}: {uuid} is journaled but not yet confirmed")
         return EXIT_TOWER_ERROR
-    if answer.ok and status in ("unroutable", "failed"):
+    # Without --wait, success is "the tower has it": the broker's verdict comes later.
+    if wait and answer.ok and status in ("unroutable", "failed"):
         report.interrupt(f"tower-trio: {item.label}: {uuid} was {status}")
         return EXIT_FAILED
     if answer.ok:

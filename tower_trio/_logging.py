@@ -86,8 +86,13 @@ class Logger:
 
     def _log(self, level: int, event: str, exc_info: bool, fields: dict[str, Any]) -> None:
         if self._logger.isEnabledFor(level):
+            # stacklevel: the record names the call site, not this wrapper.
             self._logger.log(
-                level, event, exc_info=exc_info, extra={"fields": {**self._context, **fields}}
+                level,
+                event,
+                exc_info=exc_info,
+                extra={"fields": {**self._context, **fields}},
+                stacklevel=3,
             )
 
     def debug(self, event: str, **fields: Any) -> None:

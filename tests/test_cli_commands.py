@@ -1,0 +1,589 @@
+"""The ``tower-trio`` subcommands, the log renderer and the start-up summary."""
+
+from __future__ import annotations
+
+import io
+import json
+import logging
+import os
+import re
+import shutil
+import signal
+import subprocess
+import sys
+import textwrap
+import uuid
+from functools import partial
+from typing import TYPE_CHECKING, Any
+
+import pytest
+import trio
+
+from tests._helpers import VALID, Broker, Tower, run_tower, tower_settings, unused_port
+from tower_trio._cli import main
+from tower_trio._logging import configure_logging, get_logger, print_summary
+
+if TYPE_CHECKING:
+    from collections.abc import AsyncIterator, Iterator
+    from pathlib import Path
+
+# A plugin that does everything a careless plugin could do with its API key:
+# logs it through the standard library, in a message and as an extra field,
+# and crashes with it in the exception.
+LEAKY_PLUGIN = """
+import logging
+
+import attrs
+import trio
+
+log = logging.getLogger("acme.lims")
+
+
+@attrs.frozen
+class Config:
+    api_key: str
+    url: str = "https://lims.example"
+
+
+async def run(send_channel, config):
+    log.warning("logging in with %s", config.api_key, extra={"api_key": config.api_key})
+    log.info("retrying", extra={"detail": f"key={config.api_key}"})
+    raise RuntimeError(f"login refused for key {config.api_key}")
+"""
+
+CONFIGURED_PLUGIN = """
+import attrs
+
+
+@attrs.frozen
+class Config:
+    api_key: str
+    interval: float = 5.0
+
+
+async def run(send_channel, config):
+    pass
+"""
+
+
+def cli_environ(tmp_path: Path, **variables: str) -> dict[str, str]:
+    """The process environment without TOWER_*/PLUGIN_* variables, plus ``variables``."""
+    environ = {k: v for k, v in os.environ.items() if not k.startswith(("TOWER_", "PLUGIN_"))}
+    environ["TOWER_DATA_DIR"] = str(tmp_path / "data")
+    environ["TOWER_PLUGINS_DIR"] = str(tmp_path / "no-plugins")
+    environ.update(variables)
+    return environ
+
+
+async def cli(*argv: str, environ: dict[str, str]) -> int:
+    """Run ``main`` in a thread: it blocks on HTTP, and the tower under test is in this loop."""
+    return await trio.to_thread.run_sync(partial(main, list(argv), environ))
+
+
+def write_plugin(plugins_dir: Path, name: str, source: str) -> None:
+    (plugins_dir / name).mkdir(parents=True)
+    (plugins_dir / name / "watcher.py").write_text(textwrap.dedent(source))
+
+
+def json_lines(text: str) -> list[dict[str, Any]]:
+    return [json.loads(line) for line in text.splitlines() if line.strip()]
+
+
+class _Terminal(io.StringIO):
+    """A stream that says it is a terminal."""
+
+    def isatty(self) -> bool:
+        return True
+
+
+@pytest.fixture
+def restore_logging() -> Iterator[None]:
+    """Put the root logger back as it was after a test that configures logging."""
+    root = logging.getLogger()
+    handlers, level = root.handlers[:], root.level
+    try:
+        yield
+    finally:
+        root.handlers[:] = handlers
+        root.setLevel(level)
+
+
+@pytest.fixture
+async def tower(amqp_url: str, broker: Broker, tmp_path: Path) -> AsyncIterator[Tower]:
+    async with run_tower(tower_settings(amqp_url, broker.exchange, tmp_path / "data")) as tower:
+        yield tower
+
+
+@pytest.mark.usefixtures("restore_logging")
+class TestLogRenderer:
+    def test_json_lines_have_time_level_logger_event_then_fields(self) -> None:
+        """Off a terminal, each event is one JSON object with its fields in call order."""
+        stream = io.StringIO()
+        configure_logging("INFO", "auto", stream=stream)
+        get_logger("tower_trio.test").info("broker.connected", attempt=2, url="amqp://h/")
+        (line,) = json_lines(stream.getvalue())
+        assert list(line) == ["timestamp", "level", "logger", "event", "attempt", "url"]
+        assert line["level"] == "info"
+        assert line["logger"] == "tower_trio.test"
+        assert line["event"] == "broker.connected"
+        assert line["attempt"] == 2
+        assert line["timestamp"].endswith("Z")
+
+    def test_console_is_key_value(self) -> None:
+        """The console format shows the event and its fields as key=value."""
+        stream = io.StringIO()
+        configure_logging("INFO", "console", stream=stream)
+        get_logger("tower_trio.test").warning("plugin.skipped", plugin="lims")
+        line = stream.getvalue()
+        assert "plugin.skipped" in line
+        assert "plugin=lims" in line
+        assert "warning" in line
+
+    def test_auto_is_console_on_a_terminal(self) -> None:
+        """On a terminal the default format is the readable one, not JSON."""
+        stream = _Terminal()
+        configure_logging("INFO", "auto", stream=stream)
+        get_logger("tower_trio.test").info("tower.started")
+        assert not stream.getvalue().startswith("{")
+        assert "tower.started" in stream.getvalue()
+
+    def test_standard_library_records_get_the_same_shape(self) -> None:
+        """Hypercorn's and plugins' records are rendered like ours, extras as fields."""
+        stream = io.StringIO()
+        configure_logging("INFO", "json", stream=stream)
+        logging.getLogger("hypercorn.error").info("Running on %s", "http://127.0.0.1:1")
+        logging.getLogger("acme.plugin").warning("odd row", extra={"row": 7})
+        first, second = json_lines(stream.getvalue())
+        assert first["event"] == "Running on http://127.0.0.1:1"
+        assert first["logger"] == "hypercorn.error"
+        assert second == {**second, "event": "odd row", "level": "warning", "row": 7}
+
+    def test_trigger_field_carries_its_identity(self) -> None:
+        """A trigger passed as trigger= becomes uuid, api_version, protocol and source."""
+        from tower_trio._serialization import trigger_from_wire  # noqa: PLC0415
+
+        stream = io.StringIO()
+        configure_logging("INFO", "json", stream=stream)
+        trigger = trigger_from_wire(VALID, source="http")
+        get_logger("tower_trio.test").info("trigger.accepted", trigger=trigger)
+        (line,) = json_lines(stream.getvalue())
+        assert line["uuid"] == trigger.uuid
+        assert line["api_version"] == "OT-2/v1alpha1"
+        assert line["protocol"] == "PlateTransfer"
+        assert line["source"] == "http"
+
+    def test_level_is_honoured(self) -> None:
+        """Below the configured level nothing is written, ours or the standard library's."""
+        stream = io.StringIO()
+        configure_logging("WARNING", "json", stream=stream)
+        get_logger("tower_trio.test").info("quiet")
+        logging.getLogger("acme").info("quiet too")
+        get_logger("tower_trio.test").error("loud")
+        assert [line["event"] for line in json_lines(stream.getvalue())] == ["loud"]
+
+    @pytest.mark.parametrize("log_format", ["json", "console"])
+    def test_secrets_are_masked_everywhere(self, log_format: str) -> None:
+        """Known secrets, secret-named fields and URL passwords never reach a line."""
+        stream = io.StringIO()
+        configure_logging("INFO", log_format, secrets=["hunter2-pw"], stream=stream)
+        log = get_logger("tower_trio.test")
+        log.info(
+            "connecting",
+            url="amqp://lab:hunter2-pw@rabbit/%2F",
+            other="https://u:pa55word@lims.example/",
+            api_token="tok-123",
+            nested={"password": "x-pw", "note": "hunter2-pw"},
+            routing_key="OT-2/v1alpha1",
+        )
+        try:
+            raise RuntimeError("refused hunter2-pw")
+        except RuntimeError as err:
+            log.exception("failed", error=err)
+        text = stream.getvalue()
+        for secret in ("hunter2-pw", "pa55word", "tok-123", "x-pw"):
+            assert secret not in text
+        assert "RuntimeError: refused ***" in text
+        assert "OT-2/v1alpha1" in text
+
+
+@pytest.mark.usefixtures("restore_logging")
+class TestStartUpSummary:
+    def test_no_summary_off_a_terminal(self) -> None:
+        """Off a terminal the log lines are the summary; no box is printed."""
+        stream = io.StringIO()
+        configure_logging("INFO", "auto", stream=stream)
+        assert not print_summary("tower-trio", [("broker", "amqp://h/")])
+        assert stream.getvalue() == ""
+
+    async def test_tower_prints_one_screen_on_a_terminal(
+        self, amqp_url: str, broker: Broker, tmp_path: Path
+    ) -> None:
+        """Started on a terminal, the tower shows version, address, broker without password."""
+        stream = _Terminal()
+        configure_logging("INFO", "auto", stream=stream)
+        settings = tower_settings(amqp_url, broker.exchange, tmp_path)
+        async with run_tower(settings) as tower:
+            text = stream.getvalue()
+        box = text[text.index("┌") :]
+        assert "tower-trio " in box
+        assert tower.running.http_urls[0] in box
+        assert "amqp://guest:***@" in box
+        assert broker.exchange in box
+        assert str(tmp_path) in box
+        assert re.search(r"auth\s+off \(no TOWER_API_TOKENS\)", box)
+        assert re.search(r"plugins\s+none", box)
+        assert len(box.splitlines()) < 25
+
+
+def _rabbitmqctl(*args: str) -> None:
+    rabbitmqctl = shutil.which("rabbitmqctl")
+    assert rabbitmqctl is not None, "the tests need rabbitmqctl on PATH"
+    subprocess.run([rabbitmqctl, "-q", *args], check=True, capture_output=True, timeout=60)
+
+
+@pytest.fixture
+def broker_user(amqp_vhost: str) -> Iterator[tuple[str, str]]:
+    """A broker user with a distinctive password, removed afterwards."""
+    name = f"tower-test-{uuid.uuid4().hex[:8]}"
+    password = f"pw-{uuid.uuid4().hex}"
+    _rabbitmqctl("add_user", name, password)
+    try:
+        _rabbitmqctl("set_permissions", "-p", amqp_vhost, name, ".*", ".*", ".*")
+        yield name, password
+    finally:
+        _rabbitmqctl("delete_user", name)
+
+
+class TestNoSecretInLogs:
+    async def test_run_never_logs_the_broker_password_or_a_plugin_key(
+        self,
+        amqp_vhost: str,
+        broker_user: tuple[str, str],
+        broker: Broker,
+        tmp_path: Path,
+    ) -> None:
+        """A real tower with a broker password and a leaky plugin's api_key logs neither."""
+        user, password = broker_user
+        api_key = f"key-{uuid.uuid4().hex}"
+        write_plugin(tmp_path / "plugins", "lims", LEAKY_PLUGIN)
+        host = os.environ.get("TOWER_TEST_AMQP_HOST", "127.0.0.1:5672")
+        environ = cli_environ(
+            tmp_path,
+            TOWER_AMQP_URL=f"amqp://{user}:{password}@{host}/{amqp_vhost}",
+            TOWER_EXCHANGE=broker.exchange,
+            TOWER_HTTP_PORT="0",
+            TOWER_PLUGINS_DIR=str(tmp_path / "plugins"),
+            TOWER_LOG_LEVEL="DEBUG",
+            PLUGIN_LIMS_API_KEY=api_key,
+        )
+        process = await trio.lowlevel.open_process(
+            [sys.executable, "-m", "tower_trio", "run"], env=environ, stderr=subprocess.PIPE
+        )
+        assert process.stderr is not None
+        log = b""
+        try:
+            with trio.fail_after(30):
+                # Connected to the broker, and the plugin has leaked and crashed once.
+                while not all(
+                    marker in log for marker in (b'"broker.connected"', b'"plugin.crashed"')
+                ):
+                    chunk = await process.stderr.receive_some()
+                    assert chunk, log.decode()
+                    log += chunk
+                process.send_signal(signal.SIGTERM)
+                async for chunk in process.stderr:
+                    log += chunk
+                await process.wait()
+        finally:
+            process.kill()
+        text = log.decode()
+        assert process.returncode == 0, text
+        lines = json_lines(text)
+        assert any(line["event"] == "logging in with ***" for line in lines)
+        assert any(line["event"] == "plugin.crashed" for line in lines)
+        assert password not in text
+        assert api_key not in text
+
+    async def test_config_and_plugins_commands_mask_secrets(
+        self, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+    ) -> None:
+        """`config` and `plugins` show where secrets are set, never their values."""
+        write_plugin(tmp_path / "plugins", "lims", LEAKY_PLUGIN)
+        environ = cli_environ(
+            tmp_path,
+            TOWER_AMQP_URL="amqp://lab:s3cret-pw@rabbit:5672/%2F",
+            TOWER_PLUGINS_DIR=str(tmp_path / "plugins"),
+            TOWER_API_TOKENS="tok-one-0123456789abcdef,tok-two-0123456789abcdef",
+            PLUGIN_LIMS_API_KEY="lims-k3y",
+        )
+        assert await cli("config", environ=environ) == 0
+        assert await cli("config", "--json", environ=environ) == 0
+        assert await cli("plugins", "--json", environ=environ) == 0
+        out = capsys.readouterr().out
+        for secret in ("s3cret-pw", "tok-one", "tok-two", "lims-k3y"):
+            assert secret not in out
+        assert "amqp://lab:***@rabbit:5672/%2F" in out
+
+
+class TestSend:
+    async def test_prints_the_uuid_of_a_published_trigger(
+        self, tower: Tower, broker: Broker, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+    ) -> None:
+        """--wait sends with ?wait=published; the printed uuid is the trigger in the queue."""
+        queue = await broker.bind("OT-2/v1alpha1")
+        (tmp_path / "t.json").write_text(json.dumps(VALID))
+        url = tower.running.http_urls[0]
+        code = await cli("send", str(tmp_path / "t.json"), "--wait", "--url", url, environ={})
+        assert code == 0
+        (printed,) = capsys.readouterr().out.split()
+        (message,) = await broker.take(queue, 1)
+        assert json.loads(message.body)["uuid"] == printed
+
+    async def test_arrays_and_many_files_in_order_with_progress(
+        self, tower: Tower, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+    ) -> None:
+        """Every trigger of every file is sent in order, with a progress line on request."""
+        paths = []
+        for n in range(3):
+            path = tmp_path / f"batch{n}.json"
+            path.write_text(json.dumps([{**VALID, "spec": {"n": n, "i": i}} for i in range(4)]))
+            paths.append(str(path))
+        url = tower.running.http_urls[0]
+        assert await cli("send", *paths, "--progress", "--url", url, environ={}) == 0
+        captured = capsys.readouterr()
+        uuids = captured.out.split()
+        assert len(uuids) == 12
+        assert captured.err.splitlines()[-1] == "sent 12/12"
+        for expected, printed in enumerate(uuids):
+            body = (await tower.client.get(f"/triggers/{printed}")).json()
+            assert body["spec"] == {"n": expected // 4, "i": expected % 4}
+
+    async def test_reads_standard_input(
+        self, tower: Tower, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+    ) -> None:
+        """`-` reads the trigger from standard input."""
+        stdin = io.TextIOWrapper(io.BytesIO(json.dumps(VALID).encode()))
+        monkeypatch.setattr(sys, "stdin", stdin)
+        assert await cli("send", "-", "--url", tower.running.http_urls[0], environ={}) == 0
+        assert len(capsys.readouterr().out.split()) == 1
+
+    async def test_idempotency_key_gives_the_same_uuid_twice(
+        self, tower: Tower, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+    ) -> None:
+        """Sending again with the same key returns the first trigger instead of a new one."""
+        (tmp_path / "t.json").write_text(json.dumps(VALID))
+        argv = ("send", str(tmp_path / "t.json"), "--idempotency-key", "run-42")
+        url = tower.running.http_urls[0]
+        assert await cli(*argv, "--url", url, environ={}) == 0
+        assert await cli(*argv, "--url", url, environ={}) == 0
+        first, second = capsys.readouterr().out.split()
+        assert first == second
+
+    async def test_rejected_trigger_is_one_line_and_exit_one(
+        self, tower: Tower, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+    ) -> None:
+        """A trigger the tower refuses is reported with the tower's reasons; the rest still go."""
+        (tmp_path / "t.json").write_text(json.dumps([{**VALID, "spec": {}}, VALID]))
+        url = tower.running.http_urls[0]
+        assert await cli("send", str(tmp_path / "t.json"), "--url", url, environ={}) == 1
+        captured = capsys.readouterr()
+        assert len(captured.out.split()) == 1
+        assert captured.err.strip() == (
+            f"tower-trio: {tmp_path / 't.json'}[0]: 422 invalid trigger: spec: must not be empty"
+        )
+
+    async def test_unroutable_with_wait_is_a_failure(
+        self, tower: Tower, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+    ) -> None:
+        """With --wait, a trigger no queue is bound for is named and the exit is 1."""
+        (tmp_path / "t.json").write_text(json.dumps(VALID))
+        url = tower.running.http_urls[0]
+        code = await cli("send", str(tmp_path / "t.json"), "--wait", "--url", url, environ={})
+        assert code == 1
+        assert "was unroutable" in capsys.readouterr().err
+
+    async def test_unreachable_tower_exits_three(
+        self, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+    ) -> None:
+        """Nothing listening at the address: one line, exit 3, no traceback."""
+        (tmp_path / "t.json").write_text(json.dumps(VALID))
+        environ = cli_environ(tmp_path, TOWER_HTTP_PORT=str(unused_port()))
+        assert await cli("send", str(tmp_path / "t.json"), environ=environ) == 3
+        (line,) = capsys.readouterr().err.splitlines()
+        assert line.startswith("tower-trio: error: cannot reach the tower at http://127.0.0.1:")
+
+
+class TestValidate:
+    def test_valid_files_exit_zero(
+        self, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+    ) -> None:
+        """Valid files, single or arrays, are reported ok."""
+        (tmp_path / "one.json").write_text(json.dumps(VALID))
+        (tmp_path / "two.json").write_text(json.dumps([VALID, VALID]))
+        code = main(["validate", str(tmp_path / "one.json"), str(tmp_path / "two.json")], {})
+        assert code == 0
+        assert capsys.readouterr().out.splitlines() == [
+            f"{tmp_path / 'one.json'}: ok",
+            f"{tmp_path / 'two.json'}: ok (2 triggers)",
+        ]
+
+    def test_every_reason_of_every_file(
+        self, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+    ) -> None:
+        """Invalid triggers, broken JSON and missing files each get their reasons; exit 1."""
+        bad = tmp_path / "bad.json"
+        bad.write_text(json.dumps([VALID, {"protocol": "P", "spec": {}}]))
+        broken = tmp_path / "broken.json"
+        broken.write_text("{")
+        missing = tmp_path / "missing.json"
+        code = main(["validate", str(bad), str(broken), str(missing)], {})
+        assert code == 1
+        out = capsys.readouterr().out.splitlines()
+        assert f"{bad}[1]: apiVersion: is required" in out
+        assert f"{bad}[1]: spec: must not be empty" in out
+        assert not any(line.startswith(f"{bad}[0]") for line in out)
+        assert any(line.startswith(f"{broken}: malformed JSON: ") for line in out)
+        assert f"{missing}: cannot read: No such file or directory" in out
+
+    def test_body_limit_applies(self, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+        """A trigger larger than TOWER_MAX_BODY_BYTES is refused, as the API would."""
+        (tmp_path / "big.json").write_text(json.dumps(VALID))
+        assert main(["validate", str(tmp_path / "big.json")], {"TOWER_MAX_BODY_BYTES": "10"}) == 1
+        assert "larger than 10 bytes (TOWER_MAX_BODY_BYTES)" in capsys.readouterr().out
+
+
+class TestTriggers:
+    async def test_get_prints_the_trigger_with_its_status(
+        self, tower: Tower, capsys: pytest.CaptureFixture[str]
+    ) -> None:
+        """`triggers get` prints the journal's record as JSON."""
+        posted = (await tower.client.post("/triggers", json=VALID)).json()
+        url = tower.running.http_urls[0]
+        assert await cli("triggers", "get", posted["uuid"], "--url", url, environ={}) == 0
+        shown = json.loads(capsys.readouterr().out)
+        assert shown["uuid"] == posted["uuid"]
+        assert "status" in shown
+
+    async def test_get_unknown_uuid_exits_one(
+        self, tower: Tower, capsys: pytest.CaptureFixture[str]
+    ) -> None:
+        """An unknown uuid is the tower's 404 on one line, exit 1."""
+        url = tower.running.http_urls[0]
+        assert await cli("triggers", "get", "0" * 32, "--url", url, environ={}) == 1
+        assert capsys.readouterr().err.startswith("tower-trio: error: 404 no such trigger")
+
+    async def test_list_filters_and_prints_one_line_each(
+        self, tower: Tower, capsys: pytest.CaptureFixture[str]
+    ) -> None:
+        """`triggers list` filters by protocol and prints one line (or JSON object) per trigger."""
+        for protocol in ("PlateTransfer", "Mix", "Mix"):
+            await tower.client.post("/triggers", json={**VALID, "protocol": protocol})
+        url = tower.running.http_urls[0]
+        assert await cli("triggers", "list", "--protocol", "Mix", "--url", url, environ={}) == 0
+        lines = capsys.readouterr().out.splitlines()
+        assert len(lines) == 2
+        assert all(" Mix " in line and line.endswith("http") for line in lines)
+        argv = ("triggers", "list", "--json", "--limit", "1", "--url", url)
+        assert await cli(*argv, environ={}) == 0
+        (line,) = capsys.readouterr().out.splitlines()
+        assert json.loads(line)["protocol"] == "Mix"
+
+
+class TestPlugins:
+    def test_lists_state_and_variables(
+        self, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+    ) -> None:
+        """Each plugin shows whether its config is complete and the variables it reads."""
+        write_plugin(tmp_path / "plugins", "lims", CONFIGURED_PLUGIN)
+        environ = {"TOWER_PLUGINS_DIR": str(tmp_path / "plugins")}
+        assert main(["plugins"], environ) == 0
+        out = capsys.readouterr().out
+        assert "lims: incomplete, does not run" in out
+        assert "PLUGIN_LIMS_API_KEY is not set; the lims plugin needs it" in out
+        assert "PLUGIN_LIMS_API_KEY  required, not set" in out
+        assert "PLUGIN_LIMS_INTERVAL  optional, not set" in out
+
+        assert main(["plugins", "--json"], {**environ, "PLUGIN_LIMS_API_KEY": "k"}) == 0
+        (entry,) = json.loads(capsys.readouterr().out)["plugins"]
+        assert entry["state"] == "ready"
+        assert entry["runs"] is True
+
+    @pytest.mark.parametrize(
+        "variables",
+        [
+            pytest.param({"TOWER_PLUGINS": "lims"}, id="named-incomplete"),
+            pytest.param({"TOWER_PLUGINS": "nope"}, id="not-installed"),
+            pytest.param(
+                {"PLUGIN_LIMS_API_KEY": "k", "PLUGIN_LIMS_INTERVAL": "often"}, id="invalid"
+            ),
+        ],
+    )
+    def test_exit_one_when_run_would_refuse(
+        self, variables: dict[str, str], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+    ) -> None:
+        """Exit 1 whenever `run` would refuse to start because of its plugins."""
+        write_plugin(tmp_path / "plugins", "lims", CONFIGURED_PLUGIN)
+        environ = {"TOWER_PLUGINS_DIR": str(tmp_path / "plugins"), **variables}
+        assert main(["plugins"], environ) == 1
+        capsys.readouterr()
+
+    def test_broken_plugin_is_a_one_line_error(
+        self, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+    ) -> None:
+        """A plugin that cannot be imported exits 2 naming its file."""
+        write_plugin(tmp_path / "plugins", "bad", "async def run(:\n")
+        assert main(["plugins"], {"TOWER_PLUGINS_DIR": str(tmp_path / "plugins")}) == 2
+        (line,) = capsys.readouterr().err.splitlines()
+        assert str(tmp_path / "plugins" / "bad" / "watcher.py") in line
+
+
+class TestConfig:
+    def test_shows_values_and_where_they_come_from(
+        self, capsys: pytest.CaptureFixture[str]
+    ) -> None:
+        """Each setting is shown with its value and whether it is a default."""
+        assert main(["config", "--json"], {"TOWER_HTTP_PORT": "9001"}) == 0
+        shown = json.loads(capsys.readouterr().out)
+        assert shown["TOWER_HTTP_PORT"] == {"value": "9001", "source": "environment"}
+        assert shown["TOWER_EXCHANGE"] == {"value": "tower.triggers", "source": "default"}
+        assert shown["TOWER_AMQP_URL"]["value"] == "amqp://guest:***@localhost:5672/%2F"
+
+    def test_bad_setting_exits_two(self, capsys: pytest.CaptureFixture[str]) -> None:
+        """An invalid setting is the one-line configuration error, exit 2."""
+        assert main(["config"], {"TOWER_HTTP_PORT": "eighty"}) == 2
+        assert capsys.readouterr().err == (
+            "tower-trio: error: TOWER_HTTP_PORT='eighty' is invalid: is not a number\n"
+        )
+
+
+class TestUsage:
+    @pytest.mark.parametrize(
+        "argv",
+        [
+            ["--help"],
+            ["run", "--help"],
+            ["send", "--help"],
+            ["validate", "--help"],
+            ["plugins", "--help"],
+            ["config", "--help"],
+            ["triggers", "--help"],
+            ["triggers", "get", "--help"],
+            ["triggers", "list", "--help"],
+        ],
+        ids=" ".join,
+    )
+    def test_every_command_has_help(
+        self, argv: list[str], capsys: pytest.CaptureFixture[str]
+    ) -> None:
+        """Every subcommand explains itself with --help and exits 0."""
+        with pytest.raises(SystemExit) as excinfo:
+            main(argv, {})
+        assert excinfo.value.code == 0
+        assert capsys.readouterr().out.startswith("usage: tower-trio")
+
+    def test_usage_error_exits_two(self, capsys: pytest.CaptureFixture[str]) -> None:
+        """A missing argument is a usage error: exit 2."""
+        with pytest.raises(SystemExit) as excinfo:
+            main(["send"], {})
+        assert excinfo.value.code == 2
+        assert "the following arguments are required: FILE" in capsys.readouterr().err
