@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING, Any
 
 import attrs
 
+from ._auth import Tokens, parse_rate, parse_tokens
 from ._errors import ConfigError
 
 if TYPE_CHECKING:
@@ -97,6 +98,21 @@ def _log_format(raw: str) -> str:
     if log_format not in _LOG_FORMATS:
         raise ValueError(f"must be one of {', '.join(_LOG_FORMATS)}")
     return log_format
+
+
+_TRUE = frozenset({"1", "true", "yes", "on"})
+_FALSE = frozenset({"0", "false", "no", "off"})
+
+
+def _flag(raw: str) -> bool:
+    lowered = raw.strip().lower()
+    if lowered not in _TRUE | _FALSE:
+        raise ValueError("must be true or false")
+    return lowered in _TRUE
+
+
+def _probe_token(raw: str) -> Tokens | None:
+    return parse_tokens(raw, variable="TOWER_PROBE_TOKEN")
 
 
 def _setting(
@@ -238,6 +254,69 @@ class Settings:
         _log_format,
         "`json` (one object per line), `console` (readable key=value) or `auto`: "
         "console when stderr is a terminal, JSON otherwise.",
+    )
+    api_tokens: Tokens | None = _setting(
+        "TOWER_API_TOKENS",
+        None,
+        parse_tokens,
+        "Bearer tokens the HTTP API accepts: a comma-separated list, or the path of a file "
+        "(starting `/` or `./`) with one per line. Unset: no authentication, loopback only.",
+        shown="(unset)",
+    )
+    probe_token: Tokens | None = _setting(
+        "TOWER_PROBE_TOKEN",
+        None,
+        _probe_token,
+        "If set, `GET /healthz` and `GET /readyz` need it as a bearer token.",
+        shown="(unset)",
+    )
+    allow_unauthenticated: bool = _setting(
+        "TOWER_ALLOW_UNAUTHENTICATED",
+        False,
+        _flag,
+        "`true` lets the tower serve a non-loopback `TOWER_HTTP_HOST` without `TOWER_API_TOKENS`.",
+    )
+    rate_limit: float | None = _setting(
+        "TOWER_RATE_LIMIT",
+        None,
+        parse_rate,
+        "Requests per API token (per client address without tokens): `10/s`, `600/m`, "
+        "`5000/h` or a number per second; over it, 429 with `Retry-After`. Unset: no limit.",
+        shown="(unset)",
+    )
+    rate_burst: int = _setting(
+        "TOWER_RATE_BURST",
+        10,
+        _positive_int,
+        "Requests a token (or client) may send at once before `TOWER_RATE_LIMIT` applies.",
+    )
+    http_keep_alive_timeout: float = _setting(
+        "TOWER_HTTP_KEEP_ALIVE_TIMEOUT",
+        5.0,
+        _seconds,
+        "An idle connection is closed after this many seconds; a request's head must "
+        "arrive within it, so slow clients cannot hold connections open.",
+    )
+    http_read_timeout: float = _setting(
+        "TOWER_HTTP_READ_TIMEOUT",
+        30.0,
+        _seconds,
+        "A connection silent for this many seconds is closed, and a request body must "
+        "arrive within it (408 otherwise).",
+    )
+    schemas_dir: Path | None = _setting(
+        "TOWER_SCHEMAS_DIR",
+        None,
+        _path,
+        "Folder of JSON Schemas for protocols, `<api>/<version>/<Protocol>.json`; a trigger "
+        "whose protocol has one must match it.",
+        shown="(unset)",
+    )
+    schemas_strict: bool = _setting(
+        "TOWER_SCHEMAS_STRICT",
+        False,
+        _flag,
+        "`true` refuses triggers for protocols without a schema in `TOWER_SCHEMAS_DIR`.",
     )
 
     @classmethod

@@ -26,7 +26,8 @@ import hypercorn.config
 import hypercorn.trio
 import trio
 
-from ._channel import Submission
+from ._auth import check_exposure
+from ._channel import Submission, trigger_check
 from ._http import create_app
 from ._journal import Journal, open_journal
 from ._logging import get_logger, print_summary
@@ -40,12 +41,14 @@ from ._plugins import (
     serve_plugin,
 )
 from ._publisher import Publisher
+from ._schemas import ProtocolSchemas, read_schemas
 from ._version import __version__
 
 if TYPE_CHECKING:
     from collections.abc import Callable, Sequence
 
     from ._config import Settings
+    from ._models import FieldError, Trigger
 
 __all__ = ["RunningTower", "run_tower", "serve_tower"]
 
@@ -70,15 +73,28 @@ async def serve_tower(
     *,
     shutdown: trio.Event,
     skipped: Sequence[SkippedPlugin] = (),
+    schemas: ProtocolSchemas | None = None,
     task_status: trio.TaskStatus[RunningTower] = trio.TASK_STATUS_IGNORED,
 ) -> None:
-    """Run the tower until ``shutdown`` is set and the publisher has drained."""
+    """Run the tower until ``shutdown`` is set and the publisher has drained.
+
+    ``schemas`` default to those of ``TOWER_SCHEMAS_DIR``, read here.
+    """
+    check_exposure(settings)
+    if schemas is None:
+        schemas = await read_schemas(settings)
     journal = await trio.to_thread.run_sync(
         partial(open_journal, settings.data_dir, max_bytes=settings.journal_max_bytes)
     )
     try:
         await _serve_with_journal(
-            settings, plugins, journal, shutdown=shutdown, skipped=skipped, task_status=task_status
+            settings,
+            plugins,
+            journal,
+            shutdown=shutdown,
+            skipped=skipped,
+            schemas=schemas,
+            task_status=task_status,
         )
     finally:
         journal.close()
@@ -91,6 +107,7 @@ async def _serve_with_journal(
     *,
     shutdown: trio.Event,
     skipped: Sequence[SkippedPlugin],
+    schemas: ProtocolSchemas,
     task_status: trio.TaskStatus[RunningTower],
 ) -> None:
     publisher = Publisher(settings, journal)
@@ -130,6 +147,7 @@ async def _serve_with_journal(
             draining=lambda: draining,
             plugins_view=lambda: plugins_report(statuses, plugins),
             current=publisher.current,
+            schemas=schemas,
         )
         return instrument(app, metrics, token=settings.metrics_token)
 
@@ -143,7 +161,12 @@ async def _serve_with_journal(
                 _serve_http, settings, make_app, send_channel.clone(), http_shutdown
             )
             await nursery.start(
-                _serve_plugins, plugins, send_channel, statuses, journal, plugins_scope
+                partial(_serve_plugins, check=schemas.check),
+                plugins,
+                send_channel,
+                statuses,
+                journal,
+                plugins_scope,
             )
         _log.info(
             "tower.started",
@@ -191,7 +214,10 @@ def _summary_rows(
         ("journal", str(journal.path)),
     ]
     rows.extend((f"plugin {name}", status.state.value) for name, status in statuses.items())
-    rows.extend((f"plugin {skip.name}", f"skipped: {skip.reason}") for skip in skipped)
+    # The first clause names the missing variable; the rest is for the log line.
+    rows.extend(
+        (f"plugin {skip.name}", f"skipped: {skip.reason.split(';')[0]}") for skip in skipped
+    )
     if not statuses and not skipped:
         rows.append(("plugins", "none"))
     return rows
@@ -216,6 +242,12 @@ async def _serve_http(
     task_status: trio.TaskStatus[list[str]] = trio.TASK_STATUS_IGNORED,
 ) -> None:
     """Serve the API until ``shutdown``; its clone closes once the last request is done."""
+    if settings.api_tokens is None:
+        _log.warning(
+            "http.auth_off",
+            reason="TOWER_API_TOKENS is not set: anyone who can reach the API may send triggers",
+            http_host=settings.http_host,
+        )
     async with send_channel:
         await hypercorn.trio.serve(
             make_app(send_channel),
@@ -229,6 +261,10 @@ def _hypercorn_config(settings: Settings) -> hypercorn.config.Config:
     config = hypercorn.config.Config()
     config.bind = [f"{settings.http_host}:{settings.http_port}"]
     config.graceful_timeout = settings.shutdown_grace
+    # Slow-loris: the idle timer runs until a request's head is complete, and
+    # the read timeout closes connections that go silent mid-request.
+    config.keep_alive_timeout = settings.http_keep_alive_timeout
+    config.read_timeout = settings.http_read_timeout  # type: ignore[assignment]  # a float works
     config.accesslog = None
     config.errorlog = logging.getLogger("tower_trio.http.server")
     return config
@@ -241,8 +277,11 @@ async def _serve_plugins(
     journal: Journal,
     scope: trio.CancelScope,
     *,
+    check: Callable[[Trigger], Sequence[FieldError]] | None = None,
     task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED,
 ) -> None:
+    # This task's context is its own, so the check reaches its plugins only.
+    trigger_check.set(check)
     with scope:
         async with trio.open_nursery() as nursery:
             for plugin in plugins:
@@ -267,6 +306,9 @@ async def run_tower(
 
     The first signal drains gracefully (exit 0); a second one stops at once.
     """
+    # Checked before any nursery, so a bad setting is one line, not a traceback.
+    check_exposure(settings)
+    schemas = await read_schemas(settings)
     shutdown = trio.Event()
     forced = False
     with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
@@ -286,7 +328,12 @@ async def run_tower(
 
             async def tower(*, task_status: trio.TaskStatus[RunningTower]) -> None:
                 await serve_tower(
-                    settings, plugins, shutdown=shutdown, skipped=skipped, task_status=task_status
+                    settings,
+                    plugins,
+                    shutdown=shutdown,
+                    skipped=skipped,
+                    schemas=schemas,
+                    task_status=task_status,
                 )
                 nursery.cancel_scope.cancel()
 
