@@ -9,6 +9,7 @@ import attrs
 import pytest
 
 from tower_trio import ConfigError, TowerError
+from tower_trio._auth import Tokens
 from tower_trio._config import Settings, setting_docs
 
 VARIABLES = [
@@ -32,6 +33,15 @@ VARIABLES = [
     "TOWER_METRICS_TOKEN",
     "TOWER_LOG_LEVEL",
     "TOWER_LOG_FORMAT",
+    "TOWER_API_TOKENS",
+    "TOWER_PROBE_TOKEN",
+    "TOWER_ALLOW_UNAUTHENTICATED",
+    "TOWER_RATE_LIMIT",
+    "TOWER_RATE_BURST",
+    "TOWER_HTTP_KEEP_ALIVE_TIMEOUT",
+    "TOWER_HTTP_READ_TIMEOUT",
+    "TOWER_SCHEMAS_DIR",
+    "TOWER_SCHEMAS_STRICT",
 ]
 
 
@@ -53,6 +63,15 @@ class TestDefaults:
             pytest.param("max_attempts", 5, id="max-attempts"),
             pytest.param("log_level", "INFO", id="log-level"),
             pytest.param("log_format", "auto", id="log-format"),
+            pytest.param("api_tokens", None, id="api-tokens"),
+            pytest.param("probe_token", None, id="probe-token"),
+            pytest.param("allow_unauthenticated", False, id="allow-unauthenticated"),
+            pytest.param("rate_limit", None, id="rate-limit"),
+            pytest.param("rate_burst", 10, id="rate-burst"),
+            pytest.param("http_keep_alive_timeout", 5.0, id="keep-alive-timeout"),
+            pytest.param("http_read_timeout", 30.0, id="read-timeout"),
+            pytest.param("schemas_dir", None, id="schemas-dir"),
+            pytest.param("schemas_strict", False, id="schemas-strict"),
             pytest.param("data_dir", Path("var"), id="data-dir"),
             pytest.param("journal_max_bytes", None, id="journal-max-bytes"),
             pytest.param("retention", 7 * 86400.0, id="retention"),
@@ -152,6 +171,15 @@ class TestValidValues:
             "TOWER_CONFIRM_TIMEOUT": "10",
             "TOWER_UNROUTABLE_EXCHANGE": "lost",
             "TOWER_METRICS_TOKEN": "scrape",
+            "TOWER_API_TOKENS": "a" * 16,
+            "TOWER_PROBE_TOKEN": "b" * 16,
+            "TOWER_ALLOW_UNAUTHENTICATED": "yes",
+            "TOWER_RATE_LIMIT": "60/m",
+            "TOWER_RATE_BURST": "11",
+            "TOWER_HTTP_KEEP_ALIVE_TIMEOUT": "12",
+            "TOWER_HTTP_READ_TIMEOUT": "13",
+            "TOWER_SCHEMAS_DIR": "s",
+            "TOWER_SCHEMAS_STRICT": "true",
         }
         assert sorted(environ) == sorted(VARIABLES)
         assert Settings.from_environ(environ) == Settings(
@@ -175,6 +203,15 @@ class TestValidValues:
             confirm_timeout=10.0,
             unroutable_exchange="lost",
             metrics_token="scrape",
+            api_tokens=Tokens.of(["a" * 16]),
+            probe_token=Tokens.of(["b" * 16]),
+            allow_unauthenticated=True,
+            rate_limit=1.0,
+            rate_burst=11,
+            http_keep_alive_timeout=12.0,
+            http_read_timeout=13.0,
+            schemas_dir=Path("s"),
+            schemas_strict=True,
         )
 
 

@@ -11,19 +11,29 @@ refused it), and, if its source waits for that, when the broker confirmed.
 
 from __future__ import annotations
 
+import contextvars
 import enum
 from typing import TYPE_CHECKING
 
 import attrs
 import trio
 
-from ._models import Trigger
+from ._models import FieldError, InvalidTriggerError, Trigger
 from ._serialization import dump_trigger
 
 if TYPE_CHECKING:
-    from collections.abc import Callable
+    from collections.abc import Callable, Sequence
 
-__all__ = ["DeliveryStatus", "Intake", "Submission", "TriggerSendChannel"]
+__all__ = ["DeliveryStatus", "Intake", "Submission", "TriggerSendChannel", "trigger_check"]
+
+trigger_check: contextvars.ContextVar[Callable[[Trigger], Sequence[FieldError]] | None] = (
+    contextvars.ContextVar("trigger_check", default=None)
+)
+"""What plugin channels built in this context check triggers against (protocol schemas).
+
+Set by the supervisor in the task that starts the plugins, so that every
+plugin's channel checks its triggers without the plugin machinery having to
+carry the schemas through."""
 
 
 class DeliveryStatus(enum.Enum):
@@ -130,10 +140,12 @@ class TriggerSendChannel(trio.abc.SendChannel[Trigger]):
         inner: trio.MemorySendChannel[Submission],
         source: str,
         on_send: Callable[[Trigger], None] | None = None,
+        check: Callable[[Trigger], Sequence[FieldError]] | None = None,
     ) -> None:
         self._inner = inner
         self._source = source
         self._on_send = on_send
+        self._check = check if check is not None else trigger_check.get()
 
     def _submission(self, trigger: Trigger) -> Submission:
         if not isinstance(trigger, Trigger):
@@ -141,6 +153,9 @@ class TriggerSendChannel(trio.abc.SendChannel[Trigger]):
                 f"plugins send tower_trio.Trigger objects, not {type(trigger).__name__}; "
                 "build one with Trigger(api_version=..., protocol=..., spec=...)"
             )
+        if self._check is not None and (errors := self._check(trigger)):
+            # Raised to the plugin, in its own task: a robot never sees this trigger.
+            raise InvalidTriggerError(errors)
         key = None if trigger.key is None else f"plugin:{self._source}:{trigger.key}"
         return Submission.of(trigger.with_source(self._source), key=key)
 
@@ -157,7 +172,7 @@ class TriggerSendChannel(trio.abc.SendChannel[Trigger]):
         self._sent(value)
 
     def clone(self) -> TriggerSendChannel:
-        return TriggerSendChannel(self._inner.clone(), self._source, self._on_send)
+        return TriggerSendChannel(self._inner.clone(), self._source, self._on_send, self._check)
 
     def close(self) -> None:
         self._inner.close()

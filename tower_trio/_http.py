@@ -18,11 +18,14 @@ from quart import Response, request
 from quart_trio import QuartTrio
 from werkzeug.exceptions import HTTPException
 
+from ._auth import Guard
 from ._channel import DeliveryStatus, Intake, Submission
 from ._config import Settings
 from ._journal import Journal, JournalRecord, request_fingerprint
 from ._logging import get_logger
 from ._models import FieldError, InvalidTriggerError
+from ._openapi import openapi_document
+from ._schemas import ProtocolSchemas
 from ._serialization import dumps, format_datetime, trigger_from_wire
 
 __all__ = ["Readiness", "create_app"]
@@ -97,6 +100,9 @@ class _Api:
     draining: Callable[[], bool]
     plugins_view: Callable[[], list[dict[str, Any]]]
     current: Callable[[JournalRecord], JournalRecord]
+    schemas: ProtocolSchemas
+    guard: Guard
+    openapi: bytes = attrs.field(factory=lambda: dumps(openapi_document()))
 
     @property
     def _retry_after(self) -> dict[str, str]:
@@ -138,6 +144,8 @@ class _Api:
             trigger = trigger_from_wire(wire, source="http")
         except InvalidTriggerError as err:
             return _error(422, "invalid trigger", _field_details(err.errors))
+        if errors := self.schemas.check(trigger):
+            return _error(422, "invalid trigger", _field_details(errors))
         submission = Submission.of(
             trigger,
             key=None if key is None else f"http:{key}",
@@ -215,14 +223,14 @@ class _Api:
         filters = {column: args[name] for name, column in _LIST_FILTERS.items() if name in args}
         if "status" in filters and filters["status"] not in _STATUSES:
             return _bad_parameter("status", f"must be one of {', '.join(sorted(_STATUSES))}")
-        try:
-            limit = int(args.get("limit", _DEFAULT_LIMIT))
-            if not 1 <= limit <= _MAX_LIMIT:
-                raise ValueError
-        except ValueError:
+        raw_limit = args.get("limit", str(_DEFAULT_LIMIT))
+        # Digits only: int() would also take " 5", "+5" and "1_0".
+        digits = raw_limit.isascii() and raw_limit.isdigit() and len(raw_limit) <= 3
+        limit = int(raw_limit) if digits else 0
+        if not 1 <= limit <= _MAX_LIMIT:
             return _bad_parameter("limit", f"must be an integer from 1 to {_MAX_LIMIT}")
         before = args.get("before")
-        if before is not None and not (before.isdigit() and len(before) < 19):
+        if before is not None and not (before.isascii() and before.isdigit() and len(before) < 19):
             return _bad_parameter("before", "must be a cursor returned as 'next' by this endpoint")
         cursor = None if before is None else int(before)
         journal = self.journal
@@ -230,6 +238,25 @@ class _Api:
         next_cursor = str(records[-1].seq) if len(records) == limit else None
         items = b",".join(_record_json(self.current(r)) for r in records)
         return _json(b'{"items":[' + items + b'],"next":' + dumps(next_cursor) + b"}")
+
+    async def protocols(self) -> Response:
+        return _json(self.schemas.listing)
+
+    async def openapi_json(self) -> Response:
+        return _json(self.openapi)
+
+    async def authorize(self) -> Response | None:
+        """Runs before every route when tokens or a rate limit are configured."""
+        denial = self.guard.check(
+            request.path, request.headers.get("Authorization"), request.remote_addr or ""
+        )
+        if denial is None:
+            return None
+        # Never the presented token: only what was refused, where, and for whom.
+        _log.info(
+            "http.denied", status=denial.status, path=request.path, client=request.remote_addr
+        )
+        return _error(denial.status, denial.error, [denial.detail], **denial.headers)
 
     async def plugins(self) -> Response:
         return _json(dumps({"plugins": self.plugins_view()}))
@@ -272,21 +299,41 @@ def create_app(
     draining: Callable[[], bool] = lambda: False,
     plugins_view: Callable[[], list[dict[str, Any]]] = list,
     current: Callable[[JournalRecord], JournalRecord] = lambda record: record,
+    schemas: ProtocolSchemas | None = None,
+    guard: Guard | None = None,
 ) -> QuartTrio:
     """The API app; it sends every valid trigger on ``send_channel``.
 
     ``current`` brings a journal record up to date with what the publisher
-    knows but has not written yet.
+    knows but has not written yet. ``schemas`` are the protocol schemas
+    triggers must match; ``guard`` (by default from ``settings``) checks
+    tokens and the rate limit.
     """
-    api = _Api(settings, send_channel, journal, readiness, draining, plugins_view, current)
+    api = _Api(
+        settings,
+        send_channel,
+        journal,
+        readiness,
+        draining,
+        plugins_view,
+        current,
+        ProtocolSchemas() if schemas is None else schemas,
+        Guard.from_settings(settings) if guard is None else guard,
+    )
     app = QuartTrio("tower_trio")
     app.config["MAX_CONTENT_LENGTH"] = settings.max_body_bytes
+    app.config["BODY_TIMEOUT"] = settings.http_read_timeout
+    if api.guard.active:
+        # Registered only when needed: an open tower pays nothing per request.
+        app.before_request(api.authorize)
     app.add_url_rule("/triggers", view_func=api.post_trigger, methods=["POST"])
     app.add_url_rule("/triggers", view_func=api.list_triggers, methods=["GET"])
     app.add_url_rule("/triggers/<uuid>", view_func=api.get_trigger, methods=["GET"])
     app.add_url_rule("/plugins", view_func=api.plugins, methods=["GET"])
     app.add_url_rule("/healthz", view_func=api.healthz, methods=["GET"])
     app.add_url_rule("/readyz", view_func=api.readyz, methods=["GET"])
+    app.add_url_rule("/protocols", view_func=api.protocols, methods=["GET"])
+    app.add_url_rule("/openapi.json", view_func=api.openapi_json, methods=["GET"])
     app.register_error_handler(HTTPException, api.http_error)
     app.register_error_handler(Exception, api.unexpected_error)
     return app

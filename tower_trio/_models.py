@@ -31,6 +31,8 @@ JSONObject: TypeAlias = dict[str, Any]
 
 MAX_PROTOCOL_LENGTH = 128
 MAX_JSON_DEPTH = 32
+MAX_JSON_KEYS = 20_000  # across a whole spec: room for a 1536-well plate with 13 fields a well
+MAX_STRING_LENGTH = 1024 * 1024  # characters, for keys and values alike
 MAX_KEY_LENGTH = 256
 MAX_API_VERSION_LENGTH = 255  # an AMQP routing key is a short string: 255 bytes at most
 
@@ -240,11 +242,14 @@ def json_problem(value: object) -> tuple[str, str] | None:
     accepted is exactly what will be published and read back.
     """
     stack: list[tuple[str, object, int]] = [("", value, 0)]
+    keys = 0
     while stack:
         path, item, depth = stack.pop()
         if depth > MAX_JSON_DEPTH:
             return path, f"is nested more than {MAX_JSON_DEPTH} levels deep"
         if isinstance(item, str):
+            if len(item) > MAX_STRING_LENGTH:
+                return path, f"is a string longer than {MAX_STRING_LENGTH} characters"
             if not _encodable(item):
                 return path, "holds text that is not valid Unicode (a lone surrogate)"
         elif isinstance(item, float):
@@ -253,9 +258,14 @@ def json_problem(value: object) -> tuple[str, str] | None:
         elif item is None or isinstance(item, bool | int):
             continue
         elif isinstance(item, dict):
+            keys += len(item)
+            if keys > MAX_JSON_KEYS:
+                return path, f"has more than {MAX_JSON_KEYS} keys in all"
             for key, child in item.items():
                 if not isinstance(key, str):
                     return path, f"has a key that is not a string: {key!r}"
+                if len(key) > MAX_STRING_LENGTH:
+                    return path, f"has a key longer than {MAX_STRING_LENGTH} characters"
                 if not _encodable(key):
                     return path, "has a key that is not valid Unicode"
                 stack.append((f"{path}.{key}", child, depth + 1))
