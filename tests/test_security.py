@@ -1,0 +1,462 @@
+"""Who may use the HTTP API, how often, and how much a request may carry."""
+
+from __future__ import annotations
+
+import logging
+from typing import TYPE_CHECKING
+
+import attrs
+import pytest
+import trio
+
+from tests._helpers import VALID, Broker, run_tower, tower_settings
+from tower_trio import ConfigError, InvalidTriggerError, Metadata, Plate, Trigger
+from tower_trio._auth import Guard, RateLimiter, Tokens, check_exposure, is_loopback, parse_rate
+from tower_trio._cli import main
+from tower_trio._config import Settings
+from tower_trio._models import MAX_JSON_KEYS, MAX_STRING_LENGTH
+
+if TYPE_CHECKING:
+    from pathlib import Path
+
+TOKEN = "lab-token-0123456789abcdef"
+OTHER = "other-token-fedcba9876543210"
+PROBE = "probe-token-0123456789abcdef"
+
+
+@attrs.define
+class FakeClock:
+    now: float = 0.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+class TestTokenSettings:
+    def test_comma_list(self) -> None:
+        """TOWER_API_TOKENS takes a comma-separated list, blanks ignored."""
+        settings = Settings.from_environ({"TOWER_API_TOKENS": f" {TOKEN}, ,{OTHER} "})
+        assert settings.api_tokens == Tokens.of([TOKEN, OTHER])
+
+    def test_file_with_one_token_a_line(self, tmp_path: Path) -> None:
+        """A value starting with / names a file: one token a line, # comments skipped."""
+        path = tmp_path / "tokens"
+        path.write_text(f"# robots\n{TOKEN}\n\n{OTHER}\n")
+        settings = Settings.from_environ({"TOWER_API_TOKENS": str(path)})
+        assert settings.api_tokens == Tokens.of([TOKEN, OTHER])
+
+    def test_blank_is_off(self) -> None:
+        """An empty TOWER_API_TOKENS leaves authentication off."""
+        assert Settings.from_environ({"TOWER_API_TOKENS": " "}).api_tokens is None
+
+    def test_short_token_refused_without_showing_it(self) -> None:
+        """A short token stops start-up; the message counts it but never quotes it."""
+        with pytest.raises(ConfigError, match="token number 2 is not acceptable") as excinfo:
+            Settings.from_environ({"TOWER_API_TOKENS": f"{TOKEN},tiny-secret"})
+        assert "tiny-secret" not in str(excinfo.value)
+        assert TOKEN not in str(excinfo.value)
+
+    def test_token_with_a_space_refused(self, tmp_path: Path) -> None:
+        """A token line with a space in it is refused (it could not be sent as one header)."""
+        path = tmp_path / "tokens"
+        path.write_text("two words in one token line\n")
+        with pytest.raises(ConfigError, match="token number 1 is not acceptable"):
+            Settings.from_environ({"TOWER_API_TOKENS": str(path)})
+
+    def test_missing_file_named(self, tmp_path: Path) -> None:
+        """A token file that cannot be read is named in the error."""
+        path = tmp_path / "absent"
+        with pytest.raises(ConfigError, match=f"names the file {path}, which cannot be read"):
+            Settings.from_environ({"TOWER_API_TOKENS": str(path)})
+
+    def test_empty_file_refused(self, tmp_path: Path) -> None:
+        """A token file without tokens is a mistake, not a way to turn authentication off."""
+        path = tmp_path / "tokens"
+        path.write_text("# nothing yet\n")
+        with pytest.raises(ConfigError, match="holds no token"):
+            Settings.from_environ({"TOWER_API_TOKENS": str(path)})
+
+    def test_probe_token_errors_name_their_variable(self) -> None:
+        """TOWER_PROBE_TOKEN is checked like the API tokens, under its own name."""
+        with pytest.raises(ConfigError, match=r"^TOWER_PROBE_TOKEN: token number 1"):
+            Settings.from_environ({"TOWER_PROBE_TOKEN": "short"})
+
+    def test_repr_hides_tokens(self) -> None:
+        """Neither the tokens' repr nor the settings' repr shows a token."""
+        settings = Settings.from_environ({"TOWER_API_TOKENS": TOKEN})
+        assert TOKEN not in repr(settings)
+        assert repr(settings.api_tokens) == "Tokens(<1 hidden>)"
+
+    def test_match_checks_every_token(self) -> None:
+        """match finds whichever configured token was presented, and nothing else."""
+        tokens = Tokens.of([TOKEN, OTHER])
+        assert tokens.match(OTHER) == Tokens.of([OTHER]).digests[0]
+        assert tokens.match(TOKEN) == Tokens.of([TOKEN]).digests[0]
+        assert tokens.match(TOKEN[:-1]) is None
+        assert tokens.match("") is None
+
+    @pytest.mark.parametrize(
+        ("raw", "per_second"),
+        [("10", 10.0), ("10/s", 10.0), ("600/m", 10.0), ("3600/h", 1.0), ("0.5", 0.5)],
+    )
+    def test_rate_forms(self, raw: str, per_second: float) -> None:
+        """TOWER_RATE_LIMIT reads a count per second, minute or hour."""
+        assert parse_rate(raw) == per_second
+
+    @pytest.mark.parametrize("raw", ["fast", "10/d", "0", "-1/s", "inf"])
+    def test_bad_rates_refused(self, raw: str) -> None:
+        """A rate that is not a positive count per s, m or h stops start-up."""
+        with pytest.raises(ConfigError, match=r"^TOWER_RATE_LIMIT="):
+            Settings.from_environ({"TOWER_RATE_LIMIT": raw})
+
+
+class TestLoopbackRule:
+    @pytest.mark.parametrize("host", ["127.0.0.1", "127.1.2.3", "localhost", "::1", "[::1]"])
+    def test_loopback_hosts(self, host: str) -> None:
+        """Loopback addresses, in any spelling hypercorn accepts, count as loopback."""
+        assert is_loopback(host)
+
+    @pytest.mark.parametrize("host", ["0.0.0.0", "::", "192.0.2.7", "tower.lab.example"])
+    def test_other_hosts(self, host: str) -> None:
+        """Wildcards, other addresses and host names do not."""
+        assert not is_loopback(host)
+
+    def test_open_tower_beyond_loopback_refused(self) -> None:
+        """Without tokens, a non-loopback host is an error naming both ways out."""
+        with pytest.raises(ConfigError) as excinfo:
+            check_exposure(Settings(http_host="0.0.0.0"))
+        message = str(excinfo.value)
+        assert "TOWER_HTTP_HOST=0.0.0.0" in message
+        assert "TOWER_API_TOKENS" in message
+        assert "TOWER_ALLOW_UNAUTHENTICATED=true" in message
+
+    def test_tokens_or_explicit_permission_allow_it(self) -> None:
+        """Tokens, or TOWER_ALLOW_UNAUTHENTICATED, let the tower listen beyond loopback."""
+        check_exposure(Settings(http_host="0.0.0.0", api_tokens=Tokens.of([TOKEN])))
+        check_exposure(Settings(http_host="0.0.0.0", allow_unauthenticated=True))
+
+    def test_cli_says_it_in_one_line(
+        self, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+    ) -> None:
+        """`tower-trio run` on 0.0.0.0 without tokens exits 2 with one line, no traceback."""
+        environ = {"TOWER_HTTP_HOST": "0.0.0.0", "TOWER_DATA_DIR": str(tmp_path)}
+        assert main(["run"], environ) == 2
+        (line,) = capsys.readouterr().err.splitlines()
+        assert line.startswith("tower-trio: error: TOWER_HTTP_HOST=0.0.0.0 is not a loopback")
+
+
+class TestRateLimiter:
+    def test_burst_then_refill(self) -> None:
+        """A full bucket lets `burst` requests through, then one more per 1/rate seconds."""
+        clock = FakeClock()
+        limiter = RateLimiter(rate=2.0, burst=3, clock=clock)
+        assert [limiter.acquire("a") for _ in range(3)] == [0.0, 0.0, 0.0]
+        assert limiter.acquire("a") == pytest.approx(0.5)
+        clock.now = 0.5
+        assert limiter.acquire("a") == 0.0
+        assert limiter.acquire("a") == pytest.approx(0.5)
+
+    def test_refused_requests_cost_nothing(self) -> None:
+        """Retrying too early does not push the next allowed request further away."""
+        clock = FakeClock()
+        limiter = RateLimiter(rate=1.0, burst=1, clock=clock)
+        assert limiter.acquire("a") == 0.0
+        for _ in range(5):
+            assert limiter.acquire("a") == pytest.approx(1.0)
+        clock.now = 1.0
+        assert limiter.acquire("a") == 0.0
+
+    def test_keys_have_their_own_buckets(self) -> None:
+        """One client using up its bucket leaves another's untouched."""
+        limiter = RateLimiter(rate=1.0, burst=1, clock=FakeClock())
+        assert limiter.acquire("a") == 0.0
+        assert limiter.acquire("a") > 0
+        assert limiter.acquire("b") == 0.0
+
+    def test_memory_stays_bounded(self) -> None:
+        """However many clients come, the limiter keeps at most max_keys buckets."""
+        clock = FakeClock()
+        limiter = RateLimiter(rate=1.0, burst=5, clock=clock, max_keys=100)
+        for n in range(1000):
+            clock.now = n / 1000
+            limiter.acquire(n)
+            assert len(limiter) <= 100
+        # The most recent client is remembered: its next request is still counted.
+        limiter.acquire(999)
+        limiter.acquire(999)
+        limiter.acquire(999)
+        limiter.acquire(999)
+        assert limiter.acquire(999) > 0
+
+    async def test_runs_on_trio_clock(self, autojump_clock: trio.testing.MockClock) -> None:
+        """By default the limiter reads trio's clock, so a sleep refills the bucket."""
+        limiter = RateLimiter(rate=0.1, burst=1)
+        assert limiter.acquire("a") == 0.0
+        wait = limiter.acquire("a")
+        assert wait == pytest.approx(10.0)
+        await trio.sleep(wait)
+        assert limiter.acquire("a") == 0.0
+
+
+class TestGuard:
+    guard = Guard(api=Tokens.of([TOKEN]), probe=Tokens.of([PROBE]))
+
+    def test_missing_header_is_401_with_challenge(self) -> None:
+        """No Authorization header: 401 and a Bearer challenge."""
+        denial = self.guard.check("/triggers", None, "127.0.0.1")
+        assert denial is not None
+        assert denial.status == 401
+        assert denial.headers["WWW-Authenticate"] == 'Bearer realm="tower-trio"'
+
+    @pytest.mark.parametrize("header", [f"Basic {TOKEN}", "Bearer", "Bearer   ", TOKEN])
+    def test_malformed_header_is_401(self, header: str) -> None:
+        """An Authorization header that is not `Bearer <token>` is 401 invalid_request."""
+        denial = self.guard.check("/triggers", header, "127.0.0.1")
+        assert denial is not None
+        assert denial.status == 401
+        assert 'error="invalid_request"' in denial.headers["WWW-Authenticate"]
+
+    def test_wrong_token_is_403(self) -> None:
+        """A well-formed but unknown token is 403, and the answer does not repeat it."""
+        denial = self.guard.check("/triggers", "Bearer not-the-token-at-all", "127.0.0.1")
+        assert denial is not None
+        assert denial.status == 403
+        assert "not-the-token" not in denial.detail
+
+    def test_right_token_passes_any_scheme_case(self) -> None:
+        """The scheme is case-insensitive, as HTTP says."""
+        assert self.guard.check("/triggers", f"Bearer {TOKEN}", "127.0.0.1") is None
+        assert self.guard.check("/plugins", f"bearer {TOKEN}", "127.0.0.1") is None
+
+    def test_probes_take_the_probe_token_only(self) -> None:
+        """Probes have their own token; an API token does not open them, nor the reverse."""
+        assert self.guard.check("/healthz", f"Bearer {PROBE}", "127.0.0.1") is None
+        denial = self.guard.check("/readyz", f"Bearer {TOKEN}", "127.0.0.1")
+        assert denial is not None
+        assert denial.status == 403
+        denial = self.guard.check("/triggers", f"Bearer {PROBE}", "127.0.0.1")
+        assert denial is not None
+        assert denial.status == 403
+
+    def test_probes_open_without_probe_token(self) -> None:
+        """Without TOWER_PROBE_TOKEN the probes need nothing, even when the API does."""
+        guard = Guard(api=Tokens.of([TOKEN]))
+        assert guard.check("/healthz", None, "127.0.0.1") is None
+        assert guard.check("/readyz", None, "127.0.0.1") is None
+
+    def test_rate_limit_per_token(self) -> None:
+        """Each token has its own bucket; over it the answer is 429 with Retry-After."""
+        limiter = RateLimiter(rate=0.25, burst=1, clock=FakeClock())
+        guard = Guard(api=Tokens.of([TOKEN, OTHER]), limiter=limiter)
+        assert guard.check("/triggers", f"Bearer {TOKEN}", "10.0.0.1") is None
+        denial = guard.check("/triggers", f"Bearer {TOKEN}", "10.0.0.2")
+        assert denial is not None
+        assert (denial.status, denial.headers) == (429, {"Retry-After": "4"})
+        assert guard.check("/triggers", f"Bearer {OTHER}", "10.0.0.1") is None
+
+    def test_rate_limit_per_address_without_tokens(self) -> None:
+        """Without tokens the bucket is the client's address; probes are never limited."""
+        guard = Guard(limiter=RateLimiter(rate=1.0, burst=1, clock=FakeClock()))
+        assert guard.check("/triggers", None, "10.0.0.1") is None
+        denial = guard.check("/triggers", None, "10.0.0.1")
+        assert denial is not None
+        assert denial.status == 429
+        assert guard.check("/triggers", None, "10.0.0.2") is None
+        assert guard.check("/healthz", None, "10.0.0.1") is None
+
+    def test_inactive_without_tokens_or_limit(self) -> None:
+        """An open tower without a limit needs no guard at all."""
+        assert not Guard().active
+
+
+class TestAuthenticatedTower:
+    async def test_every_answer_of_the_api(
+        self, amqp_url: str, broker: Broker, tmp_path: Path
+    ) -> None:
+        """401, 403 and 202 on POST; probes open; errors in the usual JSON shape."""
+        settings = tower_settings(
+            amqp_url, broker.exchange, tmp_path, api_tokens=Tokens.of([TOKEN, OTHER])
+        )
+        async with run_tower(settings) as tower:
+            client = tower.client
+            missing = await client.post("/triggers", json=VALID)
+            assert missing.status_code == 401
+            assert missing.headers["www-authenticate"] == 'Bearer realm="tower-trio"'
+            assert missing.json()["error"] == "unauthorized"
+            assert missing.json()["details"] == [
+                "send a token from TOWER_API_TOKENS as 'Authorization: Bearer <token>'"
+            ]
+            wrong = await client.post(
+                "/triggers", json=VALID, headers={"Authorization": "Bearer guessed-guessed-guessed"}
+            )
+            assert wrong.status_code == 403
+            assert wrong.json() == {
+                "error": "forbidden",
+                "details": ["the bearer token is not one of TOWER_API_TOKENS"],
+            }
+            for token in (TOKEN, OTHER):
+                ok = await client.post(
+                    "/triggers", json=VALID, headers={"Authorization": f"Bearer {token}"}
+                )
+                assert ok.status_code == 202
+            listed = await client.get("/triggers", headers={"Authorization": f"Bearer {TOKEN}"})
+            assert len(listed.json()["items"]) == 2
+            for path in ("/triggers", "/plugins", "/protocols", "/openapi.json", "/nowhere"):
+                assert (await client.get(path)).status_code == 401, path
+            assert (await client.get("/healthz")).status_code == 200
+
+    async def test_probe_token(self, amqp_url: str, broker: Broker, tmp_path: Path) -> None:
+        """With TOWER_PROBE_TOKEN set, the probes need it and the API stays open."""
+        settings = tower_settings(
+            amqp_url, broker.exchange, tmp_path, probe_token=Tokens.of([PROBE])
+        )
+        async with run_tower(settings) as tower:
+            client = tower.client
+            assert (await client.get("/healthz")).status_code == 401
+            answer = await client.get("/healthz", headers={"Authorization": f"Bearer {PROBE}"})
+            assert answer.status_code == 200
+            assert (await client.post("/triggers", json=VALID)).status_code == 202
+
+    async def test_tokens_never_logged(
+        self, amqp_url: str, broker: Broker, tmp_path: Path, caplog: pytest.LogCaptureFixture
+    ) -> None:
+        """Refused and accepted requests are logged without the tokens they carried."""
+        guess = "guessed-token-that-is-long-enough"
+        settings = tower_settings(
+            amqp_url, broker.exchange, tmp_path, api_tokens=Tokens.of([TOKEN])
+        )
+        with caplog.at_level(logging.DEBUG):
+            async with run_tower(settings) as tower:
+                for token in (guess, TOKEN):
+                    await tower.client.post(
+                        "/triggers", json=VALID, headers={"Authorization": f"Bearer {token}"}
+                    )
+        logged = "\n".join(f"{record.__dict__}" for record in caplog.records)
+        assert "http.denied" in logged
+        assert guess not in logged
+        assert TOKEN not in logged
+
+    async def test_rate_limited_tower(self, amqp_url: str, broker: Broker, tmp_path: Path) -> None:
+        """Past the burst, a token gets 429 with Retry-After and a JSON error body."""
+        settings = tower_settings(
+            amqp_url,
+            broker.exchange,
+            tmp_path,
+            api_tokens=Tokens.of([TOKEN, OTHER]),
+            rate_limit=0.01,
+            rate_burst=2,
+        )
+        async with run_tower(settings) as tower:
+            headers = {"Authorization": f"Bearer {TOKEN}"}
+            statuses = [
+                (await tower.client.post("/triggers", json=VALID, headers=headers)).status_code
+                for _ in range(3)
+            ]
+            assert statuses == [202, 202, 429]
+            limited = await tower.client.get("/triggers", headers=headers)
+            assert limited.status_code == 429
+            assert 90 <= int(limited.headers["retry-after"]) <= 100
+            assert limited.json()["error"] == "too many requests"
+            other = await tower.client.get(
+                "/triggers", headers={"Authorization": f"Bearer {OTHER}"}
+            )
+            assert other.status_code == 200
+            assert (await tower.client.get("/healthz")).status_code == 200
+
+    async def test_auth_off_is_said_at_start(
+        self, amqp_url: str, broker: Broker, tmp_path: Path, caplog: pytest.LogCaptureFixture
+    ) -> None:
+        """A tower without tokens says so in its start-up log."""
+        with caplog.at_level(logging.INFO):
+            async with run_tower(tower_settings(amqp_url, broker.exchange, tmp_path)):
+                pass
+        assert any("http.auth_off" in f"{record.__dict__}" for record in caplog.records)
+
+
+class TestLimits:
+    def test_total_keys_capped(self) -> None:
+        """A spec with more keys in all than MAX_JSON_KEYS is refused with its field."""
+        spec: dict[str, object] = {"n": {f"k{i}": i for i in range(MAX_JSON_KEYS - 1)}}
+        Trigger(api_version="OT-2/v1", protocol="P", spec=spec)
+        spec["one-more"] = 0
+        with pytest.raises(InvalidTriggerError, match=f"more than {MAX_JSON_KEYS} keys"):
+            Trigger(api_version="OT-2/v1", protocol="P", spec=spec)
+
+    def test_plate_wells_count_together(self) -> None:
+        """The key cap applies to a plate's wells together, not to each well."""
+        wells = [{f"k{i}": i for i in range(MAX_JSON_KEYS // 96 + 1)} for _ in range(96)]
+        with pytest.raises(InvalidTriggerError) as excinfo:
+            Trigger(
+                api_version="OT-2/v1", protocol="P", spec=wells, plate=Plate(rows=8, columns=12)
+            )
+        assert f"more than {MAX_JSON_KEYS} keys" in str(excinfo.value)
+
+    def test_long_strings_refused(self) -> None:
+        """A string value or a key longer than MAX_STRING_LENGTH is refused with its path."""
+        long = "x" * (MAX_STRING_LENGTH + 1)
+        with pytest.raises(InvalidTriggerError, match=r"spec\.a\.b: is a string longer"):
+            Trigger(api_version="OT-2/v1", protocol="P", spec={"a": {"b": long}})
+        with pytest.raises(InvalidTriggerError, match="has a key longer"):
+            Trigger(api_version="OT-2/v1", protocol="P", spec={long: 1})
+        with pytest.raises(InvalidTriggerError, match=r"metadata\.spec\.note: is a string"):
+            Trigger(
+                api_version="OT-2/v1",
+                protocol="P",
+                spec={"a": 1},
+                metadata=Metadata(spec={"note": long}),
+            )
+
+    async def test_http_reports_the_key_cap(
+        self, amqp_url: str, broker: Broker, tmp_path: Path
+    ) -> None:
+        """Over HTTP, too many keys is a 422 naming the field."""
+        settings = tower_settings(amqp_url, broker.exchange, tmp_path)
+        spec = {f"k{i}": 0 for i in range(MAX_JSON_KEYS + 1)}
+        async with run_tower(settings) as tower:
+            response = await tower.client.post("/triggers", json={**VALID, "spec": spec})
+        assert response.status_code == 422
+        assert response.json()["details"] == [
+            {"field": "spec", "message": f"has more than {MAX_JSON_KEYS} keys in all"}
+        ]
+
+
+class TestSlowClients:
+    async def test_request_head_must_arrive_in_time(
+        self, amqp_url: str, broker: Broker, tmp_path: Path
+    ) -> None:
+        """A client that never finishes its request head is disconnected (slow-loris)."""
+        settings = tower_settings(amqp_url, broker.exchange, tmp_path, http_keep_alive_timeout=0.3)
+        async with run_tower(settings) as tower:
+            stream = await _connect(tower.running.http_urls[0])
+            async with stream:
+                await stream.send_all(b"POST /triggers HTTP/1.1\r\nHost: tower\r\nX-Slow: ")
+                with trio.fail_after(10):
+                    assert await _read_to_end(stream) == b""
+
+    async def test_request_body_must_arrive_in_time(
+        self, amqp_url: str, broker: Broker, tmp_path: Path
+    ) -> None:
+        """A client that stops sending its body is answered 408 or cut off, not waited for."""
+        settings = tower_settings(amqp_url, broker.exchange, tmp_path, http_read_timeout=0.3)
+        async with run_tower(settings) as tower:
+            stream = await _connect(tower.running.http_urls[0])
+            async with stream:
+                await stream.send_all(
+                    b"POST /triggers HTTP/1.1\r\nHost: tower\r\n"
+                    b'Content-Type: application/json\r\nContent-Length: 100\r\n\r\n{"api'
+                )
+                with trio.fail_after(10):
+                    answer = await _read_to_end(stream)
+        assert answer == b"" or answer.startswith(b"HTTP/1.1 408")
+
+
+async def _connect(url: str) -> trio.SocketStream:
+    host, _, port = url.removeprefix("http://").rpartition(":")
+    return await trio.open_tcp_stream(host, int(port))
+
+
+async def _read_to_end(stream: trio.SocketStream) -> bytes:
+    received = b""
+    while chunk := await stream.receive_some():
+        received += chunk
+    return received
