@@ -451,6 +451,22 @@ class TestValidate:
         assert main(["validate", str(tmp_path / "big.json")], {"TOWER_MAX_BODY_BYTES": "10"}) == 1
         assert "larger than 10 bytes (TOWER_MAX_BODY_BYTES)" in capsys.readouterr().out
 
+    def test_protocol_schemas_apply(
+        self, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+    ) -> None:
+        """With TOWER_SCHEMAS_DIR, a spec that breaks its protocol's schema is refused."""
+        schema_dir = tmp_path / "schemas" / "OT-2" / "v1alpha1"
+        schema_dir.mkdir(parents=True)
+        (schema_dir / "PlateTransfer.json").write_text(
+            json.dumps({"type": "object", "required": ["source"]})
+        )
+        (tmp_path / "t.json").write_text(json.dumps(VALID))
+        environ = {"TOWER_SCHEMAS_DIR": str(tmp_path / "schemas")}
+        assert main(["validate", str(tmp_path / "t.json")], environ) == 1
+        (line,) = capsys.readouterr().out.splitlines()
+        assert line.startswith(f"{tmp_path / 't.json'}: spec")
+        assert "'source' is a required property" in line
+
 
 class TestTriggers:
     async def test_get_prints_the_trigger_with_its_status(

@@ -33,6 +33,7 @@ from ._plugins import (
     is_secret_field,
     select_plugins,
 )
+from ._schemas import ProtocolSchemas, load_schemas
 from ._serialization import trigger_from_wire
 from ._supervisor import run_tower
 from ._version import __version__
@@ -232,15 +233,15 @@ def _read_items(path: str) -> list[_Item] | _FileProblem:
     return [_Item(label, wire)]
 
 
-def _check(item: _Item, max_bytes: int) -> list[str]:
+def _check(item: _Item, max_bytes: int, schemas: ProtocolSchemas) -> list[str]:
     """The reasons POST /triggers would refuse ``item``; empty if it would accept it."""
     if len(encode(item.wire)) > max_bytes:
         return [f"larger than {max_bytes} bytes (TOWER_MAX_BODY_BYTES)"]
     try:
-        trigger_from_wire(item.wire, source="http")
+        trigger = trigger_from_wire(item.wire, source="http")
     except InvalidTriggerError as err:
         return [f"{e.field}: {e.message}" for e in err.errors]
-    return []
+    return [f"{e.field}: {e.message}" for e in schemas.check(trigger)]
 
 
 # -- validate ------------------------------------------------------------------------
@@ -248,6 +249,7 @@ def _check(item: _Item, max_bytes: int) -> list[str]:
 
 def _validate(args: argparse.Namespace, environ: Mapping[str, str]) -> int:
     settings = Settings.from_environ(environ)
+    schemas = load_schemas(settings.schemas_dir, strict=settings.schemas_strict)
     failed = False
     for path in args.files:
         items = _read_items(path)
@@ -258,7 +260,7 @@ def _validate(args: argparse.Namespace, environ: Mapping[str, str]) -> int:
         problems = [
             (item.label, reason)
             for item in items
-            for reason in _check(item, settings.max_body_bytes)
+            for reason in _check(item, settings.max_body_bytes, schemas)
         ]
         if problems:
             failed = True
