@@ -20,6 +20,7 @@ import pytest
 import trio
 
 from tests._helpers import VALID, Broker, Tower, run_tower, tower_settings, unused_port
+from tower_trio._auth import Tokens
 from tower_trio._cli import main
 from tower_trio._logging import configure_logging, get_logger, print_summary
 
@@ -401,6 +402,26 @@ class TestSend:
         code = await cli("send", str(tmp_path / "t.json"), "--wait", "--url", url, environ={})
         assert code == 1
         assert "was unroutable" in capsys.readouterr().err
+
+    async def test_token_comes_from_tower_token(
+        self,
+        amqp_url: str,
+        broker: Broker,
+        tmp_path: Path,
+        capsys: pytest.CaptureFixture[str],
+    ) -> None:
+        """A tower with API tokens takes the one in TOWER_TOKEN and refuses a missing one."""
+        token = "cli-test-token-0123456789abcdef"
+        settings = tower_settings(
+            amqp_url, broker.exchange, tmp_path / "data", api_tokens=Tokens.of([token])
+        )
+        (tmp_path / "t.json").write_text(json.dumps(VALID))
+        async with run_tower(settings) as tower:
+            argv = ("send", str(tmp_path / "t.json"), "--url", tower.running.http_urls[0])
+            assert await cli(*argv, environ={}) == 1
+            assert capsys.readouterr().err.startswith(f"tower-trio: {tmp_path / 't.json'}: 401")
+            assert await cli(*argv, environ={"TOWER_TOKEN": token}) == 0
+            assert len(capsys.readouterr().out.split()) == 1
 
     async def test_unreachable_tower_exits_three(
         self, tmp_path: Path, capsys: pytest.CaptureFixture[str]

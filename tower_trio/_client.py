@@ -15,7 +15,7 @@ if TYPE_CHECKING:
 
     from ._config import Settings
 
-__all__ = ["Answer", "TowerClient", "TowerUnreachableError", "default_url"]
+__all__ = ["Answer", "TowerClient", "TowerUnreachableError", "default_url", "encode"]
 
 # Long enough for ``?wait=published``, which the tower bounds by TOWER_PUBLISH_TIMEOUT.
 _TIMEOUT = httpx.Timeout(60.0, connect=5.0)
