@@ -18,8 +18,8 @@ BUNDLED = sorted(p.parent.name for p in (REPO / "plugins").glob("*/watcher.py"))
 
 class TestBundledPlugins:
     def test_the_built_ins_are_bundled(self) -> None:
-        """folder, schedule and riffyn ship in plugins/, beside the example."""
-        assert {"example", "folder", "riffyn", "schedule"} <= set(BUNDLED)
+        """folder, schedule, http_poll and riffyn ship in plugins/, beside the example."""
+        assert {"example", "folder", "http_poll", "riffyn", "schedule"} <= set(BUNDLED)
 
     @pytest.mark.parametrize("name", BUNDLED)
     def test_each_has_a_readme_with_a_config_table(self, name: str) -> None:
