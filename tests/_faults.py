@@ -79,7 +79,14 @@ def is_plugin_job(job: int) -> bool:
 
 
 def log_fields(line: str) -> dict[str, str]:
-    """The key=value pairs of one tower log line, quotes removed."""
+    """The fields of one tower log line: a JSON object, or key=value pairs on a terminal."""
+    if line.startswith("{"):
+        try:
+            decoded = json.loads(line)
+        except ValueError:
+            decoded = None
+        if isinstance(decoded, dict):
+            return {str(key): str(value) for key, value in decoded.items()}
     fields = {}
     for key, raw in _FIELD.findall(line):
         value = raw
@@ -128,8 +135,8 @@ class TowerProcess:
         return "\n".join(self._lines)
 
     def events(self, event: str) -> list[dict[str, str]]:
-        marker = f" event={event} "
-        return [log_fields(line) for line in self._lines if marker in f"{line} "]
+        found = (log_fields(line) for line in self._lines)
+        return [fields for fields in found if fields.get("event") == event]
 
     def _notify(self) -> None:
         self._changed.set()

@@ -377,7 +377,7 @@ class TestBrokerFaults:
 
     async def test_blocked_broker_is_reported_and_triggers_wait(self, tmp_path: Path) -> None:
         """While the broker blocks publishing, /readyz says so and triggers wait in the journal."""
-        async with fake_broker_tower(tmp_path) as (client, peers):
+        async with fake_broker_tower(tmp_path, shutdown_grace=0.5) as (client, peers):
             peer = await peers.receive()
             await peer.send(0, commands.Connection.Blocked(reason="low on memory"))
             while (await client.get("/readyz")).status_code == 200:

@@ -255,6 +255,7 @@ class TestProbes:
             broker.exchange,
             tmp_path,
             publish_timeout=0.5,
+            shutdown_grace=0.2,
         )
         async with run_tower(settings) as tower:
             assert (await tower.client.get("/healthz")).status_code == 200

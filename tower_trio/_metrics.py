@@ -194,8 +194,17 @@ def instrument(app: ASGIApp, metrics: TowerMetrics, *, token: str | None = None)
             await app(scope, receive, send)
             return
         path: str = scope["path"]
-        if path == "/metrics" and scope["method"] == "GET":
-            await _serve_metrics(scope, send, metrics, expected)
+        if path == "/metrics":
+            if scope["method"] in ("GET", "HEAD"):
+                await _serve_metrics(scope, send, metrics, expected)
+            else:
+                await _respond(
+                    send,
+                    405,
+                    b'{"error":"method not allowed","details":["GET /metrics"]}',
+                    b"application/json",
+                    [(b"allow", b"GET, HEAD")],
+                )
             return
         started = time.perf_counter()
         status = 500
