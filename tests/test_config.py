@@ -3,17 +3,24 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import attrs
 import pytest
 
+from tests.amqp._certificates import TLSFiles, make_tls_files
 from tower_trio import ConfigError, TowerError
 from tower_trio._auth import Tokens
 from tower_trio._config import Settings, setting_docs
 
+if TYPE_CHECKING:
+    from collections.abc import Iterator
+
 VARIABLES = [
     "TOWER_AMQP_URL",
+    "TOWER_AMQP_CA_FILE",
+    "TOWER_AMQP_CERT_FILE",
+    "TOWER_AMQP_KEY_FILE",
     "TOWER_EXCHANGE",
     "TOWER_HTTP_HOST",
     "TOWER_HTTP_PORT",
@@ -50,6 +57,9 @@ class TestDefaults:
         ("field", "default"),
         [
             pytest.param("amqp_url", "amqp://guest:guest@localhost:5672/%2F", id="amqp-url"),
+            pytest.param("amqp_ca_file", None, id="amqp-ca-file"),
+            pytest.param("amqp_cert_file", None, id="amqp-cert-file"),
+            pytest.param("amqp_key_file", None, id="amqp-key-file"),
             pytest.param("exchange", "tower.triggers", id="exchange"),
             pytest.param("http_host", "127.0.0.1", id="http-host"),
             pytest.param("http_port", 8000, id="http-port"),
@@ -106,6 +116,13 @@ class TestDefaults:
             settings.http_port = 1  # type: ignore[misc]
 
 
+@pytest.fixture
+def tls() -> Iterator[TLSFiles]:
+    """A throwaway CA and client certificate, for the TLS settings."""
+    with make_tls_files() as files:
+        yield files
+
+
 class TestValidValues:
     @pytest.mark.parametrize(
         ("variable", "raw", "field", "value"),
@@ -148,10 +165,13 @@ class TestValidValues:
         assert getattr(settings, field) == value
         assert settings == attrs.evolve(Settings(), **{field: value})
 
-    def test_every_variable_at_once(self) -> None:
+    def test_every_variable_at_once(self, tls: TLSFiles) -> None:
         """All variables may be given together."""
         environ = {
-            "TOWER_AMQP_URL": "amqp://rabbit",
+            "TOWER_AMQP_URL": "amqps://rabbit",
+            "TOWER_AMQP_CA_FILE": str(tls.ca),
+            "TOWER_AMQP_CERT_FILE": str(tls.client_cert),
+            "TOWER_AMQP_KEY_FILE": str(tls.client_key),
             "TOWER_EXCHANGE": "x",
             "TOWER_HTTP_HOST": "::1",
             "TOWER_HTTP_PORT": "1",
@@ -183,7 +203,10 @@ class TestValidValues:
         }
         assert sorted(environ) == sorted(VARIABLES)
         assert Settings.from_environ(environ) == Settings(
-            amqp_url="amqp://rabbit",
+            amqp_url="amqps://rabbit",
+            amqp_ca_file=tls.ca,
+            amqp_cert_file=tls.client_cert,
+            amqp_key_file=tls.client_key,
             exchange="x",
             http_host="::1",
             http_port=1,

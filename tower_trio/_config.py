@@ -14,10 +14,12 @@ from typing import TYPE_CHECKING, Any
 
 import attrs
 
+from . import amqp
 from ._auth import Tokens, parse_rate, parse_tokens
 from ._errors import ConfigError
 
 if TYPE_CHECKING:
+    import ssl
     from collections.abc import Callable, Mapping
 
 __all__ = ["Settings", "setting_docs"]
@@ -56,6 +58,24 @@ def _seconds(raw: str) -> float:
 
 def _path(raw: str) -> Path:
     return Path(_text(raw))
+
+
+def _readable_file(raw: str) -> Path:
+    path = _path(raw)
+    try:
+        with path.open("rb"):
+            pass
+    except FileNotFoundError:
+        raise ValueError("no such file") from None
+    except IsADirectoryError:
+        raise ValueError("is a folder, not a file") from None
+    except OSError as err:
+        raise ValueError(f"cannot be read ({(err.strerror or str(err)).lower()})") from None
+    return path
+
+
+def _is_amqps(url: str) -> bool:
+    return url.partition(":")[0].strip().lower() == "amqps"
 
 
 _DURATION_UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}
@@ -133,6 +153,29 @@ class Settings:
         "amqp://guest:guest@localhost:5672/%2F",
         _text,
         "Broker to publish to: `amqp://user:password@host:port/vhost` (vhost `%2F` is `/`).",
+    )
+    amqp_ca_file: Path | None = _setting(
+        "TOWER_AMQP_CA_FILE",
+        None,
+        _readable_file,
+        "For an `amqps://` URL: PEM bundle of the CAs trusted to sign the broker's "
+        "certificate. The broker's host name is always checked against its certificate.",
+        shown="(unset: the system's CAs)",
+    )
+    amqp_cert_file: Path | None = _setting(
+        "TOWER_AMQP_CERT_FILE",
+        None,
+        _readable_file,
+        "For an `amqps://` URL: client certificate (PEM) for a broker that requires one; "
+        "its private key may be in the same file.",
+        shown="(unset)",
+    )
+    amqp_key_file: Path | None = _setting(
+        "TOWER_AMQP_KEY_FILE",
+        None,
+        _readable_file,
+        "Unencrypted private key (PEM) of `TOWER_AMQP_CERT_FILE`, unless it is in that file.",
+        shown="(unset)",
     )
     exchange: str = _setting(
         "TOWER_EXCHANGE",
@@ -341,6 +384,56 @@ class Settings:
             # systemd's StateDirectory= hands a service its private, persistent folder.
             values["data_dir"] = Path(state.split(":")[0])
         return cls(**values)
+
+    def __attrs_post_init__(self) -> None:
+        # Checked when the settings are read, so that TLS settings that cannot
+        # work stop start-up with one line instead of failing every reconnect.
+        tls_files = {
+            "TOWER_AMQP_CA_FILE": self.amqp_ca_file,
+            "TOWER_AMQP_CERT_FILE": self.amqp_cert_file,
+            "TOWER_AMQP_KEY_FILE": self.amqp_key_file,
+        }
+        given = [variable for variable, path in tls_files.items() if path is not None]
+        if not given:
+            return
+        if not _is_amqps(self.amqp_url):
+            # Ignoring them would publish in clear text while the operator
+            # believes the connection is encrypted.
+            raise ConfigError(
+                f"{' and '.join(given)} {'is' if len(given) == 1 else 'are'} set, but "
+                "TOWER_AMQP_URL is not an amqps:// URL; use amqps:// (port 5671 by "
+                "default) to publish over TLS"
+            )
+        if self.amqp_key_file is not None and self.amqp_cert_file is None:
+            raise ConfigError(
+                "TOWER_AMQP_KEY_FILE is set without TOWER_AMQP_CERT_FILE; set the client "
+                "certificate too"
+            )
+        if self.amqp_ca_file is not None:
+            try:
+                amqp.create_ssl_context(ca_file=self.amqp_ca_file)
+            except amqp.AMQPConfigError as err:
+                raise ConfigError(f"TOWER_AMQP_CA_FILE is invalid: {err}") from err
+        if self.amqp_cert_file is not None:
+            variables = "TOWER_AMQP_CERT_FILE"
+            if self.amqp_key_file is not None:
+                variables += " or TOWER_AMQP_KEY_FILE"
+            try:
+                amqp.create_ssl_context(cert_file=self.amqp_cert_file, key_file=self.amqp_key_file)
+            except amqp.AMQPConfigError as err:
+                raise ConfigError(f"{variables} is invalid: {err}") from err
+
+    def amqp_ssl_context(self) -> ssl.SSLContext | None:
+        """The TLS context for an ``amqps://`` URL; None for ``amqp://``.
+
+        The files are read on every call, so a renewed certificate is used
+        from the next connection on. Reading blocks: call it in a thread.
+        """
+        if not _is_amqps(self.amqp_url):
+            return None
+        return amqp.create_ssl_context(
+            ca_file=self.amqp_ca_file, cert_file=self.amqp_cert_file, key_file=self.amqp_key_file
+        )
 
 
 def setting_docs() -> list[tuple[str, str, str]]:

@@ -290,7 +290,12 @@ class Publisher:
 
     async def _serve_connection(self, task_status: trio.TaskStatus[None]) -> None:
         async with (
-            amqp.open_connection(self._url, client_properties=_client_properties()) as connection,
+            amqp.open_connection(
+                self._url,
+                # Read at every connection, so that a renewed certificate is taken up.
+                ssl_context=await trio.to_thread.run_sync(self._settings.amqp_ssl_context),
+                client_properties=_client_properties(),
+            ) as connection,
             connection.open_channel(confirm=True, window=self._settings.confirm_window) as channel,
         ):
             await self._declare(channel)

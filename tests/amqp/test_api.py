@@ -39,7 +39,9 @@ class TestPublicSurface:
             "Properties",
             "QueueDeclared",
             "Returned",
+            "TLSError",
             "VhostNotFoundError",
+            "create_ssl_context",
             "open_connection",
         }
 

@@ -2,7 +2,8 @@
 
 It knows nothing of tower-trio's triggers: it connects, opens channels,
 declares topology, publishes with pipelined publisher confirms, and has a
-small consumer side for tests and benchmarks::
+small consumer side for tests and benchmarks. ``amqps://`` URLs connect over
+TLS (:func:`create_ssl_context` builds the context from PEM files)::
 
     async with amqp.open_connection("amqp://guest:guest@localhost/") as conn:
         async with conn.open_channel(confirm=True) as channel:
@@ -22,10 +23,12 @@ from ._errors import (
     ChannelClosedError,
     ConnectionClosedError,
     ConnectionLostError,
+    TLSError,
     VhostNotFoundError,
 )
 from ._properties import PERSISTENT, TRANSIENT, Message, Properties
 from ._stats import ChannelStatistics, ConnectionStatistics
+from ._tls import create_ssl_context
 from ._url import URL
 
 __all__ = [
@@ -50,6 +53,8 @@ __all__ = [
     "Properties",
     "QueueDeclared",
     "Returned",
+    "TLSError",
     "VhostNotFoundError",
+    "create_ssl_context",
     "open_connection",
 ]

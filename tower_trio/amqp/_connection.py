@@ -48,6 +48,7 @@ from ._stats import ConnectionStatistics, Counters
 from ._url import FRAME_MIN_SIZE, URL
 
 if TYPE_CHECKING:
+    import ssl
     from collections.abc import AsyncIterator, Mapping
 
     from pamqp import base
@@ -489,6 +490,7 @@ async def _establish(
     url: URL,
     connect_timeout: float,
     *,
+    ssl_context: ssl.SSLContext | None,
     heartbeat: int | None,
     frame_max: int | None,
     client_properties: Mapping[str, Any] | None,
@@ -496,7 +498,7 @@ async def _establish(
     reader = FrameReader()
     try:
         with trio.fail_after(connect_timeout):
-            stream = await open_stream(url)
+            stream = await open_stream(url, ssl_context)
             try:
                 tuned = await handshake(
                     stream,
@@ -511,10 +513,11 @@ async def _establish(
                 await trio.aclose_forcefully(stream)
                 raise
     except trio.TooSlowError as err:
+        steps = (
+            "TCP connect, TLS and AMQP handshakes" if url.tls else "TCP connect and AMQP handshake"
+        )
         raise BrokerUnreachableError(
-            url.host,
-            url.port,
-            f"no connection within {connect_timeout:g} s (TCP connect and AMQP handshake)",
+            url.host, url.port, f"no connection within {connect_timeout:g} s ({steps})"
         ) from err
     return stream, reader, tuned
 
@@ -523,6 +526,7 @@ async def _establish(
 async def open_connection(
     url: str | URL,
     *,
+    ssl_context: ssl.SSLContext | None = None,
     heartbeat: int | None = None,
     frame_max: int | None = None,
     client_properties: Mapping[str, Any] | None = None,
@@ -530,7 +534,10 @@ async def open_connection(
 ) -> AsyncIterator[Connection]:
     """Connect to the broker at ``url`` and keep the connection for the block.
 
-    Arguments override the URL's query options. ``heartbeat`` is the wished
+    ``amqps://`` URLs connect over TLS with ``ssl_context`` (see
+    :func:`create_ssl_context`), or, without one, trusting the system's CAs;
+    the TLS handshake counts against the connect timeout. Other arguments
+    override the URL's query options. ``heartbeat`` is the wished
     timeout in seconds (0: none; default: the broker's proposal, or 60 s).
     ``frame_max`` is the wished largest frame (0 or at least 4096; default:
     the broker's). ``client_properties`` are merged into ours.
@@ -541,6 +548,13 @@ async def open_connection(
     When the block ends, the connection is closed with Connection.Close.
     """
     parsed = url if isinstance(url, URL) else URL.parse(url)
+    if ssl_context is not None and not parsed.tls:
+        # Ignoring it would send the password in clear text to a caller who
+        # believes the connection is encrypted.
+        raise AMQPConfigError(
+            f"an SSL context was given, but {parsed.redacted()} is not an amqps:// URL; "
+            "use amqps:// to connect over TLS"
+        )
     if heartbeat is None:
         heartbeat = parsed.heartbeat
     elif not 0 <= heartbeat <= 65535:
@@ -561,6 +575,7 @@ async def open_connection(
     stream, reader, tuned = await _establish(
         parsed,
         connect_timeout,
+        ssl_context=ssl_context,
         heartbeat=heartbeat,
         frame_max=frame_max,
         client_properties=client_properties,

@@ -55,6 +55,20 @@ class BrokerUnreachableError(AMQPError):
         )
 
 
+class TLSError(AMQPError):
+    """The TLS handshake with the broker failed: a certificate was refused, or no TLS spoken.
+
+    Not a :class:`BrokerUnreachableError`: like a wrong password, it is a
+    configuration problem that retrying does not fix.
+    """
+
+    def __init__(self, host: str, port: int, reason: str, advice: str) -> None:
+        self.host = host
+        self.port = port
+        self.reason = reason
+        super().__init__(f"TLS with the AMQP broker at {host}:{port} failed: {reason}; {advice}")
+
+
 class _ReplyError(AMQPError):
     """An error that the broker reported with a reply code and text."""
 

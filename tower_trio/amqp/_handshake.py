@@ -22,8 +22,10 @@ from ._errors import (
     VhostNotFoundError,
 )
 from ._frames import PROTOCOL_HEADER, Frame, FrameError, FrameReader, marshal_method
+from ._tls import looks_like_tls, open_tls_stream, ssl_error_in, tls_error, tls_port_error
 
 if TYPE_CHECKING:
+    import ssl
     from collections.abc import Mapping
 
     from pamqp import base
@@ -84,16 +86,19 @@ def negotiate_limit(ours: int | None, theirs: int) -> int:
     return min(ours, theirs)
 
 
-async def open_stream(url: URL) -> trio.abc.Stream:
-    """Open the byte stream to the broker.
+async def open_stream(url: URL, ssl_context: ssl.SSLContext | None = None) -> trio.abc.Stream:
+    """Open the byte stream to the broker: TCP, and TLS over it for ``amqps://``.
 
-    Every transport decision lives here: TLS (amqps://) would wrap this
-    stream in a :class:`trio.SSLStream`, and nothing else would change.
+    Every transport decision lives here. ``ssl_context`` is used for
+    ``amqps://``; without one, the system's CAs are trusted.
     """
     try:
-        return await trio.open_tcp_stream(url.host, url.port)
+        tcp = await trio.open_tcp_stream(url.host, url.port)
     except OSError as err:
         raise BrokerUnreachableError(url.host, url.port, _describe_os_error(err)) from err
+    if not url.tls:
+        return tcp
+    return await open_tls_stream(tcp, url, ssl_context)
 
 
 def _describe_os_error(err: OSError) -> str:
@@ -121,17 +126,27 @@ class _Handshake:
         self._url = url
         self._frames: deque[tuple[int, Frame]] = deque()
         self._stage = "waiting for Connection.Start"
+        # Until the first bytes come, a broken TLS connection is a TLS failure.
+        self._nothing_received = True
 
     def _failed(self, what: str) -> BrokerUnreachableError:
         # Until the handshake is done there is no connection to lose: every
         # failure means no AMQP connection could be made.
         return BrokerUnreachableError(self._url.host, self._url.port, f"{what} while {self._stage}")
 
+    def _broken(self, what: str, err: BaseException) -> AMQPError:
+        # A broker that refuses the client certificate of a TLS 1.3 client
+        # says so only after the client's side of the TLS handshake is done:
+        # here, before the first AMQP frame.
+        if self._url.tls and (self._nothing_received or ssl_error_in(err) is not None):
+            return tls_error(self._url, err, handshake_done=True)
+        return self._failed(f"{what} ({err})")
+
     async def send(self, data: bytes) -> None:
         try:
             await self._stream.send_all(data)
         except (trio.BrokenResourceError, trio.ClosedResourceError) as err:
-            raise self._failed(f"sending failed ({err})") from err
+            raise self._broken("sending failed", err) from err
 
     async def expect(self, reply: type[base.Frame]) -> Any:
         while True:
@@ -139,9 +154,14 @@ class _Handshake:
                 try:
                     data = await self._stream.receive_some(RECEIVE_SIZE)
                 except (trio.BrokenResourceError, trio.ClosedResourceError) as err:
-                    raise self._failed(f"receiving failed ({err})") from err
+                    raise self._broken("receiving failed", err) from err
                 if not data:
+                    if self._url.tls and self._nothing_received:
+                        raise tls_error(self._url, None, handshake_done=True)
                     raise self._failed("the server closed the socket")
+                if self._nothing_received and not self._url.tls and looks_like_tls(data):
+                    raise tls_port_error(self._url)
+                self._nothing_received = False
                 try:
                     self._frames.extend(self._reader.feed(data))
                 except FrameError as err:

@@ -1,4 +1,4 @@
-"""Parsing of ``amqp://`` URLs."""
+"""Parsing of ``amqp://`` and ``amqps://`` URLs."""
 
 from __future__ import annotations
 
@@ -32,10 +32,11 @@ def _query_int(name: str, text: str, low: int, high: int) -> int:
 class URL:
     """Where and how to connect: ``amqp://user:pass@host:port/vhost?options``.
 
-    The password is left out of ``repr()``; use :meth:`redacted` in logs.
+    ``amqps://`` is the same over TLS, on port 5671 unless one is given. The
+    password is left out of ``repr()``; use :meth:`redacted` in logs.
     """
 
-    DEFAULT_PORTS: ClassVar[dict[str, int]] = {"amqp": 5672}
+    DEFAULT_PORTS: ClassVar[dict[str, int]] = {"amqp": 5672, "amqps": 5671}
 
     scheme: str
     host: str
@@ -57,14 +58,10 @@ class URL:
         except ValueError as err:
             raise AMQPConfigError(f"invalid AMQP URL {_redact_raw(url)!r}: {err}") from err
         scheme = parts.scheme.lower()
-        if scheme == "amqps":
-            raise AMQPConfigError(
-                "amqps:// (AMQP over TLS) is not supported yet; use an amqp:// URL "
-                "or terminate TLS in front of the client"
-            )
         if scheme not in cls.DEFAULT_PORTS:
             raise AMQPConfigError(
-                f"invalid AMQP URL {_redact_raw(url)!r}: the scheme must be amqp://"
+                f"invalid AMQP URL {_redact_raw(url)!r}: the scheme must be amqp:// "
+                "or amqps:// (AMQP over TLS)"
             )
         if parts.fragment:
             raise AMQPConfigError("invalid AMQP URL: it must not have a #fragment")
@@ -95,6 +92,11 @@ class URL:
             channel_max=None if channel_max is None else int(channel_max),
             connect_timeout=options.get("connect_timeout", DEFAULT_CONNECT_TIMEOUT),
         )
+
+    @property
+    def tls(self) -> bool:
+        """Whether the connection runs over TLS (``amqps://``)."""
+        return self.scheme == "amqps"
 
     @staticmethod
     def _parse_query(query: str) -> dict[str, int | float]:
