@@ -57,6 +57,18 @@ def _error(status: int, error: str, details: Sequence[Any] = (), **headers: str)
     return _json(dumps({"error": error, "details": list(details)}), status, **headers)
 
 
+def _closing(response: Response) -> Response:
+    """``response``, closing the connection if the request's body was not read.
+
+    Hypercorn's HTTP/1.1 keep-alive can stall the next request on a
+    connection whose request body the app never read; an early answer (auth,
+    bad parameters, 405) closes the connection instead of keeping it.
+    """
+    if request.content_length or "Transfer-Encoding" in request.headers:
+        response.headers["Connection"] = "close"
+    return response
+
+
 def _field_details(errors: Sequence[FieldError]) -> list[dict[str, str]]:
     return [{"field": e.field, "message": e.message} for e in errors]
 
@@ -110,28 +122,39 @@ class _Api:
 
     async def post_trigger(self) -> Response:
         if self.draining():
-            return _error(
-                503,
-                "shutting down",
-                ["the tower is draining; retry later or on another instance"],
-                **self._retry_after,
+            return _closing(
+                _error(
+                    503,
+                    "shutting down",
+                    ["the tower is draining; retry later or on another instance"],
+                    **self._retry_after,
+                )
             )
         if problem := _unknown_parameters(request.args, frozenset({"wait"})):
-            return problem
+            return _closing(problem)
         wait = request.args.get("wait")
         if wait not in (None, "published"):
-            return _bad_parameter("wait", "must be 'published' (or left out)")
+            return _closing(_bad_parameter("wait", "must be 'published' (or left out)"))
         key = request.headers.get("Idempotency-Key")
-        if key is not None and not (0 < len(key) <= _MAX_KEY and key.isprintable()):
-            return _error(
-                400, "invalid Idempotency-Key", [f"must be 1 to {_MAX_KEY} printable characters"]
+        if key is not None and not (
+            0 < len(key) <= _MAX_KEY and key.isascii() and key.isprintable()
+        ):
+            return _closing(
+                _error(
+                    400,
+                    "invalid Idempotency-Key",
+                    [f"must be 1 to {_MAX_KEY} printable ASCII characters"],
+                )
             )
         content_type = request.mimetype
         if content_type not in _JSON_TYPES and not content_type.endswith("+json"):
-            return _error(
-                415,
-                "unsupported media type",
-                [f"send the trigger as application/json, not {content_type or 'no content type'}"],
+            sent = content_type or "no content type"
+            return _closing(
+                _error(
+                    415,
+                    "unsupported media type",
+                    [f"send the trigger as application/json, not {sent}"],
+                )
             )
         body = await request.get_data(cache=False)
         try:
@@ -256,7 +279,7 @@ class _Api:
         _log.info(
             "http.denied", status=denial.status, path=request.path, client=request.remote_addr
         )
-        return _error(denial.status, denial.error, [denial.detail], **denial.headers)
+        return _closing(_error(denial.status, denial.error, [denial.detail], **denial.headers))
 
     async def plugins(self) -> Response:
         return _json(dumps({"plugins": self.plugins_view()}))
@@ -274,20 +297,26 @@ class _Api:
         status = error.code or 500
         if status == 413:
             limit = self.settings.max_body_bytes
-            return _error(
-                413,
-                "request body too large",
-                [f"the body may be {limit} bytes at most (TOWER_MAX_BODY_BYTES)"],
+            return _closing(
+                _error(
+                    413,
+                    "request body too large",
+                    [f"the body may be {limit} bytes at most (TOWER_MAX_BODY_BYTES)"],
+                )
             )
         headers = {}
         if status == 405 and error.valid_methods:  # type: ignore[attr-defined]
             headers["Allow"] = ", ".join(error.valid_methods)  # type: ignore[attr-defined]
-        return _error(status, (error.name or "error").lower(), [error.description or ""], **headers)
+        return _closing(
+            _error(status, (error.name or "error").lower(), [error.description or ""], **headers)
+        )
 
     async def unexpected_error(self, error: Exception) -> Response:
         # A bug of ours: the operator gets the traceback, the client never does.
         _log.exception("http.unexpected_error", path=request.path)
-        return _error(500, "internal error", ["the tower hit an unexpected error; see its log"])
+        return _closing(
+            _error(500, "internal error", ["the tower hit an unexpected error; see its log"])
+        )
 
 
 def create_app(
@@ -320,7 +349,8 @@ def create_app(
         ProtocolSchemas() if schemas is None else schemas,
         Guard.from_settings(settings) if guard is None else guard,
     )
-    app = QuartTrio("tower_trio")
+    # No static folder: every route the tower serves is one of ours, and documented.
+    app = QuartTrio("tower_trio", static_folder=None)
     app.config["MAX_CONTENT_LENGTH"] = settings.max_body_bytes
     app.config["BODY_TIMEOUT"] = settings.http_read_timeout
     if api.guard.active:

@@ -93,10 +93,11 @@ def _schemas() -> dict[str, Any]:
                 {"type": "array", "items": json_object},
             ],
         },
-        "plate": plate,
+        # The tower reads null as "not given", for plate and metadata alike.
+        "plate": {"oneOf": [plate, {"type": "null"}]},
     }
     metadata = {
-        "type": "object",
+        "type": ["object", "null"],
         "properties": {"source": {"type": "string"}, "spec": json_object},
         "additionalProperties": False,
     }
