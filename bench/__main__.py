@@ -181,20 +181,20 @@ def _summarize(
     _say("\nSummary")
     if publisher is not None:
         _say(
-            f"  publisher   tower-trio / aio-pika      {publisher.ratio:5.2f}x msgs/s  "
+            f"  publisher   {'tower-trio / aio-pika':<34} {publisher.ratio:5.2f}x msgs/s  "
             f"(target >= {PUBLISHER_TARGET:.1f}x: {verdict(publisher.ratio >= PUBLISHER_TARGET)})"
         )
     if http is not None:
         for contender in (TOWER, TOWER_PUBLISHED):
             ratio = http.ratio(contender)
             _say(
-                f"  http        {contender.name + ' / peer':<26} {ratio:5.2f}x req/s   "
+                f"  http        {contender.name + ' / peer':<34} {ratio:5.2f}x req/s   "
                 f"(target >= {HTTP_TARGET:.1f}x: {verdict(ratio >= HTTP_TARGET)})"
             )
     if idle is not None:
         budget = idle.budget(IDLE_TARGET)
         _say(
-            f"  idle        tower-trio CPU             {idle.cpu_seconds:5.2f} s in "
+            f"  idle        {'tower-trio CPU':<34} {idle.cpu_seconds:5.2f} s in "
             f"{idle.seconds:.0f} s (target < {budget:.3f} s: {verdict(idle.cpu_seconds < budget)})"
         )
 

@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING
 import attrs
 
 from ._broker import broker_version
-from ._common import REPO_ROOT
+from ._common import REPO_ROOT, ratio
 from ._http_bench import CONTENDERS, PEER, TOWER, TOWER_PUBLISHED
 from ._load import generator_name
 from ._peer_fastapi import uvicorn_stack
@@ -195,6 +195,11 @@ def _summary(
             f"{publisher.aio_pika:,.0f} | {publisher.ratio:.2f}x | ≥ {PUBLISHER_TARGET:.1f}x | "
             f"{verdict(publisher.ratio >= PUBLISHER_TARGET)} |"
         )
+        lines.append(
+            f"| Publisher CPU µs/msg (aio-pika ÷ tower-trio) | {publisher.tower_cpu * 1e6:.0f} | "
+            f"{publisher.aio_pika_cpu * 1e6:.0f} | "
+            f"{ratio(publisher.aio_pika_cpu, publisher.tower_cpu):.2f}x | | |"
+        )
     if http is not None:
         peer = http.median_run(PEER).load.rate
         for contender in (TOWER, TOWER_PUBLISHED):
@@ -204,6 +209,15 @@ def _summary(
                 f"| `POST /triggers` req/s{label} (vs FastAPI) | "
                 f"{http.median_run(contender).load.rate:,.0f} | {peer:,.0f} | {value:.2f}x | "
                 f"≥ {HTTP_TARGET:.1f}x | {verdict(value >= HTTP_TARGET)} |"
+            )
+        peer_cpu = http.median_run(PEER).cpu_per_request
+        for contender in (TOWER, TOWER_PUBLISHED):
+            tower_cpu = http.median_run(contender).cpu_per_request
+            label = "" if contender == TOWER else " with `?wait=published`"
+            lines.append(
+                f"| `POST /triggers` server CPU ms/req{label} (FastAPI ÷ tower-trio) | "
+                f"{tower_cpu * 1e3:.2f} | {peer_cpu * 1e3:.2f} | "
+                f"{ratio(peer_cpu, tower_cpu):.2f}x | | |"
             )
     if idle is not None:
         budget = idle.budget(IDLE_TARGET)
