@@ -450,6 +450,25 @@ class TestSlowClients:
         assert answer == b"" or answer.startswith(b"HTTP/1.1 408")
 
 
+class TestEarlyAnswers:
+    async def test_answer_before_the_body_closes_the_connection(
+        self, amqp_url: str, broker: Broker, tmp_path: Path
+    ) -> None:
+        """Errors sent before the body was read close the connection; the next request is served."""
+        async with run_tower(tower_settings(amqp_url, broker.exchange, tmp_path)) as tower:
+            for _ in range(20):
+                for refused in (
+                    await tower.client.post("/triggers?wait=soon", json=VALID),
+                    await tower.client.put("/triggers", json=VALID),
+                ):
+                    assert refused.status_code in {400, 405}
+                    assert refused.headers["connection"] == "close"
+                with trio.fail_after(5):
+                    accepted = await tower.client.post("/triggers", json=VALID)
+                assert accepted.status_code == 202
+                assert "connection" not in accepted.headers
+
+
 async def _connect(url: str) -> trio.SocketStream:
     host, _, port = url.removeprefix("http://").rpartition(":")
     return await trio.open_tcp_stream(host, int(port))
