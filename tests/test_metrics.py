@@ -7,7 +7,10 @@ from typing import TYPE_CHECKING
 from prometheus_client.parser import text_string_to_metric_families
 
 from tests._helpers import VALID, Broker, run_tower, tower_settings
+from tower_trio._auth import Tokens
 from tower_trio._metrics import route_of
+
+SCRAPE_TOKEN = "scrape-token-0123456789"
 
 if TYPE_CHECKING:
     from pathlib import Path
@@ -56,14 +59,18 @@ class TestMetrics:
         self, amqp_url: str, broker: Broker, tmp_path: Path
     ) -> None:
         """With TOWER_METRICS_TOKEN, a scrape without it gets 401 and with it 200."""
-        settings = tower_settings(amqp_url, broker.exchange, tmp_path, metrics_token="s3cret")
+        settings = tower_settings(
+            amqp_url, broker.exchange, tmp_path, metrics_token=Tokens.of([SCRAPE_TOKEN])
+        )
         async with run_tower(settings) as tower:
             anonymous = await tower.client.get("/metrics")
             wrong = await tower.client.get("/metrics", headers={"Authorization": "Bearer nope"})
-            right = await tower.client.get("/metrics", headers={"Authorization": "Bearer s3cret"})
+            right = await tower.client.get(
+                "/metrics", headers={"Authorization": f"Bearer {SCRAPE_TOKEN}"}
+            )
         assert anonymous.status_code == 401
         assert anonymous.headers["www-authenticate"].startswith("Bearer")
-        assert "s3cret" not in anonymous.text
+        assert SCRAPE_TOKEN not in anonymous.text
         assert wrong.status_code == 401
         assert right.status_code == 200
 

@@ -135,6 +135,10 @@ def _probe_token(raw: str) -> Tokens | None:
     return parse_tokens(raw, variable="TOWER_PROBE_TOKEN")
 
 
+def _metrics_token(raw: str) -> Tokens | None:
+    return parse_tokens(raw, variable="TOWER_METRICS_TOKEN")
+
+
 def _setting(
     variable: str, default: Any, parse: Callable[[str], Any], doc: str, *, shown: str = ""
 ) -> Any:
@@ -281,10 +285,10 @@ class Settings:
         "Publish attempts for a trigger the broker refuses (Basic.Nack) before it is "
         "given up as failed.",
     )
-    metrics_token: str | None = _setting(
+    metrics_token: Tokens | None = _setting(
         "TOWER_METRICS_TOKEN",
         None,
-        _optional_text,
+        _metrics_token,
         "If set, `GET /metrics` needs it as a bearer token.",
         shown="(unset)",
     )

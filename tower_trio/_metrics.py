@@ -11,7 +11,6 @@ raw paths, and nothing a caller chooses (uuids, apiVersions) becomes a label.
 
 from __future__ import annotations
 
-import hmac
 import time
 from collections.abc import Callable, Iterator, Mapping
 from typing import TYPE_CHECKING, Any
@@ -26,6 +25,7 @@ from ._plugins import PluginState
 if TYPE_CHECKING:
     from prometheus_client.metrics_core import Metric
 
+    from ._auth import Tokens
     from ._plugins import PluginStatus
     from ._publisher import PublisherStatistics
 
@@ -180,14 +180,13 @@ class TowerMetrics:
         return generate_latest(self.registry)
 
 
-def instrument(app: ASGIApp, metrics: TowerMetrics, *, token: str | None = None) -> ASGIApp:
+def instrument(app: ASGIApp, metrics: TowerMetrics, *, token: Tokens | None = None) -> ASGIApp:
     """Wrap an ASGI app: count its requests and serve ``GET /metrics``.
 
     ``/metrics`` is answered here, before the app, so that a scrape never
     waits behind the API's own work; with ``token`` it needs that bearer
     token.
     """
-    expected = None if token is None else f"Bearer {token}".encode()
 
     async def app_with_metrics(scope: dict[str, Any], receive: Any, send: Any) -> None:
         if scope["type"] != "http":
@@ -196,7 +195,7 @@ def instrument(app: ASGIApp, metrics: TowerMetrics, *, token: str | None = None)
         path: str = scope["path"]
         if path == "/metrics":
             if scope["method"] in ("GET", "HEAD"):
-                await _serve_metrics(scope, send, metrics, expected)
+                await _serve_metrics(scope, send, metrics, token)
             else:
                 await _respond(
                     send,
@@ -208,31 +207,43 @@ def instrument(app: ASGIApp, metrics: TowerMetrics, *, token: str | None = None)
             return
         started = time.perf_counter()
         status = 500
+        counted = False
 
-        async def send_and_note(message: dict[str, Any]) -> None:
-            nonlocal status
-            if message["type"] == "http.response.start":
-                status = message["status"]
-            await send(message)
-
-        try:
-            await app(scope, receive, send_and_note)
-        finally:
+        def count() -> None:
+            nonlocal counted
+            counted = True
             route = route_of(path)
             metrics.requests.labels(route, scope["method"], str(status)).inc()
             metrics.request_seconds.labels(route).observe(time.perf_counter() - started)
             if route == "/triggers" and scope["method"] == "POST":
                 metrics.received.labels("http", _outcome(status)).inc()
 
+        async def send_and_count(message: dict[str, Any]) -> None:
+            nonlocal status
+            if message["type"] == "http.response.start":
+                status = message["status"]
+            elif message["type"] == "http.response.body" and not message.get("more_body"):
+                # Counted before the last byte leaves, so that a client's next
+                # request (a scrape, say) always sees this one counted.
+                count()
+            await send(message)
+
+        try:
+            await app(scope, receive, send_and_count)
+        finally:
+            if not counted:
+                count()
+
     return app_with_metrics
 
 
 async def _serve_metrics(
-    scope: dict[str, Any], send: Any, metrics: TowerMetrics, expected: bytes | None
+    scope: dict[str, Any], send: Any, metrics: TowerMetrics, token: Tokens | None
 ) -> None:
-    if expected is not None:
-        given = dict(scope["headers"]).get(b"authorization", b"")
-        if not hmac.compare_digest(given, expected):
+    if token is not None:
+        given = dict(scope["headers"]).get(b"authorization", b"").decode("latin-1")
+        scheme, _, presented = given.partition(" ")
+        if scheme.lower() != "bearer" or token.match(presented.strip()) is None:
             await _respond(
                 send,
                 401,
