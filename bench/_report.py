@@ -171,7 +171,11 @@ def render_markdown(
             "",
             "Run `just bench` from the repository root with RabbitMQ running locally "
             "(`rabbitmqctl` on PATH, guest/guest on 127.0.0.1:5672). It creates a vhost of its "
-            "own and deletes it at the end. `python -m bench --quick` is a smoke check; "
+            "own and deletes it at the end. The HTTP part uses `wrk` when it is on PATH "
+            "(Debian package `wrk`), else a trio + h11 generator that competes with the "
+            "servers for CPU; the peer runs on uvloop + httptools when they are installed "
+            "(`uvicorn[standard]`), else on asyncio + h11 (`--peer-plain` forces that). The "
+            "machine table says which were used. `python -m bench --quick` is a smoke check; "
             "`--only publisher|http|idle` runs one part; `--help` lists the rest.",
             "",
         ]
@@ -243,8 +247,7 @@ def _publisher_section(result: PublisherResult) -> list[str]:
         f"confirms on, at most {result.in_flight} unconfirmed. The clock runs from the first "
         "message handed over to the last confirm; connecting, declaring and serializing the "
         f"bodies happen before it. Median of {rounds} rounds, the two sides alternating. CPU "
-        "is the publishing process's own (all its threads) while the clock ran: unlike the "
-        "rate, it hardly depends on what else the machine is doing.",
+        "is the publishing process's own (all its threads) while the clock ran.",
         "",
         "- **tower-trio**: `Publisher.serve` fed through a trio memory channel, as the HTTP "
         "API and the plugins feed it: each trigger is committed to the journal (SQLite, "
