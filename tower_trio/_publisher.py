@@ -540,7 +540,12 @@ def _utc(timestamp: float) -> datetime:
 
 
 def _is_permanent(error: BaseException) -> bool:
-    return isinstance(error, amqp.AuthenticationError | amqp.AccessRefusedError)
+    # Configuration problems a retry will not fix: said at error level, though
+    # still retried (with backoff) in case the operator fixes the broker side.
+    return isinstance(
+        error,
+        amqp.AuthenticationError | amqp.AccessRefusedError | amqp.TLSError | amqp.AMQPConfigError,
+    )
 
 
 def _trigger_fields(outgoing: Outgoing) -> dict[str, str]:
