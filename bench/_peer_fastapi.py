@@ -50,6 +50,8 @@ _encoder = json.JSONEncoder(ensure_ascii=False, separators=(",", ":"))
 class MetadataIn(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
+    source: str = ""
+    """Accepted, as the tower accepts it, and replaced by ``http``."""
     spec: dict[str, Any] = Field(default_factory=dict)
 
 
