@@ -185,7 +185,7 @@ class Channel:
             if len(self._method_cache) >= _METHOD_CACHE_SIZE:
                 self._method_cache.clear()
             self._method_cache[key] = method
-        encoded = _NO_PROPERTIES if properties is None else properties.to_pamqp().marshal()
+        encoded = _NO_PROPERTIES if properties is None else properties.encode()
         chunk = conn._chunk_size
         if len(encoded) + 12 > chunk:
             # A content header cannot be split across frames.

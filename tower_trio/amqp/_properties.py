@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import calendar
 import datetime
+import struct
 from collections.abc import Mapping
 from typing import Any
 
@@ -23,6 +25,57 @@ def _table(value: Any) -> Any:
     if isinstance(value, list | tuple):
         return [_table(item) for item in value]
     return value
+
+
+_FLAGS = struct.Struct(">H")
+_OCTET = struct.Struct(">B")
+_LONG = struct.Struct(">I")
+_TIMESTAMP_FIELD = struct.Struct(">Q")
+(
+    _CONTENT_TYPE,
+    _CONTENT_ENCODING,
+    _HEADERS,
+    _DELIVERY_MODE,
+    _PRIORITY,
+    _CORRELATION_ID,
+    _REPLY_TO,
+    _EXPIRATION,
+    _MESSAGE_ID,
+    _TIMESTAMP,
+    _TYPE,
+    _USER_ID,
+    _APP_ID,
+) = (1 << bit for bit in range(15, 2, -1))
+
+
+def _short_string(value: str) -> bytes:
+    encoded = value.encode()
+    if len(encoded) > 255:
+        raise ValueError(f"{value[:40]!r}... is longer than an AMQP short string (255 bytes)")
+    return _OCTET.pack(len(encoded)) + encoded
+
+
+def _octet(value: int) -> bytes:
+    if not 0 <= value <= 255:
+        raise ValueError(f"{value} does not fit in an AMQP octet")
+    return _OCTET.pack(value)
+
+
+def _long_string(value: str) -> bytes:
+    encoded = value.encode()
+    return _LONG.pack(len(encoded)) + encoded
+
+
+def _seconds(value: datetime.datetime) -> int:
+    # As pamqp does: a naive datetime is UTC; sub-second precision is dropped.
+    seconds = (
+        int(value.timestamp())
+        if value.tzinfo is datetime.UTC
+        else calendar.timegm(value.utctimetuple())
+    )
+    if seconds < 0:
+        raise ValueError(f"an AMQP timestamp cannot be before 1970: {value.isoformat()}")
+    return seconds
 
 
 @attrs.frozen
@@ -46,6 +99,70 @@ class Properties:
     type: str | None = None
     user_id: str | None = None
     app_id: str | None = None
+
+    def encode(self) -> bytes:
+        """The property flags and list of a content header frame, as bytes.
+
+        Written by hand for what publishers send (short strings, octets, a
+        timestamp, a headers table of strings), because pamqp's generic
+        marshalling was half the cost of a publish; anything else is left to
+        pamqp. Both produce the same bytes (the tests check it).
+        """
+        headers = self.headers
+        if headers is not None and not all(
+            isinstance(key, str) and isinstance(value, str) for key, value in headers.items()
+        ):
+            encoded: bytes = self.to_pamqp().marshal()
+            return encoded
+        flags = 0
+        parts: list[bytes] = []
+        # Straight-line on purpose: this runs once per published message. Empty
+        # strings are left out, as pamqp leaves them out.
+        if self.content_type:
+            flags |= _CONTENT_TYPE
+            parts.append(_short_string(self.content_type))
+        if self.content_encoding:
+            flags |= _CONTENT_ENCODING
+            parts.append(_short_string(self.content_encoding))
+        if headers is not None:
+            flags |= _HEADERS
+            table = b"".join(
+                _short_string(key) + b"S" + _long_string(headers[key]) for key in sorted(headers)
+            )
+            parts.append(_LONG.pack(len(table)) + table)
+        if self.delivery_mode is not None:
+            if self.delivery_mode not in (TRANSIENT, PERSISTENT):
+                raise ValueError(f"delivery_mode must be 1 or 2, not {self.delivery_mode}")
+            flags |= _DELIVERY_MODE
+            parts.append(_OCTET.pack(self.delivery_mode))
+        if self.priority is not None:
+            flags |= _PRIORITY
+            parts.append(_octet(self.priority))
+        if self.correlation_id:
+            flags |= _CORRELATION_ID
+            parts.append(_short_string(self.correlation_id))
+        if self.reply_to:
+            flags |= _REPLY_TO
+            parts.append(_short_string(self.reply_to))
+        if self.expiration:
+            flags |= _EXPIRATION
+            parts.append(_short_string(self.expiration))
+        if self.message_id:
+            flags |= _MESSAGE_ID
+            parts.append(_short_string(self.message_id))
+        if self.timestamp is not None:
+            flags |= _TIMESTAMP
+            parts.append(_TIMESTAMP_FIELD.pack(_seconds(self.timestamp)))
+        if self.type:
+            flags |= _TYPE
+            parts.append(_short_string(self.type))
+        if self.user_id:
+            flags |= _USER_ID
+            parts.append(_short_string(self.user_id))
+        if self.app_id:
+            flags |= _APP_ID
+            parts.append(_short_string(self.app_id))
+        return _FLAGS.pack(flags) + b"".join(parts)
 
     def to_pamqp(self) -> commands.Basic.Properties:
         """Convert to pamqp's representation (raises ValueError on bad values)."""
