@@ -60,6 +60,29 @@ class TestJournal:
         assert [load_trigger(o.body).spec for o in pending] == [{"n": 2}, {"n": 3}]
         assert journal.pending_count() == 2
 
+    def test_settling_a_mixed_batch_records_each_outcome(self, tmp_path: Path) -> None:
+        """Runs of answers are recorded together, and each trigger keeps its own outcome."""
+        journal = open_journal(tmp_path)
+        rows = [r.outgoing for r in append(journal, *map(trigger, range(7)))]
+        outcomes = [
+            ("published", 1, None),
+            ("published", 1, None),
+            ("unroutable", 1, "312 NO_ROUTE"),
+            ("published", 1, None),
+            ("pending", 2, "nacked"),
+            ("published", 2, None),
+        ]
+        journal.settle(
+            Settlement(row.seq, status, attempts, error, 100.0 + n)
+            for n, (row, (status, attempts, error)) in enumerate(zip(rows, outcomes, strict=False))
+        )
+        records = [journal.get(row.uuid) for row in rows]
+        assert [(r.status, r.attempts, r.last_error) for r in records if r] == [
+            *outcomes,
+            ("pending", 0, None),
+        ]
+        assert [r.published_at for r in records if r][:2] == [101.0, 101.0]
+
     def test_survives_reopening(self, tmp_path: Path) -> None:
         """What was committed is there after the journal is closed and opened again."""
         journal = open_journal(tmp_path)

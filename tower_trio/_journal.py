@@ -253,23 +253,34 @@ class Journal:
         return Duplicate(JournalRecord(*row[:-1]), same_request=row[-1] == fingerprint)
 
     def settle(self, settlements: Iterable[Settlement]) -> None:
-        """Record the broker's answers (and retries) for a batch of triggers."""
-        rows = [
-            (
-                s.status,
-                s.attempts,
-                s.last_error,
-                s.at if s.status == "published" else None,
-                s.at if s.status != "pending" else None,
-                s.seq,
+        """Record the broker's answers (and retries) for a batch of triggers.
+
+        Confirms arrive for runs of consecutive triggers with the same
+        outcome (one multiple-ack covers a whole run), so each run becomes one
+        ranged UPDATE rather than one per trigger; a run's time is its latest
+        answer's.
+        """
+        rows = []
+        for run in _runs(sorted(settlements, key=lambda s: s.seq)):
+            first, last = run[0], run[-1]
+            at = max(s.at for s in run)
+            rows.append(
+                (
+                    first.status,
+                    first.attempts,
+                    first.last_error,
+                    at if first.status == "published" else None,
+                    at if first.status != "pending" else None,
+                    first.seq,
+                    last.seq,
+                )
             )
-            for s in settlements
-        ]
         try:
             with self._transaction():
                 self._writer.executemany(
                     "UPDATE triggers SET status = ?, attempts = ?, last_error = ?, "
-                    "published_at = COALESCE(?, published_at), settled_at = ? WHERE seq = ?",
+                    "published_at = COALESCE(?, published_at), settled_at = ? "
+                    "WHERE seq BETWEEN ? AND ?",
                     rows,
                 )
         except sqlite3.Error as err:
@@ -403,6 +414,24 @@ class _Transaction:
                 raise
         else:
             _rollback(self._db)
+
+
+def _runs(settlements: list[Settlement]) -> list[list[Settlement]]:
+    """Consecutive seqs with the same outcome, grouped; input sorted by seq."""
+    runs: list[list[Settlement]] = []
+    for settlement in settlements:
+        if runs:
+            previous = runs[-1][-1]
+            if (
+                settlement.seq == previous.seq + 1
+                and settlement.status == previous.status
+                and settlement.attempts == previous.attempts
+                and settlement.last_error == previous.last_error
+            ):
+                runs[-1].append(settlement)
+                continue
+        runs.append([settlement])
+    return runs
 
 
 def _rollback(db: sqlite3.Connection) -> None:
