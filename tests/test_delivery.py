@@ -108,6 +108,15 @@ class TestJournal:
         assert third.same_request
         assert journal.pending_count() == 1
 
+    def test_same_key_twice_in_one_batch(self, tmp_path: Path) -> None:
+        """Within one batch, the second trigger with a key is a duplicate of the first."""
+        journal = open_journal(tmp_path)
+        first, second = append(journal, trigger(1), trigger(2), key="k")
+        assert isinstance(first, Accepted)
+        assert isinstance(second, Duplicate)
+        assert second.record.uuid == first.outgoing.uuid
+        assert journal.pending_count() == 1
+
     def test_prune_keeps_pending_and_recent(self, tmp_path: Path) -> None:
         """Only settled rows older than the retention period are pruned."""
         clock = FakeClock()

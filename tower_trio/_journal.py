@@ -207,42 +207,47 @@ class Journal:
     ) -> list[Accepted | Duplicate]:
         """Store a batch of (trigger, body, idempotency key, fingerprint) in one transaction."""
         db = self._writer
-        results: list[Accepted | Duplicate] = []
+        results: list[Accepted | Duplicate | None] = []
+        rows: list[tuple[Any, ...]] = []
+        fresh: list[tuple[int, Outgoing]] = []
+        keys: set[str] = set()
         try:
             with self._transaction():
                 for trigger, body, key, fingerprint in entries:
-                    if key is not None and (duplicate := self._first_with(key, fingerprint)):
-                        results.append(duplicate)
-                        continue
-                    outgoing = Outgoing(
-                        0,
-                        trigger.uuid,
-                        trigger.api_version,
-                        trigger.protocol,
-                        trigger.metadata.source,
-                        body,
-                        trigger.created_at.timestamp(),
-                        0,
-                    )
-                    cursor = db.execute(
-                        "INSERT INTO triggers (uuid, api_version, protocol, source, body, "
-                        "created_at, idem_key, fingerprint) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
-                        (
-                            outgoing.uuid,
-                            outgoing.routing_key,
-                            outgoing.protocol,
-                            outgoing.source,
-                            body,
-                            outgoing.created_at,
-                            key,
-                            fingerprint,
-                        ),
-                    )
-                    assert cursor.lastrowid is not None  # set by every INSERT
-                    results.append(Accepted(attrs.evolve(outgoing, seq=cursor.lastrowid)))
+                    if key is not None:
+                        if key in keys:
+                            # The same key twice in one batch: the second is a
+                            # duplicate of a row not yet written; store the batch
+                            # one trigger at a time instead.
+                            raise _RepeatedKey
+                        keys.add(key)
+                        if duplicate := self._first_with(key, fingerprint):
+                            results.append(duplicate)
+                            continue
+                    outgoing = _outgoing(trigger, body)
+                    fresh.append((len(results), outgoing))
+                    results.append(None)
+                    rows.append((*_columns(outgoing), key, fingerprint))
+                # One executemany instead of a statement per trigger. With
+                # AUTOINCREMENT and the write lock held, the rows get
+                # consecutive seqs ending at the last one inserted.
+                db.executemany(_INSERT, rows)
+                (last,) = db.execute("SELECT last_insert_rowid()").fetchone()
+                if fresh:
+                    first_seq = last - len(fresh) + 1
+                    (uuid,) = db.execute(
+                        "SELECT uuid FROM triggers WHERE seq = ?", (first_seq,)
+                    ).fetchone() or (None,)
+                    if uuid != fresh[0][1].uuid:
+                        raise sqlite3.IntegrityError("journal seqs are not consecutive")
+                for offset, (index, outgoing) in enumerate(fresh):
+                    seq = last - len(fresh) + 1 + offset
+                    results[index] = Accepted(attrs.evolve(outgoing, seq=seq))
+        except _RepeatedKey:
+            return [self.append([entry])[0] for entry in entries]
         except sqlite3.Error as err:
             raise JournalError(f"cannot write to the journal {self.path}: {err}") from err
-        return results
+        return [result for result in results if result is not None]
 
     def _first_with(self, key: str, fingerprint: str | None) -> Duplicate | None:
         row = self._writer.execute(
@@ -414,6 +419,40 @@ class _Transaction:
                 raise
         else:
             _rollback(self._db)
+
+
+class _RepeatedKey(Exception):
+    """Raised inside ``append`` only, to store a batch one trigger at a time."""
+
+
+_INSERT = (
+    "INSERT INTO triggers (uuid, api_version, protocol, source, body, created_at, "
+    "idem_key, fingerprint) VALUES (?, ?, ?, ?, ?, ?, ?, ?)"
+)
+
+
+def _outgoing(trigger: Trigger, body: bytes) -> Outgoing:
+    return Outgoing(
+        0,
+        trigger.uuid,
+        trigger.api_version,
+        trigger.protocol,
+        trigger.metadata.source,
+        body,
+        trigger.created_at.timestamp(),
+        0,
+    )
+
+
+def _columns(outgoing: Outgoing) -> tuple[Any, ...]:
+    return (
+        outgoing.uuid,
+        outgoing.routing_key,
+        outgoing.protocol,
+        outgoing.source,
+        outgoing.body,
+        outgoing.created_at,
+    )
 
 
 def _runs(settlements: list[Settlement]) -> list[list[Settlement]]:
