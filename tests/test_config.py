@@ -69,7 +69,7 @@ class TestDefaults:
             pytest.param("plugins_dir", Path("plugins"), id="plugins-dir"),
             pytest.param("plugins", None, id="plugins"),
             pytest.param("channel_size", 512, id="channel-size"),
-            pytest.param("confirm_window", 256, id="confirm-window"),
+            pytest.param("confirm_window", 1024, id="confirm-window"),
             pytest.param("max_attempts", 5, id="max-attempts"),
             pytest.param("log_level", "INFO", id="log-level"),
             pytest.param("log_format", "auto", id="log-format"),

@@ -117,6 +117,19 @@ class TestJournal:
         assert second.record.uuid == first.outgoing.uuid
         assert journal.pending_count() == 1
 
+    def test_the_same_trigger_twice_is_stored_once(self, tmp_path: Path) -> None:
+        """A trigger sent again (same uuid), in one batch or later, is a duplicate, not an error."""
+        journal = open_journal(tmp_path)
+        once, other = trigger(1), trigger(2)
+        first, again_at_once, neighbour = append(journal, once, once, other)
+        (again_later,) = append(journal, once)
+        assert isinstance(first, Accepted)
+        assert isinstance(neighbour, Accepted)
+        assert isinstance(again_at_once, Duplicate)
+        assert isinstance(again_later, Duplicate)
+        assert again_later.record.uuid == once.uuid
+        assert journal.pending_count() == 2
+
     def test_prune_keeps_pending_and_recent(self, tmp_path: Path) -> None:
         """Only settled rows older than the retention period are pruned."""
         clock = FakeClock()

@@ -235,9 +235,11 @@ class Settings:
     )
     confirm_window: int = _setting(
         "TOWER_CONFIRM_WINDOW",
-        256,
+        1024,
         _positive_int,
-        "Messages published but not yet confirmed by the broker, at most.",
+        "Messages published but not yet confirmed by the broker, at most. RabbitMQ "
+        "confirms persistent messages after its disk write, so a wide window keeps "
+        "the pipe full.",
     )
     data_dir: Path = _setting(
         "TOWER_DATA_DIR",

@@ -211,14 +211,24 @@ class Journal:
         rows: list[tuple[Any, ...]] = []
         fresh: list[tuple[int, Outgoing]] = []
         keys: set[str] = set()
+        uuids: set[str] = set()
         try:
             with self._transaction():
+                known = self._known_uuids([trigger.uuid for trigger, *_ in entries])
                 for trigger, body, key, fingerprint in entries:
+                    if trigger.uuid in uuids:
+                        raise _RepeatedKey
+                    uuids.add(trigger.uuid)
+                    if (record := known.get(trigger.uuid)) is not None:
+                        # The very same trigger sent again (a plugin re-sending
+                        # an object): the first one stands, nothing new is stored.
+                        results.append(Duplicate(record, same_request=True))
+                        continue
                     if key is not None:
                         if key in keys:
-                            # The same key twice in one batch: the second is a
-                            # duplicate of a row not yet written; store the batch
-                            # one trigger at a time instead.
+                            # The same key (or uuid) twice in one batch: the second
+                            # is a duplicate of a row not yet written; store the
+                            # batch one trigger at a time instead.
                             raise _RepeatedKey
                         keys.add(key)
                         if duplicate := self._first_with(key, fingerprint):
@@ -248,6 +258,18 @@ class Journal:
         except sqlite3.Error as err:
             raise JournalError(f"cannot write to the journal {self.path}: {err}") from err
         return [result for result in results if result is not None]
+
+    def _known_uuids(self, uuids: list[str]) -> dict[str, JournalRecord]:
+        found: dict[str, JournalRecord] = {}
+        for start in range(0, len(uuids), 500):
+            chunk = uuids[start : start + 500]
+            marks = ",".join("?" * len(chunk))
+            for row in self._writer.execute(
+                f"SELECT {_RECORD_COLUMNS} FROM triggers WHERE uuid IN ({marks})",
+                chunk,
+            ):
+                found[row[1]] = JournalRecord(*row)
+        return found
 
     def _first_with(self, key: str, fingerprint: str | None) -> Duplicate | None:
         row = self._writer.execute(

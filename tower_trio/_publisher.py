@@ -438,7 +438,6 @@ class Publisher:
         nursery: trio.Nursery,
     ) -> None:
         outgoing = flight.outgoing
-        fields = _trigger_fields(outgoing)
         if outcome is amqp.Outcome.NACK:
             self._nacked += 1
             if flight.attempts < self._settings.max_attempts:
@@ -449,7 +448,12 @@ class Publisher:
                 nursery.start_soon(self._republish_later, channel, outgoing, flight.attempts + 1)
                 return
             self._failed += 1
-            _log.error("trigger.failed", **fields, attempts=flight.attempts, reason="nacked")
+            _log.error(
+                "trigger.failed",
+                **_trigger_fields(outgoing),
+                attempts=flight.attempts,
+                reason="nacked",
+            )
             self._finish(outgoing, DeliveryStatus.FAILED, flight.attempts, "nacked by the broker")
         elif outcome is amqp.Outcome.RETURNED:
             self._unroutable += 1
@@ -457,7 +461,7 @@ class Publisher:
             reason = f"{returned.reply_code} {returned.reply_text}" if returned else "returned"
             _log.warning(
                 "trigger.unroutable",
-                **fields,
+                **_trigger_fields(outgoing),
                 routing_key=outgoing.routing_key,
                 reason=reason,
                 hint="no queue is bound to the exchange with this apiVersion",
