@@ -61,7 +61,14 @@ def _parser() -> argparse.ArgumentParser:
         action="store_true",
         help="run the FastAPI peer on asyncio + h11 rather than uvloop + httptools",
     )
-    parser.add_argument("--in-flight", type=int, default=256, help="unconfirmed messages (256)")
+    parser.add_argument(
+        "--in-flight", type=int, default=256, help="aio-pika's unconfirmed messages (256)"
+    )
+    parser.add_argument(
+        "--tower-window",
+        type=int,
+        help="the tower's TOWER_CONFIRM_WINDOW (default: the tower's own default)",
+    )
     parser.add_argument("--idle-seconds", type=float, help="idle window (10)")
     parser.add_argument(
         "--broker", default="127.0.0.1:5672", help="RabbitMQ host:port (127.0.0.1:5672)"
@@ -110,13 +117,15 @@ def main(argv: Sequence[str] | None = None) -> int:
             if "publisher" in parts:
                 _say(
                     f"\nPublisher: {messages:,} persistent triggers, confirms, "
-                    f"{args.in_flight} in flight, {args.rounds} rounds"
+                    f"aio-pika {args.in_flight} in flight, tower-trio "
+                    f"{args.tower_window or 'default'} window, {args.rounds} rounds"
                 )
                 publisher = run_publisher_bench(
                     vhost,
                     messages=messages,
                     rounds=args.rounds,
                     in_flight=args.in_flight,
+                    tower_window=args.tower_window,
                     report=_say,
                 )
                 _say(

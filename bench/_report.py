@@ -244,14 +244,17 @@ def _publisher_section(result: PublisherResult) -> list[str]:
         "",
         f"{result.messages:,} triggers (JSON bodies of {result.body_bytes} bytes on average), "
         "persistent, to a durable topic exchange with a durable queue bound to it, publisher "
-        f"confirms on, at most {result.in_flight} unconfirmed. The clock runs from the first "
+        f"confirms on; aio-pika keeps at most {result.in_flight} unconfirmed, tower-trio "
+        f"runs with {result.tower_window_text}. The clock runs from the first "
         "message handed over to the last confirm; connecting, declaring and serializing the "
         f"bodies happen before it. Median of {rounds} rounds, the two sides alternating. CPU "
         "is the publishing process's own (all its threads) while the clock ran.",
         "",
         "- **tower-trio**: `Publisher.serve` fed through a trio memory channel, as the HTTP "
         "API and the plugins feed it: each trigger is committed to the journal (SQLite, "
-        "fsynced) and then published on the project's own AMQP client.",
+        "fsynced) and then published on the project's own AMQP client. Its confirm window is "
+        "a setting of the tower (`TOWER_CONFIRM_WINDOW`); the figures are for the tower as "
+        "shipped unless the report says otherwise.",
         f"- **aio-pika**: {result.in_flight} coroutines, each publishing and awaiting its "
         "confirm on one confirm-mode channel; no journal.",
         "",
