@@ -205,71 +205,76 @@ class Journal:
     def append(
         self, entries: Sequence[tuple[Trigger, bytes, str | None, str | None]]
     ) -> list[Accepted | Duplicate]:
-        """Store a batch of (trigger, body, idempotency key, fingerprint) in one transaction."""
+        """Store a batch of (trigger, body, idempotency key, fingerprint) in one transaction.
+
+        A trigger whose key, or uuid, is already stored comes back as a
+        Duplicate of the first; the rest are Accepted.
+        """
+        try:
+            try:
+                with self._transaction():
+                    return self._insert_batch(entries)
+            except (_RepeatedKey, sqlite3.IntegrityError):
+                # A uuid or key repeated within the batch or already stored: go
+                # row by row, in one transaction still, to tell each one apart.
+                with self._transaction():
+                    return [self._insert_checked(entry) for entry in entries]
+        except sqlite3.Error as err:
+            raise JournalError(f"cannot write to the journal {self.path}: {err}") from err
+
+    def _insert_batch(
+        self, entries: Sequence[tuple[Trigger, bytes, str | None, str | None]]
+    ) -> list[Accepted | Duplicate]:
         db = self._writer
         results: list[Accepted | Duplicate | None] = []
         rows: list[tuple[Any, ...]] = []
         fresh: list[tuple[int, Outgoing]] = []
         keys: set[str] = set()
-        uuids: set[str] = set()
-        try:
-            with self._transaction():
-                known = self._known_uuids([trigger.uuid for trigger, *_ in entries])
-                for trigger, body, key, fingerprint in entries:
-                    if trigger.uuid in uuids:
-                        raise _RepeatedKey
-                    uuids.add(trigger.uuid)
-                    if (record := known.get(trigger.uuid)) is not None:
-                        # The very same trigger sent again (a plugin re-sending
-                        # an object): the first one stands, nothing new is stored.
-                        results.append(Duplicate(record, same_request=True))
-                        continue
-                    if key is not None:
-                        if key in keys:
-                            # The same key (or uuid) twice in one batch: the second
-                            # is a duplicate of a row not yet written; store the
-                            # batch one trigger at a time instead.
-                            raise _RepeatedKey
-                        keys.add(key)
-                        if duplicate := self._first_with(key, fingerprint):
-                            results.append(duplicate)
-                            continue
-                    outgoing = _outgoing(trigger, body)
-                    fresh.append((len(results), outgoing))
-                    results.append(None)
-                    rows.append((*_columns(outgoing), key, fingerprint))
-                # One executemany instead of a statement per trigger. With
-                # AUTOINCREMENT and the write lock held, the rows get
-                # consecutive seqs ending at the last one inserted.
-                db.executemany(_INSERT, rows)
-                (last,) = db.execute("SELECT last_insert_rowid()").fetchone()
-                if fresh:
-                    first_seq = last - len(fresh) + 1
-                    (uuid,) = db.execute(
-                        "SELECT uuid FROM triggers WHERE seq = ?", (first_seq,)
-                    ).fetchone() or (None,)
-                    if uuid != fresh[0][1].uuid:
-                        raise sqlite3.IntegrityError("journal seqs are not consecutive")
-                for offset, (index, outgoing) in enumerate(fresh):
-                    seq = last - len(fresh) + 1 + offset
-                    results[index] = Accepted(attrs.evolve(outgoing, seq=seq))
-        except _RepeatedKey:
-            return [self.append([entry])[0] for entry in entries]
-        except sqlite3.Error as err:
-            raise JournalError(f"cannot write to the journal {self.path}: {err}") from err
+        for trigger, body, key, fingerprint in entries:
+            if key is not None:
+                if key in keys:
+                    raise _RepeatedKey
+                keys.add(key)
+                if duplicate := self._first_with(key, fingerprint):
+                    results.append(duplicate)
+                    continue
+            outgoing = _outgoing(trigger, body)
+            fresh.append((len(results), outgoing))
+            results.append(None)
+            rows.append((*_columns(outgoing), key, fingerprint))
+        # One executemany instead of a statement per trigger (a repeated uuid
+        # fails it with an IntegrityError). With AUTOINCREMENT and the write
+        # lock held, the rows get consecutive seqs ending at the last one.
+        db.executemany(_INSERT, rows)
+        (last,) = db.execute("SELECT last_insert_rowid()").fetchone()
+        if fresh:
+            first_seq = last - len(fresh) + 1
+            (uuid,) = db.execute(
+                "SELECT uuid FROM triggers WHERE seq = ?", (first_seq,)
+            ).fetchone() or (None,)
+            if uuid != fresh[0][1].uuid:
+                raise JournalError(f"the journal {self.path} gave non-consecutive seqs")
+        for offset, (index, outgoing) in enumerate(fresh):
+            results[index] = Accepted(attrs.evolve(outgoing, seq=last - len(fresh) + 1 + offset))
         return [result for result in results if result is not None]
 
-    def _known_uuids(self, uuids: list[str]) -> dict[str, JournalRecord]:
-        found: dict[str, JournalRecord] = {}
-        for start in range(0, len(uuids), 500):
-            chunk = uuids[start : start + 500]
-            marks = ",".join("?" * len(chunk))
-            for row in self._writer.execute(
-                f"SELECT {_RECORD_COLUMNS} FROM triggers WHERE uuid IN ({marks})",
-                chunk,
-            ):
-                found[row[1]] = JournalRecord(*row)
-        return found
+    def _insert_checked(
+        self, entry: tuple[Trigger, bytes, str | None, str | None]
+    ) -> Accepted | Duplicate:
+        trigger, body, key, fingerprint = entry
+        row = self._writer.execute(
+            f"SELECT {_RECORD_COLUMNS} FROM triggers WHERE uuid = ?", (trigger.uuid,)
+        ).fetchone()
+        if row is not None:
+            # The very same trigger sent again (a plugin re-sending an object):
+            # the first one stands, nothing new is stored.
+            return Duplicate(JournalRecord(*row), same_request=True)
+        if key is not None and (duplicate := self._first_with(key, fingerprint)):
+            return duplicate
+        outgoing = _outgoing(trigger, body)
+        cursor = self._writer.execute(_INSERT, (*_columns(outgoing), key, fingerprint))
+        assert cursor.lastrowid is not None  # set by every INSERT
+        return Accepted(attrs.evolve(outgoing, seq=cursor.lastrowid))
 
     def _first_with(self, key: str, fingerprint: str | None) -> Duplicate | None:
         row = self._writer.execute(
@@ -444,7 +449,7 @@ class _Transaction:
 
 
 class _RepeatedKey(Exception):
-    """Raised inside ``append`` only, to store a batch one trigger at a time."""
+    """Raised inside ``append`` only, to store a batch row by row."""
 
 
 _INSERT = (
