@@ -14,6 +14,7 @@ the number of 202s.
 from __future__ import annotations
 
 import json
+import sys
 import time
 import uuid
 from typing import TYPE_CHECKING, Literal
@@ -31,7 +32,15 @@ if TYPE_CHECKING:
 
     from ._broker import Vhost
 
-__all__ = ["CONTENDERS", "Contender", "HttpResult", "HttpRun", "request_body", "run_http_bench"]
+__all__ = [
+    "CEILING",
+    "CONTENDERS",
+    "Contender",
+    "HttpResult",
+    "HttpRun",
+    "request_body",
+    "run_http_bench",
+]
 
 _SETTLE = 0.5
 """Seconds for requests cut off by the end of the warm-up to finish publishing."""
@@ -40,9 +49,10 @@ _SETTLE = 0.5
 @attrs.frozen
 class Contender:
     name: str
-    kind: Literal["tower", "peer"]
+    kind: Literal["tower", "peer", "ceiling"]
     path: str
     answers_when: str
+    publishes: bool = True
 
 
 TOWER = Contender("tower-trio", "tower", "/triggers", "journaled (the default)")
@@ -50,7 +60,14 @@ TOWER_PUBLISHED = Contender(
     "tower-trio ?wait=published", "tower", "/triggers?wait=published", "confirmed by the broker"
 )
 PEER = Contender("FastAPI peer", "peer", "/triggers", "confirmed by the broker")
-CONTENDERS = (TOWER, TOWER_PUBLISHED, PEER)
+CEILING = Contender(
+    "bare ASGI on Hypercorn",
+    "ceiling",
+    "/triggers",
+    "JSON decoded (nothing stored or published)",
+    publishes=False,
+)
+CONTENDERS = (TOWER, TOWER_PUBLISHED, PEER, CEILING)
 
 
 @attrs.frozen
@@ -123,8 +140,12 @@ def run_http_bench(
                 command = tower_command()
                 environ = tower_environ(vhost.url, exchange, port, workdir)
                 ready_path = "/readyz"
-            else:
+            elif contender.kind == "peer":
                 command = peer_command(vhost.url, exchange, port, plain=peer_plain)
+                environ = None
+                ready_path = "/healthz"
+            else:
+                command = [sys.executable, "-m", "bench._bare_hypercorn", "--port", str(port)]
                 environ = None
                 ready_path = "/healthz"
             with run_server(
@@ -157,6 +178,6 @@ def describe_run(run: HttpRun) -> str:
         f"p99 {load.p99 * 1e3:6.1f} ms  CPU {run.cpu_per_request * 1e3:.2f} ms/req  "
         f"202s {load.accepted}  not 202 {load.not_accepted}  stored {run.stored}"
     )
-    if run.stored < load.accepted:
+    if run.contender.publishes and run.stored < load.accepted:
         line += "  (fewer stored than accepted!)"
     return line

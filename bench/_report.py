@@ -14,7 +14,7 @@ import attrs
 
 from ._broker import broker_version
 from ._common import REPO_ROOT, ratio
-from ._http_bench import CONTENDERS, PEER, TOWER, TOWER_PUBLISHED
+from ._http_bench import CEILING, CONTENDERS, PEER, TOWER, TOWER_PUBLISHED
 from ._load import generator_name
 from ._peer_fastapi import uvicorn_stack
 
@@ -214,6 +214,11 @@ def _summary(
                 f"{http.median_run(contender).load.rate:,.0f} | {peer:,.0f} | {value:.2f}x | "
                 f"≥ {HTTP_TARGET:.1f}x | {verdict(value >= HTTP_TARGET)} |"
             )
+        ceiling = http.median_run(CEILING).load.rate
+        lines.append(
+            f"| Bare ASGI app on Hypercorn (the HTTP server's own ceiling, vs FastAPI) | "
+            f"{ceiling:,.0f} | {peer:,.0f} | {http.ratio(CEILING):.2f}x | | |"
+        )
         peer_cpu = http.median_run(PEER).cpu_per_request
         for contender in (TOWER, TOWER_PUBLISHED):
             tower_cpu = http.median_run(contender).cpu_per_request
@@ -298,6 +303,10 @@ def _http_section(result: HttpResult, machine: Machine) -> list[str]:
         " + aio-pika with `publisher_confirms=True`, one worker, the same validation rules, "
         "the same JSON answer; it publishes persistent and waits for the confirm on every "
         "request.",
+        "- **bare ASGI on Hypercorn** (`bench/_bare_hypercorn.py`): the HTTP server tower-trio "
+        "is built on, serving an app that only decodes the body and answers 202; no "
+        "validation, journal or broker. No server on Hypercorn's trio worker can be faster, "
+        "so this is the ceiling for tower-trio's figure.",
         "",
         "req/s counts 202 responses only. CPU is the server process's own (all its threads) "
         "per response. Stored is the queue depth once the server has drained; it should be at "
@@ -314,6 +323,12 @@ def _http_section(result: HttpResult, machine: Machine) -> list[str]:
             f"- {contender.name} / FastAPI peer: **{value:.2f}x** req/s (target ≥ "
             f"{HTTP_TARGET:.1f}x: {verdict(value >= HTTP_TARGET)})"
         )
+    ceiling = result.median_run(CEILING).load.rate
+    lines.append(
+        f"- bare ASGI on Hypercorn / FastAPI peer: {result.ratio(CEILING):.2f}x; tower-trio "
+        f"reaches {result.median_run(TOWER).load.rate / ceiling:.0%} of its own server's "
+        "ceiling."
+    )
     return lines
 
 
