@@ -129,6 +129,10 @@ def main(argv: Sequence[str] | None = None) -> int:
                     report=_say,
                 )
                 _say(
+                    f"  journal on disk: {publisher.journal_bytes_per_trigger:,.0f} bytes "
+                    "per trigger (database and WAL)"
+                )
+                _say(
                     f"  median: tower-trio {publisher.tower:,.0f} msgs/s "
                     f"({publisher.tower_cpu * 1e6:.0f} µs CPU/msg), aio-pika "
                     f"{publisher.aio_pika:,.0f} msgs/s ({publisher.aio_pika_cpu * 1e6:.0f} µs "

@@ -74,6 +74,9 @@ class PublisherResult:
     tower_rounds: tuple[Round, ...]
     aio_pika_rounds: tuple[Round, ...]
 
+    journal_bytes_per_trigger: float = 0.0
+    """The journal's size on disk (database and WAL) after a round, per trigger."""
+
     @property
     def tower_window_text(self) -> str:
         return f"a confirm window of {self.tower_window}"
@@ -142,8 +145,12 @@ def run_publisher_bench(
     )
     prepared = [_Prepared.of(trigger) for trigger in triggers]
 
+    journal_bytes: list[int] = []
+
     def tower_round() -> tuple[float, float]:
-        return trio.run(_tower_round, settings, triggers)
+        seconds, cpu_seconds, size = trio.run(_tower_round, settings, triggers)
+        journal_bytes.append(size)
+        return seconds, cpu_seconds
 
     def pika_round() -> tuple[float, float]:
         return asyncio.run(_aio_pika_round(vhost.url, pika_exchange, prepared, in_flight))
@@ -178,15 +185,20 @@ def run_publisher_bench(
         tower_window=settings.confirm_window,
         tower_rounds=tuple(sides[TOWER][2]),
         aio_pika_rounds=tuple(sides[AIO_PIKA][2]),
+        journal_bytes_per_trigger=median([float(size) for size in journal_bytes]) / messages,
     )
 
 
-async def _tower_round(settings: Settings, triggers: Sequence[Trigger]) -> tuple[float, float]:
+async def _tower_round(settings: Settings, triggers: Sequence[Trigger]) -> tuple[float, float, int]:
+    """Seconds, CPU seconds, and the journal's size on disk (database and WAL) after."""
     with tempfile.TemporaryDirectory(prefix="tower-trio-bench-journal-") as data_dir:
         # A fresh journal per round, so that no round starts with a backlog.
         journal = open_journal(Path(data_dir))
         try:
-            return await _publish_through(Publisher(settings, journal), settings, triggers)
+            seconds, cpu_seconds = await _publish_through(
+                Publisher(settings, journal), settings, triggers
+            )
+            return seconds, cpu_seconds, journal.size_bytes()
         finally:
             journal.close()
 

@@ -200,6 +200,10 @@ def _summary(
             f"{verdict(publisher.ratio >= PUBLISHER_TARGET)} |"
         )
         lines.append(
+            f"| Journal bytes on disk per trigger (database + WAL) | "
+            f"{publisher.journal_bytes_per_trigger:,.0f} | | | | |"
+        )
+        lines.append(
             f"| Publisher CPU µs/msg (aio-pika ÷ tower-trio) | {publisher.tower_cpu * 1e6:.0f} | "
             f"{publisher.aio_pika_cpu * 1e6:.0f} | "
             f"{ratio(publisher.aio_pika_cpu, publisher.tower_cpu):.2f}x | | |"
