@@ -11,12 +11,13 @@ from typing import TYPE_CHECKING
 
 from ._broker import open_vhost
 from ._common import REPO_ROOT, BenchError
-from ._http_bench import TOWER, TOWER_PUBLISHED, run_http_bench
+from ._http_bench import NO_JOURNAL, TOWER, TOWER_PUBLISHED, run_http_bench
 from ._idle import run_idle_bench
 from ._publisher_bench import run_publisher_bench
 from ._report import (
     HTTP_TARGET,
     IDLE_TARGET,
+    NO_JOURNAL_TARGET,
     PUBLISHER_TARGET,
     describe_machine,
     render_markdown,
@@ -188,6 +189,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     return 0
 
 
+def journal_ratio(http: HttpResult) -> float:
+    """The journaled ingest's req/s over the core service's before the journal."""
+    return http.median_run(TOWER).load.rate / http.median_run(NO_JOURNAL).load.rate
+
+
 def _summarize(
     publisher: PublisherResult | None, http: HttpResult | None, idle: IdleResult | None
 ) -> None:
@@ -204,6 +210,11 @@ def _summarize(
                 f"  http        {contender.name + ' / peer':<34} {ratio:5.2f}x req/s   "
                 f"(target >= {HTTP_TARGET:.1f}x: {verdict(ratio >= HTTP_TARGET)})"
             )
+        journal = journal_ratio(http)
+        _say(
+            f"  http        {'journaled / before the journal':<34} {journal:5.2f}x req/s   "
+            f"(target >= {NO_JOURNAL_TARGET:.1f}x: {verdict(journal >= NO_JOURNAL_TARGET)})"
+        )
     if idle is not None:
         budget = idle.budget(IDLE_TARGET)
         _say(

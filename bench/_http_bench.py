@@ -13,8 +13,11 @@ the number of 202s.
 
 from __future__ import annotations
 
+import io
 import json
+import subprocess
 import sys
+import tarfile
 import time
 import uuid
 from typing import TYPE_CHECKING, Literal
@@ -22,7 +25,7 @@ from typing import TYPE_CHECKING, Literal
 import attrs
 
 from ._broker import declare_bound_queue, purge_queue
-from ._common import median, process_cpu_seconds, ratio
+from ._common import REPO_ROOT, BenchError, median, process_cpu_seconds, ratio
 from ._load import LoadResult, run_load
 from ._servers import peer_command, pick_port, run_server, tower_command, tower_environ
 
@@ -49,7 +52,7 @@ _SETTLE = 0.5
 @attrs.frozen
 class Contender:
     name: str
-    kind: Literal["tower", "peer", "ceiling"]
+    kind: Literal["tower", "peer", "ceiling", "baseline"]
     path: str
     answers_when: str
     publishes: bool = True
@@ -67,7 +70,37 @@ CEILING = Contender(
     "JSON decoded (nothing stored or published)",
     publishes=False,
 )
-CONTENDERS = (TOWER, TOWER_PUBLISHED, PEER, CEILING)
+NO_JOURNAL = Contender(
+    "tower-trio before the journal",
+    "baseline",
+    "/triggers",
+    "confirmed by the broker (the core service, no journal)",
+)
+CONTENDERS = (TOWER, TOWER_PUBLISHED, NO_JOURNAL, PEER, CEILING)
+
+NO_JOURNAL_REVISION = "3d81e2e8139450d1791d4348288af45d97718e38"
+"""The last commit of the core service before the journal: its ingest path is
+the baseline the journaled one is held to (>= 0.9x)."""
+
+
+def _checkout_no_journal(workdir: Path) -> Path:
+    """That revision's ``tower_trio`` package, extracted from git into ``workdir``."""
+    target = workdir / "no-journal"
+    target.mkdir(exist_ok=True)
+    archive = subprocess.run(
+        ["git", "archive", NO_JOURNAL_REVISION, "tower_trio"],
+        cwd=REPO_ROOT,
+        capture_output=True,
+        check=False,
+    )
+    if archive.returncode != 0:
+        raise BenchError(
+            "cannot extract the pre-journal tower from git (the HTTP bench runs from a "
+            f"checkout): {archive.stderr.decode(errors='replace').strip()}"
+        )
+    with tarfile.open(fileobj=io.BytesIO(archive.stdout)) as tar:
+        tar.extractall(target, filter="data")
+    return target
 
 
 @attrs.frozen
@@ -128,6 +161,7 @@ def run_http_bench(
     report: Callable[[str], None],
 ) -> HttpResult:
     body = request_body()
+    no_journal_source = _checkout_no_journal(workdir)
     runs: list[HttpRun] = []
     for round_index in range(rounds):
         # Alternating the order keeps a drift of the machine from favouring one side.
@@ -139,6 +173,11 @@ def run_http_bench(
             if contender.kind == "tower":
                 command = tower_command()
                 environ = tower_environ(vhost.url, exchange, port, workdir)
+                ready_path = "/readyz"
+            elif contender.kind == "baseline":
+                command = [sys.executable, "-m", "tower_trio", "run"]
+                environ = tower_environ(vhost.url, exchange, port, workdir)
+                environ["PYTHONPATH"] = str(no_journal_source)
                 ready_path = "/readyz"
             elif contender.kind == "peer":
                 command = peer_command(vhost.url, exchange, port, plain=peer_plain)

@@ -14,7 +14,7 @@ import attrs
 
 from ._broker import broker_version
 from ._common import REPO_ROOT, ratio
-from ._http_bench import CEILING, CONTENDERS, PEER, TOWER, TOWER_PUBLISHED
+from ._http_bench import CEILING, CONTENDERS, NO_JOURNAL, PEER, TOWER, TOWER_PUBLISHED
 from ._load import generator_name
 from ._peer_fastapi import uvicorn_stack
 
@@ -26,6 +26,7 @@ if TYPE_CHECKING:
 __all__ = [
     "HTTP_TARGET",
     "IDLE_TARGET",
+    "NO_JOURNAL_TARGET",
     "PUBLISHER_TARGET",
     "Machine",
     "describe_machine",
@@ -35,6 +36,7 @@ __all__ = [
 
 PUBLISHER_TARGET = 2.0
 HTTP_TARGET = 1.0
+NO_JOURNAL_TARGET = 0.9
 IDLE_TARGET = 0.05
 """CPU seconds per 10 s of idleness."""
 
@@ -218,6 +220,14 @@ def _summary(
                 f"{http.median_run(contender).load.rate:,.0f} | {peer:,.0f} | {value:.2f}x | "
                 f"≥ {HTTP_TARGET:.1f}x | {verdict(value >= HTTP_TARGET)} |"
             )
+        journaled = http.median_run(TOWER).load.rate
+        before = http.median_run(NO_JOURNAL).load.rate
+        against_before = ratio(journaled, before)
+        lines.append(
+            f"| `POST /triggers` req/s with the journal (vs the core service before it) | "
+            f"{journaled:,.0f} | {before:,.0f} | {against_before:.2f}x | "
+            f"≥ {NO_JOURNAL_TARGET:.1f}x | {verdict(against_before >= NO_JOURNAL_TARGET)} |"
+        )
         ceiling = http.median_run(CEILING).load.rate
         lines.append(
             f"| Bare ASGI app on Hypercorn (the HTTP server's own ceiling, vs FastAPI) | "
@@ -307,6 +317,10 @@ def _http_section(result: HttpResult, machine: Machine) -> list[str]:
         " + aio-pika with `publisher_confirms=True`, one worker, the same validation rules, "
         "the same JSON answer; it publishes persistent and waits for the confirm on every "
         "request.",
+        "- **tower-trio before the journal**: the same command run from the last commit of "
+        "the core service before the journal landed (extracted from git at "
+        "`bench/_http_bench.py:NO_JOURNAL_REVISION`), which answered once the broker had "
+        "confirmed; the journaled ingest is held to at least 0.9x of it.",
         "- **bare ASGI on Hypercorn** (`bench/_bare_hypercorn.py`): the HTTP server tower-trio "
         "is built on, serving an app that only decodes the body and answers 202; no "
         "validation, journal or broker. No server on Hypercorn's trio worker can be faster, "
