@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import pytest
@@ -19,3 +20,31 @@ class TestConfigurationPage:
         """docs/configuration.md has one row per setting, with its default and meaning."""
         page = (DOCS / "configuration.md").read_text()
         assert f"| `{variable}` | {default} | {meaning} |" in page
+
+
+def _operations() -> list[str]:
+    document = json.loads((DOCS / "openapi.json").read_text())
+    return [
+        f"{method.upper()} {path}"
+        for path, operations in document["paths"].items()
+        for method in operations
+        if method in {"get", "post", "put", "patch", "delete"}
+    ]
+
+
+class TestHttpApiPage:
+    @pytest.mark.parametrize("operation", _operations())
+    def test_every_operation_has_its_section(self, operation: str) -> None:
+        """docs/http-api.md has a section for each operation of the OpenAPI document."""
+        page = (DOCS / "http-api.md").read_text()
+        assert f"## `{operation}`" in page
+
+    def test_no_section_for_an_operation_that_does_not_exist(self) -> None:
+        """Every operation the page documents is in the OpenAPI document."""
+        page = (DOCS / "http-api.md").read_text()
+        documented = {
+            line.removeprefix("## `").removesuffix("`")
+            for line in page.splitlines()
+            if line.startswith("## `")
+        }
+        assert documented == set(_operations())
