@@ -34,6 +34,7 @@ class TestPublicSurface:
             "ConnectionClosedError",
             "ConnectionLostError",
             "ConnectionStatistics",
+            "EncodedProperties",
             "Message",
             "Outcome",
             "Properties",

@@ -26,7 +26,7 @@ from ._errors import (
     TLSError,
     VhostNotFoundError,
 )
-from ._properties import PERSISTENT, TRANSIENT, Message, Properties
+from ._properties import PERSISTENT, TRANSIENT, EncodedProperties, Message, Properties
 from ._stats import ChannelStatistics, ConnectionStatistics
 from ._tls import create_ssl_context
 from ._url import URL
@@ -48,6 +48,7 @@ __all__ = [
     "ConnectionClosedError",
     "ConnectionLostError",
     "ConnectionStatistics",
+    "EncodedProperties",
     "Message",
     "Outcome",
     "Properties",

@@ -14,7 +14,7 @@ from ._confirm import Confirmation, Outcome, PendingConfirms, Returned
 from ._consume import Consumer, Deliveries
 from ._errors import AMQPError, ChannelClosedError
 from ._frames import FrameError, body_frame_count, marshal_content, marshal_method
-from ._properties import Message, Properties
+from ._properties import EncodedProperties, Message, Properties
 from ._stats import ChannelStatistics
 
 if TYPE_CHECKING:
@@ -143,7 +143,7 @@ class Channel:
         routing_key: str,
         body: bytes,
         *,
-        properties: Properties | None = None,
+        properties: Properties | EncodedProperties | None = None,
         mandatory: bool = False,
     ) -> Confirmation:
         """Publish one message and return its :class:`Confirmation` at once.
@@ -205,7 +205,7 @@ class Channel:
             await trio.lowlevel.cancel_shielded_checkpoint()
         return confirmation
 
-    def _mandatory_id(self, properties: Properties | None) -> str:
+    def _mandatory_id(self, properties: Properties | EncodedProperties | None) -> str:
         if self._pending is None:
             raise ValueError(
                 "mandatory=True needs a channel opened with confirm=True: "

@@ -203,6 +203,22 @@ class Properties:
 
 
 @attrs.frozen
+class EncodedProperties:
+    """Properties already encoded (as ``Properties.encode`` does), for publishers
+    that build many messages from one template and want to skip the encoding.
+
+    ``message_id`` must be the one inside ``data``: mandatory publishes match
+    Basic.Return by it.
+    """
+
+    data: bytes
+    message_id: str | None = None
+
+    def encode(self) -> bytes:
+        return self.data
+
+
+@attrs.frozen
 class Message:
     """A message received with Basic.Deliver or Basic.GetOk."""
 
