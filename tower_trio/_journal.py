@@ -228,7 +228,7 @@ class Journal:
         db = self._writer
         results: list[Accepted | Duplicate | None] = []
         rows: list[tuple[Any, ...]] = []
-        fresh: list[tuple[int, Outgoing]] = []
+        fresh: list[int] = []
         keys: set[str] = set()
         for trigger, body, key, fingerprint in entries:
             if key is not None:
@@ -238,10 +238,20 @@ class Journal:
                 if duplicate := self._first_with(key, fingerprint):
                     results.append(duplicate)
                     continue
-            outgoing = _outgoing(trigger, body)
-            fresh.append((len(results), outgoing))
+            fresh.append(len(results))
             results.append(None)
-            rows.append((*_columns(outgoing), key, fingerprint))
+            rows.append(
+                (
+                    trigger.uuid,
+                    trigger.api_version,
+                    trigger.protocol,
+                    trigger.metadata.source,
+                    body,
+                    trigger.created_at.timestamp(),
+                    key,
+                    fingerprint,
+                )
+            )
         # One executemany instead of a statement per trigger (a repeated uuid
         # fails it with an IntegrityError). With AUTOINCREMENT and the write
         # lock held, the rows get consecutive seqs ending at the last one.
@@ -249,13 +259,18 @@ class Journal:
         (last,) = db.execute("SELECT last_insert_rowid()").fetchone()
         if fresh:
             first_seq = last - len(fresh) + 1
-            (uuid,) = db.execute(
+            (first_uuid,) = db.execute(
                 "SELECT uuid FROM triggers WHERE seq = ?", (first_seq,)
             ).fetchone() or (None,)
-            if uuid != fresh[0][1].uuid:
+            if first_uuid != rows[0][0]:
                 raise JournalError(f"the journal {self.path} gave non-consecutive seqs")
-        for offset, (index, outgoing) in enumerate(fresh):
-            results[index] = Accepted(attrs.evolve(outgoing, seq=last - len(fresh) + 1 + offset))
+        seq = last - len(fresh)
+        for index, (uuid, api_version, protocol, source, body, created_at, *_) in zip(
+            fresh, rows, strict=True
+        ):
+            seq += 1
+            outgoing = Outgoing(seq, uuid, api_version, protocol, source, body, created_at, 0)
+            results[index] = Accepted(outgoing)
         return [result for result in results if result is not None]
 
     def _insert_checked(
