@@ -240,56 +240,40 @@ class Journal:
                     continue
             fresh.append(len(results))
             results.append(None)
-            rows.append(
-                (
-                    trigger.uuid,
-                    trigger.api_version,
-                    trigger.protocol,
-                    trigger.metadata.source,
-                    body,
-                    trigger.created_at.timestamp(),
-                    key,
-                    fingerprint,
-                )
-            )
+            rows.append(_row(trigger, body, key, fingerprint))
         # One executemany instead of a statement per trigger (a repeated uuid
         # fails it with an IntegrityError). With AUTOINCREMENT and the write
         # lock held, the rows get consecutive seqs ending at the last one.
         db.executemany(_INSERT, rows)
         (last,) = db.execute("SELECT last_insert_rowid()").fetchone()
+        first = last - len(fresh) + 1
         if fresh:
-            first_seq = last - len(fresh) + 1
             (first_uuid,) = db.execute(
-                "SELECT uuid FROM triggers WHERE seq = ?", (first_seq,)
+                "SELECT uuid FROM triggers WHERE seq = ?", (first,)
             ).fetchone() or (None,)
             if first_uuid != rows[0][0]:
                 raise JournalError(f"the journal {self.path} gave non-consecutive seqs")
-        seq = last - len(fresh)
-        for index, (uuid, api_version, protocol, source, body, created_at, *_) in zip(
-            fresh, rows, strict=True
-        ):
-            seq += 1
-            outgoing = Outgoing(seq, uuid, api_version, protocol, source, body, created_at, 0)
-            results[index] = Accepted(outgoing)
+        for offset, (index, row) in enumerate(zip(fresh, rows, strict=True)):
+            results[index] = _accepted(first + offset, row)
         return [result for result in results if result is not None]
 
     def _insert_checked(
         self, entry: tuple[Trigger, bytes, str | None, str | None]
     ) -> Accepted | Duplicate:
         trigger, body, key, fingerprint = entry
-        row = self._writer.execute(
+        stored = self._writer.execute(
             f"SELECT {_RECORD_COLUMNS} FROM triggers WHERE uuid = ?", (trigger.uuid,)
         ).fetchone()
-        if row is not None:
+        if stored is not None:
             # The very same trigger sent again (a plugin re-sending an object):
             # the first one stands, nothing new is stored.
-            return Duplicate(JournalRecord(*row), same_request=True)
+            return Duplicate(JournalRecord(*stored), same_request=True)
         if key is not None and (duplicate := self._first_with(key, fingerprint)):
             return duplicate
-        outgoing = _outgoing(trigger, body)
-        cursor = self._writer.execute(_INSERT, (*_columns(outgoing), key, fingerprint))
+        row = _row(trigger, body, key, fingerprint)
+        cursor = self._writer.execute(_INSERT, row)
         assert cursor.lastrowid is not None  # set by every INSERT
-        return Accepted(attrs.evolve(outgoing, seq=cursor.lastrowid))
+        return _accepted(cursor.lastrowid, row)
 
     def _first_with(self, key: str, fingerprint: str | None) -> Duplicate | None:
         row = self._writer.execute(
@@ -473,28 +457,25 @@ _INSERT = (
 )
 
 
-def _outgoing(trigger: Trigger, body: bytes) -> Outgoing:
-    return Outgoing(
-        0,
+def _row(
+    trigger: Trigger, body: bytes, key: str | None, fingerprint: str | None
+) -> tuple[Any, ...]:
+    """The values of ``_INSERT`` for one trigger."""
+    return (
         trigger.uuid,
         trigger.api_version,
         trigger.protocol,
         trigger.metadata.source,
         body,
         trigger.created_at.timestamp(),
-        0,
+        key,
+        fingerprint,
     )
 
 
-def _columns(outgoing: Outgoing) -> tuple[Any, ...]:
-    return (
-        outgoing.uuid,
-        outgoing.routing_key,
-        outgoing.protocol,
-        outgoing.source,
-        outgoing.body,
-        outgoing.created_at,
-    )
+def _accepted(seq: int, row: tuple[Any, ...]) -> Accepted:
+    uuid, api_version, protocol, source, body, created_at, _, _ = row
+    return Accepted(Outgoing(seq, uuid, api_version, protocol, source, body, created_at, 0))
 
 
 def _runs(settlements: list[Settlement]) -> list[list[Settlement]]:
