@@ -12,7 +12,7 @@ import trio
 
 from tests._helpers import VALID, Broker, run_tower, tower_settings
 from tower_trio import ConfigError, InvalidTriggerError, Plate, Trigger
-from tower_trio._channel import Submission, TriggerSendChannel, trigger_check
+from tower_trio._channel import Submission, TriggerSendChannel
 from tower_trio._plugins import discover_plugins, select_plugins
 from tower_trio._schemas import MAX_REPORTED_ERRORS, ProtocolSchemas, load_schemas
 from tower_trio._serialization import load_trigger
@@ -247,21 +247,6 @@ class TestPluginChannel:
         good = Trigger(api_version="OT-2/v1alpha1", protocol="PlateTransfer", spec={"volume": 5})
         await channel.clone().send(good)
         assert (await receive.receive()).trigger.metadata.source == "lims"
-
-    async def test_check_comes_from_the_context(self, examples: ProtocolSchemas) -> None:
-        """A channel built where the supervisor set the check uses it; elsewhere none applies."""
-        send, _ = trio.open_memory_channel[Submission](1)
-        bad = Trigger(api_version="OT-2/v1alpha1", protocol="PlateTransfer", spec={"volume": 0})
-
-        async def build_and_send(task_status: trio.TaskStatus[None]) -> None:
-            trigger_check.set(examples.check)
-            task_status.started()
-            with pytest.raises(InvalidTriggerError):
-                TriggerSendChannel(send.clone(), "lims").send_nowait(bad)
-
-        async with trio.open_nursery() as nursery:
-            await nursery.start(build_and_send)
-        TriggerSendChannel(send, "lims").send_nowait(bad)
 
     async def test_tower_checks_plugin_triggers(
         self, amqp_url: str, broker: Broker, tmp_path: Path

@@ -11,7 +11,6 @@ refused it), and, if its source waits for that, when the broker confirmed.
 
 from __future__ import annotations
 
-import contextvars
 import enum
 from typing import TYPE_CHECKING
 
@@ -24,16 +23,7 @@ from ._serialization import dump_trigger
 if TYPE_CHECKING:
     from collections.abc import Callable, Sequence
 
-__all__ = ["DeliveryStatus", "Intake", "Submission", "TriggerSendChannel", "trigger_check"]
-
-trigger_check: contextvars.ContextVar[Callable[[Trigger], Sequence[FieldError]] | None] = (
-    contextvars.ContextVar("trigger_check", default=None)
-)
-"""What plugin channels built in this context check triggers against (protocol schemas).
-
-Set by the supervisor in the task that starts the plugins, so that every
-plugin's channel checks its triggers without the plugin machinery having to
-carry the schemas through."""
+__all__ = ["DeliveryStatus", "Intake", "Submission", "TriggerSendChannel"]
 
 
 class DeliveryStatus(enum.Enum):
@@ -145,7 +135,7 @@ class TriggerSendChannel(trio.abc.SendChannel[Trigger]):
         self._inner = inner
         self._source = source
         self._on_send = on_send
-        self._check = check if check is not None else trigger_check.get()
+        self._check = check
 
     def _submission(self, trigger: Trigger) -> Submission:
         if not isinstance(trigger, Trigger):

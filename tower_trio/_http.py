@@ -47,6 +47,7 @@ _LIST_FILTERS = {
     "source": "source",
 }
 _LIST_PARAMETERS = frozenset({*_LIST_FILTERS, "limit", "before"})
+_POST_PARAMETERS = frozenset({"wait"})
 
 
 def _json(body: bytes, status: int = 200, **headers: str) -> Response:
@@ -130,7 +131,7 @@ class _Api:
                     **self._retry_after,
                 )
             )
-        if problem := _unknown_parameters(request.args, frozenset({"wait"})):
+        if problem := _unknown_parameters(request.args, _POST_PARAMETERS):
             return _closing(problem)
         wait = request.args.get("wait")
         if wait not in (None, "published"):

@@ -43,7 +43,7 @@ if TYPE_CHECKING:
     from collections.abc import Mapping, Sequence
     from pathlib import Path
 
-    from ._models import Trigger
+    from ._models import FieldError, Trigger
 
 __all__ = [
     "ConfiguredPlugin",
@@ -427,6 +427,7 @@ async def serve_plugin(
     status: PluginStatus,
     *,
     state_backend: StateBackend | None = None,
+    check: Callable[[Trigger], Sequence[FieldError]] | None = None,
     backoff: Backoff | None = None,
     wall_clock: Callable[[], datetime] | None = None,
     task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED,
@@ -463,7 +464,7 @@ async def serve_plugin(
                 if plugin.plugin.wants_state:
                     state = await State.load(plugin.name, state_backend)
                 async with TriggerSendChannel(
-                    send_channel.clone(), plugin.name, status.count_sent
+                    send_channel.clone(), plugin.name, status.count_sent, check
                 ) as plugin_channel:
                     await plugin.invoke(plugin_channel, state)
             except Exception as err:

@@ -27,7 +27,7 @@ import hypercorn.trio
 import trio
 
 from ._auth import check_exposure
-from ._channel import Submission, trigger_check
+from ._channel import Submission
 from ._http import create_app
 from ._journal import Journal, open_journal
 from ._logging import get_logger, print_summary
@@ -280,8 +280,6 @@ async def _serve_plugins(
     check: Callable[[Trigger], Sequence[FieldError]] | None = None,
     task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED,
 ) -> None:
-    # This task's context is its own, so the check reaches its plugins only.
-    trigger_check.set(check)
     with scope:
         async with trio.open_nursery() as nursery:
             for plugin in plugins:
@@ -292,6 +290,7 @@ async def _serve_plugins(
                         send_channel.clone(),
                         statuses[plugin.name],
                         state_backend=journal,
+                        check=check,
                     )
                 )
             task_status.started()
