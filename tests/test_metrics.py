@@ -2,18 +2,27 @@
 
 from __future__ import annotations
 
+from collections import Counter
 from typing import TYPE_CHECKING
 
+import trio
 from prometheus_client.parser import text_string_to_metric_families
 
 from tests._helpers import VALID, Broker, run_tower, tower_settings
 from tower_trio._auth import Tokens
-from tower_trio._metrics import route_of
+from tower_trio._metrics import method_of, route_of, status_of
 
 SCRAPE_TOKEN = "scrape-token-0123456789"
+API_TOKEN = "api-token-0123456789abcdef"
+# Every sample a tower exposes after hostile traffic, histogram buckets and
+# _created samples included, stays under this fixed figure whatever the amount
+# of traffic (about 130 today); one series per junk method would pass it.
+MAX_SERIES = 300
 
 if TYPE_CHECKING:
     from pathlib import Path
+
+    import httpx
 
 
 def samples(text: str) -> dict[tuple[str, frozenset[tuple[str, str]]], float]:
@@ -22,6 +31,96 @@ def samples(text: str) -> dict[tuple[str, frozenset[tuple[str, str]]], float]:
         for family in text_string_to_metric_families(text)
         for sample in family.samples
     }
+
+
+def series_per_family(text: str) -> Counter[str]:
+    return Counter(
+        {family.name: len(family.samples) for family in text_string_to_metric_families(text)}
+    )
+
+
+async def junk_requests(client: httpx.AsyncClient, start: int, stop: int) -> None:
+    """Requests whose method, path and headers are all made up, ``start`` to ``stop``."""
+    for n in range(start, stop):
+        for method, path, headers in (
+            (f"JUNK{n}", f"/junk/{n}", {}),
+            (f"X-{n}", "/triggers", {"Authorization": f"Bearer guess-{n}-0123456789"}),
+            ("GET", f"/wp-admin/{n}.php", {"Authorization": f"Bearer {API_TOKEN}"}),
+            (f"P{n}", f"/triggers/{n:032x}", {"Authorization": f"Bearer {API_TOKEN}"}),
+        ):
+            response = await client.request(method, path, headers=headers)
+            assert response.status_code < 500, (method, path, response.text)
+
+
+async def hostile_traffic(client: httpx.AsyncClient, count: int) -> None:
+    """Junk requests plus triggers, query strings and headers a caller varies at will."""
+    await junk_requests(client, 0, count)
+    auth = {"Authorization": f"Bearer {API_TOKEN}"}
+    for n in range(count):
+        for query, body, extra in (
+            ("", {**VALID, "apiVersion": f"Junk{n}/v{n}", "protocol": f"P{n}"}, {}),
+            ("", {**VALID, "metadata": {"source": f"evil-{n}"}}, {"Idempotency-Key": f"k{n}"}),
+            ("", {**VALID, "protocol": f"not a protocol {n}"}, {}),
+            ("", VALID, {"Content-Type": f"text/x-{n}"}),
+            (f"?wait={n}", VALID, {}),
+        ):
+            response = await client.post(f"/triggers{query}", json=body, headers={**auth, **extra})
+            assert response.status_code < 500, response.text
+        await client.request("OPTIONS", f"/triggers/{n}", headers=auth)
+        await client.head(f"/protocols?{n}={n}", headers=auth)
+        await client.get(f"/triggers?apiVersion=Junk{n}/v{n}&protocol=P{n}", headers=auth)
+
+
+class TestLabelCardinality:
+    async def test_series_do_not_grow_with_junk_requests(
+        self, amqp_url: str, broker: Broker, tmp_path: Path
+    ) -> None:
+        """Distinct junk methods and paths add no series once each kind has been seen."""
+        settings = tower_settings(
+            amqp_url, broker.exchange, tmp_path, api_tokens=Tokens.of([API_TOKEN])
+        )
+        async with run_tower(settings) as tower:
+            with trio.fail_after(120):
+                await junk_requests(tower.client, 0, 5)
+                after_five = series_per_family((await tower.client.get("/metrics")).text)
+                await junk_requests(tower.client, 5, 200)
+                after_many = series_per_family((await tower.client.get("/metrics")).text)
+        assert after_many == after_five
+        requests = after_many["tower_http_requests"]
+        assert 0 < requests < 40
+
+    async def test_hostile_traffic_makes_few_series(
+        self, amqp_url: str, broker: Broker, tmp_path: Path
+    ) -> None:
+        """After junk methods, paths, apiVersions, sources and keys, a scrape stays small."""
+        settings = tower_settings(
+            amqp_url, broker.exchange, tmp_path, api_tokens=Tokens.of([API_TOKEN])
+        )
+        async with run_tower(settings) as tower:
+            with trio.fail_after(120):
+                await hostile_traffic(tower.client, 100)
+                scrape = (await tower.client.get("/metrics")).text
+        assert sum(series_per_family(scrape).values()) < MAX_SERIES
+        for junk in ("JUNK", "X-", "wp-admin", "Junk", "evil", "not a protocol", "text/x"):
+            assert junk not in scrape
+
+    def test_methods_fold_into_a_closed_set(self) -> None:
+        """The methods the tower serves are kept; any other token a client sends is 'other'."""
+        assert [method_of(m) for m in ("GET", "HEAD", "POST", "OPTIONS")] == [
+            "GET",
+            "HEAD",
+            "POST",
+            "OPTIONS",
+        ]
+        assert {method_of(m) for m in ("JUNK", "get", "DELETE", "X" * 1000)} == {"other"}
+
+    def test_statuses_fold_into_a_closed_set(self) -> None:
+        """Statuses the tower documents are kept; any other is its class, like '4xx'."""
+        assert status_of(404) == "404"
+        assert status_of(429) == "429"
+        assert status_of(418) == "4xx"
+        assert status_of(599) == "5xx"
+        assert status_of(42) == "other"
 
 
 class TestMetrics:

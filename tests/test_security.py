@@ -3,13 +3,15 @@
 from __future__ import annotations
 
 import logging
+from contextlib import asynccontextmanager
 from typing import TYPE_CHECKING
 
 import attrs
+import httpx
 import pytest
 import trio
 
-from tests._helpers import VALID, Broker, run_tower, tower_settings
+from tests._helpers import VALID, Broker, Tower, run_tower, tower_settings
 from tower_trio import ConfigError, InvalidTriggerError, Metadata, Plate, Trigger
 from tower_trio._auth import Guard, RateLimiter, Tokens, check_exposure, is_loopback, parse_rate
 from tower_trio._cli import main
@@ -17,6 +19,7 @@ from tower_trio._config import Settings
 from tower_trio._models import MAX_JSON_KEYS, MAX_STRING_LENGTH
 
 if TYPE_CHECKING:
+    from collections.abc import AsyncIterator
     from pathlib import Path
 
 TOKEN = "lab-token-0123456789abcdef"
@@ -188,6 +191,20 @@ class TestRateLimiter:
         limiter.acquire(999)
         assert limiter.acquire(999) > 0
 
+    def test_delay_spends_and_remembers_nothing(self) -> None:
+        """delay answers what acquire would, without taking from the bucket or adding one."""
+        clock = FakeClock()
+        limiter = RateLimiter(rate=1.0, burst=1, clock=clock)
+        assert limiter.delay("a") == 0.0
+        assert len(limiter) == 0
+        assert limiter.acquire("a") == 0.0
+        assert limiter.delay("a") == pytest.approx(1.0)
+        clock.now = 0.25
+        assert limiter.delay("a") == pytest.approx(0.75)
+        clock.now = 1.0
+        assert limiter.delay("a") == 0.0
+        assert limiter.acquire("a") == 0.0
+
     async def test_runs_on_trio_clock(self, autojump_clock: trio.testing.MockClock) -> None:
         """By default the limiter reads trio's clock, so a sleep refills the bucket."""
         limiter = RateLimiter(rate=0.1, burst=1)
@@ -263,6 +280,80 @@ class TestGuard:
         assert denial.status == 429
         assert guard.check("/triggers", None, "10.0.0.2") is None
         assert guard.check("/healthz", None, "10.0.0.1") is None
+
+    @pytest.mark.parametrize(
+        ("header", "status"),
+        [(None, 401), ("Basic abc", 401), ("Bearer guessed-guessed-guessed", 403)],
+    )
+    def test_refusals_are_rate_limited_per_address(self, header: str | None, status: int) -> None:
+        """401s and 403s spend the address's bucket; past it the answer is 429 with Retry-After."""
+        limiter = RateLimiter(rate=0.25, burst=2, clock=FakeClock())
+        guard = Guard(api=Tokens.of([TOKEN]), limiter=limiter)
+        refused = [guard.check("/triggers", header, "10.0.0.1") for _ in range(3)]
+        assert [denial and denial.status for denial in refused] == [status, status, 429]
+        last = refused[-1]
+        assert last is not None
+        assert last.headers == {"Retry-After": "4"}
+        assert "too many refused requests from this address" in last.detail
+        assert "TOWER_RATE_LIMIT" in last.detail
+        assert "TOWER_API_TOKENS" in last.detail
+        other = guard.check("/triggers", header, "10.0.0.2")
+        assert other is not None
+        assert other.status in {401, 403}
+
+    def test_address_over_its_refusals_gets_429_before_its_token_is_read(self) -> None:
+        """A right token from an address past its refusals is 429 too: no right-or-wrong oracle."""
+        clock = FakeClock()
+        guard = Guard(api=Tokens.of([TOKEN]), limiter=RateLimiter(1.0, 1, clock=clock))
+        wrong = "Bearer guessed-guessed-guessed"
+        first = guard.check("/triggers", wrong, "10.0.0.1")
+        assert first is not None
+        assert first.status == 403
+        for header in (wrong, f"Bearer {TOKEN}"):
+            denial = guard.check("/triggers", header, "10.0.0.1")
+            assert denial is not None
+            assert denial.status == 429
+        assert guard.check("/triggers", f"Bearer {TOKEN}", "10.0.0.2") is None
+        clock.now = 1.0
+        assert guard.check("/triggers", f"Bearer {TOKEN}", "10.0.0.1") is None
+
+    def test_accepted_requests_do_not_spend_the_refusal_budget(self) -> None:
+        """A token's own requests, even past its limit, never make its address's refusals 429."""
+        guard = Guard(api=Tokens.of([TOKEN]), limiter=RateLimiter(1.0, 1, clock=FakeClock()))
+        assert guard.check("/triggers", f"Bearer {TOKEN}", "10.0.0.1") is None
+        limited = guard.check("/triggers", f"Bearer {TOKEN}", "10.0.0.1")
+        assert limited is not None
+        assert limited.status == 429
+        refused = guard.check("/triggers", None, "10.0.0.1")
+        assert refused is not None
+        assert refused.status == 401
+
+    def test_probe_refusals_count_but_probes_are_never_limited(self) -> None:
+        """Refused probes spend the address's refusals; a probe itself is never answered 429."""
+        guard = Guard(
+            api=Tokens.of([TOKEN]),
+            probe=Tokens.of([PROBE]),
+            limiter=RateLimiter(rate=1.0, burst=2, clock=FakeClock()),
+        )
+        for header in ("Bearer wrong-probe-token-0000", None, "Bearer wrong-probe-token-0000"):
+            denial = guard.check("/healthz", header, "127.0.0.1")
+            assert denial is not None
+            assert denial.status in {401, 403}
+        for path in ("/healthz", "/readyz"):
+            assert guard.check(path, f"Bearer {PROBE}", "127.0.0.1") is None
+        spent = guard.check("/triggers", f"Bearer {TOKEN}", "127.0.0.1")
+        assert spent is not None
+        assert spent.status == 429
+        assert guard.check("/triggers", f"Bearer {TOKEN}", "127.0.0.2") is None
+
+    def test_refused_probes_leave_an_open_api_alone(self) -> None:
+        """Without API tokens the API's bucket is the address's, untouched by refused probes."""
+        guard = Guard(
+            probe=Tokens.of([PROBE]), limiter=RateLimiter(rate=1.0, burst=1, clock=FakeClock())
+        )
+        for _ in range(3):
+            assert guard.check("/readyz", None, "127.0.0.1") is not None
+        assert guard.check("/triggers", None, "127.0.0.1") is None
 
     def test_inactive_without_tokens_or_limit(self) -> None:
         """An open tower without a limit needs no guard at all."""
@@ -362,6 +453,40 @@ class TestAuthenticatedTower:
             )
             assert other.status_code == 200
             assert (await tower.client.get("/healthz")).status_code == 200
+
+    async def test_refusals_end_in_429(self, amqp_url: str, broker: Broker, tmp_path: Path) -> None:
+        """Repeated 403s and 401s from one address end in 429; scrapes, probes, others go on."""
+        settings = tower_settings(
+            amqp_url,
+            broker.exchange,
+            tmp_path,
+            api_tokens=Tokens.of([TOKEN]),
+            rate_limit=0.01,
+            rate_burst=3,
+        )
+        wrong = {"Authorization": "Bearer guessed-guessed-guessed"}
+        right = {"Authorization": f"Bearer {TOKEN}"}
+        async with run_tower(settings) as tower, _client_from("127.0.0.2", tower) as neighbour:
+            with trio.fail_after(30):
+                client = tower.client
+                statuses = [
+                    (await client.post("/triggers", json=VALID, headers=wrong)).status_code
+                    for _ in range(3)
+                ]
+                assert statuses == [403, 403, 403]
+                for headers in (wrong, {}, right):
+                    limited = await client.post("/triggers", json=VALID, headers=headers)
+                    assert limited.status_code == 429
+                    assert 90 <= int(limited.headers["retry-after"]) <= 100
+                    assert limited.json()["error"] == "too many requests"
+                    assert "too many refused requests" in limited.json()["details"][0]
+                # The promise kept: scrapes and probes are never limited.
+                for _ in range(5):
+                    assert (await client.get("/metrics")).status_code == 200
+                    assert (await client.get("/healthz")).status_code == 200
+                accepted = await neighbour.post("/triggers", json=VALID, headers=right)
+                assert accepted.status_code == 202
+                assert (await neighbour.get("/triggers", headers=wrong)).status_code == 403
 
     async def test_auth_off_is_said_at_start(
         self, amqp_url: str, broker: Broker, tmp_path: Path, caplog: pytest.LogCaptureFixture
@@ -467,6 +592,16 @@ class TestEarlyAnswers:
                     accepted = await tower.client.post("/triggers", json=VALID)
                 assert accepted.status_code == 202
                 assert "connection" not in accepted.headers
+
+
+@asynccontextmanager
+async def _client_from(address: str, tower: Tower) -> AsyncIterator[httpx.AsyncClient]:
+    """A client of ``tower`` whose connections come from another loopback address."""
+    transport = httpx.AsyncHTTPTransport(local_address=address)
+    async with httpx.AsyncClient(
+        base_url=tower.running.http_urls[0], transport=transport, timeout=30
+    ) as client:
+        yield client
 
 
 async def _connect(url: str) -> trio.SocketStream:

@@ -7,7 +7,9 @@ guess came. A token's value never reaches a log line, a repr or an error
 body.
 
 The rate limit is a token bucket per API token (per client address when
-the tower runs without tokens), in memory, on trio's clock.
+the tower runs without tokens), in memory, on trio's clock. Refusals (401,
+403) count too, in a bucket per client address: otherwise a caller without
+a valid token would be the one caller nothing slows down.
 """
 
 from __future__ import annotations
@@ -171,8 +173,7 @@ class RateLimiter:
     def acquire(self, key: Hashable) -> float:
         """0.0 if a request under ``key`` may go ahead now, else the seconds until one may."""
         now = self.clock()
-        level, updated = self._buckets.pop(key, (float(self.burst), now))
-        level = min(float(self.burst), level + (now - updated) * self.rate)
+        level = self._level(self._buckets.pop(key, None), now)
         wait = 0.0
         if level >= 1.0:
             level -= 1.0
@@ -183,6 +184,17 @@ class RateLimiter:
         if len(self._buckets) > self.max_keys:
             self._forget(now)
         return wait
+
+    def delay(self, key: Hashable) -> float:
+        """What ``acquire`` would answer, spending nothing and remembering nothing."""
+        level = self._level(self._buckets.get(key), self.clock())
+        return 0.0 if level >= 1.0 else (1.0 - level) / self.rate
+
+    def _level(self, bucket: tuple[float, float] | None, now: float) -> float:
+        if bucket is None:
+            return float(self.burst)
+        level, updated = bucket
+        return min(float(self.burst), level + (now - updated) * self.rate)
 
     def _forget(self, now: float) -> None:
         # Bounded memory whatever the number of clients: full buckets carry no
@@ -214,6 +226,18 @@ _CHALLENGE = 'Bearer realm="tower-trio"'
 
 
 @attrs.frozen
+class _Refused:
+    """The limiter key of the requests refused to one address.
+
+    A bucket apart from the address's own (the key of its accepted requests
+    when the tower runs without API tokens), so that accepted requests never
+    spend the budget for refusals, nor the reverse.
+    """
+
+    client: str
+
+
+@attrs.frozen
 class Guard:
     """Decides, from a request's path, Authorization header and client, whether it may pass."""
 
@@ -236,24 +260,36 @@ class Guard:
         if path in PROBE_PATHS:
             if self.probe is None:
                 return None
+            # A refused probe is counted, so that guessing the probe token costs
+            # the address its budget for refusals on the API, but a probe is
+            # never answered 429: a liveness probe held back by its neighbours'
+            # traffic would get the tower restarted (probes are never limited).
             _, denial = self._authenticate(self.probe, "TOWER_PROBE_TOKEN", authorization)
-            return denial
-        key: Hashable = client
-        if self.api is not None:
-            digest, denial = self._authenticate(self.api, "TOWER_API_TOKENS", authorization)
             if denial is not None:
-                return denial
-            key = digest
+                self._count_refusal(client)
+            return denial
+        if self.api is None:
+            return self._spend(client)
+        if self.limiter is not None and (wait := self.limiter.delay(_Refused(client))):
+            # Answered before the token is read: read first, a guesser over the
+            # limit would still tell a right guess (2xx) from a wrong one (429)
+            # at full speed.
+            return _too_many(self.limiter, wait, refused=True)
+        digest, denial = self._authenticate(self.api, "TOWER_API_TOKENS", authorization)
+        if denial is not None:
+            self._count_refusal(client)
+            return denial
+        return self._spend(digest)
+
+    def _spend(self, key: Hashable) -> Denial | None:
         if self.limiter is not None and (wait := self.limiter.acquire(key)):
-            retry_after = max(1, math.ceil(wait))
-            return Denial(
-                429,
-                "too many requests",
-                f"at most {self.limiter.burst} requests at once and {self.limiter.rate:g} per "
-                f"second (TOWER_RATE_BURST, TOWER_RATE_LIMIT); retry in {retry_after} s",
-                {"Retry-After": str(retry_after)},
-            )
+            return _too_many(self.limiter, wait)
         return None
+
+    def _count_refusal(self, client: str) -> None:
+        if self.limiter is not None:
+            # Over the budget, this spends nothing, like any limited request.
+            self.limiter.acquire(_Refused(client))
 
     @staticmethod
     def _authenticate(
@@ -279,3 +315,20 @@ class Guard:
         if digest is None:
             return b"", Denial(403, "forbidden", f"the bearer token is not one of {variable}")
         return digest, None
+
+
+def _too_many(limiter: RateLimiter, wait: float, *, refused: bool = False) -> Denial:
+    """429 for ``wait`` seconds; ``refused``: because the address's refusals used up its budget."""
+    retry_after = max(1, math.ceil(wait))
+    limit = (
+        f"at most {limiter.burst} requests at once and {limiter.rate:g} per second "
+        "(TOWER_RATE_BURST, TOWER_RATE_LIMIT)"
+    )
+    if refused:
+        detail = (
+            f"too many refused requests from this address, {limit}; retry in {retry_after} s "
+            "with a token from TOWER_API_TOKENS"
+        )
+    else:
+        detail = f"{limit}; retry in {retry_after} s"
+    return Denial(429, "too many requests", detail, {"Retry-After": str(retry_after)})

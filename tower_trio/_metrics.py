@@ -5,8 +5,19 @@ them (publisher statistics, plugin statuses, the channel), so the hot paths
 carry no metrics code at all. Only what has no other home is counted as it
 happens: HTTP requests, and the time from acceptance to confirm.
 
-Label values are bounded: routes are templates (``/triggers/{uuid}``), never
-raw paths, and nothing a caller chooses (uuids, apiVersions) becomes a label.
+Every label value comes from a closed set, so that no client can grow the
+registry (each new label value is a series held for the life of the process):
+
+- ``route``: a template (``/triggers/{uuid}``) or ``other``, never a raw path;
+- ``method``: the methods the tower serves, else ``other`` (a method is any
+  token a client cares to send, and is counted before authentication);
+- ``status``: the statuses the tower documents, else the class (``4xx``);
+- ``outcome``: a fixed vocabulary, ``source``: ``http`` only;
+- ``plugin``: the plugins the operator installed and configured, a set fixed
+  at start-up; ``state``: the members of ``PluginState``.
+
+Nothing a caller or a plugin's source chooses (uuids, apiVersions, protocols,
+``metadata.source``, idempotency keys, header values) becomes a label.
 """
 
 from __future__ import annotations
@@ -45,12 +56,35 @@ _ROUTES = (
 )
 
 
+# Quart answers HEAD and OPTIONS for every route besides what each one declares.
+_METHODS = frozenset({"GET", "HEAD", "POST", "OPTIONS"})
+# The statuses of the OpenAPI document, plus 405 (a route asked with another
+# method) and 500 (a bug of ours); anything else is counted by its class.
+_STATUSES = frozenset(
+    {200, 202, 400, 401, 403, 404, 405, 408, 409, 413, 415, 422, 429, 500, 503, 504}
+)
+
+
 def route_of(path: str) -> str:
     """The route template for ``path``, from a fixed set: label values stay bounded."""
     if path in _ROUTES:
         return path
     if path.startswith("/triggers/"):
         return "/triggers/{uuid}"
+    return "other"
+
+
+def method_of(method: str) -> str:
+    """``method`` if the tower serves it, else ``other``: label values stay bounded."""
+    return method if method in _METHODS else "other"
+
+
+def status_of(status: int) -> str:
+    """A documented status as itself, any other as its class (``4xx``)."""
+    if status in _STATUSES:
+        return str(status)
+    if 100 <= status <= 599:
+        return f"{status // 100}xx"
     return "other"
 
 
@@ -213,7 +247,7 @@ def instrument(app: ASGIApp, metrics: TowerMetrics, *, token: Tokens | None = No
             nonlocal counted
             counted = True
             route = route_of(path)
-            metrics.requests.labels(route, scope["method"], str(status)).inc()
+            metrics.requests.labels(route, method_of(scope["method"]), status_of(status)).inc()
             metrics.request_seconds.labels(route).observe(time.perf_counter() - started)
             if route == "/triggers" and scope["method"] == "POST":
                 metrics.received.labels("http", _outcome(status)).inc()
