@@ -7,6 +7,7 @@ import signal
 import subprocess
 import sys
 import textwrap
+from pathlib import Path
 from typing import TYPE_CHECKING
 
 import pytest
@@ -14,11 +15,11 @@ import trio
 
 from tests._helpers import spec_of
 from tower_trio import amqp
+from tower_trio._journal import FILE_NAME as JOURNAL_FILE
 from tower_trio._serialization import load_trigger
 
 if TYPE_CHECKING:
     from collections.abc import AsyncIterator
-    from pathlib import Path
 
 TRIGGERS_IN_CHANNEL = 400
 
@@ -83,6 +84,46 @@ class TestStartUpErrors:
         assert len(lines) == 1, result.stderr
         assert lines[0].startswith("tower-trio: error: ")
         assert message in lines[0]
+
+    @pytest.mark.parametrize("password", ["s3cret/pw-tail", "s3cret?pw-tail", "s3cret#pw-tail"])
+    def test_url_error_never_shows_the_password(self, password: str, tmp_path: Path) -> None:
+        """A password with an unencoded delimiter is refused without showing any piece of it."""
+        url = f"amqp://lab:{password}@rabbit:5672/%2F"
+        result = run_cli("run", environ=tower_environ(tmp_path, TOWER_AMQP_URL=url))
+        assert result.returncode == 2
+        (line,) = result.stderr.strip().splitlines()
+        assert line.startswith("tower-trio: error: TOWER_AMQP_URL is invalid: ")
+        for piece in (password, "s3cret", "pw-tail"):
+            assert piece not in line
+
+    @pytest.mark.parametrize(
+        "unusable",
+        [
+            pytest.param("under-a-file", id="under-a-file"),
+            pytest.param("is-a-file", id="is-a-file"),
+            pytest.param("not-a-database", id="not-a-database"),
+            pytest.param("proc", id="in-proc"),
+        ],
+    )
+    def test_unusable_data_dir_is_one_line(self, unusable: str, tmp_path: Path) -> None:
+        """A data dir that cannot hold the journal exits 2 with one line naming TOWER_DATA_DIR."""
+        (tmp_path / "file").write_text("not a folder")
+        data_dir = {
+            "under-a-file": tmp_path / "file" / "sub",
+            "is-a-file": tmp_path / "file",
+            "not-a-database": tmp_path / "data",
+            # Not even root can make a folder in /proc.
+            "proc": Path("/proc/tower-trio-data"),
+        }[unusable]
+        if unusable == "not-a-database":
+            data_dir.mkdir()
+            (data_dir / JOURNAL_FILE).write_bytes(b"not an SQLite database" * 100)
+        result = run_cli("run", environ=tower_environ(data_dir))
+        assert result.returncode == 2, result.stderr
+        lines = result.stderr.strip().splitlines()
+        assert len(lines) == 1, result.stderr
+        assert lines[0].startswith("tower-trio: error: cannot open the journal ")
+        assert "TOWER_DATA_DIR" in lines[0]
 
     def test_plugin_that_cannot_import_names_its_file(self, tmp_path: Path) -> None:
         """A plugin with a syntax error stops start-up with its path in the message."""

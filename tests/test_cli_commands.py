@@ -21,7 +21,7 @@ import trio
 
 from tests._helpers import VALID, Broker, Tower, run_tower, tower_settings, unused_port
 from tower_trio._auth import Tokens
-from tower_trio._cli import main
+from tower_trio._cli import _Progress, main
 from tower_trio._logging import configure_logging, get_logger, print_summary
 
 if TYPE_CHECKING:
@@ -79,6 +79,32 @@ def cli_environ(tmp_path: Path, **variables: str) -> dict[str, str]:
 async def cli(*argv: str, environ: dict[str, str]) -> int:
     """Run ``main`` in a thread: it blocks on HTTP, and the tower under test is in this loop."""
     return await trio.to_thread.run_sync(partial(main, list(argv), environ))
+
+
+async def run_into_closed_pipe(
+    *argv: str, environ: dict[str, str], buffered: bool = True
+) -> subprocess.CompletedProcess[bytes]:
+    """Run the command into a pipe whose reader has closed already, as `| head -0` leaves it.
+
+    Buffered (Python's default for a pipe), output that is not flushed by the
+    command meets the closed pipe only when it ends; unbuffered, at once.
+    """
+    environ = {k: v for k, v in environ.items() if k != "PYTHONUNBUFFERED"}
+    if not buffered:
+        environ["PYTHONUNBUFFERED"] = "1"
+    read_end, write_end = os.pipe()
+    os.close(read_end)
+    try:
+        with trio.fail_after(30):
+            return await trio.run_process(
+                [sys.executable, "-m", "tower_trio", *argv],
+                stdout=write_end,
+                capture_stderr=True,
+                env=environ,
+                check=False,
+            )
+    finally:
+        os.close(write_end)
 
 
 def write_plugin(plugins_dir: Path, name: str, source: str) -> None:
@@ -390,7 +416,8 @@ class TestSend:
         captured = capsys.readouterr()
         assert len(captured.out.split()) == 1
         assert captured.err.strip() == (
-            f"tower-trio: {tmp_path / 't.json'}[0]: 422 invalid trigger: spec: must not be empty"
+            f"tower-trio: error: {tmp_path / 't.json'}[0]: 422 invalid trigger: "
+            "spec: must not be empty"
         )
 
     async def test_unroutable_with_wait_is_a_failure(
@@ -419,7 +446,9 @@ class TestSend:
         async with run_tower(settings) as tower:
             argv = ("send", str(tmp_path / "t.json"), "--url", tower.running.http_urls[0])
             assert await cli(*argv, environ={}) == 1
-            assert capsys.readouterr().err.startswith(f"tower-trio: {tmp_path / 't.json'}: 401")
+            assert capsys.readouterr().err.startswith(
+                f"tower-trio: error: {tmp_path / 't.json'}: 401"
+            )
             assert await cli(*argv, environ={"TOWER_TOKEN": token}) == 0
             assert len(capsys.readouterr().out.split()) == 1
 
@@ -432,6 +461,108 @@ class TestSend:
         assert await cli("send", str(tmp_path / "t.json"), environ=environ) == 3
         (line,) = capsys.readouterr().err.splitlines()
         assert line.startswith("tower-trio: error: cannot reach the tower at http://127.0.0.1:")
+
+
+class TestErrorLines:
+    async def test_send_reports_each_failure_as_an_error_line(
+        self, tower: Tower, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+    ) -> None:
+        """Every per-trigger and per-file failure of `send` is one `tower-trio: error:` line."""
+        (tmp_path / "batch.json").write_text(json.dumps([{**VALID, "spec": {}}, VALID]))
+        (tmp_path / "broken.json").write_text("{")
+        files = [str(tmp_path / name) for name in ("batch.json", "broken.json", "missing.json")]
+        url = tower.running.http_urls[0]
+        assert await cli("send", *files, "--no-progress", "--url", url, environ={}) == 1
+        lines = capsys.readouterr().err.splitlines()
+        assert len(lines) == 3, lines
+        assert all(line.startswith("tower-trio: error: ") for line in lines), lines
+        assert f"tower-trio: error: {files[0]}[0]: 422 invalid trigger" in lines[-1]
+
+    async def test_send_unroutable_is_an_error_line(
+        self, tower: Tower, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+    ) -> None:
+        """A trigger --wait saw unroutable is reported as a `tower-trio: error:` line."""
+        (tmp_path / "t.json").write_text(json.dumps(VALID))
+        url = tower.running.http_urls[0]
+        code = await cli("send", str(tmp_path / "t.json"), "--wait", "--url", url, environ={})
+        assert code == 1
+        (line,) = capsys.readouterr().err.splitlines()
+        assert line.startswith(f"tower-trio: error: {tmp_path / 't.json'}: ")
+        assert line.endswith(" was unroutable")
+
+    def test_error_line_leaves_the_progress_line_on_a_terminal(
+        self, monkeypatch: pytest.MonkeyPatch
+    ) -> None:
+        """On a terminal, an error line starts on a line of its own, after the progress line."""
+        terminal = _Terminal()
+        monkeypatch.setattr(sys, "stderr", terminal)
+        progress = _Progress(3, terminal, enabled=True)
+        progress.step(ok=True)
+        progress.error("t.json[1]: 422 invalid trigger: spec: must not be empty")
+        last = terminal.getvalue().split("\n")[-2]
+        assert last == "tower-trio: error: t.json[1]: 422 invalid trigger: spec: must not be empty"
+
+    async def test_triggers_errors_are_error_lines(
+        self, tower: Tower, capsys: pytest.CaptureFixture[str]
+    ) -> None:
+        """`triggers get` of an unknown uuid and a bad --limit are `tower-trio: error:` lines."""
+        url = tower.running.http_urls[0]
+        assert await cli("triggers", "get", "0" * 32, "--url", url, environ={}) == 1
+        assert await cli("triggers", "list", "--limit", "0", "--url", url, environ={}) == 2
+        lines = capsys.readouterr().err.splitlines()
+        assert len(lines) == 2, lines
+        assert all(line.startswith("tower-trio: error: ") for line in lines), lines
+
+    def test_validate_reports_on_stdout_only(
+        self, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+    ) -> None:
+        """`validate` prints its report on stdout as documented; stderr stays empty."""
+        (tmp_path / "bad.json").write_text(json.dumps({**VALID, "spec": {}}))
+        assert main(["validate", str(tmp_path / "bad.json")], {}) == 1
+        captured = capsys.readouterr()
+        assert captured.err == ""
+        assert captured.out == f"{tmp_path / 'bad.json'}: spec: must not be empty\n"
+
+
+class TestClosedStdout:
+    async def test_send_stops_quietly(self, tower: Tower, tmp_path: Path) -> None:
+        """`send | head -0` exits 141 without a word on stderr and sends nothing more."""
+        (tmp_path / "t.json").write_text(
+            json.dumps([{**VALID, "spec": {"n": n}} for n in range(3)])
+        )
+        argv = ("send", str(tmp_path / "t.json"), "--url", tower.running.http_urls[0])
+        result = await run_into_closed_pipe(*argv, environ=cli_environ(tmp_path))
+        assert (result.returncode, result.stderr.decode()) == (141, "")
+        # The first trigger went before its uuid could be printed; the rest stayed home.
+        listed = (await tower.client.get("/triggers")).json()
+        assert len(listed["items"]) == 1
+
+    @pytest.mark.parametrize("buffered", [True, False], ids=["buffered", "unbuffered"])
+    async def test_triggers_get_exits_quietly(
+        self, buffered: bool, tower: Tower, tmp_path: Path
+    ) -> None:
+        """`triggers get UUID | head -0` exits 141 without a word on stderr."""
+        posted = (await tower.client.post("/triggers", json=VALID)).json()
+        argv = ("triggers", "get", posted["uuid"], "--url", tower.running.http_urls[0])
+        result = await run_into_closed_pipe(*argv, environ=cli_environ(tmp_path), buffered=buffered)
+        assert (result.returncode, result.stderr.decode()) == (141, "")
+
+    @pytest.mark.parametrize("buffered", [True, False], ids=["buffered", "unbuffered"])
+    async def test_config_exits_quietly(self, buffered: bool, tmp_path: Path) -> None:
+        """`config | head -0`, an offline command, also ends quietly with 141."""
+        environ = cli_environ(tmp_path)
+        result = await run_into_closed_pipe("config", environ=environ, buffered=buffered)
+        assert (result.returncode, result.stderr.decode()) == (141, "")
+
+    @pytest.mark.parametrize("buffered", [True, False], ids=["buffered", "unbuffered"])
+    async def test_help_exits_quietly(self, buffered: bool, tmp_path: Path) -> None:
+        """`--help | head -0` prints nothing on stderr."""
+        environ = cli_environ(tmp_path)
+        result = await run_into_closed_pipe("--help", environ=environ, buffered=buffered)
+        assert result.stderr.decode() == ""
+        # Unbuffered, argparse's own write fails and argparse ignores it (exit 0);
+        # buffered, the text meets the closed pipe in main's flush (141).
+        assert result.returncode == (141 if buffered else 0)
 
 
 class TestValidate:
@@ -584,6 +715,28 @@ class TestConfig:
         assert shown["TOWER_HTTP_PORT"] == {"value": "9001", "source": "environment"}
         assert shown["TOWER_EXCHANGE"] == {"value": "tower.triggers", "source": "default"}
         assert shown["TOWER_AMQP_URL"]["value"] == "amqp://guest:***@localhost:5672/%2F"
+
+    @pytest.mark.parametrize(
+        "password",
+        ["s3cret/pw-tail", "s3cret?pw-tail", "s3cret#pw-tail", "s3cret@pw-tail", "4567/s3cret"],
+    )
+    def test_url_password_never_shown(
+        self, password: str, capsys: pytest.CaptureFixture[str]
+    ) -> None:
+        """The broker password is not shown, whole or in pieces, even when the URL is invalid."""
+        environ = {"TOWER_AMQP_URL": f"amqp://lab:{password}@rabbit:5672/%2F"}
+        assert main(["config"], environ) == 0
+        assert main(["config", "--json"], environ) == 0
+        out = capsys.readouterr().out
+        pieces = {piece for piece in re.split(r"[/?#@]", password) if len(piece) >= 3}
+        for piece in {password, *pieces}:
+            assert piece not in out
+        shown = json.loads(out[out.index("{") :])["TOWER_AMQP_URL"]["value"]
+        if "@" in password:
+            assert shown == "amqp://lab:***@rabbit:5672/%2F"
+        else:
+            assert shown.startswith("(invalid URL, not shown: invalid AMQP URL: ")
+            assert "percent-encode" in shown
 
     def test_bad_setting_exits_two(self, capsys: pytest.CaptureFixture[str]) -> None:
         """An invalid setting is the one-line configuration error, exit 2."""

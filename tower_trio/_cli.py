@@ -23,8 +23,8 @@ import trio
 from . import amqp
 from ._client import Answer, TowerClient, TowerUnreachableError, default_url, encode
 from ._config import Settings
-from ._errors import PluginError, TowerError
-from ._logging import configure_logging, is_secret_name, redact_text
+from ._errors import JournalError, PluginError, TowerError
+from ._logging import configure_logging, is_secret_name
 from ._models import InvalidTriggerError
 from ._plugins import (
     DiscoveredPlugin,
@@ -49,6 +49,8 @@ EXIT_USAGE = 2
 EXIT_UNREACHABLE = 3
 EXIT_TOWER_ERROR = 4
 EXIT_INTERRUPTED = 130
+# What a shell reports for a tool that SIGPIPE ended (128 + 13), as `head` expects.
+EXIT_BROKEN_PIPE = 141
 
 _REDACTED = "***"
 _TOKEN_VARIABLE = "TOWER_TOKEN"
@@ -163,7 +165,20 @@ def _run(environ: Mapping[str, str]) -> int:
         settings.log_format,
         secrets=_secrets(url, discovered.values(), environ),
     )
-    return trio.run(run_tower, settings, plugins, skipped)
+    try:
+        return trio.run(run_tower, settings, plugins, skipped)
+    except* JournalError as group:
+        # The journal is opened inside the tower's nursery, so a data dir that
+        # cannot hold it arrives in an exception group; unwrapped, it is the
+        # one-line start-up error that `main` prints.
+        raise _first_leaf(group) from None
+
+
+def _first_leaf(group: BaseExceptionGroup[JournalError]) -> JournalError:
+    leaf = group.exceptions[0]
+    while isinstance(leaf, BaseExceptionGroup):
+        leaf = leaf.exceptions[0]
+    return leaf
 
 
 def _parse_amqp_url(settings: Settings) -> amqp.URL:
@@ -303,11 +318,11 @@ class _Progress:
             self._shown_tenth = tenth
             print(self._line(), file=self.stream, flush=True)
 
-    def interrupt(self, message: str) -> None:
-        """Print ``message`` on a line of its own, off the progress line."""
+    def error(self, message: str) -> None:
+        """Report ``message`` as an error line of its own, off the progress line."""
         if self.enabled and self.stream.isatty() and 0 < self.done < self.total:
             print(file=self.stream)
-        print(message, file=self.stream, flush=True)
+        _error(message, self.stream)
 
     def _line(self) -> str:
         failed = f", {self.failed} failed" if self.failed else ""
@@ -350,15 +365,15 @@ def _send_one(
         print(uuid, flush=True)
     status = body.get("status")
     if answer.status == 504:
-        report.interrupt(f"tower-trio: {item.label}: {uuid} is journaled but not yet confirmed")
+        report.error(f"{item.label}: {uuid} is journaled but not yet confirmed")
         return EXIT_TOWER_ERROR
     # Without --wait, success is "the tower has it": the broker's verdict comes later.
     if wait and answer.ok and status in ("unroutable", "failed"):
-        report.interrupt(f"tower-trio: {item.label}: {uuid} was {status}")
+        report.error(f"{item.label}: {uuid} was {status}")
         return EXIT_FAILED
     if answer.ok:
         return EXIT_OK
-    report.interrupt(f"tower-trio: {item.label}: {answer.problem()}")
+    report.error(f"{item.label}: {answer.problem()}")
     return EXIT_TOWER_ERROR if answer.status >= 500 else EXIT_FAILED
 
 
@@ -531,7 +546,9 @@ def _shown(name: str, value: Any) -> str:
         try:
             return amqp.URL.parse(value).redacted()
         except amqp.AMQPConfigError as err:
-            return f"{redact_text(value)} (invalid: {err})"
+            # An unparsable URL may have its password anywhere; the parser's
+            # message never quotes it, so it alone says what is wrong.
+            return f"(invalid URL, not shown: {err})"
     if _is_secret(name):
         return _REDACTED
     if isinstance(value, tuple):
@@ -544,8 +561,8 @@ def _shown(name: str, value: Any) -> str:
 # -- main ------------------------------------------------------------------------------
 
 
-def _error(message: str) -> None:
-    print(f"tower-trio: error: {message}", file=sys.stderr, flush=True)
+def _error(message: str, stream: TextIO | None = None) -> None:
+    print(f"tower-trio: error: {message}", file=stream or sys.stderr, flush=True)
 
 
 _COMMANDS: dict[str, Callable[[argparse.Namespace, Mapping[str, str]], int]] = {
@@ -558,6 +575,36 @@ _COMMANDS: dict[str, Callable[[argparse.Namespace, Mapping[str, str]], int]] = {
 
 
 def main(argv: Sequence[str] | None = None, environ: Mapping[str, str] | None = None) -> int:
+    try:
+        try:
+            return _main(argv, environ)
+        finally:
+            # Flushed here, where a closed pipe can still be caught, rather than
+            # at interpreter exit (also after --help, which exits through SystemExit).
+            if sys.stdout is not None:  # None when started with stdout closed
+                sys.stdout.flush()
+    except BrokenPipeError:
+        # The reader has gone (`| head`): stop quietly, as a tool that SIGPIPE
+        # ended would; `send` sends nothing more, since no uuid could be shown.
+        _discard_stdout()
+        return EXIT_BROKEN_PIPE
+
+
+def _discard_stdout() -> None:
+    # Python flushes stdout once more at exit; into /dev/null that flush cannot
+    # print "Exception ignored ... BrokenPipeError".
+    try:
+        fd = sys.stdout.fileno()
+    except (AttributeError, ValueError, OSError):
+        return  # no file descriptor behind it, so no exit flush that could fail
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    try:
+        os.dup2(devnull, fd)
+    finally:
+        os.close(devnull)
+
+
+def _main(argv: Sequence[str] | None, environ: Mapping[str, str] | None) -> int:
     args = _parser().parse_args(argv)
     environ = os.environ if environ is None else environ
     try:

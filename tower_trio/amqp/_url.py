@@ -51,18 +51,45 @@ class URL:
 
     @classmethod
     def parse(cls, url: str) -> URL:
-        """Parse ``url``; raise :class:`AMQPConfigError` naming what is wrong."""
+        """Parse ``url``; raise :class:`AMQPConfigError` naming what is wrong.
+
+        No message quotes the user name or password, nor any piece of them:
+        a password with an unencoded ``/``, ``?`` or ``#`` would otherwise
+        turn up as a port, a vhost, an option or a fragment.
+        """
+        scheme, sep, rest = url.partition("://")
+        scheme = scheme.lower()
+        if not sep or scheme not in cls.DEFAULT_PORTS:
+            # Not quoted: without "://" the text before the first ":" is as
+            # likely a user name and password as a scheme.
+            raise AMQPConfigError(
+                "invalid AMQP URL: the scheme must be amqp:// or amqps:// (AMQP over TLS)"
+            )
+        authority_end = min(
+            (at for delimiter in "/?#" if (at := rest.find(delimiter)) >= 0), default=len(rest)
+        )
+        if "@" in rest[authority_end:]:
+            # The userinfo ends at the last "@"; finding one after the host means
+            # a delimiter cut the userinfo short, so everything here may be secret.
+            raise AMQPConfigError(
+                "invalid AMQP URL: an '@' after the host; percent-encode a '/', '?' or '#' "
+                "in the user name or password (as %2F, %3F, %23) and an '@' in the vhost (%40)"
+            )
+        # urllib's messages quote the host and port, where a password cut short
+        # by a delimiter would sit: they are replaced, and left out of the chain.
         try:
             parts = urlsplit(url)
-            port = parts.port
-        except ValueError as err:
-            raise AMQPConfigError(f"invalid AMQP URL {_redact_raw(url)!r}: {err}") from err
-        scheme = parts.scheme.lower()
-        if scheme not in cls.DEFAULT_PORTS:
+        except ValueError:
             raise AMQPConfigError(
-                f"invalid AMQP URL {_redact_raw(url)!r}: the scheme must be amqp:// "
-                "or amqps:// (AMQP over TLS)"
-            )
+                "invalid AMQP URL: the host cannot be read; write an IPv6 address in "
+                "[brackets] and percent-encode '[' and ']' in the user name or password"
+            ) from None
+        try:
+            port = parts.port
+        except ValueError:
+            raise AMQPConfigError(
+                "invalid AMQP URL: the port must be a whole number from 0 to 65535"
+            ) from None
         if parts.fragment:
             raise AMQPConfigError("invalid AMQP URL: it must not have a #fragment")
         path = parts.path
@@ -162,12 +189,3 @@ def _parse_timeout(text: str) -> float:
             "positive number of seconds"
         )
     return value
-
-
-def _redact_raw(url: str) -> str:
-    # Used only when the URL could not be parsed: hide anything between the
-    # scheme and the last '@', which is where a password would be.
-    scheme, sep, rest = url.partition("://")
-    if not sep or "@" not in rest:
-        return url
-    return f"{scheme}://***@{rest.rpartition('@')[2]}"
