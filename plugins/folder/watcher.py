@@ -7,12 +7,22 @@ a JSON array of them. After it is handled the file is moved to
 sent. Files are read only once complete: written under another name (a
 name starting with ``.`` or not ending in ``.json``) and renamed, or left
 unchanged for ``settle`` seconds.
+
+Whoever can write into the folder is trusted with triggers, not with the
+tower: only a regular file no larger than ``max_file_bytes`` is read, opened
+without following a symbolic link (so a link swapped in after the listing
+cannot make the tower read, or publish, a file outside the folder), and a
+file that cannot be sent as it is goes to ``failed/`` alone while the files
+after it flow.
 """
 
 from __future__ import annotations
 
+import errno
+import hashlib
 import json
 import os
+import stat
 import uuid
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -30,7 +40,25 @@ if TYPE_CHECKING:
 
 PROCESSED = "processed"
 FAILED = "failed"
+ERROR_SUFFIX = ".error.txt"
 _SUFFIX = ".json"
+
+# The same default as TOWER_MAX_BODY_BYTES: a file is at most what one request may carry.
+DEFAULT_MAX_FILE_BYTES = 1024 * 1024
+_MAX_FILE_BYTES_SETTING = "PLUGIN_FOLDER_MAX_FILE_BYTES"
+
+# O_NOFOLLOW refuses a symbolic link in place of the listed file; O_NONBLOCK
+# keeps a FIFO from blocking the open until a writer comes; O_NOCTTY keeps a
+# terminal device from becoming the tower's controlling terminal.
+_OPEN_FLAGS = os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_NOCTTY | os.O_CLOEXEC
+
+# Errors that say the tower is short of something, not that the file is bad:
+# the file stays where it is and is read again at the next look.
+_TOWER_SIDE = frozenset({errno.EMFILE, errno.ENFILE, errno.ENOMEM, errno.ENOBUFS})
+
+# A trigger's idempotency key holds at most 256 characters; a longer name is
+# replaced in the key by its digest, leaving room for the signature and index.
+_MAX_NAME_IN_KEY = 128
 
 
 @attrs.frozen
@@ -48,6 +76,24 @@ class Config:
     rescan: float = attrs.field(default=60.0, validator=attrs.validators.gt(0))
     """With inotify, also look every ``rescan`` seconds, in case an event was
     lost (PLUGIN_FOLDER_RESCAN)."""
+    max_file_bytes: int = attrs.field(default=DEFAULT_MAX_FILE_BYTES)
+    """Largest file read, in bytes (PLUGIN_FOLDER_MAX_FILE_BYTES); a larger one
+    goes to ``failed/`` unread."""
+
+    @max_file_bytes.validator
+    def _check_max_file_bytes(self, _: attrs.Attribute[int], value: int) -> None:
+        if value <= 0:
+            raise ValueError(
+                f"{_MAX_FILE_BYTES_SETTING} must be a positive number of bytes, not {value}"
+            )
+
+
+class BadFileError(ValueError):
+    """A file that cannot be sent as it is; it goes to ``failed/`` with this reason."""
+
+
+def _signature(inode: int, size: int, mtime_ns: int) -> str:
+    return f"{inode}:{size}:{mtime_ns}"
 
 
 @attrs.frozen
@@ -61,7 +107,24 @@ class Seen:
 
     @property
     def signature(self) -> str:
-        return f"{self.inode}:{self.size}:{self.mtime_ns}"
+        return _signature(self.inode, self.size, self.mtime_ns)
+
+    @property
+    def label(self) -> str:
+        """The name as text any log, JSON answer or database accepts.
+
+        A name that is not UTF-8 reaches Python with surrogates, which SQLite
+        and JSON encoders refuse; its odd bytes are shown as ``\\xNN`` instead.
+        """
+        return os.fsencode(self.name).decode("utf-8", "backslashreplace")
+
+    @property
+    def key(self) -> str:
+        """The prefix of the idempotency keys of the file's triggers."""
+        name = self.label
+        if len(name) > _MAX_NAME_IN_KEY:
+            name = "sha256:" + hashlib.sha256(name.encode()).hexdigest()[:32]
+        return f"folder:{name}:{self.signature}"
 
 
 @attrs.define
@@ -99,31 +162,125 @@ class Settler:
 
 
 def list_candidates(folder: Path) -> list[Seen]:
-    """The ``*.json`` regular files directly in ``folder`` (blocking: run in a thread)."""
+    """The ``*.json`` entries directly in ``folder``, but directories (blocking: run in a thread).
+
+    Symbolic links and other special files are listed too, so that they go
+    to ``failed/`` with a reason instead of lying there unexplained; whether
+    a file may be read is decided when it is opened (``read_file``), not here.
+    """
     found = []
     with os.scandir(folder) as entries:
         for entry in entries:
             if entry.name.startswith(".") or not entry.name.lower().endswith(_SUFFIX):
                 continue
             try:
-                if not entry.is_file(follow_symlinks=False):
+                if entry.is_dir(follow_symlinks=False):
                     continue
-                stat = entry.stat(follow_symlinks=False)
+                info = entry.stat(follow_symlinks=False)
             except FileNotFoundError:
                 continue
-            found.append(Seen(entry.name, stat.st_ino, stat.st_size, stat.st_mtime_ns))
+            found.append(Seen(entry.name, info.st_ino, info.st_size, info.st_mtime_ns))
     return sorted(found, key=lambda f: (f.mtime_ns, f.name))
 
 
+@attrs.frozen
+class Content:
+    """A file's bytes and the signature of the file they were read from."""
+
+    signature: str
+    data: bytes
+
+
+def _kind(mode: int) -> str:
+    kinds = {
+        stat.S_ISDIR: "a directory",
+        stat.S_ISFIFO: "a FIFO (named pipe)",
+        stat.S_ISSOCK: "a socket",
+        stat.S_ISCHR: "a character device",
+        stat.S_ISBLK: "a block device",
+    }
+    return next((name for test, name in kinds.items() if test(mode)), "not a regular file")
+
+
+def _too_large(max_bytes: int, size: int | None = None) -> BadFileError:
+    what = f"is {size} bytes" if size is not None else "grew while it was read"
+    return BadFileError(
+        f"{what}, over the limit of {max_bytes} bytes ({_MAX_FILE_BYTES_SETTING}); "
+        "split it into smaller files or raise the limit"
+    )
+
+
+def _unreadable(err: OSError) -> BadFileError:
+    reason = f"cannot be read: {err.strerror or err}"
+    if err.errno in (errno.EACCES, errno.EPERM):
+        reason += "; let the tower's user read it, then drop it again"
+    return BadFileError(reason)
+
+
+def read_file(path: Path, max_bytes: int) -> Content:
+    """The bytes of the regular file at ``path``, at most ``max_bytes`` (blocking: run in a thread).
+
+    Raises ``BadFileError`` for a symbolic link, anything but a regular file,
+    a file over ``max_bytes`` or one the tower may not read;
+    ``FileNotFoundError`` if it is gone; another ``OSError`` for trouble on
+    the tower's side (no file descriptor left).
+    """
+    try:
+        fd = os.open(path, _OPEN_FLAGS)
+    except FileNotFoundError:
+        raise
+    except OSError as err:
+        if err.errno == errno.ELOOP:
+            raise BadFileError(
+                "is a symbolic link, which the folder plugin never follows (its target "
+                "was not read); drop the file itself"
+            ) from None
+        if err.errno == errno.ENXIO:
+            raise BadFileError(
+                "is a socket or a device, not a regular file; drop a JSON file"
+            ) from None
+        if err.errno in _TOWER_SIDE:
+            raise
+        raise _unreadable(err) from None
+    try:
+        # Checked on the opened file, so what is read is what was checked.
+        info = os.fstat(fd)
+        if not stat.S_ISREG(info.st_mode):
+            raise BadFileError(f"is {_kind(info.st_mode)}, not a regular file; drop a JSON file")
+        if info.st_size > max_bytes:
+            raise _too_large(max_bytes, info.st_size)
+        with open(fd, "rb", closefd=False) as file:
+            # One byte more than allowed tells a file that grew since the check.
+            data = file.read(max_bytes + 1)
+    except OSError as err:
+        if err.errno in _TOWER_SIDE:
+            raise
+        raise _unreadable(err) from None
+    finally:
+        os.close(fd)
+    if len(data) > max_bytes:
+        raise _too_large(max_bytes)
+    return Content(_signature(info.st_ino, info.st_size, info.st_mtime_ns), data)
+
+
 def parse_file(data: bytes, key_prefix: str) -> list[Trigger]:
-    """The triggers in a file's bytes; raises ValueError saying everything wrong with it."""
+    """The triggers in a file's bytes; raises BadFileError saying everything wrong with it."""
     try:
         wire: Any = json.loads(data)
-    except (UnicodeDecodeError, ValueError) as err:
-        raise ValueError(f"not valid JSON: {err}") from None
+    except UnicodeDecodeError as err:
+        raise BadFileError(f"is not UTF-8 text: {err}; save it as UTF-8") from None
+    except ValueError as err:
+        raise BadFileError(f"not valid JSON: {err}") from None
+    except RecursionError:
+        # json.loads recurses once per level: a file of "[[[[…" must fail alone,
+        # not take the plugin down with it.
+        raise BadFileError(
+            "not valid JSON for a trigger: nested too deeply to read; "
+            "a trigger nests only a few levels"
+        ) from None
     items = wire if isinstance(wire, list) else [wire]
     if not items:
-        raise ValueError("an empty array holds no trigger")
+        raise BadFileError("an empty array holds no trigger")
     triggers, problems = [], []
     for index, item in enumerate(items):
         where = f"[{index}] " if isinstance(wire, list) else ""
@@ -132,14 +289,36 @@ def parse_file(data: bytes, key_prefix: str) -> list[Trigger]:
         except InvalidTriggerError as err:
             problems.append(f"{where}{err}")
     if problems:
-        raise ValueError("\n".join(problems))
+        raise BadFileError("\n".join(problems))
     return triggers
 
 
-def move_into(source: Path, folder: Path) -> Path:
-    """Move ``source`` into ``folder`` without overwriting (blocking: run in a thread)."""
+def load_file(file: Seen, folder: Path, max_bytes: int) -> list[Trigger] | None:
+    """The triggers in ``file``, or None if it changed since it was listed (blocking).
+
+    Parsing runs here too, in the thread, so that a large file does not
+    hold up the event loop.
+    """
+    content = read_file(folder / file.name, max_bytes)
+    if content.signature != file.signature:
+        # Another file took its place, or it was rewritten: the keys are made
+        # from the listed signature, so look at it again rather than send it.
+        return None
+    return parse_file(content.data, file.key)
+
+
+def move_into(source: Path, folder: Path, *, beside: str = "") -> Path:
+    """Move ``source`` into ``folder`` without overwriting (blocking: run in a thread).
+
+    ``beside``: a suffix for a companion file that must not exist either.
+    A rename moves a symbolic link itself, never its target.
+    """
     target = folder / source.name
-    if target.exists():
+
+    def taken(path: Path) -> bool:
+        return os.path.lexists(path) or bool(beside and os.path.lexists(f"{path}{beside}"))
+
+    if taken(target):
         target = folder / f"{source.stem}-{uuid.uuid4().hex[:8]}{source.suffix}"
     os.replace(source, target)
     return target
@@ -147,8 +326,15 @@ def move_into(source: Path, folder: Path) -> Path:
 
 def fail_file(source: Path, folder: Path, reason: str) -> Path:
     """Move ``source`` into ``failed/`` with the reason beside it (blocking)."""
-    target = move_into(source, folder)
-    target.with_name(target.name + ".error.txt").write_text(reason + "\n", encoding="utf-8")
+    target = move_into(source, folder, beside=ERROR_SUFFIX)
+    note = os.open(
+        f"{target}{ERROR_SUFFIX}",
+        # A link planted under the note's name is refused, not written through.
+        os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW | os.O_CLOEXEC,
+        0o644,
+    )
+    with os.fdopen(note, "w", encoding="utf-8", errors="backslashreplace") as file:
+        file.write(reason + "\n")
     return target
 
 
@@ -204,6 +390,7 @@ async def run(send_channel: trio.abc.SendChannel[Trigger], config: Config, state
     folder = Path(config.path)
     for sub in (folder, folder / PROCESSED, folder / FAILED):
         await trio.Path(sub).mkdir(parents=True, exist_ok=True)
+    max_bytes = config.max_file_bytes
     wakeup = _Wakeup(watching=not config.poll)
     settler = Settler(config.settle)
     given_up: dict[str, str] = {}
@@ -216,7 +403,7 @@ async def run(send_channel: trio.abc.SendChannel[Trigger], config: Config, state
             pending = [f for f in files if f.name not in given_up]
             settled, wait = settler.ready(pending, trio.current_time())
             for file in settled:
-                if not await _handle(file, folder, send_channel, state):
+                if not await _handle(file, folder, send_channel, state, max_bytes):
                     given_up[file.name] = file.signature
                 settler.forget(file.name)
             longest = config.rescan if wakeup.watching else config.interval
@@ -224,32 +411,41 @@ async def run(send_channel: trio.abc.SendChannel[Trigger], config: Config, state
 
 
 async def _handle(
-    file: Seen, folder: Path, send_channel: trio.abc.SendChannel[Trigger], state: State
+    file: Seen,
+    folder: Path,
+    send_channel: trio.abc.SendChannel[Trigger],
+    state: State,
+    max_bytes: int,
 ) -> bool:
-    """Send one file's triggers and move it away; False if it could not be moved."""
+    """Send one file's triggers and move it away; False to leave it until it changes."""
     path = folder / file.name
-    marker = f"sent:{file.name}"
-    key = f"folder:{file.name}:{file.signature}"
+    marker = f"sent:{file.label}"
     if await state.get(marker) != file.signature:
         try:
-            data = await trio.Path(path).read_bytes()
+            triggers = await trio.to_thread.run_sync(load_file, file, folder, max_bytes)
         except FileNotFoundError:
             return True
+        except BadFileError as err:
+            return await _fail(file, folder, str(err))
         except OSError as err:
-            report_item_error(file.name, f"cannot read it: {err}")
-            return False
-        try:
-            triggers = parse_file(data, key)
-        except ValueError as err:
-            report_item_error(file.name, str(err).replace("\n", "; "))
-            try:
-                await trio.to_thread.run_sync(fail_file, path, folder / FAILED, str(err))
-            except OSError as move_err:
-                report_item_error(file.name, f"cannot move it to {FAILED}/: {move_err}")
-                return False
+            report_item_error(file.label, f"cannot read it now: {err.strerror or err}")
             return True
-        for trigger in triggers:
-            await send_channel.send(trigger)
+        if triggers is None:
+            return True
+        for index, trigger in enumerate(triggers):
+            try:
+                await send_channel.send(trigger)
+            except InvalidTriggerError as err:
+                # Refused on the way out (a protocol's schema): the file goes to
+                # failed/ instead of crashing the plugin on it at every restart.
+                where = f"[{index}] " if len(triggers) > 1 else ""
+                before = (
+                    f"\nthe {index} trigger(s) before it in this file were sent; "
+                    "remove them before dropping the file again"
+                    if index
+                    else ""
+                )
+                return await _fail(file, folder, f"{where}{err}{before}")
         # Recorded before the move: if the tower stops in between, the file is
         # moved after the restart instead of being sent again.
         await state.set(marker, file.signature)
@@ -258,7 +454,20 @@ async def _handle(
     except FileNotFoundError:
         pass
     except OSError as err:
-        report_item_error(file.name, f"sent, but cannot move it to {PROCESSED}/: {err}")
+        report_item_error(
+            file.label, f"sent, but cannot move it to {PROCESSED}/: {err.strerror or err}"
+        )
         return False
     await state.delete(marker)
+    return True
+
+
+async def _fail(file: Seen, folder: Path, reason: str) -> bool:
+    """Report a bad file and move it to ``failed/``; False if it could not be moved."""
+    report_item_error(file.label, reason.replace("\n", "; "))
+    try:
+        await trio.to_thread.run_sync(fail_file, folder / file.name, folder / FAILED, reason)
+    except OSError as err:
+        report_item_error(file.label, f"cannot move it to {FAILED}/: {err.strerror or err}")
+        return False
     return True
