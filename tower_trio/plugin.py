@@ -17,20 +17,32 @@ from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING, Any, NoReturn
 
 import attrs
-import httpx
 import trio
 
 from ._backoff import Backoff
 from ._logging import get_logger
 from ._models import FieldError, InvalidTriggerError, Trigger, check_api_version
+from ._plugin_http import (
+    DEFAULT_MAX_RESPONSE_BYTES,
+    CrossOriginRedirectError,
+    PluginHTTPClient,
+    RequestDeadlineError,
+    ResponseTooLargeError,
+)
 from ._serialization import trigger_from_wire
 
 if TYPE_CHECKING:
     from collections.abc import Awaitable, Mapping
 
+    import httpx
+
     from ._plugins import StateBackend
 
 __all__ = [
+    "DEFAULT_MAX_RESPONSE_BYTES",
+    "CrossOriginRedirectError",
+    "RequestDeadlineError",
+    "ResponseTooLargeError",
     "State",
     "is_api_version",
     "open_http_client",
@@ -130,18 +142,33 @@ def open_http_client(
     base_url: str = "",
     headers: Mapping[str, str] | None = None,
     timeout: float = 30.0,
+    max_response_bytes: int = DEFAULT_MAX_RESPONSE_BYTES,
 ) -> httpx.AsyncClient:
-    """An ``httpx.AsyncClient`` for a plugin: every request bounded by ``timeout`` seconds.
+    """An ``httpx.AsyncClient`` for a plugin, safe to point at an API it does not control.
 
-    Use it as ``async with open_http_client(...) as client``. httpx runs on
-    trio through anyio. A request that exceeds the timeout raises
-    ``httpx.TimeoutException``; let ``poll`` back off on it.
+    Use it as ``async with open_http_client(...) as client``, then
+    ``await client.get(...)`` as with any httpx client (httpx runs on trio
+    through anyio). Every request, whichever method sends it, is bounded:
+
+    - ``timeout``: seconds for the whole request — connecting, following
+      redirects and reading the answer (with ``client.stream()``, up to the
+      last byte read). Past it, ``RequestDeadlineError``, an
+      ``httpx.TimeoutException``.
+    - ``max_response_bytes``: the largest answer read, counted after gzip or
+      deflate decompression. A larger one raises ``ResponseTooLargeError``
+      as soon as it shows, without reading the rest.
+    - Redirects are followed only within the origin (scheme, host and port)
+      of the request, so ``headers`` (API keys, tokens) never reach another
+      host; a redirect elsewhere raises ``CrossOriginRedirectError``.
+
+    The three errors are ``httpx.HTTPError`` and ``PluginError`` at once:
+    let ``poll`` back off on them like on any failed request.
     """
-    return httpx.AsyncClient(
+    return PluginHTTPClient(
         base_url=base_url,
-        headers=dict(headers or {}),
-        timeout=httpx.Timeout(timeout),
-        follow_redirects=True,
+        headers=headers,
+        timeout=timeout,
+        max_response_bytes=max_response_bytes,
     )
 
 

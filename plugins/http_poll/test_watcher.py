@@ -49,6 +49,7 @@ def sample(sample_id: object, volume: object = 50, device: str = OT2) -> dict[st
 class Request:
     at: float
     headers: dict[str, str]
+    path: str = ""
 
 
 @attrs.define
@@ -60,6 +61,10 @@ class FakeApi:
     """Sent instead of ``body`` when set: an answer that is not JSON."""
     status: int = 200
     delay: float = 0.0
+    dribble: float = 0.0
+    """Seconds between the bytes of the answer, sent one at a time, when set."""
+    redirect: str = ""
+    """Where to redirect every request but those for ``/moved-here``, when set."""
     requests: list[Request] = attrs.Factory(list)
 
     def show(self, *items: Any) -> None:
@@ -78,7 +83,12 @@ class FakeApi:
                 if message["type"] == "lifespan.shutdown":
                     return
         headers = {name.decode(): value.decode() for name, value in scope["headers"]}
-        self.requests.append(Request(trio.current_time(), headers))
+        self.requests.append(Request(trio.current_time(), headers, scope["path"]))
+        if self.redirect and scope["path"] != "/moved-here":
+            location = [(b"location", self.redirect.encode())]
+            await send({"type": "http.response.start", "status": 302, "headers": location})
+            await send({"type": "http.response.body", "body": b""})
+            return
         if self.delay:
             await trio.sleep(self.delay)
         payload = self.raw if self.raw is not None else json.dumps(self.body).encode()
@@ -89,6 +99,11 @@ class FakeApi:
                 "headers": [(b"content-type", b"application/json")],
             }
         )
+        if self.dribble:
+            for byte in payload:
+                await send({"type": "http.response.body", "body": bytes([byte]), "more_body": True})
+                await trio.sleep(self.dribble)
+            payload = b""
         await send({"type": "http.response.body", "body": payload})
 
 
@@ -326,6 +341,39 @@ class TestAuth:
         for secret in (TOKEN, API_KEY):
             assert secret not in everything
 
+    async def test_a_redirect_within_the_api_keeps_the_credentials(
+        self, api: FakeApi, url: str, autojump_clock: trio.testing.MockClock
+    ) -> None:
+        """A redirect to the same scheme, host and port is followed, headers and all."""
+        api.redirect = "/moved-here"
+        api.show(sample("s1"))
+        settings = config(url, secret_headers=f"X-Api-Key: {API_KEY}")
+        with trio.fail_after(600):
+            async with open_plugin(HERE, config=settings) as harness:
+                trigger = await harness.next_trigger()
+        assert trigger.key == "http_poll:s1"
+        assert [request.path for request in api.requests[:2]] == ["/samples", "/moved-here"]
+        assert all(request.headers["x-api-key"] == API_KEY for request in api.requests)
+
+    async def test_a_redirect_to_another_host_gets_no_credentials(
+        self, api: FakeApi, url: str, nursery: trio.Nursery, autojump_clock: trio.testing.MockClock
+    ) -> None:
+        """The poll fails naming the redirect; the other server receives nothing at all."""
+        elsewhere = FakeApi()
+        elsewhere.show(sample("s1"))
+        elsewhere_url: str = await nursery.start(serve_fake_api, elsewhere)
+        api.redirect = elsewhere_url + "/moved-here"
+        settings = config(url, token=TOKEN, secret_headers=f"X-Api-Key: {API_KEY}")
+        with trio.fail_after(600):
+            async with open_plugin(HERE, config=settings) as harness:
+                errors = await harness.wait_for_item_errors(2)
+                assert harness.status.state.value == "backing-off"
+        assert elsewhere.requests == []
+        assert harness.sent == []
+        assert f"was redirected to another origin ({elsewhere_url})" in errors[0].message
+        assert "configure the URL the redirect leads to" in errors[0].message
+        assert all(TOKEN not in e.message and API_KEY not in e.message for e in errors)
+
     async def test_a_credential_in_the_shown_headers_is_refused(self) -> None:
         """A header such as Authorization must go in SECRET_HEADERS, which is masked."""
         settings = config("https://lims.example/api", headers=f"Authorization: Bearer {TOKEN}")
@@ -366,6 +414,39 @@ class TestBadAnswers:
             api.delay = 0
             await harness.next_trigger()
         assert "timed out after 5 s" in error.message
+
+    async def test_an_api_dribbling_its_answer_times_out_as_a_whole(
+        self, api: FakeApi, url: str, autojump_clock: trio.testing.MockClock
+    ) -> None:
+        """A byte every 2 s never trips a per-read timeout; the request's 5 s do."""
+        api.dribble = 2
+        api.show(sample("s1"))
+        with trio.fail_after(60):
+            async with open_plugin(HERE, config=config(url)) as harness:
+                (error,) = await harness.wait_for_item_errors(1)
+                api.dribble = 0
+                await harness.next_trigger()
+        assert error.message == (
+            f"ApiError: GET {url} timed out after 5 s, answer included; "
+            "raise PLUGIN_HTTP_POLL_TIMEOUT if the API is that slow"
+        )
+
+    async def test_an_answer_over_the_size_limit_backs_off_naming_the_setting(
+        self, api: FakeApi, url: str, autojump_clock: trio.testing.MockClock
+    ) -> None:
+        """Too large an answer is not read; the poll backs off until the answer fits."""
+        api.show(*(sample(f"s{n}") for n in range(50)))
+        with trio.fail_after(600):
+            async with open_plugin(HERE, config=config(url, max_response_bytes=1000)) as harness:
+                (error,) = await harness.wait_for_item_errors(1)
+                assert harness.status.state.value == "backing-off"
+                api.show(sample("s1"))
+                trigger = await harness.next_trigger()
+        assert error.message == (
+            f"ApiError: GET {url} answered more than PLUGIN_HTTP_POLL_MAX_RESPONSE_BYTES=1000 "
+            "bytes; raise it if the API's answers are really that large"
+        )
+        assert trigger.key == "http_poll:s1"
 
     async def test_a_refused_connection_is_reported(
         self, closed_port: int, autojump_clock: trio.testing.MockClock

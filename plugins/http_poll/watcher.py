@@ -27,6 +27,8 @@ import trio
 
 from tower_trio import ConfigError, InvalidTriggerError, Trigger
 from tower_trio.plugin import (
+    DEFAULT_MAX_RESPONSE_BYTES,
+    ResponseTooLargeError,
     State,
     open_http_client,
     poll,
@@ -418,7 +420,11 @@ class Config:
     token: str = attrs.field(default="", repr=False, validator=_valid(_check_token))
     """Sent as ``Authorization: Bearer <token>``, masked (PLUGIN_HTTP_POLL_TOKEN)."""
     timeout: float = attrs.field(default=30.0, validator=attrs.validators.gt(0))
-    """Seconds one request may take (PLUGIN_HTTP_POLL_TIMEOUT)."""
+    """Seconds one request may take, answer included (PLUGIN_HTTP_POLL_TIMEOUT)."""
+    max_response_bytes: int = attrs.field(
+        default=DEFAULT_MAX_RESPONSE_BYTES, validator=attrs.validators.ge(1)
+    )
+    """The largest answer read, decompressed (PLUGIN_HTTP_POLL_MAX_RESPONSE_BYTES)."""
     remember: int = attrs.field(default=1000, validator=attrs.validators.ge(1))
     """How many item ids to keep in state (PLUGIN_HTTP_POLL_REMEMBER)."""
 
@@ -535,7 +541,16 @@ class Watcher:
         try:
             response = await self.client.get(url)
         except httpx.TimeoutException:
-            raise ApiError(f"GET {url} timed out after {self.config.timeout:g} s") from None
+            raise ApiError(
+                f"GET {url} timed out after {self.config.timeout:g} s, answer included; "
+                f"raise {_VARIABLE}TIMEOUT if the API is that slow"
+            ) from None
+        except ResponseTooLargeError:
+            raise ApiError(
+                f"GET {url} answered more than {_VARIABLE}MAX_RESPONSE_BYTES="
+                f"{self.config.max_response_bytes} bytes; raise it if the API's answers "
+                "are really that large"
+            ) from None
         except httpx.HTTPError as err:
             # The cause is dropped: only this message is vetted for credentials.
             raise ApiError(self.redact(f"GET {url} failed: {type(err).__name__}: {err}")) from None
@@ -622,6 +637,10 @@ class Watcher:
 
 async def run(send_channel: trio.abc.SendChannel[Trigger], config: Config, state: State) -> None:
     template = await load_template(config.template)
-    async with open_http_client(headers=config.request_headers(), timeout=config.timeout) as client:
+    async with open_http_client(
+        headers=config.request_headers(),
+        timeout=config.timeout,
+        max_response_bytes=config.max_response_bytes,
+    ) as client:
         watcher = await Watcher.start(client, config, template, send_channel, state)
         await poll(watcher.poll_once, interval=config.interval, what="API")

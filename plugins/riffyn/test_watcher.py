@@ -55,7 +55,10 @@ class FakeRiffyn:
     failures: dict[str, int] = attrs.Factory(dict)
     """Path fragment → HTTP status to answer with, while set."""
     delay: float = 0.0
+    experiments: list[str] = attrs.Factory(lambda: [EXPERIMENT])
     requests: list[str] = attrs.Factory(list)
+    raw_paths: list[str] = attrs.Factory(list)
+    """Each request's path as it came over the wire, percent-escapes and all."""
 
     def add_run(self, run_id: str, name: str = "run", status: str = "new", **values: Any) -> None:
         self.runs[run_id] = {
@@ -81,7 +84,7 @@ class FakeRiffyn:
 
     def route(self, path: str, query: dict[str, list[str]]) -> Any:
         if path == "/v1/experiments":
-            return {"data": [{"_id": EXPERIMENT}]}
+            return {"data": [{"_id": experiment} for experiment in self.experiments]}
         if path == f"/v1/experiment/{EXPERIMENT}/run-groups":
             return {"data": [{"_id": GROUP}]}
         if path == f"/v1/experiment/{EXPERIMENT}/run-group/{GROUP}/runs":
@@ -109,8 +112,22 @@ class FakeRiffyn:
                     return
         path = scope["path"]
         self.requests.append(path)
+        self.raw_paths.append(scope["raw_path"].decode())
         headers = dict(scope["headers"])
         body: Any
+        if path.startswith("/moved/"):
+            # The API moved under /v1, on the same server.
+            query = scope["query_string"].decode()
+            location = "/v1/" + path.removeprefix("/moved/") + (f"?{query}" if query else "")
+            await send(
+                {
+                    "type": "http.response.start",
+                    "status": 308,
+                    "headers": [(b"location", location.encode())],
+                }
+            )
+            await send({"type": "http.response.body", "body": b""})
+            return
         if headers.get(b"api-key") != API_KEY.encode():
             status, body = 401, {"error": "bad api key"}
         elif failed := [code for part, code in self.failures.items() if re.search(part, path)]:
@@ -128,6 +145,31 @@ class FakeRiffyn:
             }
         )
         await send({"type": "http.response.body", "body": payload})
+
+
+@attrs.frozen
+class Redirect:
+    """A server that sends every request on to the same path at ``target``."""
+
+    target: str
+
+    async def __call__(
+        self,
+        scope: dict[str, Any],
+        receive: Callable[[], Awaitable[dict[str, Any]]],
+        send: Callable[[dict[str, Any]], Awaitable[None]],
+    ) -> None:
+        if scope["type"] == "lifespan":
+            while True:
+                message = await receive()
+                await send({"type": message["type"] + ".complete"})
+                if message["type"] == "lifespan.shutdown":
+                    return
+        location = (self.target + scope["path"]).encode()
+        await send(
+            {"type": "http.response.start", "status": 307, "headers": [(b"location", location)]}
+        )
+        await send({"type": "http.response.body", "body": b""})
 
 
 @pytest.fixture
@@ -277,11 +319,86 @@ class TestRiffyn:
         """An API slower than the timeout is reported as a timeout and retried."""
         api.add_run("r1", status="running")
         api.delay = 60
-        async with open_plugin(HERE, config=config(url)) as harness:
-            (error,) = await harness.wait_for_item_errors(1)
-            api.delay = 0
-            await harness.next_trigger()
-        assert "Timeout" in error.message
+        with trio.fail_after(600):
+            async with open_plugin(HERE, config=config(url)) as harness:
+                (error,) = await harness.wait_for_item_errors(1)
+                api.delay = 0
+                await harness.next_trigger()
+        assert error.message == (
+            "RiffynApiError: GET /experiments timed out after 5 s, answer included; "
+            "raise PLUGIN_RIFFYN_TIMEOUT if the API is that slow"
+        )
+
+    async def test_an_answer_over_the_size_limit_is_an_error_naming_the_setting(
+        self, api: FakeRiffyn, url: str, autojump_clock: trio.testing.MockClock
+    ) -> None:
+        """An answer larger than max_response_bytes is not read; the poll backs off."""
+        api.add_run("r1", status="running")
+        with trio.fail_after(600):
+            async with open_plugin(HERE, config=config(url, max_response_bytes=20)) as harness:
+                (error,) = await harness.wait_for_item_errors(1)
+                assert harness.status.state.value == "backing-off"
+        assert error.message == (
+            "RiffynApiError: GET /experiments answered more than "
+            "PLUGIN_RIFFYN_MAX_RESPONSE_BYTES=20 bytes; raise it if the API's answers "
+            "are really that large"
+        )
+        assert harness.sent == []
+
+    async def test_ids_from_the_api_cannot_change_the_request_path(
+        self, api: FakeRiffyn, url: str, autojump_clock: trio.testing.MockClock
+    ) -> None:
+        """Ids are escaped into one path segment each; '..' is refused as an id."""
+        api.experiments = ["../admin", "a/b?x=1", "..", EXPERIMENT]
+        api.add_run("r1", status="running")
+        with trio.fail_after(600):
+            async with open_plugin(HERE, config=config(url)) as harness:
+                trigger = await harness.next_trigger()
+                errors = await harness.wait_for_item_errors(3)
+        assert trigger.metadata.spec["runId"] == "r1"
+        assert "/v1/experiment/..%2Fadmin/run-groups" in api.raw_paths
+        assert "/v1/experiment/a%2Fb%3Fx%3D1/run-groups" in api.raw_paths
+        wrong = ("/v1/admin", "/v1/run-groups", "/v1/experiment/a/b")
+        assert not any(path.startswith(wrong) for path in api.raw_paths)
+        # The fake knows no such experiments: escaped, they are ids it does not have.
+        assert [e.item for e in errors] == [
+            "experiment ../admin",
+            "experiment a/b?x=1",
+            "experiment ..",
+        ]
+        assert all("404" in e.message for e in errors[:2])
+        assert errors[2].message == "RiffynDataError: the id '..' cannot be used in a URL path"
+
+    async def test_a_redirect_within_the_api_keeps_the_api_key(
+        self, api: FakeRiffyn, url: str, autojump_clock: trio.testing.MockClock
+    ) -> None:
+        """A same-origin redirect is followed with the api-key header (the fake checks it)."""
+        api.add_run("r1", status="running")
+        moved = url.removesuffix("/v1") + "/moved"
+        with trio.fail_after(600):
+            async with open_plugin(HERE, config=config(moved)) as harness:
+                trigger = await harness.next_trigger()
+        assert trigger.metadata.spec["runId"] == "r1"
+        assert "/moved/experiments" in api.requests
+        assert harness.item_errors == []
+
+    async def test_a_redirect_to_another_host_is_refused_and_it_gets_nothing(
+        self,
+        api: FakeRiffyn,
+        url: str,
+        nursery: trio.Nursery,
+        autojump_clock: trio.testing.MockClock,
+    ) -> None:
+        """The api-key never reaches another origin: the poll fails and backs off instead."""
+        api.add_run("r1", status="running")
+        mover_url: str = await nursery.start(serve_fake_api, Redirect(url.removesuffix("/v1")))
+        with trio.fail_after(600):
+            async with open_plugin(HERE, config=config(mover_url + "/v1")) as harness:
+                (error,) = await harness.wait_for_item_errors(1)
+                assert harness.status.state.value == "backing-off"
+        assert api.requests == []
+        assert "was redirected to another origin" in error.message
+        assert API_KEY not in error.message
 
     async def test_a_broken_run_is_reported_and_the_others_still_trigger(
         self, api: FakeRiffyn, url: str, autojump_clock: trio.testing.MockClock

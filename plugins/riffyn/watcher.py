@@ -14,6 +14,7 @@ from __future__ import annotations
 import hashlib
 import re
 from typing import Any
+from urllib.parse import quote
 
 import attrs
 import httpx
@@ -21,6 +22,9 @@ import trio
 
 from tower_trio import InvalidTriggerError, Trigger
 from tower_trio.plugin import (
+    DEFAULT_MAX_RESPONSE_BYTES,
+    RequestDeadlineError,
+    ResponseTooLargeError,
     State,
     is_api_version,
     open_http_client,
@@ -45,11 +49,19 @@ class Config:
     poll_interval: float = attrs.field(default=10.0, validator=attrs.validators.gt(0))
     """Seconds between polls (PLUGIN_RIFFYN_POLL_INTERVAL)."""
     timeout: float = attrs.field(default=30.0, validator=attrs.validators.gt(0))
-    """Seconds one API request may take (PLUGIN_RIFFYN_TIMEOUT)."""
+    """Seconds one API request may take, answer included (PLUGIN_RIFFYN_TIMEOUT)."""
+    max_response_bytes: int = attrs.field(
+        default=DEFAULT_MAX_RESPONSE_BYTES, validator=attrs.validators.ge(1)
+    )
+    """The largest answer read, decompressed (PLUGIN_RIFFYN_MAX_RESPONSE_BYTES)."""
 
 
 class RiffynDataError(ValueError):
     """The Riffyn API answered, but not with what a run needs."""
+
+
+class RiffynApiError(Exception):
+    """The Riffyn API did not answer within the plugin's limits of time or size."""
 
 
 def pascal_case(text: str) -> str:
@@ -93,14 +105,36 @@ def _field(item: Any, name: str, what: str) -> Any:
     return item[name]
 
 
+def _segment(value: Any) -> str:
+    """An id from the API as one URL path segment, which it cannot escape from."""
+    text = str(value)
+    # "." and ".." stay dot segments even when quoted: a URL parser removes them.
+    if text in ("", ".", ".."):
+        raise RiffynDataError(f"the id {text!r} cannot be used in a URL path")
+    return quote(text, safe="")
+
+
 @attrs.define
 class Riffyn:
     """The few Riffyn API calls the plugin makes."""
 
     client: httpx.AsyncClient
+    config: Config
 
     async def get(self, path: str, **params: Any) -> Any:
-        response = await self.client.get(path, params=params or None)
+        try:
+            response = await self.client.get(path, params=params or None)
+        except ResponseTooLargeError:
+            raise RiffynApiError(
+                f"GET {path} answered more than PLUGIN_RIFFYN_MAX_RESPONSE_BYTES="
+                f"{self.config.max_response_bytes} bytes; raise it if the API's answers "
+                "are really that large"
+            ) from None
+        except RequestDeadlineError:
+            raise RiffynApiError(
+                f"GET {path} timed out after {self.config.timeout:g} s, answer included; "
+                "raise PLUGIN_RIFFYN_TIMEOUT if the API is that slow"
+            ) from None
         response.raise_for_status()
         try:
             return response.json()
@@ -111,15 +145,15 @@ class Riffyn:
         return _items(await self.get("/experiments"), "GET /experiments")
 
     async def run_groups(self, experiment: str) -> list[dict[str, Any]]:
-        path = f"/experiment/{experiment}/run-groups"
+        path = f"/experiment/{_segment(experiment)}/run-groups"
         return _items(await self.get(path), f"GET {path}")
 
     async def runs(self, experiment: str, group: str) -> list[dict[str, Any]]:
-        path = f"/experiment/{experiment}/run-group/{group}/runs"
+        path = f"/experiment/{_segment(experiment)}/run-group/{_segment(group)}/runs"
         return _items(await self.get(path), f"GET {path}")
 
     async def activity(self, experiment: str, activity: str) -> dict[str, Any]:
-        body = await self.get(f"/process/{experiment}/activity/{activity}")
+        body = await self.get(f"/process/{_segment(experiment)}/activity/{_segment(activity)}")
         if not isinstance(body, dict):
             raise RiffynDataError(f"activity {activity} is not an object")
         return body
@@ -127,7 +161,7 @@ class Riffyn:
     async def run_values(self, experiment: str, run: dict[str, Any]) -> dict[str, Any]:
         run_id, activity = run["_id"], run["activityId"]
         body = await self.get(
-            f"/experiment/{experiment}/step/{activity}/data/raw",
+            f"/experiment/{_segment(experiment)}/step/{_segment(activity)}/data/raw",
             rgid=run.get("groupId", ""),
             rid=run_id,
             rnum=run.get("num", ""),
@@ -251,7 +285,7 @@ class Watcher:
                     for group in await self.riffyn.run_groups(experiment_id)
                     for run in await self.riffyn.runs(experiment_id, _field(group, "_id", "group"))
                 ]
-            except (RiffynDataError, httpx.HTTPError) as err:
+            except (RiffynDataError, RiffynApiError, httpx.HTTPError) as err:
                 report_item_error(f"experiment {experiment_id}", err)
                 continue
             for run in runs:
@@ -273,7 +307,7 @@ class Watcher:
         run_id = run["_id"]
         try:
             started = await describe_run(self.riffyn, experiment, run)
-        except (RiffynDataError, httpx.HTTPError) as err:
+        except (RiffynDataError, RiffynApiError, httpx.HTTPError) as err:
             # Not marked active: the next poll tries again.
             report_item_error(f"run {run_id}", err)
             return
@@ -334,7 +368,10 @@ class Watcher:
 async def run(send_channel: trio.abc.SendChannel[Trigger], config: Config, state: State) -> None:
     headers = {"api-key": config.api_key, "accept": "application/json"}
     async with open_http_client(
-        base_url=config.url.rstrip("/"), headers=headers, timeout=config.timeout
+        base_url=config.url.rstrip("/"),
+        headers=headers,
+        timeout=config.timeout,
+        max_response_bytes=config.max_response_bytes,
     ) as client:
-        watcher = Watcher(Riffyn(client), send_channel, state)
+        watcher = Watcher(Riffyn(client, config), send_channel, state)
         await poll(watcher.poll_once, interval=config.poll_interval, what="riffyn API")
