@@ -19,6 +19,7 @@ if TYPE_CHECKING:
     from collections.abc import AsyncIterator, Sequence
 
     from tower_trio import Trigger
+    from tower_trio._channel import Submission
     from tower_trio._plugins import ConfiguredPlugin
 
 VALID = {"apiVersion": "OT-2/v1alpha1", "protocol": "PlateTransfer", "spec": {"volume": 100}}
@@ -102,3 +103,13 @@ def unused_port() -> int:
         sock.bind(("127.0.0.1", 0))
         port: int = sock.getsockname()[1]
         return port
+
+
+async def accept_all(
+    receive: trio.MemoryReceiveChannel[Submission], received: list[Submission]
+) -> None:
+    """Stand in for the journal: report every submission stored, and keep it."""
+    async with receive:
+        async for submission in receive:
+            submission.accepted()
+            received.append(submission)

@@ -12,7 +12,7 @@ import pytest
 import trio
 import trio.testing
 
-from tests._helpers import spec_of
+from tests._helpers import accept_all, spec_of
 from tower_trio import PluginError, Trigger
 from tower_trio._backoff import Backoff
 from tower_trio._channel import Submission
@@ -218,9 +218,10 @@ class TestSupervision:
         send, receive = trio.open_memory_channel[Submission](10)
         status = PluginStatus("flaky")
         backoff = Backoff(initial=1.0, cap=60.0, jitter=0.0)
-        async with receive:
+        received: list[Submission] = []
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(accept_all, receive, received)
             await serve_plugin(plugin, send, status, backoff=backoff)
-            received = [receive.receive_nowait() for _ in range(4)]
 
         module = plugin.plugin.run.__globals__
         starts = module["starts"]
@@ -269,6 +270,7 @@ class TestSupervision:
             ticks = []
             for _ in range(10):
                 submission = await receive.receive()
+                submission.accepted()
                 ticks.append((spec_of(submission.trigger)["n"], trio.current_time()))
             while statuses["steady"].state is not PluginState.FINISHED:
                 await trio.testing.wait_all_tasks_blocked()
@@ -394,9 +396,10 @@ class TestState:
         (plugin,), _ = select_plugins(discover_plugins(tmp_path, entry_points=False), None, {})
         send, receive = trio.open_memory_channel[Submission](10)
         backend = MemoryStateBackend()
-        async with receive:
+        received: list[Submission] = []
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(accept_all, receive, received)
             await serve_plugin(plugin, send, PluginStatus("counter"), state_backend=backend)
-            received = [receive.receive_nowait() for _ in range(3)]
         assert [spec_of(s.trigger) for s in received] == [{"runs": n} for n in (1, 2, 3)]
         assert backend.snapshot("counter") == {"runs": 3}
 

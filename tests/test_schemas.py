@@ -245,7 +245,7 @@ class TestPluginChannel:
             channel.send_nowait(bad)
         assert receive.statistics().current_buffer_used == 0
         good = Trigger(api_version="OT-2/v1alpha1", protocol="PlateTransfer", spec={"volume": 5})
-        await channel.clone().send(good)
+        channel.clone().send_nowait(good)
         assert (await receive.receive()).trigger.metadata.source == "lims"
 
     async def test_tower_checks_plugin_triggers(

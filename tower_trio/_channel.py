@@ -7,6 +7,9 @@ plugin cannot forget, or fake, where its triggers come from.
 
 A submission reports twice: once when the journal has it on disk (or
 refused it), and, if its source waits for that, when the broker confirmed.
+A plugin's ``send`` returns only after the first report: once it returns,
+the trigger is on disk, so the plugin may mark its source item done; if
+the journal refused it, ``send`` raises and the item stays to be retried.
 """
 
 from __future__ import annotations
@@ -17,6 +20,7 @@ from typing import TYPE_CHECKING
 import attrs
 import trio
 
+from ._errors import JournalError
 from ._models import FieldError, InvalidTriggerError, Trigger
 from ._serialization import dump_trigger
 
@@ -61,6 +65,9 @@ class Submission:
     withdrawn: bool = False
     """Set by a source that stopped waiting before the journal took it: a trigger
     whose sender was told it failed is not stored (and published) behind its back."""
+    taken: bool = False
+    """Set by the publisher when the submission joins a journal batch. From then
+    on withdrawing is too late: the source must wait for the commit's outcome."""
     _committed: trio.Event = attrs.field(factory=trio.Event)
     _settled: trio.Event | None = None
 
@@ -85,6 +92,11 @@ class Submission:
     def wants_settlement(self) -> bool:
         return self._settled is not None
 
+    @property
+    def settled(self) -> bool:
+        """Whether the broker's answer (or the journal's refusal) has come."""
+        return self._settled is not None and self._settled.is_set()
+
     # -- reported by the publisher -------------------------------------------
 
     def accepted(self) -> None:
@@ -108,6 +120,24 @@ class Submission:
         self.error = error
         if self._settled is not None:
             self._settled.set()
+
+    def take(self) -> bool:
+        """Claim the submission for a journal batch; False if its source withdrew it.
+
+        Synchronous, like ``withdraw``: between the two there is no checkpoint,
+        so exactly one of them wins.
+        """
+        if self.withdrawn:
+            return False
+        self.taken = True
+        return True
+
+    def withdraw(self) -> bool:
+        """Give up on a submission the journal has not taken; False if it was taken."""
+        if self.taken:
+            return False
+        self.withdrawn = True
+        return True
 
     # -- awaited by the source -------------------------------------------------
 
@@ -154,11 +184,27 @@ class TriggerSendChannel(trio.abc.SendChannel[Trigger]):
             self._on_send(trigger)
 
     def send_nowait(self, value: Trigger) -> None:
+        """Queue ``value`` without waiting for the journal (nor telling if it refused).
+
+        Prefer ``send`` whenever the plugin marks a source item done afterwards.
+        """
         self._inner.send_nowait(self._submission(value))
         self._sent(value)
 
     async def send(self, value: Trigger) -> None:
-        await self._inner.send(self._submission(value))
+        """Hand ``value`` over; returns once the journal has it on disk.
+
+        Raises ``JournalError`` if the journal could not store it: the trigger
+        will not be published, so the plugin must not mark its item done.
+        A duplicate (same key or uuid as a stored trigger) is stored already.
+        """
+        submission = self._submission(value)
+        await self._inner.send(submission)
+        if await submission.wait_committed() is Intake.REJECTED:
+            raise JournalError(
+                f"the journal could not store trigger {value.uuid}, so it will not be "
+                f"published: {submission.error}; the plugin should retry this item later"
+            )
         self._sent(value)
 
     def clone(self) -> TriggerSendChannel:

@@ -353,6 +353,13 @@ class Settings:
         "A connection silent for this many seconds is closed, and a request body must "
         "arrive within it (408 otherwise).",
     )
+    http_max_connections: int = _setting(
+        "TOWER_HTTP_MAX_CONNECTIONS",
+        1000,
+        _positive_int,
+        "HTTP connections served at once; further clients wait in the listen backlog until "
+        "one closes, so a flood of idle sockets cannot use up the tower's file descriptors.",
+    )
     schemas_dir: Path | None = _setting(
         "TOWER_SCHEMAS_DIR",
         None,

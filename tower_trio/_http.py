@@ -116,6 +116,8 @@ class _Api:
     schemas: ProtocolSchemas
     guard: Guard
     openapi: bytes = attrs.field(factory=lambda: dumps(openapi_document()))
+    _waiting_bytes: int = 0
+    """Bytes of bodies held by requests waiting for the broker (``?wait=published``)."""
 
     @property
     def _retry_after(self) -> dict[str, str]:
@@ -157,6 +159,41 @@ class _Api:
                     [f"send the trigger as application/json, not {sent}"],
                 )
             )
+        if not wait:
+            return await self._accept(key, wait_published=False)
+        # Reserved before the body is read, so a refused request costs nothing.
+        held = request.content_length or self.settings.max_body_bytes
+        if self._waiting_bytes + held > self.settings.wait_max_bytes:
+            return _closing(
+                _error(
+                    503,
+                    "too many requests are waiting for the broker",
+                    [
+                        "the trigger was not stored: requests with ?wait=published may hold "
+                        f"{self.settings.wait_max_bytes} bytes together "
+                        "(TOWER_WAIT_MAX_BYTES); retry later, or send without ?wait=published"
+                    ],
+                    **self._retry_after,
+                )
+            )
+        self._waiting_bytes += held
+        try:
+            return await self._accept(key, wait_published=True)
+        finally:
+            self._waiting_bytes -= held
+
+    async def _accept(self, key: str | None, *, wait_published: bool) -> Response:
+        submission = await self._submission(key, wait_published=wait_published)
+        if isinstance(submission, Response):
+            return submission
+        return await self._submit(submission, key)
+
+    async def _submission(self, key: str | None, *, wait_published: bool) -> Submission | Response:
+        """The request's trigger, or the answer that refuses it.
+
+        The request's bytes and decoded JSON go out of scope when this
+        returns: a request that waits holds only its published body.
+        """
         body = await request.get_data(cache=False)
         try:
             wire = json.loads(body)
@@ -170,28 +207,58 @@ class _Api:
             return _error(422, "invalid trigger", _field_details(err.errors))
         if errors := self.schemas.check(trigger):
             return _error(422, "invalid trigger", _field_details(errors))
-        submission = Submission.of(
+        return Submission.of(
             trigger,
             key=None if key is None else f"http:{key}",
-            fingerprint=None if key is None else request_fingerprint(wire),
-            wait_published=wait == "published",
+            fingerprint=None if key is None else request_fingerprint(trigger),
+            wait_published=wait_published,
         )
-        timeout = self.settings.publish_timeout
-        with trio.move_on_after(timeout) as deadline:
-            await self.send_channel.send(submission)
-            if await submission.wait_committed() is Intake.ACCEPTED and wait:
-                await submission.wait_settled()
-        return self._answer(submission, key, timed_out=deadline.cancelled_caught)
 
-    def _answer(self, submission: Submission, key: str | None, *, timed_out: bool) -> Response:
+    async def _submit(self, submission: Submission, key: str | None) -> Response:
         timeout = self.settings.publish_timeout
-        if submission.intake is Intake.WAITING:
-            submission.withdrawn = True
+        deadline = trio.current_time() + timeout
+        with trio.move_on_at(deadline):
+            await self.send_channel.send(submission)
+            await submission.wait_committed()
+        if submission.intake is Intake.WAITING and not submission.withdraw():
+            # The journal is writing it now: only the commit's outcome can tell
+            # the client the truth, so wait for it (a second, equal bound).
+            with trio.move_on_after(timeout):
+                await submission.wait_committed()
+        if submission.intake is Intake.ACCEPTED and submission.wants_settlement:
+            with trio.move_on_at(deadline):
+                await submission.wait_settled()
+        return self._answer(submission, key)
+
+    def _answer(self, submission: Submission, key: str | None) -> Response:
+        timeout = self.settings.publish_timeout
+        location = f"/triggers/{submission.trigger.uuid}"
+        if submission.withdrawn:
             _log.warning("trigger.journal_timeout", uuid=submission.trigger.uuid, timeout=timeout)
             return _error(
                 503,
                 "journal did not answer in time",
-                [f"the trigger was not stored within {timeout:g} s (TOWER_PUBLISH_TIMEOUT)"],
+                [
+                    f"the trigger was not stored within {timeout:g} s (TOWER_PUBLISH_TIMEOUT) "
+                    "and will not be published; retry"
+                ],
+                **self._retry_after,
+            )
+        if submission.intake is Intake.WAITING:
+            # Taken by the journal, whose commit has not ended: neither "stored"
+            # nor "not stored" would be sure.
+            _log.warning(
+                "trigger.journal_outcome_unknown", uuid=submission.trigger.uuid, timeout=timeout
+            )
+            return _error(
+                504,
+                "journal outcome unknown",
+                [
+                    f"the journal was still writing the trigger after {2 * timeout:g} s "
+                    f"(TOWER_PUBLISH_TIMEOUT); look it up at {location}, or retry with the "
+                    "same Idempotency-Key: a stored trigger is not stored twice"
+                ],
+                Location=location,
                 **self._retry_after,
             )
         if submission.intake is Intake.REJECTED:
@@ -216,15 +283,18 @@ class _Api:
             return _json(
                 _record_json(self.current(record)), 200, Location=f"/triggers/{record.uuid}"
             )
-        location = f"/triggers/{submission.trigger.uuid}"
-        if timed_out:
+        if submission.wants_settlement and not submission.settled:
             # On disk and on its way; the client can follow it at Location.
             return _json(_status_json("pending", submission.body), 504, Location=location)
         if submission.status is DeliveryStatus.FAILED:
             return _error(
                 503,
                 "broker refused the trigger",
-                [submission.error or "refused"],
+                [
+                    f"stored as failed after {self.settings.max_attempts} refusals "
+                    f"(TOWER_MAX_ATTEMPTS) and not published: {submission.error or 'refused'}"
+                ],
+                Location=location,
                 **self._retry_after,
             )
         return _json(_status_json(submission.status.value, submission.body), 202, Location=location)
@@ -258,8 +328,12 @@ class _Api:
             return _bad_parameter("before", "must be a cursor returned as 'next' by this endpoint")
         cursor = None if before is None else int(before)
         journal = self.journal
-        records = await journal.read(lambda: journal.find(**filters, before=cursor, limit=limit))
-        next_cursor = str(records[-1].seq) if len(records) == limit else None
+        records, more = await journal.read(
+            lambda: journal.page(
+                **filters, before=cursor, limit=limit, max_bytes=self.settings.list_max_bytes
+            )
+        )
+        next_cursor = str(records[-1].seq) if more else None
         items = b",".join(_record_json(self.current(r)) for r in records)
         return _json(b'{"items":[' + items + b'],"next":' + dumps(next_cursor) + b"}")
 

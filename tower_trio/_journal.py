@@ -1,10 +1,13 @@
 """The journal: every trigger on disk before it is published.
 
-One SQLite database in WAL mode under ``TOWER_DATA_DIR``. The publisher is
-its only writer; HTTP lookups read through a second connection, which WAL
-lets run beside the writer. Every method here blocks: callers run them with
-``trio.to_thread.run_sync`` through ``Journal.write`` / ``Journal.read``,
-which serialise each side on its own connection.
+One SQLite database in WAL mode under ``TOWER_DATA_DIR``. Every write goes
+through one writer connection, and every use of that connection holds the
+journal's writer lock, whoever calls (the publisher's batches and broker
+answers, plugins saving their state): two writers can never interleave
+their transactions. HTTP lookups read through a second connection, which
+WAL lets run beside the writer. Every method here blocks: callers run them
+with ``trio.to_thread.run_sync``, through ``Journal.write`` /
+``Journal.read`` for the tower's own tasks.
 
 A trigger's row is its delivery record: ``pending`` until the broker
 confirms it, then ``published``, ``unroutable`` or ``failed``. Rows that
@@ -13,11 +16,14 @@ are settled are pruned after the retention period; pending rows never are.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
+import os
 import sqlite3
+import threading
 import time
-from typing import TYPE_CHECKING, Any, TypeVar
+from typing import TYPE_CHECKING, Any, Concatenate, ParamSpec, TypeVar
 
 import attrs
 import trio
@@ -42,6 +48,7 @@ __all__ = [
 ]
 
 _T = TypeVar("_T")
+_P = ParamSpec("_P")
 
 SCHEMA_VERSION = 1
 _SCHEMA = """
@@ -76,9 +83,21 @@ CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL) WITH
 FILE_NAME = "journal.sqlite3"
 
 
-def request_fingerprint(wire: object) -> str:
-    """A digest of what a client asked for, to tell a retry from a different request."""
-    canonical = json.dumps(wire, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+def request_fingerprint(trigger: Trigger) -> str:
+    """A digest of what a client asked for, to tell a retry from a different request.
+
+    Taken from the validated trigger, not the raw request: what the tower
+    assigns or overrides (uuid, creation time, source) is left out, and a
+    validated trigger always encodes (no lone surrogates, bounded depth).
+    """
+    asked = {
+        "apiVersion": trigger.api_version,
+        "protocol": trigger.protocol,
+        "plate": None if trigger.plate is None else [trigger.plate.rows, trigger.plate.columns],
+        "spec": trigger.spec,
+        "metadata": trigger.metadata.spec,
+    }
+    canonical = json.dumps(asked, sort_keys=True, separators=(",", ":"))
     return hashlib.sha256(canonical.encode()).hexdigest()
 
 
@@ -141,6 +160,19 @@ _RECORD_COLUMNS = (
 )
 
 
+def _writes(
+    method: Callable[Concatenate[Journal, _P], _T],
+) -> Callable[Concatenate[Journal, _P], _T]:
+    """Run a method that uses the writer connection under the writer lock."""
+
+    @functools.wraps(method)
+    def locked(journal: Journal, /, *args: _P.args, **kwargs: _P.kwargs) -> _T:
+        with journal._writer_lock:
+            return method(journal, *args, **kwargs)
+
+    return locked
+
+
 def _connect(path: Path, *, readonly: bool) -> sqlite3.Connection:
     uri = f"{path.resolve().as_uri()}{'?mode=ro' if readonly else ''}"
     connection = sqlite3.connect(
@@ -162,10 +194,19 @@ class Journal:
     ) -> None:
         self.path = path
         self._clock = clock
+        self._writer_lock = threading.Lock()
+        self._max_bytes = max_bytes
         try:
             path.parent.mkdir(parents=True, exist_ok=True)
             self._writer = _connect(path, readonly=False)
-            self._writer.execute("PRAGMA journal_mode = WAL")
+            (mode,) = self._writer.execute("PRAGMA journal_mode = WAL").fetchone()
+            if str(mode).lower() != "wal":
+                # Without WAL, lookups would block the writer and a crash could
+                # lose what a 202 promised; some file systems cannot do WAL.
+                raise JournalError(
+                    f"cannot open the journal {path} in WAL mode (SQLite chose {mode!r}); "
+                    "put TOWER_DATA_DIR on a local file system"
+                )
             # FULL: a 202 promises the trigger survives a power cut, not just a crash.
             self._writer.execute("PRAGMA synchronous = FULL")
             self._writer.executescript(_SCHEMA)
@@ -177,6 +218,8 @@ class Journal:
                 (str(SCHEMA_VERSION),),
             )
             self._reader = _connect(path, readonly=True)
+        except JournalError:
+            raise
         except (OSError, sqlite3.Error) as err:
             raise JournalError(
                 f"cannot open the journal {path}: {err}; TOWER_DATA_DIR must be a "
@@ -185,6 +228,7 @@ class Journal:
         self._write_lock = trio.CapacityLimiter(1)
         self._read_lock = trio.CapacityLimiter(1)
 
+    @_writes
     def close(self) -> None:
         self._reader.close()
         self._writer.close()
@@ -202,6 +246,7 @@ class Journal:
 
     # -- the publisher's side (writer connection) ------------------------------
 
+    @_writes
     def append(
         self, entries: Sequence[tuple[Trigger, bytes, str | None, str | None]]
     ) -> list[Accepted | Duplicate]:
@@ -283,6 +328,7 @@ class Journal:
             return None
         return Duplicate(JournalRecord(*row[:-1]), same_request=row[-1] == fingerprint)
 
+    @_writes
     def settle(self, settlements: Iterable[Settlement]) -> None:
         """Record the broker's answers (and retries) for a batch of triggers.
 
@@ -317,6 +363,7 @@ class Journal:
         except sqlite3.Error as err:
             raise JournalError(f"cannot write to the journal {self.path}: {err}") from err
 
+    @_writes
     def pending(self, after_seq: int, up_to_seq: int, limit: int) -> list[Outgoing]:
         """Unconfirmed triggers with ``after_seq < seq <= up_to_seq``, oldest first.
 
@@ -330,16 +377,19 @@ class Journal:
         ).fetchall()
         return [Outgoing(*row) for row in rows]
 
+    @_writes
     def pending_count(self) -> int:
         (count,) = self._writer.execute(
             "SELECT count(*) FROM triggers WHERE status = 'pending'"
         ).fetchone()
         return int(count)
 
+    @_writes
     def last_seq(self) -> int:
         (seq,) = self._writer.execute("SELECT coalesce(max(seq), 0) FROM triggers").fetchone()
         return int(seq)
 
+    @_writes
     def prune(self, retention: float, batch: int = 5000) -> int:
         """Delete settled triggers older than ``retention`` seconds; returns how many."""
         cutoff = self._clock() - retention
@@ -358,12 +408,14 @@ class Journal:
 
     # -- plugin state (writer connection) -------------------------------------
 
+    @_writes
     def load_plugin_state(self, plugin: str) -> dict[str, Any]:
         rows = self._writer.execute(
             "SELECT key, value FROM plugin_state WHERE plugin = ?", (plugin,)
         ).fetchall()
         return {key: json.loads(value) for key, value in rows}
 
+    @_writes
     def save_plugin_state(self, plugin: str, key: str, value: Any | None) -> None:
         try:
             with self._transaction():
@@ -388,7 +440,12 @@ class Journal:
         ).fetchone()
         return None if row is None else JournalRecord(*row)
 
-    def find(
+    def find(self, **filters: Any) -> list[JournalRecord]:
+        """Newest first: ``page``'s records, without the flag."""
+        records, _ = self.page(**filters)
+        return records
+
+    def page(
         self,
         *,
         status: str | None = None,
@@ -397,8 +454,14 @@ class Journal:
         source: str | None = None,
         before: int | None = None,
         limit: int = 50,
-    ) -> list[JournalRecord]:
-        """Newest first, ``limit`` at most, each filter optional; ``before`` is a seq."""
+        max_bytes: int | None = None,
+    ) -> tuple[list[JournalRecord], bool]:
+        """Newest first, ``limit`` at most, each filter optional; ``before`` is a seq.
+
+        Also says whether more records may follow. With ``max_bytes``, the
+        page ends before its bodies would exceed it (it holds one record at
+        least): a page of large triggers is never read into memory whole.
+        """
         clauses: list[str] = []
         values: list[str | int] = []
         for column, value in (
@@ -414,11 +477,41 @@ class Journal:
             clauses.append("seq < ?")
             values.append(before)
         where = f"WHERE {' AND '.join(clauses)}" if clauses else ""
-        rows = self._reader.execute(
+        cursor = self._reader.execute(
             f"SELECT {_RECORD_COLUMNS} FROM triggers {where} ORDER BY seq DESC LIMIT ?",
             (*values, limit),
-        ).fetchall()
-        return [JournalRecord(*row) for row in rows]
+        )
+        records: list[JournalRecord] = []
+        total = 0
+        try:
+            for row in cursor:
+                record = JournalRecord(*row)
+                total += len(record.body)
+                if records and max_bytes is not None and total > max_bytes:
+                    return records, True
+                records.append(record)
+        finally:
+            cursor.close()
+        return records, len(records) == limit
+
+    @_writes
+    def room(self) -> int:
+        """Bytes the journal can still grow by: the tighter of its cap and the disk."""
+        try:
+            stat = os.statvfs(self.path.parent)
+            room = stat.f_bavail * stat.f_frsize
+            if self._max_bytes is not None:
+                db = self._writer
+                (page_size,) = db.execute("PRAGMA page_size").fetchone()
+                (pages,) = db.execute("PRAGMA page_count").fetchone()
+                (free,) = db.execute("PRAGMA freelist_count").fetchone()
+                (most,) = db.execute("PRAGMA max_page_count").fetchone()
+                room = min(room, (most - pages + free) * page_size)
+        except (OSError, sqlite3.Error) as err:
+            raise JournalError(
+                f"cannot read the free space of the journal {self.path}: {err}"
+            ) from err
+        return int(room)
 
     def size_bytes(self) -> int:
         return sum(

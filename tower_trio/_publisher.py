@@ -10,10 +10,13 @@ tasks:
 - ``_deliver``: (re)connects with capped, jittered backoff, and publishes
   every pending journal row in order, many in flight at once on a
   confirm-mode channel. After a reconnect (or a restart) it starts again
-  from the oldest unconfirmed row. A copy of recently committed rows is
-  kept in memory so that the usual path never reads them back from disk.
+  from the oldest unconfirmed row. A copy of recently committed rows, up
+  to ``TOWER_CACHE_MAX_BYTES``, is kept in memory so that the usual path
+  never reads them back from disk.
 - ``_record``: writes the broker's answers back to the journal in batches.
 - ``_prune``: deletes settled rows older than the retention period.
+- ``_watch_room``: checks that the journal has room for another trigger,
+  so that ``/readyz`` says so before a write fails.
 
 It returns when every source has closed its end of the channel and the
 journal holds nothing pending.
@@ -51,8 +54,8 @@ _log = get_logger(__name__)
 
 APP_ID = "tower-trio"
 _BATCH = 512
-_RECENT = 8192
 _PRUNE_EVERY = 3600.0
+_ROOM_EVERY = 5.0
 
 
 class ConfirmTimeoutError(PublishError):
@@ -73,6 +76,12 @@ class PublisherStatistics:
     reconnects: int
     unconfirmed: int
     last_error: str | None
+    unrecorded: int = 0
+    """Broker answers not yet written to the journal (which still says pending)."""
+    cached_bytes: int = 0
+    """Bytes of bodies kept in memory to publish without reading the journal."""
+    journal_problem: str | None = None
+    """Why the journal cannot take another trigger now, if it cannot."""
 
 
 @attrs.define(eq=False)
@@ -101,6 +110,9 @@ class Publisher:
         self._pending = 0  # journal rows not yet settled
         self._ingest_done = False
         self._recent: collections.deque[Outgoing] = collections.deque()
+        self._recent_bytes = 0
+        self._journal_problem: str | None = None
+        self._room_check = trio.Event()
         self._waiters: dict[int, Submission] = {}
         self._work = trio.Event()  # something new to publish, or the ingest ended
 
@@ -161,7 +173,15 @@ class Publisher:
             reconnects=max(0, self._connections - 1),
             unconfirmed=len(self._inflight),
             last_error=self._last_error,
+            unrecorded=self.unrecorded(),
+            cached_bytes=self._recent_bytes,
+            journal_problem=self._journal_problem,
         )
+
+    def unrecorded(self) -> int:
+        """Triggers the broker settled whose record is not in the journal yet."""
+        answers = self._settlements | self._recording
+        return sum(1 for settlement in answers.values() if settlement.status != "pending")
 
     async def serve(
         self,
@@ -185,6 +205,7 @@ class Publisher:
                 nursery.start_soon(self._ingest, receive_channel)
                 nursery.start_soon(self._record)
                 nursery.start_soon(self._prune)
+                nursery.start_soon(self._watch_room)
                 await self._deliver(task_status)
                 nursery.cancel_scope.cancel()
         finally:
@@ -195,10 +216,15 @@ class Publisher:
                     _log.error(
                         "journal.write_failed", error=err, settlements=len(self._settlements)
                     )
-            if self._pending:
+            if self._pending or self.unrecorded():
+                # The journal's own count: triggers the broker took but whose
+                # record could not be written are pending there, and go out
+                # again at the next start.
                 _log.warning(
                     "publisher.stopped_with_pending",
-                    pending=self._pending,
+                    pending=self._pending + self.unrecorded(),
+                    unconfirmed=self._pending,
+                    unrecorded=self.unrecorded(),
                     note="kept in the journal; published at the next start",
                 )
 
@@ -217,12 +243,16 @@ class Publisher:
                         batch.append(receive_channel.receive_nowait())
                     except (trio.WouldBlock, trio.EndOfChannel):
                         break
-                batch = [s for s in batch if not s.withdrawn]
+                # A source that gave up waiting before this point was told
+                # "not stored"; from here on it waits for the outcome instead.
+                batch = [s for s in batch if s.take()]
                 entries = [(s.trigger, s.body, s.key, s.fingerprint) for s in batch]
                 try:
                     results = await journal.write(journal.append, entries)
                 except JournalError as err:
                     _log.error("journal.write_failed", error=err, triggers=len(batch))
+                    self._journal_problem = f"the last write failed: {err}"
+                    self._room_check.set()
                     for submission in batch:
                         submission.rejected(str(err))
                     continue
@@ -247,8 +277,10 @@ class Publisher:
         self._pending += 1
         if submission.wants_settlement:
             self._waiters[outgoing.seq] = submission
-        if len(self._recent) < _RECENT:
+        size = len(outgoing.body)
+        if self._recent_bytes + size <= self._settings.cache_max_bytes:
             self._recent.append(outgoing)
+            self._recent_bytes += size
         submission.accepted()
 
     # -- journal → broker ------------------------------------------------------------
@@ -363,11 +395,12 @@ class Publisher:
         while True:
             recent = self._recent
             while recent and recent[0].seq <= cursor:
-                recent.popleft()
+                self._recent_bytes -= len(recent.popleft().body)
             if recent and recent[0].seq == cursor + 1:
                 rows: list[Outgoing] = []
                 while recent and recent[0].seq == cursor + len(rows) + 1 and len(rows) < _BATCH:
                     rows.append(recent.popleft())
+                    self._recent_bytes -= len(rows[-1].body)
                 return rows, rows[-1].seq
             if cursor < self._last_committed:
                 # Rows not kept in memory (after a restart, a reconnect, or while
@@ -537,6 +570,27 @@ class Publisher:
                 if deleted:
                     _log.info("journal.pruned", deleted=deleted)
             await trio.sleep(min(_PRUNE_EVERY, retention / 10))
+
+    async def _watch_room(self) -> None:
+        # Room for one more trigger of the largest size: below that, the
+        # next write may fail, and a load balancer should look elsewhere.
+        needed = 2 * self._settings.max_body_bytes
+        while True:
+            try:
+                room = await self._journal.write(self._journal.room)
+            except (OSError, JournalError) as err:
+                self._journal_problem = f"cannot check its free space: {err}"
+            else:
+                self._journal_problem = (
+                    None
+                    if room >= needed
+                    else f"it has room for {room} more bytes, less than {needed} "
+                    "(TOWER_JOURNAL_MAX_BYTES or the disk); settled triggers are pruned "
+                    "after TOWER_RETENTION"
+                )
+            self._room_check = trio.Event()
+            with trio.move_on_after(_ROOM_EVERY):
+                await self._room_check.wait()
 
 
 def message_properties(outgoing: Outgoing) -> amqp.Properties:

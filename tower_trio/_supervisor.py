@@ -5,7 +5,7 @@ Task tree (every long-lived task is started with ``nursery.start``)::
     run_tower                      signals: 1st → graceful shutdown, 2nd → exit now
     └── serve_tower
         ├── Publisher.serve        owns the broker connection; drains the channel
-        ├── _serve_http            Hypercorn + Quart-Trio, one send-channel clone
+        ├── serve_http             Hypercorn + Quart-Trio, one send-channel clone
         └── _serve_plugins         one serve_plugin task per plugin, a clone each
 
 Shutdown: the HTTP server stops accepting and finishes its requests, the
@@ -16,14 +16,11 @@ deadline passes.
 
 from __future__ import annotations
 
-import logging
 import signal
 from functools import partial
 from typing import TYPE_CHECKING
 
 import attrs
-import hypercorn.config
-import hypercorn.trio
 import trio
 
 from ._auth import check_exposure
@@ -42,6 +39,7 @@ from ._plugins import (
 )
 from ._publisher import Publisher
 from ._schemas import ProtocolSchemas, read_schemas
+from ._server import serve_http
 from ._version import __version__
 
 if TYPE_CHECKING:
@@ -158,7 +156,7 @@ async def _serve_with_journal(
         http_shutdown = trio.Event()
         async with send_channel:
             http_urls = await nursery.start(
-                _serve_http, settings, make_app, send_channel.clone(), http_shutdown
+                serve_http, settings, make_app, send_channel.clone(), http_shutdown
             )
             await nursery.start(
                 partial(_serve_plugins, check=schemas.check),
@@ -231,43 +229,6 @@ async def _run_in_scope(
 ) -> None:
     with scope:
         await serve(*args, task_status=task_status)  # type: ignore[operator]
-
-
-async def _serve_http(
-    settings: Settings,
-    make_app: Callable[[trio.MemorySendChannel[Submission]], ASGIApp],
-    send_channel: trio.MemorySendChannel[Submission],
-    shutdown: trio.Event,
-    *,
-    task_status: trio.TaskStatus[list[str]] = trio.TASK_STATUS_IGNORED,
-) -> None:
-    """Serve the API until ``shutdown``; its clone closes once the last request is done."""
-    if settings.api_tokens is None:
-        _log.warning(
-            "http.auth_off",
-            reason="TOWER_API_TOKENS is not set: anyone who can reach the API may send triggers",
-            http_host=settings.http_host,
-        )
-    async with send_channel:
-        await hypercorn.trio.serve(
-            make_app(send_channel),
-            _hypercorn_config(settings),
-            shutdown_trigger=shutdown.wait,
-            task_status=task_status,
-        )
-
-
-def _hypercorn_config(settings: Settings) -> hypercorn.config.Config:
-    config = hypercorn.config.Config()
-    config.bind = [f"{settings.http_host}:{settings.http_port}"]
-    config.graceful_timeout = settings.shutdown_grace
-    # Slow-loris: the idle timer runs until a request's head is complete, and
-    # the read timeout closes connections that go silent mid-request.
-    config.keep_alive_timeout = settings.http_keep_alive_timeout
-    config.read_timeout = settings.http_read_timeout  # type: ignore[assignment]  # a float works
-    config.accesslog = None
-    config.errorlog = logging.getLogger("tower_trio.http.server")
-    return config
 
 
 async def _serve_plugins(

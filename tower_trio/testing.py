@@ -253,6 +253,8 @@ async def open_plugin(
     async def collect() -> None:
         async with receive:
             async for submission in receive:
+                # The harness stands in for the journal: every trigger is stored.
+                submission.accepted()
                 harness.sent.append(submission.trigger)
                 harness._notify()
 
