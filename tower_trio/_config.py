@@ -199,6 +199,28 @@ class Settings:
         _positive_int,
         "Largest request body accepted by `POST /triggers`; larger ones get 413.",
     )
+    wait_max_bytes: int = _setting(
+        "TOWER_WAIT_MAX_BYTES",
+        64 * 1024 * 1024,
+        _positive_int,
+        "Bytes of trigger bodies that `?wait=published` requests may hold in memory while "
+        "they wait for the broker, together; past it, such requests get 503 with "
+        "`Retry-After` and nothing is stored.",
+    )
+    cache_max_bytes: int = _setting(
+        "TOWER_CACHE_MAX_BYTES",
+        64 * 1024 * 1024,
+        _positive_int,
+        "Bytes of recently journaled trigger bodies the publisher keeps in memory so as "
+        "not to read them back from disk; the rest are read from the journal.",
+    )
+    list_max_bytes: int = _setting(
+        "TOWER_LIST_MAX_BYTES",
+        4 * 1024 * 1024,
+        _positive_int,
+        "Bytes of trigger bodies in one page of `GET /triggers`; a page ends early "
+        "(with its `next` cursor) rather than grow past it.",
+    )
     publish_timeout: float = _setting(
         "TOWER_PUBLISH_TIMEOUT",
         10.0,

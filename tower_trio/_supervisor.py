@@ -121,6 +121,8 @@ async def _serve_with_journal(
             reasons.append(f"broker not connected: {stats.last_error or 'connecting'}")
         elif stats.blocked:
             reasons.append("broker has blocked publishing (connection.blocked)")
+        if stats.journal_problem is not None:
+            reasons.append(f"journal cannot take more triggers: {stats.journal_problem}")
         reasons.extend(
             f"plugin {name} has not started"
             for name, status in statuses.items()
