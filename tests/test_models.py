@@ -293,9 +293,10 @@ class TestSpec:
         spec = {"volume": 100, "wells": ["A1", "B2"], "mix": {"cycles": 3}}
         assert make_trigger(spec=spec).spec == spec
 
-    def test_empty_object(self) -> None:
-        """An empty spec is rejected."""
-        assert errors_of(spec={}) == (FieldError("spec", "must not be empty"),)
+    @pytest.mark.parametrize("protocol", ["Home", "Calibrate"])
+    def test_empty_object(self, protocol: str) -> None:
+        """An empty spec is valid, as ULAS's format allows: a protocol without parameters."""
+        assert make_trigger(protocol=protocol, spec={}).spec == {}
 
     @pytest.mark.parametrize(
         "spec",
@@ -393,6 +394,53 @@ class TestPlate:
             FieldError("spec", "must be a list of well objects when plate is given"),
         )
 
+    def test_well_metadata(self) -> None:
+        """With a plate, metadata.spec may be a list of one object per well, kept in order."""
+        wells = [{"runId": f"r{i}"} for i in range(6)]
+        trigger = make_trigger(
+            plate=Plate(rows=2, columns=3), spec=[{}] * 6, metadata=Metadata(spec=wells)
+        )
+        assert trigger.metadata.spec == wells
+
+    def test_empty_well_metadata(self) -> None:
+        """A well's metadata may be an empty object."""
+        trigger = make_trigger(
+            plate=Plate(rows=1, columns=2), spec=[{}, {}], metadata=Metadata(spec=[{}, {}])
+        )
+        assert trigger.metadata.spec == [{}, {}]
+
+    def test_object_metadata_with_plate(self) -> None:
+        """An object metadata.spec stays valid for a plate trigger."""
+        metadata = Metadata(source="test", spec={"experiment": "E-42"})
+        trigger = make_trigger(plate=Plate(rows=1, columns=1), spec=[{}], metadata=metadata)
+        assert trigger.metadata == metadata
+
+    @pytest.mark.parametrize("wells", [pytest.param(5, id="too-few"), pytest.param(7, id="many")])
+    def test_wrong_number_of_well_metadata(self, wells: int) -> None:
+        """A list metadata.spec must hold rows*columns objects, like spec."""
+        metadata = Metadata(spec=[{"runId": "r"}] * wells)
+        assert errors_of(plate=Plate(rows=2, columns=3), spec=[{}] * 6, metadata=metadata) == (
+            FieldError(
+                "metadata.spec",
+                "must hold exactly 6 wells for a 2x3 plate (one per well, column-first "
+                f"from A1), got {wells}",
+            ),
+        )
+
+    def test_well_metadata_that_is_not_objects(self) -> None:
+        """Each well of metadata.spec that is not an object is named by its index."""
+        metadata = Metadata(spec=[{"runId": "r0"}, "r1"])  # type: ignore[list-item]
+        assert errors_of(plate=Plate(rows=1, columns=2), spec=[{}, {}], metadata=metadata) == (
+            FieldError("metadata.spec[1]", "must be a JSON object"),
+        )
+
+    def test_well_metadata_not_json(self) -> None:
+        """A well's metadata JSON cannot carry is named with its index."""
+        metadata = Metadata(spec=[{"ratio": float("nan")}])
+        assert errors_of(plate=Plate(rows=1, columns=1), spec=[{}], metadata=metadata) == (
+            FieldError("metadata.spec[0].ratio", "holds NaN or Infinity, which JSON cannot carry"),
+        )
+
     def test_plate_that_is_not_a_plate(self) -> None:
         """A plate given as a dict rather than a Plate is rejected under ``plate``."""
         assert errors_of(plate={"rows": 1, "columns": 1}, spec=[{}]) == (
@@ -417,10 +465,23 @@ class TestMetadata:
         )
 
     def test_invalid_fields(self) -> None:
-        """A non-string source and a non-object spec are both named."""
-        assert errors_of(metadata=Metadata(source=1, spec=[])) == (  # type: ignore[arg-type]
+        """A non-string source and a spec neither object nor list are both named."""
+        assert errors_of(metadata=Metadata(source=1, spec="E-42")) == (  # type: ignore[arg-type]
             FieldError("metadata.source", "must be a string"),
-            FieldError("metadata.spec", "must be a JSON object"),
+            FieldError(
+                "metadata.spec",
+                "must be a JSON object, or for a plate trigger a list of one object per well",
+            ),
+        )
+
+    def test_list_without_plate(self) -> None:
+        """A list metadata spec is refused for a trigger without plate, saying what to do."""
+        assert errors_of(metadata=Metadata(spec=[{"runId": "r1"}])) == (
+            FieldError(
+                "metadata.spec",
+                "may be a list (one object per well) only for a plate trigger; "
+                "give an object, or add plate",
+            ),
         )
 
     def test_spec_not_json(self) -> None:
@@ -472,7 +533,7 @@ class TestInvalidTriggerError:
         errors = errors_of(
             api_version="OT-2",
             protocol="1st",
-            spec={},
+            spec="{}",
             metadata=Metadata(source=None),  # type: ignore[arg-type]
             uuid="nope",
             created_at=datetime(2026, 1, 31),

@@ -57,8 +57,8 @@ def submitted(**overrides: Any) -> dict[str, Any]:
 
 
 def published(**overrides: Any) -> dict[str, Any]:
-    """A valid published wire trigger, uuid and createdAt included."""
-    return submitted(uuid=FIXED_UUID, createdAt="2026-01-31T12:00:00Z") | overrides
+    """A valid published wire trigger: uuid included, no creation time."""
+    return submitted(uuid=FIXED_UUID) | overrides
 
 
 def wire_errors(wire: object, **kwargs: Any) -> dict[str, str]:
@@ -120,14 +120,13 @@ class TestDatetimes:
 
 class TestTriggerToWire:
     def test_fields(self) -> None:
-        """A trigger becomes a dict with camelCase keys, no plate, and a ``Z`` timestamp."""
+        """A trigger becomes a dict of ULAS's fields only: camelCase, no plate, no createdAt."""
         assert trigger_to_wire(fixed_trigger()) == {
             "apiVersion": "OT-2/v1alpha1",
             "protocol": "PlateTransfer",
             "spec": {"volume": 100},
             "metadata": {"source": "http", "spec": {"operator": "ada"}},
             "uuid": FIXED_UUID,
-            "createdAt": "2026-01-31T12:00:00Z",
         }
 
     def test_plate(self) -> None:
@@ -136,12 +135,20 @@ class TestTriggerToWire:
         assert wire["plate"] == {"rows": 1, "columns": 2}
         assert wire["spec"] == [{}, {"a": 1}]
 
-    def test_created_at_in_utc(self) -> None:
-        """A creation time in another zone is written in UTC."""
-        paris = datetime(2026, 1, 31, 13, 0, 0, 5, tzinfo=timezone(timedelta(hours=1)))
-        assert trigger_to_wire(fixed_trigger(created_at=paris))["createdAt"] == (
-            "2026-01-31T12:00:00.000005Z"
+    def test_well_metadata(self) -> None:
+        """A plate trigger's list metadata.spec is written as the list it is."""
+        wells = [{"runId": "r0"}, {}]
+        trigger = fixed_trigger(
+            plate=Plate(rows=2, columns=1),
+            spec=[{}, {}],
+            metadata=Metadata(source="riffyn", spec=wells),
         )
+        assert trigger_to_wire(trigger)["metadata"] == {"source": "riffyn", "spec": wells}
+
+    def test_no_created_at(self) -> None:
+        """The creation time is not in the body: ULAS's strict consumers refuse extra members."""
+        paris = datetime(2026, 1, 31, 13, 0, 0, 5, tzinfo=timezone(timedelta(hours=1)))
+        assert "createdAt" not in trigger_to_wire(fixed_trigger(created_at=paris))
 
 
 class TestDumps:
@@ -178,6 +185,40 @@ class TestTriggerFromWire:
         assert trigger.plate == Plate(rows=1, columns=2)
         assert trigger.spec == [{"a": 1}, {"a": 2}]
 
+    def test_empty_spec(self) -> None:
+        """An empty spec is accepted, as ULAS's format allows (a Home or Calibrate protocol)."""
+        assert trigger_from_wire(submitted(protocol="Home", spec={})).spec == {}
+
+    def test_well_metadata(self) -> None:
+        """A plate trigger's metadata.spec may be a list, one object per well, kept in order."""
+        wells = [{"runId": "r0"}, {}]
+        wire = submitted(
+            plate={"rows": 2, "columns": 1},
+            spec=[{"volume": 1}, {}],
+            metadata={"source": "test", "spec": wells},
+        )
+        assert trigger_from_wire(wire, source="http").metadata == Metadata("http", wells)
+
+    def test_well_metadata_wrong_length(self) -> None:
+        """A list metadata.spec that does not fit the plate is named, with the well count."""
+        wire = submitted(plate={"rows": 2, "columns": 1}, spec=[{}, {}], metadata={"spec": [{}]})
+        assert wire_errors(wire) == {
+            "metadata.spec": "must hold exactly 2 wells for a 2x1 plate (one per well, "
+            "column-first from A1), got 1"
+        }
+
+    def test_well_metadata_without_plate(self) -> None:
+        """A list metadata.spec without a plate is refused, saying what to do."""
+        assert wire_errors(submitted(metadata={"spec": [{}]})) == {
+            "metadata.spec": "may be a list (one object per well) only for a plate trigger; "
+            "give an object, or add plate"
+        }
+
+    def test_well_metadata_with_broken_plate(self) -> None:
+        """With a broken plate, a list metadata.spec is not blamed for the missing plate."""
+        wire = submitted(plate={"rows": 0, "columns": 2}, spec=[{}, {}], metadata={"spec": [{}]})
+        assert wire_errors(wire) == {"plate.rows": "must be a positive integer"}
+
     def test_null_plate(self) -> None:
         """An explicit null plate is the same as no plate."""
         assert trigger_from_wire(submitted(plate=None)).plate is None
@@ -206,7 +247,7 @@ class TestTriggerFromWire:
     @pytest.mark.parametrize("key", ["uuid", "createdAt"])
     def test_assigned_fields_refused(self, key: str) -> None:
         """A submitted trigger may not choose its uuid or creation time."""
-        wire = submitted(**{key: published()[key]})
+        wire = submitted(**{key: {"uuid": FIXED_UUID, "createdAt": "2026-01-31T12:00:00Z"}[key]})
         assert wire_errors(wire) == {key: "is assigned by the tower; leave it out"}
 
     @pytest.mark.parametrize(
@@ -307,7 +348,14 @@ class TestTriggerFromWire:
                 {"metadata": 'must be an object like {"spec": {...}}'},
                 id="not-an-object",
             ),
-            pytest.param({"spec": [1]}, {"metadata.spec": "must be a JSON object"}, id="spec-list"),
+            pytest.param(
+                {"spec": "E-42"},
+                {
+                    "metadata.spec": "must be a JSON object, or for a plate trigger a list of "
+                    "one object per well"
+                },
+                id="spec-string",
+            ),
             pytest.param(
                 {"source": ["a"]}, {"metadata.source": "must be a string"}, id="source-list"
             ),
@@ -324,7 +372,7 @@ class TestTriggerFromWire:
         """All problems of a submitted trigger come back together, each once."""
         wire = {
             "apiVersion": "OT-2 /v1",
-            "spec": {},
+            "spec": "{}",
             "plate": {"rows": "8", "columns": 12},
             "metadata": {"spec": "none"},
             "uuid": FIXED_UUID,
@@ -357,37 +405,40 @@ class TestTriggerFromWire:
 
 class TestLoadTrigger:
     def test_round_trip(self) -> None:
-        """A published body reads back as an equal trigger."""
+        """A published body, given its creation time, reads back as an equal trigger."""
         trigger = fixed_trigger()
-        assert load_trigger(dump_trigger(trigger)) == trigger
+        assert load_trigger(dump_trigger(trigger), created_at=FIXED_TIME) == trigger
 
     def test_round_trip_plate(self) -> None:
-        """A plate trigger reads back as an equal trigger."""
-        trigger = fixed_trigger(plate=Plate(rows=2, columns=1), spec=[{"v": 1}, {"v": 2.5}])
-        assert load_trigger(dump_trigger(trigger)) == trigger
+        """A plate trigger with per-well metadata reads back as an equal trigger."""
+        trigger = fixed_trigger(
+            plate=Plate(rows=2, columns=1),
+            spec=[{"v": 1}, {"v": 2.5}],
+            metadata=Metadata(source="riffyn", spec=[{"runId": "r0"}, {"runId": "r1"}]),
+        )
+        assert load_trigger(dump_trigger(trigger), created_at=FIXED_TIME) == trigger
 
     def test_text_body(self) -> None:
         """A body given as text is read like bytes."""
         trigger = fixed_trigger()
-        assert load_trigger(dump_trigger(trigger).decode()) == trigger
+        assert load_trigger(dump_trigger(trigger).decode(), created_at=FIXED_TIME) == trigger
 
     def test_keeps_assigned_fields(self) -> None:
-        """The uuid, creation time and source of a published body are kept."""
+        """The uuid and source of a published body are kept."""
         trigger = load_trigger(dumps(published(metadata={"source": "riffyn"})))
-        assert (trigger.uuid, trigger.created_at, trigger.metadata.source) == (
-            FIXED_UUID,
-            FIXED_TIME,
-            "riffyn",
-        )
+        assert (trigger.uuid, trigger.metadata.source) == (FIXED_UUID, "riffyn")
 
-    def test_assigned_fields_required(self) -> None:
-        """A published body without uuid or creation time is refused."""
+    def test_creation_time_when_not_given(self) -> None:
+        """Without a creation time from elsewhere, the trigger gets the time of reading."""
+        before = datetime.now(UTC)
+        trigger = load_trigger(dumps(published()))
+        assert before <= trigger.created_at <= datetime.now(UTC)
+
+    def test_uuid_required(self) -> None:
+        """A published body without uuid is refused."""
         with pytest.raises(InvalidTriggerError) as excinfo:
             load_trigger(dumps(submitted()))
-        assert set(excinfo.value.errors) == {
-            FieldError("uuid", "is required"),
-            FieldError("createdAt", "is required"),
-        }
+        assert excinfo.value.errors == (FieldError("uuid", "is required"),)
 
     @pytest.mark.parametrize(
         ("overrides", "error"),
@@ -398,19 +449,9 @@ class TestLoadTrigger:
                 id="uppercase-uuid",
             ),
             pytest.param(
-                {"createdAt": "2026-01-31T12:00:00"},
-                FieldError("createdAt", "must be an RFC 3339 timestamp"),
-                id="naive-created-at",
-            ),
-            pytest.param(
-                {"createdAt": "yesterday"},
-                FieldError("createdAt", "must be an RFC 3339 timestamp"),
-                id="garbage-created-at",
-            ),
-            pytest.param(
-                {"createdAt": 1769860800},
-                FieldError("createdAt", "must be an RFC 3339 timestamp"),
-                id="epoch-created-at",
+                {"createdAt": "2026-01-31T12:00:00Z"},
+                FieldError("createdAt", "is assigned by the tower; leave it out"),
+                id="created-at",
             ),
             pytest.param(
                 {"status": "sent"},
@@ -486,27 +527,32 @@ created_ats = st.datetimes(
 
 
 @st.composite
-def specs_and_plates(draw: st.DrawFn) -> tuple[Any, Plate | None]:
-    """A spec and the plate that goes with it: one object, or one object per well."""
+def specs_and_plates(draw: st.DrawFn) -> tuple[Any, Any, Plate | None]:
+    """A spec, a metadata spec and the plate that goes with them.
+
+    Without a plate both are objects (possibly empty); with one, spec is one
+    object per well and metadata.spec is an object or one object per well.
+    """
     if draw(st.booleans()):
-        return draw(st.dictionaries(st.text(max_size=10), json_values, min_size=1)), None
+        return draw(json_objects), draw(json_objects), None
     plate = Plate(
         rows=draw(st.integers(min_value=1, max_value=3)),
         columns=draw(st.integers(min_value=1, max_value=4)),
     )
-    return draw(st.lists(json_objects, min_size=plate.wells, max_size=plate.wells)), plate
+    wells = st.lists(json_objects, min_size=plate.wells, max_size=plate.wells)
+    return draw(wells), draw(json_objects | wells), plate
 
 
 @st.composite
 def triggers(draw: st.DrawFn) -> Trigger:
     """Valid triggers, every field drawn from its whole legal range."""
-    spec, plate = draw(specs_and_plates())
+    spec, metadata_spec, plate = draw(specs_and_plates())
     return Trigger(
         api_version=draw(api_versions),
         protocol=draw(protocols),
         spec=spec,
         plate=plate,
-        metadata=Metadata(source=draw(st.text(max_size=20)), spec=draw(json_objects)),
+        metadata=Metadata(source=draw(st.text(max_size=20)), spec=metadata_spec),
         uuid=draw(st.uuids()).hex,
         created_at=draw(created_ats),
     )
@@ -516,24 +562,24 @@ class TestRoundTripProperties:
     @BOUNDED
     @given(trigger=triggers())
     def test_load_dump(self, trigger: Trigger) -> None:
-        """Any valid trigger reads back unchanged from its published body."""
-        assert load_trigger(dump_trigger(trigger)) == trigger
+        """Any valid trigger reads back unchanged from its published body and creation time."""
+        assert load_trigger(dump_trigger(trigger), created_at=trigger.created_at) == trigger
 
     @BOUNDED
     @given(trigger=triggers())
     def test_body_is_strict_json(self, trigger: Trigger) -> None:
-        """Any valid trigger is published as UTF-8 JSON with the documented keys."""
+        """Any valid trigger is published as UTF-8 JSON with exactly ULAS's keys."""
         wire = strict_json(dump_trigger(trigger))
-        expected = {"apiVersion", "protocol", "spec", "metadata", "uuid", "createdAt"}
+        expected = {"apiVersion", "protocol", "spec", "metadata", "uuid"}
         assert set(wire) == (expected if trigger.plate is None else expected | {"plate"})
-        assert wire["createdAt"].endswith("Z")
+        assert set(wire["metadata"]) == {"source", "spec"}
 
     @BOUNDED
     @given(trigger=triggers(), source=st.text(min_size=1, max_size=20))
     def test_submitted(self, trigger: Trigger, source: str) -> None:
         """Any valid trigger, submitted without its assigned fields, comes back the same."""
         wire = json.loads(dump_trigger(trigger))
-        del wire["uuid"], wire["createdAt"]
+        del wire["uuid"]
         received = trigger_from_wire(wire, source=source)
         assert received.metadata == Metadata(source=source, spec=trigger.metadata.spec)
         assert (received.api_version, received.protocol, received.spec, received.plate) == (

@@ -79,14 +79,21 @@ def _bad_parameter(name: str, message: str) -> Response:
 
 
 def _record_json(record: JournalRecord) -> bytes:
-    """The trigger as published, with its delivery record in front."""
+    """The trigger as published, its delivery record in front and ``createdAt`` last."""
     delivery = {
         "status": record.status,
         "publishedAt": _timestamp(record.published_at),
         "attempts": record.attempts,
         "lastError": record.last_error,
     }
-    return dumps(delivery)[:-1] + b"," + record.body[1:]
+    created_at = format_datetime(datetime.fromtimestamp(record.created_at, UTC))
+    return dumps(delivery)[:-1] + b"," + _with_created_at(record.body, created_at)[1:]
+
+
+def _with_created_at(body: bytes, created_at: str) -> bytes:
+    # The published body has no creation time (ULAS's format has none); the
+    # HTTP answers carry it after the published fields.
+    return body[:-1] + b',"createdAt":"%s"}' % created_at.encode()
 
 
 def _timestamp(value: float | None) -> str | None:
@@ -285,7 +292,7 @@ class _Api:
             )
         if submission.wants_settlement and not submission.settled:
             # On disk and on its way; the client can follow it at Location.
-            return _json(_status_json("pending", submission.body), 504, Location=location)
+            return _json(_status_json("pending", submission), 504, Location=location)
         if submission.status is DeliveryStatus.FAILED:
             return _error(
                 503,
@@ -297,7 +304,7 @@ class _Api:
                 Location=location,
                 **self._retry_after,
             )
-        return _json(_status_json(submission.status.value, submission.body), 202, Location=location)
+        return _json(_status_json(submission.status.value, submission), 202, Location=location)
 
     async def get_trigger(self, uuid: str) -> Response:
         journal = self.journal
@@ -444,6 +451,7 @@ def create_app(
     return app
 
 
-def _status_json(status: str, body: bytes) -> bytes:
+def _status_json(status: str, submission: Submission) -> bytes:
     # The published body is reused: the status goes in front of its fields.
+    body = _with_created_at(submission.body, format_datetime(submission.trigger.created_at))
     return b'{"status":"%s",%s' % (status.encode(), body[1:])

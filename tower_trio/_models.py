@@ -76,10 +76,14 @@ class Plate:
 
 @attrs.frozen
 class Metadata:
-    """Where a trigger came from (set by the tower) and the caller's own notes."""
+    """Where a trigger came from (set by the tower) and the caller's own notes.
+
+    ``spec`` is an object, or for a plate trigger a list of one object per
+    well, in the same well order as the trigger's ``spec``.
+    """
 
     source: str = ""
-    spec: JSONObject = attrs.field(factory=dict)
+    spec: JSONObject | list[JSONObject] = attrs.field(factory=dict)
 
 
 def _new_uuid() -> str:
@@ -163,47 +167,68 @@ def check_protocol(value: object) -> str | None:
     return None
 
 
-def check_spec(spec: object, plate: Plate | None) -> list[FieldError]:
-    if isinstance(spec, list):
-        errors = [
-            FieldError(f"spec[{i}]", "must be a JSON object")
-            for i, well in enumerate(spec)
-            if not isinstance(well, Mapping)
-        ]
-        if not errors and (problem := json_problem(spec)):
-            errors.append(FieldError("spec" + problem[0], problem[1]))
-        if plate is None:
-            errors.append(FieldError("plate", "is required when spec is a list of wells"))
-            return errors
-    elif plate is not None:
-        return [FieldError("spec", "must be a list of well objects when plate is given")]
-    elif not isinstance(spec, Mapping):
-        return [FieldError("spec", "must be a JSON object of protocol parameters")]
-    elif not spec:
-        return [FieldError("spec", "must not be empty")]
-    elif problem := json_problem(spec):
-        return [FieldError("spec" + problem[0], problem[1])]
-    else:
-        return []
-    if len(spec) != plate.wells:
+def _check_wells(field: str, wells: Sequence[object], plate: Plate | None) -> list[FieldError]:
+    """What is wrong with ``wells``, one object per well (an empty one is a valid well)."""
+    errors = [
+        FieldError(f"{field}[{i}]", "must be a JSON object")
+        for i, well in enumerate(wells)
+        if not isinstance(well, Mapping)
+    ]
+    if not errors and (problem := json_problem(wells)):
+        errors.append(FieldError(field + problem[0], problem[1]))
+    if plate is not None and len(wells) != plate.wells:
         errors.append(
             FieldError(
-                "spec",
+                field,
                 f"must hold exactly {plate.wells} wells for a {plate.rows}x{plate.columns} "
-                f"plate (one per well, column-first from A1), got {len(spec)}",
+                f"plate (one per well, column-first from A1), got {len(wells)}",
             )
         )
     return errors
 
 
-def check_metadata(metadata: object) -> list[FieldError]:
+def check_spec(spec: object, plate: Plate | None) -> list[FieldError]:
+    if isinstance(spec, list):
+        errors = _check_wells("spec", spec, plate)
+        if plate is None:
+            errors.append(FieldError("plate", "is required when spec is a list of wells"))
+        return errors
+    if plate is not None:
+        # A plate consumer (the OT-2 builder, the Tecan relay) indexes spec by
+        # well; an object there would fail it, so the tower refuses it first.
+        return [FieldError("spec", "must be a list of well objects when plate is given")]
+    if not isinstance(spec, Mapping):
+        return [FieldError("spec", "must be a JSON object of protocol parameters")]
+    # An empty object is valid: a protocol without parameters (Home, Calibrate).
+    if problem := json_problem(spec):
+        return [FieldError("spec" + problem[0], problem[1])]
+    return []
+
+
+def check_metadata(metadata: object, plate: Plate | None = None) -> list[FieldError]:
     if not isinstance(metadata, Metadata):
         return [FieldError("metadata", "must be a Metadata object")]
     errors: list[FieldError] = []
     if not isinstance(metadata.source, str):
         errors.append(FieldError("metadata.source", "must be a string"))
-    if not isinstance(metadata.spec, Mapping):
-        errors.append(FieldError("metadata.spec", "must be a JSON object"))
+    if isinstance(metadata.spec, list):
+        if plate is None:
+            errors.append(
+                FieldError(
+                    "metadata.spec",
+                    "may be a list (one object per well) only for a plate trigger; "
+                    "give an object, or add plate",
+                )
+            )
+        else:
+            errors.extend(_check_wells("metadata.spec", metadata.spec, plate))
+    elif not isinstance(metadata.spec, Mapping):
+        errors.append(
+            FieldError(
+                "metadata.spec",
+                "must be a JSON object, or for a plate trigger a list of one object per well",
+            )
+        )
     elif problem := json_problem(metadata.spec):
         errors.append(FieldError("metadata.spec" + problem[0], problem[1]))
     return errors
@@ -218,9 +243,10 @@ def check_trigger(trigger: Trigger) -> list[FieldError]:
         errors.append(FieldError("protocol", problem))
     if trigger.plate is not None and not isinstance(trigger.plate, Plate):
         errors.append(FieldError("plate", "must be a Plate with rows and columns"))
+        errors.extend(check_metadata(trigger.metadata))
     else:
         errors.extend(check_spec(trigger.spec, trigger.plate))
-    errors.extend(check_metadata(trigger.metadata))
+        errors.extend(check_metadata(trigger.metadata, trigger.plate))
     if not (isinstance(trigger.uuid, str) and len(trigger.uuid) == 32 and _is_hex(trigger.uuid)):
         errors.append(FieldError("uuid", "must be 32 lowercase hex characters"))
     if not isinstance(trigger.created_at, datetime) or trigger.created_at.utcoffset() is None:

@@ -62,6 +62,7 @@ _PROBE_GUARDED = {"401": _UNAUTHORIZED, "403": _FORBIDDEN}
 
 def _schemas() -> dict[str, Any]:
     json_object = {"type": "object"}
+    wells = {"type": "array", "items": json_object}
     plate = {
         "type": "object",
         "description": "The plate's shape; `spec` then holds rows x columns well objects.",
@@ -87,29 +88,59 @@ def _schemas() -> dict[str, Any]:
             "examples": ["PlateTransfer"],
         },
         "spec": {
-            "description": "Protocol parameters: an object, or one object per well with `plate`.",
-            "oneOf": [
-                {"type": "object", "minProperties": 1},
-                {"type": "array", "items": json_object},
-            ],
+            "description": (
+                "Protocol parameters: an object (`{}` for a protocol without any), or with "
+                "`plate` a list of exactly rows x columns well objects (a well may be `{}`)."
+            ),
+            "oneOf": [json_object, wells],
         },
         # The tower reads null as "not given", for plate and metadata alike.
         "plate": {"oneOf": [plate, {"type": "null"}]},
     }
+    metadata_fields = {
+        "source": {"type": "string"},
+        "spec": {
+            "description": (
+                "The sender's own notes: an object, or with `plate` a list of exactly "
+                "rows x columns well objects, in the order of `spec`."
+            ),
+            "oneOf": [json_object, wells],
+        },
+    }
     metadata = {
         "type": ["object", "null"],
-        "properties": {"source": {"type": "string"}, "spec": json_object},
+        "properties": metadata_fields,
         "additionalProperties": False,
+    }
+    # Exactly the fields of ULAS's format: strict consumers fail on any other.
+    published_required = ["apiVersion", "protocol", "spec", "metadata", "uuid"]
+    published_fields = {
+        **trigger_fields,
+        "plate": plate,
+        "metadata": {
+            "type": "object",
+            "required": ["source", "spec"],
+            "properties": metadata_fields,
+            "additionalProperties": False,
+        },
+        "uuid": {"type": "string", "pattern": "^[0-9a-f]{32}$"},
     }
     published = {
         "type": "object",
-        "required": ["apiVersion", "protocol", "spec", "metadata", "uuid", "createdAt"],
-        "properties": {
-            **trigger_fields,
-            "metadata": metadata,
-            "uuid": {"type": "string", "pattern": "^[0-9a-f]{32}$"},
-            "createdAt": {"type": "string", "format": "date-time"},
-        },
+        "description": "A trigger as published on RabbitMQ: the fields of ULAS's format only.",
+        "required": published_required,
+        "properties": published_fields,
+        "additionalProperties": False,
+    }
+    created_at = {
+        "type": "string",
+        "format": "date-time",
+        "description": "When the tower accepted the trigger; not in the published body.",
+    }
+    answered = {
+        "type": "object",
+        "required": [*published_required, "createdAt"],
+        "properties": {**published_fields, "createdAt": created_at},
     }
     status = {"type": "string", "enum": _STATUSES}
     return {
@@ -152,16 +183,16 @@ def _schemas() -> dict[str, Any]:
         },
         "Trigger": published,
         "TriggerStatus": {
-            "description": "The trigger as published, with where it is on its way.",
+            "description": "The trigger as published, with `createdAt` and where it is on its way.",
             "allOf": [
-                published,
+                answered,
                 {"type": "object", "required": ["status"], "properties": {"status": status}},
             ],
         },
         "TriggerRecord": {
-            "description": "The trigger as published, with its delivery record.",
+            "description": "The trigger as published, with `createdAt` and its delivery record.",
             "allOf": [
-                published,
+                answered,
                 {
                     "type": "object",
                     "required": ["status", "publishedAt", "attempts", "lastError"],

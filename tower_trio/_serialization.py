@@ -69,7 +69,10 @@ def _make_converter() -> cattrs.Converter:
             Trigger,
             converter,
             api_version=override(rename="apiVersion"),
-            created_at=override(rename="createdAt"),
+            # ULAS's format has no creation time, and a strict consumer (the
+            # Tecan relay: "missing member = error") fails on any extra member.
+            # The time travels in the AMQP timestamp and the HTTP answers.
+            created_at=override(omit=True),
             plate=override(omit_if_default=True),
             key=override(omit=True),
         ),
@@ -131,7 +134,11 @@ def structure_env_value(raw: str, kind: Any) -> Any:
 
 
 def trigger_to_wire(trigger: Trigger) -> JSONObject:
-    """The trigger as a JSON-ready dict, camelCase keys."""
+    """The trigger as published: a JSON-ready dict, camelCase keys, only ULAS's fields.
+
+    ``uuid``, ``apiVersion``, ``protocol``, ``plate`` (plate triggers only),
+    ``spec`` and ``metadata`` (``source`` and ``spec``); no ``createdAt``.
+    """
     wire: JSONObject = _converter.unstructure(trigger, Trigger)
     return wire
 
@@ -147,18 +154,23 @@ def dump_trigger(trigger: Trigger) -> bytes:
 
 
 def trigger_from_wire(
-    wire: object, *, source: str | None = None, submitted: bool = True
+    wire: object,
+    *,
+    source: str | None = None,
+    submitted: bool = True,
+    created_at: datetime | None = None,
 ) -> Trigger:
     """Build a trigger from decoded JSON, reporting every problem at once.
 
     ``submitted`` triggers come from a client, who must not choose the
     ``uuid`` or ``createdAt``; otherwise (a trigger read back from the
-    broker) those fields are required. ``source`` overrides
-    ``metadata.source``.
+    broker) ``uuid`` is required, and the creation time, which the body does
+    not carry, is ``created_at`` (the time of reading if not given).
+    ``source`` overrides ``metadata.source``.
     """
     if not isinstance(wire, Mapping):
         raise InvalidTriggerError([FieldError("$", "must be a JSON object")])
-    allowed = _SUBMITTED_FIELDS if submitted else _SUBMITTED_FIELDS | _ASSIGNED_FIELDS
+    allowed = _SUBMITTED_FIELDS if submitted else _SUBMITTED_FIELDS | {"uuid"}
     errors = [
         FieldError(key, "is assigned by the tower; leave it out")
         if key in _ASSIGNED_FIELDS
@@ -166,20 +178,15 @@ def trigger_from_wire(
         for key in wire
         if key not in allowed
     ]
-    required = _REQUIRED if submitted else (*_REQUIRED, "uuid", "createdAt")
+    required = _REQUIRED if submitted else (*_REQUIRED, "uuid")
     errors.extend(FieldError(key, "is required") for key in required if key not in wire)
     plate = _plate_from_wire(wire.get("plate"), errors)
     metadata = _metadata_from_wire(wire.get("metadata"), source, errors)
     assigned: dict[str, Any] = {}
     if not submitted:
         assigned["uuid"] = wire.get("uuid")
-        created_at = wire.get("createdAt")
-        try:
-            assigned["created_at"] = parse_datetime(created_at)  # type: ignore[arg-type]
-        except (TypeError, ValueError):
-            if "createdAt" in wire:
-                errors.append(FieldError("createdAt", "must be an RFC 3339 timestamp"))
-            assigned["created_at"] = datetime.now(UTC)
+        if created_at is not None:
+            assigned["created_at"] = created_at
     try:
         trigger = Trigger(
             api_version=wire.get("apiVersion"),  # type: ignore[arg-type]
@@ -192,21 +199,26 @@ def trigger_from_wire(
     except InvalidTriggerError as err:
         reported = {e.field for e in errors}
         if any(field.startswith("plate") for field in reported):
-            # The plate was given but broken; "plate is required" would mislead.
-            reported.add("plate")
+            # The plate was given but broken; "plate is required" or "a list
+            # only for a plate trigger" would mislead.
+            reported.update(("plate", "metadata.spec"))
         errors.extend(e for e in err.errors if e.field not in reported)
     if errors:
         raise InvalidTriggerError(errors)
     return trigger
 
 
-def load_trigger(body: bytes | str) -> Trigger:
-    """A trigger from a published message body (uuid and createdAt included)."""
+def load_trigger(body: bytes | str, *, created_at: datetime | None = None) -> Trigger:
+    """A trigger from a published message body (``uuid`` included).
+
+    The body has no creation time: pass ``created_at`` (e.g. the message's
+    AMQP ``timestamp``), or the trigger gets the time of reading.
+    """
     try:
         wire = json.loads(body)
     except ValueError as err:
         raise InvalidTriggerError([FieldError("$", f"is not valid JSON: {err}")]) from err
-    return trigger_from_wire(wire, submitted=False)
+    return trigger_from_wire(wire, submitted=False, created_at=created_at)
 
 
 def _plate_from_wire(value: object, errors: list[FieldError]) -> Plate | None:
@@ -239,11 +251,21 @@ def _metadata_from_wire(value: object, source: str | None, errors: list[FieldErr
         if key not in _METADATA_FIELDS
     )
     spec = value.get("spec", {})
-    if not isinstance(spec, Mapping):
-        errors.append(FieldError("metadata.spec", "must be a JSON object"))
+    if isinstance(spec, list):
+        # One object per well; the trigger checks it against the plate.
+        spec = list(spec)
+    elif isinstance(spec, Mapping):
+        spec = dict(spec)
+    else:
+        errors.append(
+            FieldError(
+                "metadata.spec",
+                "must be a JSON object, or for a plate trigger a list of one object per well",
+            )
+        )
         spec = {}
     wire_source = value.get("source", "")
     if source is None and not isinstance(wire_source, str):
         errors.append(FieldError("metadata.source", "must be a string"))
         wire_source = ""
-    return Metadata(source=wire_source if source is None else source, spec=dict(spec))
+    return Metadata(source=wire_source if source is None else source, spec=spec)
