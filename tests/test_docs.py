@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import ast
 import json
+import re
 from pathlib import Path
 
 import pytest
@@ -48,3 +50,40 @@ class TestHttpApiPage:
             if line.startswith("## `")
         }
         assert documented == set(_operations())
+
+
+def _named_tests(page: str) -> list[str]:
+    """Every `path::Class::test` a page names, in backticks."""
+    return sorted(set(re.findall(r"`((?:tests|plugins)/[\w/]+\.py(?:::\w+)+)", page)))
+
+
+def _defined(path: Path, names: list[str]) -> bool:
+    """Whether ``path`` defines the class (and method) or function ``names``."""
+    scope: list[ast.stmt] = ast.parse(path.read_text()).body
+    for name in names:
+        found = [
+            node
+            for node in scope
+            if isinstance(node, ast.ClassDef | ast.FunctionDef | ast.AsyncFunctionDef)
+            and node.name == name
+        ]
+        if not found:
+            return False
+        scope = found[0].body if isinstance(found[0], ast.ClassDef) else []
+    return True
+
+
+class TestSecurityPage:
+    def test_what_we_tested_names_tests_that_exist(self) -> None:
+        """Every test docs/security.md cites in "What we tested" exists in the suite."""
+        page = (DOCS / "security.md").read_text()
+        tested = page[page.index("## What we tested") :]
+        named = _named_tests(tested)
+        assert len(named) >= 20
+        missing = []
+        for reference in named:
+            file, *names = reference.split("::")
+            path = DOCS.parent / file
+            if not (path.is_file() and _defined(path, names)):
+                missing.append(reference)
+        assert missing == []

@@ -255,14 +255,18 @@ async def open_plugin(
             async for submission in receive:
                 # The harness stands in for the journal: every trigger is stored.
                 submission.accepted()
-                harness.sent.append(submission.trigger)
-                harness._notify()
+
+    def sent(trigger: Trigger) -> None:
+        # Called once the plugin's send has returned, as the tower counts it.
+        harness.status.count_sent(trigger)
+        harness.sent.append(trigger.with_source(name))
+        harness._notify()
 
     async def run() -> None:
         token = _set_context(context)
         try:
             loaded = await State.load(name, backend) if discovered.wants_state else None
-            async with TriggerSendChannel(send, name, harness.status.count_sent) as channel:
+            async with TriggerSendChannel(send, name, sent) as channel:
                 harness.status.state = PluginState.RUNNING
                 await configured.invoke(channel, loaded)
             harness.status.state = PluginState.FINISHED

@@ -47,7 +47,9 @@ def swap_after_listing(
     The race an attacker with write access to the folder would try, made
     deterministic.
     """
-    real = watcher.list_candidates
+    # Looked up now, not at import: another test may have imported the plugin again.
+    module = load_plugin(HERE)
+    real = module.list_candidates
     swapped = False
 
     def listing(folder: Path) -> list[Any]:
@@ -58,7 +60,7 @@ def swap_after_listing(
             swap(folder / name)
         return found
 
-    monkeypatch.setattr(watcher, "list_candidates", listing)
+    monkeypatch.setattr(module, "list_candidates", listing)
 
 
 def to_symlink(target: Path) -> Callable[[Path], None]:
