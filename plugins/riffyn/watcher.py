@@ -7,6 +7,9 @@ whose ``resourceName`` is an apiVersion (``OT-2/v1alpha1``), one trigger,
 run that goes back to ``stopped`` or ``new`` is forgotten, so starting it
 again triggers again. Runs named ``<name> [RxC] <i>`` are the wells of one
 plate: one plate trigger is sent once all R*C of them have started.
+
+Names follow the original ULAS plugin, which labs configured their
+activities against: ``str.title()``, spaces removed (see ``protocol_name``).
 """
 
 from __future__ import annotations
@@ -37,7 +40,9 @@ RESTARTABLE = frozenset({"stopped", "new"})
 _PLATE_RUN = re.compile(
     r"(?P<name>.*\S)\s*\[(?P<rows>\d+)\s*[xX]\s*(?P<columns>\d+)\]\s*(?P<well>\d+)"
 )
-_WORD = re.compile(r"[A-Za-z0-9]+")
+# Two or more words already marked by capitals, nothing else: PlateTransfer,
+# plateTransfer, fp1Excite; not OD600 or FP1 (capitals in a row are an acronym).
+_CASED = re.compile(r"[A-Za-z][a-z][a-z0-9]*(?:[A-Z][a-z][a-z0-9]*)+")
 
 
 @attrs.frozen
@@ -64,15 +69,30 @@ class RiffynApiError(Exception):
     """The Riffyn API did not answer within the plugin's limits of time or size."""
 
 
-def pascal_case(text: str) -> str:
-    """``Serial Dilution`` → ``SerialDilution``."""
-    return "".join(word[0].upper() + word[1:] for word in _WORD.findall(text))
+def _title_words(name: str) -> str:
+    stripped = name.strip()
+    if _CASED.fullmatch(stripped):
+        # The one departure from the original: title() would flatten
+        # PlateTransfer to Platetransfer, which names no protocol module.
+        return stripped
+    return "".join(stripped.title().split())
 
 
-def camel_case(text: str) -> str:
-    """``measurement wavelength`` → ``measurementWavelength``."""
-    pascal = pascal_case(text)
-    return pascal[:1].lower() + pascal[1:]
+def protocol_name(activity: str) -> str:
+    """``Plate Transfer``, ``PLATE TRANSFER``, ``PlateTransfer`` → ``PlateTransfer``.
+
+    The original's rule, ``str.title()`` with the spaces removed, except that
+    a name without spaces already written in PascalCase (or camelCase) keeps
+    its capitals.
+    """
+    words = _title_words(activity)
+    return words[:1].upper() + words[1:]
+
+
+def spec_key(prop: str) -> str:
+    """``OD`` → ``od``, ``FP1 Excite`` → ``fp1Excite``: ``protocol_name``, first letter lowered."""
+    words = _title_words(prop)
+    return words[:1].lower() + words[1:]
 
 
 @attrs.frozen
@@ -187,11 +207,15 @@ class StartedRun:
 
 
 async def describe_run(riffyn: Riffyn, experiment: str, run: dict[str, Any]) -> StartedRun:
-    """Fetch a started run's activity and data; raises RiffynDataError or httpx errors."""
+    """Fetch a started run's activity and data; raises RiffynDataError or httpx errors.
+
+    Every input whose ``resourceName`` is an apiVersion gets a spec, empty if
+    the run has no values for it: the device still has a protocol to run.
+    """
     run_id = _field(run, "_id", "a run")
     activity_id = _field(run, "activityId", f"run {run_id}")
     activity = await riffyn.activity(experiment, activity_id)
-    protocol = pascal_case(str(_field(activity, "name", f"activity {activity_id}")))
+    protocol = protocol_name(str(_field(activity, "name", f"activity {activity_id}")))
     inputs = run.get("inputs") or []
     wanted = [i for i in inputs if isinstance(i, dict) and is_api_version(i.get("resourceName"))]
     if not wanted:
@@ -216,25 +240,36 @@ async def describe_run(riffyn: Riffyn, experiment: str, run: dict[str, Any]) -> 
         for prop in definition.get("properties") or []:
             if not isinstance(prop, dict) or not prop.get("_id") or not prop.get("name"):
                 continue
+            key = spec_key(str(prop["name"]))
             column = f"{activity_id} | input | {definition['_id']} | {prop['_id']} | value"
             value = values.get(column)
-            if value is not None:
-                spec[camel_case(str(prop["name"]))] = value
+            if key and value is not None:
+                spec[key] = value
     return StartedRun(experiment, activity_id, run_id, protocol, specs)
 
 
-def single_triggers(started: StartedRun, generation: int) -> list[Trigger]:
+@attrs.frozen
+class Outgoing:
+    """A trigger as JSON, before it is checked, with its idempotency key."""
+
+    api_version: str
+    wire: dict[str, Any]
+    key: str
+
+
+def single_triggers(started: StartedRun, generation: int) -> list[Outgoing]:
     """One trigger per apiVersion of a run that is not a plate well."""
     meta = {"experimentId": started.experiment, "activityId": started.activity}
     return [
-        trigger_from_json(
+        Outgoing(
+            api_version,
             {
                 "apiVersion": api_version,
                 "protocol": started.protocol,
                 "spec": spec,
                 "metadata": {"spec": {**meta, "runId": started.run_id}},
             },
-            key=f"riffyn:{started.run_id}:{generation}:{api_version}",
+            f"riffyn:{started.run_id}:{generation}:{api_version}",
         )
         for api_version, spec in sorted(started.specs.items())
     ]
@@ -242,25 +277,27 @@ def single_triggers(started: StartedRun, generation: int) -> list[Trigger]:
 
 def plate_triggers(
     plate: PlateWell, experiment: str, activity: str, wells: dict[str, Any]
-) -> list[Trigger]:
-    """One plate trigger per apiVersion, its spec (and run IDs) in well order."""
+) -> list[Outgoing]:
+    """One plate trigger per apiVersion; spec and metadata.spec a list in well order."""
     order = [wells[str(i)] for i in range(1, plate.rows * plate.columns + 1)]
-    run_ids = [well["runId"] for well in order]
+    origins = [
+        {"experimentId": experiment, "activityId": activity, "runId": well["runId"]}
+        for well in order
+    ]
     generations = ",".join(f"{w['runId']}:{w['gen']}" for w in order)
     digest = hashlib.sha256(generations.encode()).hexdigest()[:16]
     api_versions = sorted({api for well in order for api in well["specs"]})
     return [
-        trigger_from_json(
+        Outgoing(
+            api_version,
             {
                 "apiVersion": api_version,
                 "protocol": order[0]["protocol"],
                 "plate": {"rows": plate.rows, "columns": plate.columns},
                 "spec": [well["specs"].get(api_version, {}) for well in order],
-                "metadata": {
-                    "spec": {"experimentId": experiment, "activityId": activity, "runId": run_ids}
-                },
+                "metadata": {"spec": origins},
             },
-            key=f"riffyn:plate:{digest}:{api_version}",
+            f"riffyn:plate:{digest}:{api_version}",
         )
         for api_version in api_versions
     ]
@@ -313,54 +350,88 @@ class Watcher:
             return
         plate = PlateWell.parse(str(run.get("name", "")))
         if plate is None:
-            await self.send(f"run {run_id}", lambda: single_triggers(started, generation))
+            await self.send(
+                f"run {run_id}",
+                single_triggers(started, generation),
+                "fix the activity or the run's values in Riffyn, then stop and start the run",
+            )
         elif not 1 <= plate.well <= plate.rows * plate.columns:
             report_item_error(
                 f"run {run_id}",
-                f"well {plate.well} is outside a {plate.rows}x{plate.columns} plate",
+                f"well {plate.well} is outside a {plate.rows}x{plate.columns} plate; "
+                f"number the wells 1 to {plate.rows * plate.columns} in the runs' names, "
+                "then stop and start the run",
             )
         else:
             await self.add_well(plate, started, generation)
         await self.state.set(f"run:{run_id}", {"gen": generation, "active": True})
 
-    def plate_key(self, plate: PlateWell, experiment: str, activity: str) -> str:
-        return f"plate:{experiment}:{activity}:{plate.name}:{plate.rows}x{plate.columns}"
+    def plate_id(self, plate: PlateWell, experiment: str, activity: str) -> str:
+        return f"{experiment}:{activity}:{plate.name}:{plate.rows}x{plate.columns}"
 
     async def add_well(self, plate: PlateWell, started: StartedRun, generation: int) -> None:
-        key = self.plate_key(plate, started.experiment, started.activity)
-        wells = await self.state.get(key, {})
+        """Gather a started well; the last of R*C wells to start sends the plate.
+
+        ``plate:<id>`` holds the wells started since the plate last fired,
+        ``fired:<id>`` the wells of the plate that fired and have not been
+        stopped since.
+        """
+        plate_id = self.plate_id(plate, started.experiment, started.activity)
+        wells = await self.state.get(f"plate:{plate_id}", {})
         wells[str(plate.well)] = {
             "runId": started.run_id,
             "gen": generation,
             "protocol": started.protocol,
             "specs": started.specs,
         }
-        if len(wells) < plate.rows * plate.columns:
-            await self.state.set(key, wells)
+        fired = await self.state.get(f"fired:{plate_id}", {})
+        size = plate.rows * plate.columns
+        if fired and len(wells) < size:
+            # A device runs whole plates: sending this well alone, or the plate
+            # again, would re-dispense into wells whose runs were never restarted.
+            report_item_error(
+                f"run {started.run_id}",
+                f"well {plate.well} of plate '{plate.name} [{plate.rows}x{plate.columns}]' "
+                "was restarted after the plate was triggered; it is not triggered alone "
+                f"and the other wells are not run again: to run the plate again, stop "
+                f"and start all {size} of its wells",
+            )
+        if len(wells) < size:
+            await self.state.set(f"plate:{plate_id}", wells)
             return
         await self.send(
-            f"plate {plate.name}",
-            lambda: plate_triggers(plate, started.experiment, started.activity, wells),
+            f"plate {plate.name} [{plate.rows}x{plate.columns}]",
+            plate_triggers(plate, started.experiment, started.activity, wells),
+            "fix the activity or the wells' values in Riffyn, then stop and start every well",
         )
-        await self.state.delete(key)
+        await self.state.set(
+            f"fired:{plate_id}", {well: data["runId"] for well, data in wells.items()}
+        )
+        await self.state.delete(f"plate:{plate_id}")
 
     async def forget(self, experiment: str, run: dict[str, Any]) -> None:
         plate = PlateWell.parse(str(run.get("name", "")))
         activity = run.get("activityId")
         if plate is None or not activity:
             return
-        key = self.plate_key(plate, experiment, activity)
-        wells = await self.state.get(key, {})
+        plate_id = self.plate_id(plate, experiment, activity)
+        wells = await self.state.get(f"plate:{plate_id}", {})
         if wells.get(str(plate.well), {}).get("runId") == run["_id"]:
             del wells[str(plate.well)]
-            await self.state.set(key, wells or None)
+            await self.state.set(f"plate:{plate_id}", wells or None)
+        fired = await self.state.get(f"fired:{plate_id}", {})
+        if fired.get(str(plate.well)) == run["_id"]:
+            del fired[str(plate.well)]
+            await self.state.set(f"fired:{plate_id}", fired or None)
 
-    async def send(self, item: str, build: Any) -> None:
-        try:
-            triggers = build()
-        except InvalidTriggerError as err:
-            report_item_error(item, err)
-            return
+    async def send(self, item: str, outgoing: list[Outgoing], fix: str) -> None:
+        """Send every valid trigger; an invalid one is reported and does not stop the others."""
+        triggers = []
+        for out in outgoing:
+            try:
+                triggers.append(trigger_from_json(out.wire, key=out.key))
+            except InvalidTriggerError as err:
+                report_item_error(f"{item} ({out.api_version})", f"{err}; {fix}")
         for trigger in triggers:
             await self.send_channel.send(trigger)
 
