@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import argparse
 import io
 import json
 import logging
@@ -21,8 +22,10 @@ import trio
 
 from tests._helpers import VALID, Broker, Tower, run_tower, tower_settings, unused_port
 from tower_trio._auth import Tokens
-from tower_trio._cli import _Progress, main
+from tower_trio._channel import DeliveryStatus
+from tower_trio._cli import _parser, _Progress, main
 from tower_trio._logging import configure_logging, get_logger, print_summary
+from tower_trio._openapi import openapi_document
 
 if TYPE_CHECKING:
     from collections.abc import AsyncIterator, Iterator
@@ -656,6 +659,31 @@ class TestTriggers:
         (line,) = capsys.readouterr().out.splitlines()
         assert json.loads(line)["protocol"] == "Mix"
 
+    async def test_every_status_the_cli_offers_is_one_the_api_accepts(
+        self, tower: Tower, capsys: pytest.CaptureFixture[str]
+    ) -> None:
+        """`triggers list --status` offers exactly the statuses GET /triggers filters by."""
+        offered = _status_choices()
+        document = openapi_document()
+        (parameter,) = [
+            p for p in document["paths"]["/triggers"]["get"]["parameters"] if p["name"] == "status"
+        ]
+        assert sorted(offered) == sorted(s.value for s in DeliveryStatus)
+        assert sorted(offered) == sorted(parameter["schema"]["enum"])
+        url = tower.running.http_urls[0]
+        for status in offered:
+            assert await cli("triggers", "list", "--status", status, "--url", url, environ={}) == 0
+        capsys.readouterr()
+
+
+def _status_choices() -> list[str]:
+    parser = _parser()
+    (commands,) = [a for a in parser._actions if isinstance(a, argparse._SubParsersAction)]
+    triggers = commands.choices["triggers"]
+    (lookups,) = [a for a in triggers._actions if isinstance(a, argparse._SubParsersAction)]
+    (status,) = [a for a in lookups.choices["list"]._actions if a.dest == "status"]
+    return list(status.choices or ())
+
 
 class TestPlugins:
     def test_lists_state_and_variables(
@@ -672,7 +700,10 @@ class TestPlugins:
         assert "PLUGIN_LIMS_INTERVAL  optional, not set" in out
 
         assert main(["plugins", "--json"], {**environ, "PLUGIN_LIMS_API_KEY": "k"}) == 0
-        (entry,) = json.loads(capsys.readouterr().out)["plugins"]
+        # An installed tower-trio lists its built-in plugins too.
+        (entry,) = [
+            p for p in json.loads(capsys.readouterr().out)["plugins"] if p["name"] == "lims"
+        ]
         assert entry["state"] == "ready"
         assert entry["runs"] is True
 
@@ -695,14 +726,33 @@ class TestPlugins:
         assert main(["plugins"], environ) == 1
         capsys.readouterr()
 
-    def test_broken_plugin_is_a_one_line_error(
+    def test_broken_plugin_is_listed_with_its_file(
         self, tmp_path: Path, capsys: pytest.CaptureFixture[str]
     ) -> None:
-        """A plugin that cannot be imported exits 2 naming its file."""
+        """A plugin that cannot be imported is listed as invalid naming its file; exit 1."""
         write_plugin(tmp_path / "plugins", "bad", "async def run(:\n")
-        assert main(["plugins"], {"TOWER_PLUGINS_DIR": str(tmp_path / "plugins")}) == 2
-        (line,) = capsys.readouterr().err.splitlines()
-        assert str(tmp_path / "plugins" / "bad" / "watcher.py") in line
+        assert main(["plugins"], {"TOWER_PLUGINS_DIR": str(tmp_path / "plugins")}) == 1
+        out = capsys.readouterr().out
+        assert "bad: invalid, does not run" in out
+        assert (
+            f"cannot import plugin 'bad' from {tmp_path / 'plugins' / 'bad' / 'watcher.py'}" in out
+        )
+
+    def test_broken_plugin_left_out_does_not_stop_the_others(
+        self, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+    ) -> None:
+        """With TOWER_PLUGINS naming others, a plugin whose run() takes `channel` is let be."""
+        write_plugin(tmp_path / "plugins", "bad", "async def run(channel):\n    pass\n")
+        write_plugin(tmp_path / "plugins", "lims", CONFIGURED_PLUGIN)
+        environ = {
+            "TOWER_PLUGINS_DIR": str(tmp_path / "plugins"),
+            "TOWER_PLUGINS": "lims",
+            "PLUGIN_LIMS_API_KEY": "k",
+        }
+        assert main(["plugins"], environ) == 0
+        out = capsys.readouterr().out
+        assert "bad: invalid, does not run" in out
+        assert "run(send_channel, config, state)" in out
 
 
 class TestConfig:

@@ -12,7 +12,7 @@ import pytest
 import trio
 import trio.testing
 
-from tests._helpers import accept_all, spec_of
+from tests._helpers import Broker, accept_all, run_tower, spec_of, tower_settings
 from tower_trio import PluginError, Trigger
 from tower_trio._backoff import Backoff
 from tower_trio._channel import Submission
@@ -90,10 +90,11 @@ class TestDiscovery:
         assert found["example"].wants_config
 
     def test_import_error_names_the_file(self, tmp_path: Path) -> None:
-        """A plugin that fails to import stops discovery with its file in the message."""
+        """A plugin that fails to import stops start-up with its file in the message."""
         path = write_plugin(tmp_path, "broken", "import no_such_module_anywhere\n")
+        discovered = discover_plugins(tmp_path, entry_points=False)
         with pytest.raises(PluginError, match="cannot import plugin 'broken'") as info:
-            discover_plugins(tmp_path, entry_points=False)
+            select_plugins(discovered, None, {})
         assert str(path) in str(info.value)
         assert "no_such_module_anywhere" in str(info.value)
 
@@ -124,8 +125,73 @@ class TestDiscovery:
     ) -> None:
         """A run() the loader cannot call is refused at start-up, saying what it must look like."""
         write_plugin(tmp_path, "odd", source)
+        discovered = discover_plugins(tmp_path, entry_points=False)
         with pytest.raises(PluginError, match=message):
-            discover_plugins(tmp_path, entry_points=False)
+            select_plugins(discovered, None, {})
+
+    @pytest.mark.parametrize(
+        "source",
+        [
+            pytest.param("async def run(channel):\n    pass\n", id="wrong-name"),
+            pytest.param("import no_such_module_anywhere\n", id="import-error"),
+        ],
+    )
+    def test_broken_plugin_not_selected_is_skipped_with_its_reason(
+        self, tmp_path: Path, source: str
+    ) -> None:
+        """A plugin that cannot run but is left out of TOWER_PLUGINS is skipped, not fatal."""
+        write_plugin(tmp_path, "alpha", SIMPLE)
+        path = write_plugin(tmp_path, "odd", source)
+        selected, skipped = select_plugins(
+            discover_plugins(tmp_path, entry_points=False), ("alpha",), {}
+        )
+        assert [plugin.name for plugin in selected] == ["alpha"]
+        ((name, reason),) = [(s.name, s.reason) for s in skipped]
+        assert name == "odd"
+        assert reason.startswith("not in TOWER_PLUGINS, and it cannot run")
+        assert str(path) in reason
+
+    def test_selected_plugin_with_a_wrong_parameter_names_file_and_signatures(
+        self, tmp_path: Path
+    ) -> None:
+        """Naming a plugin whose run() takes `channel` gives its file and every accepted form."""
+        path = write_plugin(tmp_path, "odd", "async def run(channel):\n    pass\n")
+        discovered = discover_plugins(tmp_path, entry_points=False)
+        with pytest.raises(PluginError) as info:
+            select_plugins(discovered, ("odd",), {})
+        assert str(path) in str(info.value)
+        assert "run(send_channel, config, state)" in str(info.value)
+        assert "run(send_channel, state)" in str(info.value)
+
+
+class TestBuiltins:
+    @pytest.fixture
+    def site(self, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+        """A site-packages holding the built-ins as the wheel installs them."""
+        site = tmp_path / "site"
+        write_plugin(site / "tower_trio_builtins", "alpha", SIMPLE)
+        write_plugin(site / "tower_trio_builtins", "beta", SIMPLE)
+        monkeypatch.syspath_prepend(str(site))
+        return site
+
+    def test_installed_builtins_are_found(self, site: Path, tmp_path: Path) -> None:
+        """An installed tower finds the built-ins shipped in tower_trio_builtins."""
+        found = discover_plugins(tmp_path / "no-plugins")
+        assert found["alpha"].origin == str(site / "tower_trio_builtins" / "alpha" / "watcher.py")
+        assert found["beta"].problem is None
+
+    def test_a_folder_plugin_hides_the_builtin_of_the_same_name(
+        self, site: Path, tmp_path: Path
+    ) -> None:
+        """A plugin in TOWER_PLUGINS_DIR is used instead of the built-in, and listed once."""
+        local = write_plugin(tmp_path / "plugins", "alpha", SIMPLE)
+        found = discover_plugins(tmp_path / "plugins")
+        assert found["alpha"].origin == str(local)
+        assert found["beta"].origin.startswith(str(site))
+
+    def test_builtins_are_left_out_without_entry_points(self, site: Path, tmp_path: Path) -> None:
+        """entry_points=False keeps discovery to the folder, as tests need."""
+        assert discover_plugins(tmp_path / "no-plugins", entry_points=False) == {}
 
 
 class TestConfiguration:
@@ -303,25 +369,90 @@ class TestSupervision:
         with pytest.raises(trio.EndOfChannel):
             receive.receive_nowait()
 
-    async def test_sending_something_else_than_a_trigger_is_a_crash(self, tmp_path: Path) -> None:
-        """A plugin that sends a dict gets a TypeError telling it to build a Trigger."""
+    async def test_sending_something_else_than_a_trigger_fails_the_plugin(
+        self, tmp_path: Path, autojump_clock: trio.testing.MockClock
+    ) -> None:
+        """A plugin that sends a dict is stopped as failed, once, instead of restarted."""
+        write_plugin(tmp_path, "sloppy", SLOPPY)
+        (plugin,), _ = select_plugins(discover_plugins(tmp_path, entry_points=False), None, {})
+        send, receive = trio.open_memory_channel[Submission](10)
+        status = PluginStatus("sloppy")
+        received: list[Submission] = []
+        with trio.fail_after(600):
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(accept_all, receive, received)
+                await serve_plugin(plugin, send, status)
+        assert status.state is PluginState.FAILED
+        assert status.restarts == 0
+        assert status.last_error is not None
+        assert "send tower_trio.Trigger objects, not dict" in status.last_error
+        assert [s.trigger.protocol for s in received] == ["Before"]
+
+    async def test_a_caught_bad_value_does_not_fail_the_plugin(
+        self, tmp_path: Path, autojump_clock: trio.testing.MockClock
+    ) -> None:
+        """Only a bad value that ends run() fails the plugin; other crashes still restart it."""
         write_plugin(
             tmp_path,
-            "sloppy",
+            "careful",
             """
+            starts = []
+
             async def run(send_channel):
-                await send_channel.send({"apiVersion": "OT-2/v1"})
+                starts.append(1)
+                try:
+                    await send_channel.send({"not": "a trigger"})
+                except TypeError:
+                    pass
+                if len(starts) < 2:
+                    raise RuntimeError("source went away")
             """,
         )
         (plugin,), _ = select_plugins(discover_plugins(tmp_path, entry_points=False), None, {})
         send, _receive = trio.open_memory_channel[Submission](1)
-        status = PluginStatus("sloppy")
-        async with trio.open_nursery() as nursery:
-            await nursery.start(serve_plugin, plugin, send, status)
-            while status.last_error is None:
-                await trio.testing.wait_all_tasks_blocked()
-            nursery.cancel_scope.cancel()
-        assert "send tower_trio.Trigger objects, not dict" in status.last_error
+        status = PluginStatus("careful")
+        with trio.fail_after(600):
+            await serve_plugin(plugin, send, status)
+        assert status.state is PluginState.FINISHED
+        assert status.restarts == 1
+
+    async def test_a_bad_value_never_duplicates_what_was_journaled(
+        self, amqp_url: str, broker: Broker, tmp_path: Path
+    ) -> None:
+        """In the tower, the trigger sent before a dict is journaled and published once."""
+        write_plugin(tmp_path / "plugins", "sloppy", SLOPPY)
+        plugins, _ = select_plugins(
+            discover_plugins(tmp_path / "plugins", entry_points=False), None, {}
+        )
+        queue = await broker.bind("OT-2/v1alpha1")
+        settings = tower_settings(amqp_url, broker.exchange, tmp_path / "data")
+        with trio.fail_after(20):
+            async with run_tower(settings, plugins) as tower:
+                status = tower.running.plugins["sloppy"]
+                # Long enough for the first restart (1 s) had the plugin been restarted.
+                # The status is the tower's plain attrs object: there is no event to await.
+                while status.state is not PluginState.FAILED and status.restarts < 2:  # noqa: ASYNC110
+                    await trio.sleep(0.05)
+                listed = await tower.client.get("/triggers", params={"source": "sloppy"})
+                shown = await tower.client.get("/plugins")
+        assert status.state is PluginState.FAILED
+        assert status.restarts == 0
+        assert [item["protocol"] for item in listed.json()["items"]] == ["Before"]
+        (report,) = [p for p in shown.json()["plugins"] if p["name"] == "sloppy"]
+        assert report["state"] == "failed"
+        assert "not dict" in report["lastError"]["message"]
+        (message,) = await broker.take(queue, 1)
+        assert json.loads(message.body)["protocol"] == "Before"
+        assert await broker.count(queue) == 0
+
+
+SLOPPY = """
+    from tower_trio import Trigger
+
+    async def run(send_channel):
+        await send_channel.send(Trigger(api_version="OT-2/v1alpha1", protocol="Before", spec={}))
+        await send_channel.send({"apiVersion": "OT-2/v1alpha1", "protocol": "Oops"})
+"""
 
 
 STATEFUL = """

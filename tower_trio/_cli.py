@@ -21,6 +21,7 @@ import attrs
 import trio
 
 from . import amqp
+from ._channel import DeliveryStatus
 from ._client import Answer, TowerClient, TowerUnreachableError, default_url, encode
 from ._config import Settings
 from ._errors import JournalError, PluginError, TowerError
@@ -54,7 +55,8 @@ EXIT_BROKEN_PIPE = 141
 
 _REDACTED = "***"
 _TOKEN_VARIABLE = "TOWER_TOKEN"
-_STATUSES = ("accepted", "pending", "published", "unroutable", "failed")
+# The journal's delivery statuses, which GET /triggers?status= accepts.
+_STATUSES = tuple(status.value for status in DeliveryStatus)
 # ``send`` shows progress by itself on a terminal from this many triggers on.
 _PROGRESS_FROM = 10
 _PROGRESS_EVERY = 0.1

@@ -1,8 +1,10 @@
 """Watcher plugins: discovery, configuration and supervision.
 
 This is the one module that knows where plugins come from: sub-folders of
-``TOWER_PLUGINS_DIR`` holding a ``watcher.py``, and installed packages
-through the ``tower_trio.plugins`` entry-point group. A plugin is
+``TOWER_PLUGINS_DIR`` holding a ``watcher.py``, the built-in plugins an
+installed tower-trio ships (the package ``tower_trio_builtins``, laid out
+like that folder), and installed packages through the ``tower_trio.plugins``
+entry-point group, in that order of precedence. A plugin is
 
     async def run(send_channel): ...
 
@@ -26,7 +28,7 @@ import time
 import types
 from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime
-from pathlib import PurePath
+from pathlib import Path, PurePath
 from typing import TYPE_CHECKING, Any, ClassVar, Protocol
 
 import attrs
@@ -41,7 +43,6 @@ from .plugin import State, _PluginContext, _reset_context, _set_context
 
 if TYPE_CHECKING:
     from collections.abc import Mapping, Sequence
-    from pathlib import Path
 
     from ._models import FieldError, Trigger
 
@@ -63,7 +64,13 @@ __all__ = [
 _log = get_logger(__name__)
 
 ENTRY_POINT_GROUP = "tower_trio.plugins"
+# Where the wheel puts ./plugins; a checkout has no such package and uses ./plugins.
+BUILTINS_PACKAGE = "tower_trio_builtins"
 _PARAMETERS = ("send_channel", "config", "state")
+_SIGNATURES = (
+    "async def run(send_channel), run(send_channel, config), run(send_channel, state) "
+    "or run(send_channel, config, state)"
+)
 _SECRET_WORDS = ("key", "token", "password", "secret")
 _REDACTED = "***"
 _NAME = re.compile(r"[a-z][a-z0-9_]*")
@@ -79,6 +86,9 @@ class DiscoveredPlugin:
     config_class: type | None
     wants_config: bool
     wants_state: bool = False
+    problem: str | None = None
+    """Why this plugin cannot run (it does not import, or its run() is not a
+    plugin's); such a plugin is kept so that it stops start-up only when selected."""
 
     def config_variables(self) -> dict[str, str]:
         """Field name → environment variable, for every field of its Config."""
@@ -281,39 +291,71 @@ def plugins_report(
 def discover_plugins(
     plugins_dir: Path, *, entry_points: bool = True
 ) -> dict[str, DiscoveredPlugin]:
-    """Every plugin found in ``plugins_dir`` and in installed packages.
+    """Every plugin in ``plugins_dir``, then (``entry_points``) every installed one.
 
-    Raises PluginError naming the file of a plugin that cannot be imported
-    or whose ``run`` is not a valid plugin entry point.
+    A name found in ``plugins_dir`` hides a built-in of the same name, so a
+    checkout runs the plugins being edited. A plugin that cannot be imported
+    or whose ``run`` the loader cannot call is returned with its ``problem``:
+    ``select_plugins`` refuses it only if it is selected.
     """
     found: dict[str, DiscoveredPlugin] = {}
-    if plugins_dir.is_dir():
-        for watcher in sorted(plugins_dir.glob("*/watcher.py")):
+    folders = [plugins_dir, *(builtin_plugin_dirs() if entry_points else [])]
+    for folder in folders:
+        if not folder.is_dir():
+            continue
+        for watcher in sorted(folder.glob("*/watcher.py")):
             name = watcher.parent.name
-            if not _NAME.fullmatch(name):
-                continue
-            module = _import_file(name, watcher)
-            found[name] = _inspect_module(name, str(watcher), module)
+            if _NAME.fullmatch(name) and name not in found:
+                found[name] = _discover_file(name, watcher)
     if entry_points:
         for entry_point in importlib.metadata.entry_points(group=ENTRY_POINT_GROUP):
             if entry_point.name in found:
-                raise PluginError(
-                    f"plugin {entry_point.name!r} is both in {plugins_dir} and installed "
-                    f"as {entry_point.value}; rename one of them"
+                found[entry_point.name] = _broken(
+                    entry_point.name,
+                    entry_point.value,
+                    f"plugin {entry_point.name!r} is both in {found[entry_point.name].origin} "
+                    f"and installed as {entry_point.value}; rename one of them",
                 )
-            try:
-                loaded = entry_point.load()
-            except Exception as err:
-                raise PluginError(
-                    f"cannot load plugin {entry_point.name!r} from {entry_point.value}: {err}"
-                ) from err
-            source = loaded if isinstance(loaded, types.ModuleType) else inspect.getmodule(loaded)
-            if source is None:
-                raise PluginError(
-                    f"plugin {entry_point.name!r}: {entry_point.value} is not a module"
-                )
-            found[entry_point.name] = _inspect_module(entry_point.name, entry_point.value, source)
+                continue
+            found[entry_point.name] = _discover_entry_point(entry_point)
     return found
+
+
+def builtin_plugin_dirs() -> list[Path]:
+    """The folders holding the plugins that come with an installed tower-trio."""
+    spec = importlib.util.find_spec(BUILTINS_PACKAGE)
+    if spec is None or spec.submodule_search_locations is None:
+        return []
+    return [Path(location) for location in spec.submodule_search_locations]
+
+
+def _discover_file(name: str, watcher: Path) -> DiscoveredPlugin:
+    try:
+        return _inspect_module(name, str(watcher), _import_file(name, watcher))
+    except PluginError as err:
+        return _broken(name, str(watcher), str(err))
+
+
+def _discover_entry_point(entry_point: importlib.metadata.EntryPoint) -> DiscoveredPlugin:
+    name, origin = entry_point.name, entry_point.value
+    try:
+        loaded = entry_point.load()
+    except Exception as err:
+        return _broken(name, origin, f"cannot load plugin {name!r} from {origin}: {err}")
+    source = loaded if isinstance(loaded, types.ModuleType) else inspect.getmodule(loaded)
+    if source is None:
+        return _broken(name, origin, f"plugin {name!r}: {origin} is not a module")
+    try:
+        return _inspect_module(name, origin, source)
+    except PluginError as err:
+        return _broken(name, origin, str(err))
+
+
+def _broken(name: str, origin: str, problem: str) -> DiscoveredPlugin:
+    async def cannot_run(send_channel: object) -> None:
+        raise PluginError(problem)
+
+    return DiscoveredPlugin(name, origin, cannot_run, None, False, problem=problem)
 
 
 def _import_file(name: str, path: Path) -> types.ModuleType:
@@ -336,14 +378,17 @@ def _import_file(name: str, path: Path) -> types.ModuleType:
 def _inspect_module(name: str, origin: str, module: types.ModuleType) -> DiscoveredPlugin:
     run = getattr(module, "run", None)
     if run is None or not inspect.iscoroutinefunction(run):
-        raise PluginError(f"plugin {name!r} ({origin}) must define 'async def run(send_channel)'")
+        raise PluginError(
+            f"plugin {name!r} ({origin}) must define 'async def run(send_channel)'; "
+            f"the accepted signatures are {_SIGNATURES}"
+        )
     parameters = inspect.signature(run).parameters
     unknown = [p for p in parameters if p not in _PARAMETERS]
     if "send_channel" not in parameters or unknown:
         raise PluginError(
             f"plugin {name!r} ({origin}): run() takes {', '.join(parameters) or 'nothing'}; "
-            f"it must take send_channel and may take config and state, by those names "
-            f"(like 'async def run(send_channel, config, state)')"
+            f"it must take send_channel and may take config and state, by those names, "
+            f"in any order: {_SIGNATURES}"
         )
     config_class = getattr(module, "Config", None)
     if config_class is not None and not attrs.has(config_class):
@@ -364,6 +409,8 @@ def build_config(plugin: DiscoveredPlugin, environ: Mapping[str, str]) -> Any:
     A missing variable raises ``_MissingSetting`` (a PluginError), so that a
     plugin nobody asked for can be skipped rather than stop the tower.
     """
+    if plugin.problem is not None:
+        raise PluginError(plugin.problem)
     if plugin.config_class is None:
         return None
     values = {}
@@ -398,8 +445,10 @@ def select_plugins(
 ) -> tuple[list[ConfiguredPlugin], list[SkippedPlugin]]:
     """The plugins to run, and those left out with the reason.
 
-    Named plugins must exist and be fully configured; when none are named,
-    a plugin whose configuration is incomplete is skipped, not fatal.
+    Named plugins must exist, load and be fully configured; when none are
+    named, a plugin whose configuration is incomplete is skipped, not fatal,
+    but one that cannot run is refused. A plugin that cannot run and is not
+    named is skipped: someone else's broken plugin must not stop this tower.
     """
     if wanted is not None:
         unknown = [name for name in wanted if name not in discovered]
@@ -409,9 +458,14 @@ def select_plugins(
                 f"{'is' if len(unknown) == 1 else 'are'} not installed; "
                 f"available: {', '.join(sorted(discovered)) or 'none'}"
             )
+        broken = [
+            SkippedPlugin(name, f"not in TOWER_PLUGINS, and it cannot run: {plugin.problem}")
+            for name, plugin in discovered.items()
+            if name not in wanted and plugin.problem is not None
+        ]
         return [
             ConfiguredPlugin(discovered[n], build_config(discovered[n], environ)) for n in wanted
-        ], []
+        ], broken
     selected, skipped = [], []
     for name, plugin in discovered.items():
         try:
@@ -434,7 +488,10 @@ async def serve_plugin(
 ) -> None:
     """Run one plugin, restarting it with backoff whenever it raises.
 
-    A plugin that returns is finished. Cancellation is never caught: it is
+    A plugin that returns is finished. One that crashes because it sent
+    something that is not a Trigger is failed, not restarted: that is a bug
+    in its code, which a restart would repeat, re-sending every trigger it
+    sent before the bad value each time. Cancellation is never caught: it is
     how the supervisor stops plugins. Its state is (re)loaded from
     ``state_backend`` at every start; without one it lives in memory and is
     lost when the tower stops.
@@ -463,11 +520,18 @@ async def serve_plugin(
                 state = None
                 if plugin.plugin.wants_state:
                     state = await State.load(plugin.name, state_backend)
-                async with TriggerSendChannel(
-                    send_channel.clone(), plugin.name, status.count_sent, check
+                misuse: list[TypeError] = []
+                async with _PluginSendChannel(
+                    send_channel.clone(), plugin.name, status.count_sent, check, misuse=misuse
                 ) as plugin_channel:
                     await plugin.invoke(plugin_channel, state)
             except Exception as err:
+                if _caused_by(err, misuse):
+                    status.state = PluginState.FAILED
+                    message = plugin.redact(f"{type(err).__name__}: {err}")
+                    status.record_error(message)
+                    _log_failure(plugin, err, message)
+                    return
                 if trio.current_time() - started_at > _STABLE_AFTER:
                     backoff.reset()
                 delay = backoff.next_delay()
@@ -485,18 +549,80 @@ async def serve_plugin(
             return
 
 
+class _PluginSendChannel(TriggerSendChannel):
+    """A plugin's send channel that remembers the values it refused as not Triggers."""
+
+    def __init__(
+        self,
+        inner: trio.MemorySendChannel[Submission],
+        source: str,
+        on_send: Callable[[Trigger], None] | None,
+        check: Callable[[Trigger], Sequence[FieldError]] | None,
+        *,
+        misuse: list[TypeError],
+    ) -> None:
+        super().__init__(inner, source, on_send, check)
+        self._misuse = misuse
+
+    def _submission(self, trigger: Trigger) -> Submission:
+        try:
+            return super()._submission(trigger)
+        except TypeError as err:
+            self._misuse.append(err)
+            raise
+
+    def clone(self) -> _PluginSendChannel:
+        return _PluginSendChannel(
+            self._inner.clone(), self._source, self._on_send, self._check, misuse=self._misuse
+        )
+
+
+def _caused_by(err: BaseException, misuse: list[TypeError]) -> bool:
+    """Whether ``err`` is, or was raised while handling, a value the channel refused."""
+    seen: set[int] = set()
+    pending: list[BaseException | None] = [err]
+    while pending:
+        current = pending.pop()
+        if current is None or id(current) in seen:
+            continue
+        seen.add(id(current))
+        if any(current is refused for refused in misuse):
+            return True
+        if isinstance(current, BaseExceptionGroup):
+            pending.extend(current.exceptions)
+        pending.extend((current.__cause__, current.__context__))
+    return False
+
+
 class _RedactedError(Exception):
     """Stands in for a crash whose message held a secret, so the traceback can be logged."""
 
 
 def _log_crash(plugin: ConfiguredPlugin, err: Exception, message: str, delay: float) -> None:
+    _log_error("plugin.crashed", plugin, err, message, restart_in=f"{delay:.1f}s")
+
+
+def _log_failure(plugin: ConfiguredPlugin, err: Exception, message: str) -> None:
+    _log_error(
+        "plugin.failed",
+        plugin,
+        err,
+        message,
+        fix="send tower_trio.Trigger objects; the plugin stays stopped until its code "
+        "is fixed and the tower restarted",
+    )
+
+
+def _log_error(
+    event: str, plugin: ConfiguredPlugin, err: Exception, message: str, **fields: str
+) -> None:
     shown: BaseException = err
     if plugin.redact(str(err)) != str(err):
         # The frames show source lines, not values; only the message (and any
         # chained cause, dropped here) can carry the secret itself.
         shown = _RedactedError(message).with_traceback(err.__traceback__)
     logging.getLogger(__name__).error(
-        "plugin.crashed",
+        event,
         exc_info=(type(shown), shown, shown.__traceback__),
-        extra={"fields": {"plugin": plugin.name, "error": message, "restart_in": f"{delay:.1f}s"}},
+        extra={"fields": {"plugin": plugin.name, "error": message, **fields}},
     )
