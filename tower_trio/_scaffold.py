@@ -23,17 +23,25 @@ _WATCHER = '''"""{title}: what it watches and when it sends a trigger (say it he
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import attrs
-import trio
 
 from tower_trio import Trigger
-from tower_trio.plugin import State, poll
+from tower_trio.plugin import poll
+
+if TYPE_CHECKING:
+    import trio
+
+    from tower_trio.plugin import State
 
 
 @attrs.frozen
 class Config:
-    api_version: str = "OT-2/v1alpha1"
-    """apiVersion of the triggers it sends (PLUGIN_{upper}_API_VERSION)."""
+    api_version: str
+    """apiVersion of the triggers it sends (PLUGIN_{upper}_API_VERSION). Required and
+    without a default, so that the tower skips this plugin until someone chooses
+    which devices it talks to: an experiment must not reach a lab's robot."""
     interval: float = 10.0
     """Seconds between looks at the source (PLUGIN_{upper}_INTERVAL)."""
 
@@ -70,7 +78,8 @@ class Test{title}:
         self, autojump_clock: trio.testing.MockClock
     ) -> None:
         """The first look at the source sends one trigger, later looks none."""
-        async with open_plugin(HERE, config={{"interval": "5"}}) as harness:
+        config = {{"api_version": "Test/v1", "interval": "5"}}
+        async with open_plugin(HERE, config=config) as harness:
             trigger = await harness.next_trigger()
             await trio.sleep(60)
         assert trigger.protocol == "Hello"
@@ -85,7 +94,7 @@ What this plugin watches, and which triggers it sends when.
 
 | Variable | Default | Meaning |
 | --- | --- | --- |
-| `PLUGIN_{upper}_API_VERSION` | `OT-2/v1alpha1` | apiVersion of the triggers it sends. |
+| `PLUGIN_{upper}_API_VERSION` | (required) | apiVersion it sends to; unset, it is skipped. |
 | `PLUGIN_{upper}_INTERVAL` | `10.0` | Seconds between looks at the source. |
 
 ## Behaviour

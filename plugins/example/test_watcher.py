@@ -33,3 +33,14 @@ class TestExample:
         assert (first.protocol, first.spec) == ("PlateTransfer", {"volume": 100})
         assert [second.protocol, third.protocol] == ["Wash", "Dry"]
         assert harness.unread() == []
+
+    async def test_creates_the_folder_of_its_file(
+        self, tmp_path: Path, autojump_clock: trio.testing.MockClock
+    ) -> None:
+        """A file whose folder does not exist yet is created with its folder, not a crash loop."""
+        inbox = tmp_path / "var" / "inbox.txt"
+        async with open_plugin(HERE, config={"path": str(inbox)}) as harness:
+            await harness.wait_until(inbox.exists)
+            append(inbox, 'Wash {"n": 1}\n')
+            trigger = await harness.next_trigger()
+        assert trigger.protocol == "Wash"

@@ -22,7 +22,7 @@ log = logging.getLogger("tower_trio.plugins.example")
 @attrs.frozen
 class Config:
     path: Path
-    """File to follow (PLUGIN_EXAMPLE_PATH); created if missing."""
+    """File to follow (PLUGIN_EXAMPLE_PATH); created, with its folder, if missing."""
     api_version: str = "OT-2/v1alpha1"
     """apiVersion of the triggers it sends (PLUGIN_EXAMPLE_API_VERSION)."""
     interval: float = 1.0
@@ -39,6 +39,8 @@ def parse_line(line: str, api_version: str) -> Trigger:
 
 async def run(send_channel: trio.abc.SendChannel[Trigger], config: Config) -> None:
     path = trio.Path(config.path)
+    # The default, var/example-inbox.txt, is relative to wherever the tower runs.
+    await path.parent.mkdir(parents=True, exist_ok=True)
     await path.touch()
     offset = (await path.stat()).st_size if config.skip_existing else 0
     while True:
