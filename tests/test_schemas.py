@@ -294,6 +294,7 @@ class TestPluginChannel:
             (message,) = await broker.take(queue, 1)
         trigger = load_trigger(message.body)
         assert trigger.spec == {"volume": 3}
+        assert isinstance(trigger.metadata.spec, dict)
         assert trigger.metadata.spec["refused"].startswith("invalid trigger: spec.volume: -3")
 
 

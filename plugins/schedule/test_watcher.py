@@ -50,6 +50,7 @@ class TestSchedule:
         assert fired_at == pytest.approx(30 * 60)
         assert first.protocol == "Calibrate"
         assert first.spec == {"deck": 1}
+        assert isinstance(first.metadata.spec, dict)
         assert first.metadata.spec["schedule"] == "quarterly"
         assert first.key == f"schedule:quarterly:{after(15).isoformat()}"
 
@@ -124,6 +125,7 @@ class TestSchedule:
         assert "unknown time zone 'Mars/Base'" in messages
         assert "catchUp must be one of latest, all, none" in messages
         assert "'quarterly' appears twice" in messages
+        assert isinstance(trigger.metadata.spec, dict)
         assert trigger.metadata.spec["schedule"] == "quarterly"
 
     async def test_toml_schedules_work_too(
