@@ -10,9 +10,11 @@ bin := venv / "bin"
 default:
     @just --list
 
-# Run the tower (HTTP API, watcher plugins, publisher) until Ctrl-C.
+# Run the tower (HTTP API, watcher plugins, publisher) until Ctrl-C. The tower
+# drains and exits 0, but just reports any interruption as `error: interrupted`
+# and exits 130; a service manager runs `tower-trio run` itself.
 run: _venv
-    PLUGIN_EXAMPLE_PATH="${PLUGIN_EXAMPLE_PATH:-var/example-inbox.txt}" {{bin}}/tower-trio run
+    PLUGIN_EXAMPLE_PATH="${PLUGIN_EXAMPLE_PATH:-var/example-inbox.txt}" exec {{bin}}/tower-trio run
 
 # Lint, then run the whole test suite against the local RabbitMQ.
 test *args: lint
