@@ -413,14 +413,14 @@ class TestSend:
         self, tower: Tower, tmp_path: Path, capsys: pytest.CaptureFixture[str]
     ) -> None:
         """A trigger the tower refuses is reported with the tower's reasons; the rest still go."""
-        (tmp_path / "t.json").write_text(json.dumps([{**VALID, "spec": {}}, VALID]))
+        (tmp_path / "t.json").write_text(json.dumps([{**VALID, "spec": 5}, VALID]))
         url = tower.running.http_urls[0]
         assert await cli("send", str(tmp_path / "t.json"), "--url", url, environ={}) == 1
         captured = capsys.readouterr()
         assert len(captured.out.split()) == 1
         assert captured.err.strip() == (
             f"tower-trio: error: {tmp_path / 't.json'}[0]: 422 invalid trigger: "
-            "spec: must not be empty"
+            "spec: must be a JSON object of protocol parameters"
         )
 
     async def test_unroutable_with_wait_is_a_failure(
@@ -471,7 +471,7 @@ class TestErrorLines:
         self, tower: Tower, tmp_path: Path, capsys: pytest.CaptureFixture[str]
     ) -> None:
         """Every per-trigger and per-file failure of `send` is one `tower-trio: error:` line."""
-        (tmp_path / "batch.json").write_text(json.dumps([{**VALID, "spec": {}}, VALID]))
+        (tmp_path / "batch.json").write_text(json.dumps([{**VALID, "spec": 5}, VALID]))
         (tmp_path / "broken.json").write_text("{")
         files = [str(tmp_path / name) for name in ("batch.json", "broken.json", "missing.json")]
         url = tower.running.http_urls[0]
@@ -520,11 +520,14 @@ class TestErrorLines:
         self, tmp_path: Path, capsys: pytest.CaptureFixture[str]
     ) -> None:
         """`validate` prints its report on stdout as documented; stderr stays empty."""
-        (tmp_path / "bad.json").write_text(json.dumps({**VALID, "spec": {}}))
+        (tmp_path / "bad.json").write_text(json.dumps({**VALID, "spec": 5}))
         assert main(["validate", str(tmp_path / "bad.json")], {}) == 1
         captured = capsys.readouterr()
         assert captured.err == ""
-        assert captured.out == f"{tmp_path / 'bad.json'}: spec: must not be empty\n"
+        assert (
+            captured.out
+            == f"{tmp_path / 'bad.json'}: spec: must be a JSON object of protocol parameters\n"
+        )
 
 
 class TestClosedStdout:
@@ -587,7 +590,7 @@ class TestValidate:
     ) -> None:
         """Invalid triggers, broken JSON and missing files each get their reasons; exit 1."""
         bad = tmp_path / "bad.json"
-        bad.write_text(json.dumps([VALID, {"protocol": "P", "spec": {}}]))
+        bad.write_text(json.dumps([VALID, {"protocol": "P", "spec": 5}]))
         broken = tmp_path / "broken.json"
         broken.write_text("{")
         missing = tmp_path / "missing.json"
@@ -595,7 +598,7 @@ class TestValidate:
         assert code == 1
         out = capsys.readouterr().out.splitlines()
         assert f"{bad}[1]: apiVersion: is required" in out
-        assert f"{bad}[1]: spec: must not be empty" in out
+        assert f"{bad}[1]: spec: must be a JSON object of protocol parameters" in out
         assert not any(line.startswith(f"{bad}[0]") for line in out)
         assert any(line.startswith(f"{broken}: malformed JSON: ") for line in out)
         assert f"{missing}: cannot read: No such file or directory" in out

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
+import attrs
 import hypothesis
 import pytest
 from hypothesis import given
@@ -70,7 +71,6 @@ bad_protocols = st.one_of(
     st.just("P" * 129),
 )
 bad_specs = st.one_of(
-    st.just({}),
     st.integers(),
     st.text(max_size=5),
     st.none(),
@@ -139,4 +139,8 @@ class TestThroughTheBroker:
                 await channel.publish("", queue, dump_trigger(trigger))
             messages = await broker.take(queue, len(batch))
         assert [message.body for message in messages] == [dump_trigger(t) for t in batch]
-        assert [load_trigger(message.body) for message in messages] == batch
+        # The body has no creation time (ULAS's format defines none): all else is equal.
+        received = [load_trigger(message.body) for message in messages]
+        assert [
+            attrs.evolve(t, created_at=r.created_at) for t, r in zip(batch, received, strict=True)
+        ] == received

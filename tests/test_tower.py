@@ -55,7 +55,11 @@ class TestPublishing:
         assert trigger.spec == {"volume": 100}
         assert trigger.metadata.source == "http"
         assert trigger.metadata.spec == {"experiment": "exp-42"}
-        assert {k: v for k, v in body.items() if k != "status"} == json.loads(message.body)
+        # The answer is the published body with the status and creation time in front.
+        assert {k: v for k, v in body.items() if k not in {"status", "createdAt"}} == json.loads(
+            message.body
+        )
+        assert "createdAt" not in json.loads(message.body)
         props = message.properties
         assert props.delivery_mode == 2
         assert props.content_type == "application/json"
@@ -192,7 +196,7 @@ class TestBadInput:
             json={
                 "apiVersion": "OT-2/v0",
                 "protocol": "9lives",
-                "spec": {},
+                "spec": "volume=5",
                 "uuid": "0" * 32,
                 "colour": "red",
             },

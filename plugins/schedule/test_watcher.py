@@ -110,7 +110,7 @@ class TestSchedule:
         config = schedule(
             tmp_path,
             {"name": "bad-cron", "cron": "61 * * * *", "trigger": TRIGGER},
-            {"name": "bad-trigger", "cron": "* * * * *", "trigger": {**TRIGGER, "spec": {}}},
+            {"name": "bad-trigger", "cron": "* * * * *", "trigger": {**TRIGGER, "spec": 5}},
             {"name": "bad-zone", "cron": "* * * * *", "trigger": TRIGGER, "timezone": "Mars/Base"},
             {"name": "bad-catch-up", "cron": "* * * * *", "trigger": TRIGGER, "catchUp": "some"},
             every_quarter(),
@@ -121,7 +121,10 @@ class TestSchedule:
             trigger = await harness.next_trigger()
         messages = "\n".join(e.message for e in errors)
         assert "'bad-cron': invalid cron expression '61 * * * *'" in messages
-        assert "'bad-trigger': invalid trigger: spec: must not be empty" in messages
+        assert (
+            "'bad-trigger': invalid trigger: spec: must be a JSON object of protocol parameters"
+            in messages
+        )
         assert "unknown time zone 'Mars/Base'" in messages
         assert "catchUp must be one of latest, all, none" in messages
         assert "'quarterly' appears twice" in messages
