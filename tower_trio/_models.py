@@ -104,6 +104,8 @@ class Trigger:
 
     ``uuid`` and ``created_at`` are assigned here; ``metadata.source`` is set
     by the tower when the trigger enters it (``"http"`` or a plugin's name).
+    ``created_at`` is not part of the published body (ULAS's format has no
+    such field); it travels as the AMQP ``timestamp``.
     """
 
     api_version: str
