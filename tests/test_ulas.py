@@ -22,7 +22,7 @@ import trio
 
 from tests._helpers import run_tower, tower_settings
 from tower_trio._cli import main
-from tower_trio._serialization import parse_datetime
+from tower_trio._serialization import load_trigger, parse_datetime
 from tower_trio.plugin import trigger_from_json
 
 if TYPE_CHECKING:
@@ -34,6 +34,7 @@ SCHEMA = json.loads((ULAS / "trigger.schema.json").read_text())
 VALIDATOR = jsonschema.Draft202012Validator(SCHEMA)
 EXAMPLES = sorted(path for path in ULAS.glob("*.json") if path != ULAS / "trigger.schema.json")
 MIGRATION_PAGE = REPO / "docs" / "migrating-from-ulas.md"
+FORMAT_PAGE = REPO / "docs" / "message-format.md"
 
 # A device service's handler, as ULAS's Redis subscriber called it: here it
 # records each trigger, and fails on the second so that the test can tell an
@@ -70,11 +71,15 @@ def as_published(sent: dict[str, Any], uuid: str) -> dict[str, Any]:
     return {**sent, "uuid": uuid, "metadata": {"source": "http", "spec": metadata.get("spec", {})}}
 
 
+def code_blocks(page: Path, language: str) -> list[str]:
+    return re.findall(rf"```{language}\n(.*?)```", page.read_text(), flags=re.DOTALL)
+
+
 def consumer_snippet() -> str:
     """The one Python block of docs/migrating-from-ulas.md."""
-    blocks = re.findall(r"```python\n(.*?)```", MIGRATION_PAGE.read_text(), flags=re.DOTALL)
+    blocks = code_blocks(MIGRATION_PAGE, "python")
     assert len(blocks) == 1, "the migration page should hold exactly one Python block"
-    return str(blocks[0])
+    return blocks[0]
 
 
 class TestSchema:
@@ -154,6 +159,20 @@ class TestOtherPaths:
         trigger = trigger_from_json(sent)
         assert trigger.spec == sent["spec"]
         assert trigger.metadata.spec == sent.get("metadata", {}).get("spec", {})
+
+
+class TestMessageFormatPage:
+    @pytest.mark.parametrize("block", code_blocks(FORMAT_PAGE, "json"))
+    def test_json_examples_are_published_triggers(self, block: str) -> None:
+        """Each JSON example on the page is a published trigger, in the strict ULAS shape."""
+        message = json.loads(block)
+        assert ulas_errors(message) == []
+        assert load_trigger(block).uuid == message["uuid"]
+
+    @pytest.mark.parametrize("block", code_blocks(FORMAT_PAGE, "python"))
+    def test_python_examples_run(self, block: str) -> None:
+        """Each Python example on the page runs: its triggers are valid."""
+        exec(compile(block, str(FORMAT_PAGE), "exec"), {})
 
 
 class TestMigrationConsumer:
