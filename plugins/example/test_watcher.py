@@ -39,12 +39,8 @@ class TestExample:
     ) -> None:
         """A file whose folder does not exist yet is created with its folder, not a crash loop."""
         inbox = tmp_path / "var" / "inbox.txt"
-        # Lines already there count: the plugin may take its starting offset
-        # after this test appends. The clock is virtual, so the bound is cheap.
-        config = {"path": str(inbox), "skip_existing": "false"}
-        with trio.fail_after(60):
-            async with open_plugin(HERE, config=config) as harness:
-                await harness.wait_until(inbox.exists)
-                append(inbox, 'Wash {"n": 1}\n')
-                trigger = await harness.next_trigger()
+        async with open_plugin(HERE, config={"path": str(inbox)}) as harness:
+            await harness.wait_until(inbox.exists)
+            append(inbox, 'Wash {"n": 1}\n')
+            trigger = await harness.next_trigger()
         assert trigger.protocol == "Wash"
