@@ -36,6 +36,12 @@ fmt: _venv
 bench *args: _venv
     {{bin}}/python -m bench {{args}}
 
+# Mutation-test the modules that carry the guarantees (about an hour on two
+# cores; results are cached in mutants/, so a rerun checks only what changed).
+mutate *args: _venv
+    {{bin}}/mutmut run --max-children "${MUTATE_JOBS:-2}" {{args}} > mutants.log 2>&1 || { tail -20 mutants.log; exit 1; }
+    {{bin}}/python -m tests.mutation_report
+
 # Create or refresh the virtualenv when pyproject.toml changes.
 _venv:
     #!/usr/bin/env bash
@@ -49,7 +55,7 @@ _venv:
     # Dependency groups need pip >= 25.1. The bench group is included because
     # mypy checks the benchmark code too.
     "{{bin}}/python" -m pip install --quiet --upgrade "pip>=25.1"
-    "{{bin}}/python" -m pip install --quiet --editable . --group test --group lint --group bench
+    "{{bin}}/python" -m pip install --quiet --editable . --group test --group lint --group bench --group mutate
     touch "$stamp"
 
 # Create plugins/NAME/ with a watcher, a README and a test to start from.
