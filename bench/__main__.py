@@ -21,6 +21,7 @@ from ._report import (
     PUBLISHER_TARGET,
     describe_machine,
     render_markdown,
+    uncommitted_changes,
     verdict,
 )
 
@@ -55,7 +56,7 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--messages", type=int, help="triggers per publisher round (20000)")
     parser.add_argument("--rounds", type=int, default=3, help="publisher rounds per side (3)")
     parser.add_argument("--duration", type=float, help="seconds of HTTP load per server (10)")
-    parser.add_argument("--http-rounds", type=int, default=1, help="HTTP runs per server (1)")
+    parser.add_argument("--http-rounds", type=int, default=3, help="HTTP runs per server (3)")
     parser.add_argument("--connections", type=int, default=32, help="HTTP connections (32)")
     parser.add_argument(
         "--peer-plain",
@@ -99,11 +100,24 @@ def main(argv: Sequence[str] | None = None) -> int:
     full_run = not args.quick and args.only is None
     output: Path | None = args.output or (DOCS_PATH if full_run else None)
 
+    changed = uncommitted_changes()
+    if output == DOCS_PATH and changed:
+        # The page names the commit it measured; figures from a dirty tree would
+        # describe code that no commit holds.
+        print(
+            "bench: error: uncommitted changes to "
+            + ", ".join(changed)
+            + "; commit them before writing docs/benchmarks.md, or pass --output PATH",
+            file=sys.stderr,
+        )
+        return 1
+
     publisher: PublisherResult | None = None
     http: HttpResult | None = None
     idle: IdleResult | None = None
     try:
         machine = describe_machine(peer_plain=args.peer_plain)
+        _say(f"Measuring tower-trio at commit {machine.revision}")
         _say(
             f"tower-trio {machine.revision}; "
             f"{machine.cores} cores (load {machine.load_average}), {machine.python}, "

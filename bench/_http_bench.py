@@ -132,6 +132,11 @@ class HttpResult:
         """``contender``'s req/s over the peer's."""
         return ratio(self.median_run(contender).load.rate, self.median_run(PEER).load.rate)
 
+    def spread(self, contender: Contender) -> tuple[float, float]:
+        """The lowest and highest req/s of ``contender``'s runs."""
+        rates = [run.load.rate for run in self.runs if run.contender == contender]
+        return min(rates), max(rates)
+
     @property
     def rounds(self) -> int:
         return sum(run.contender == PEER for run in self.runs)

@@ -19,7 +19,7 @@ from ._load import generator_name
 from ._peer_fastapi import uvicorn_stack
 
 if TYPE_CHECKING:
-    from ._http_bench import HttpResult, HttpRun
+    from ._http_bench import Contender, HttpResult
     from ._idle import IdleResult
     from ._publisher_bench import PublisherResult, Round
 
@@ -31,6 +31,7 @@ __all__ = [
     "Machine",
     "describe_machine",
     "render_markdown",
+    "uncommitted_changes",
     "verdict",
 ]
 
@@ -99,13 +100,25 @@ def _git(*args: str) -> str:
     return done.stdout.strip()
 
 
+_MEASURED = ("tower_trio", "plugins", "bench", "pyproject.toml")
+"""What a figure depends on: a change here makes docs/benchmarks.md describe other code."""
+
+
+def uncommitted_changes() -> list[str]:
+    """Files under the measured paths that differ from HEAD (empty outside git)."""
+    try:
+        status = _git("status", "--porcelain", "--untracked-files=no", "--", *_MEASURED)
+    except (OSError, subprocess.SubprocessError):
+        return []
+    return [line.split(maxsplit=1)[1] for line in status.splitlines()]
+
+
 def _revision() -> str:
     try:
         commit = _git("rev-parse", "--short=12", "HEAD")
-        changed = _git("status", "--porcelain", "--untracked-files=no", "--", "tower_trio")
     except (OSError, subprocess.SubprocessError):
         return "unknown (not a git checkout)"
-    return commit + (" with uncommitted changes to tower_trio/" if changed else "")
+    return commit + (" with uncommitted changes" if uncommitted_changes() else "")
 
 
 def describe_machine(*, peer_plain: bool = False) -> Machine:
@@ -290,10 +303,13 @@ def _publisher_section(result: PublisherResult) -> list[str]:
     ]
 
 
-def _http_row(run: HttpRun) -> str:
+def _http_row(result: HttpResult, contender: Contender) -> str:
+    run = result.median_run(contender)
     load = run.load
+    low, high = result.spread(contender)
     return (
         f"| {run.contender.name} | {run.contender.answers_when} | {load.rate:,.0f} | "
+        f"{low:,.0f} to {high:,.0f} | "
         f"{load.p50 * 1e3:.1f} | {load.p99 * 1e3:.1f} | {run.cpu_per_request * 1e3:.2f} | "
         f"{load.not_accepted} | {load.accepted:,} | {run.stored:,} |"
     )
@@ -330,10 +346,15 @@ def _http_section(result: HttpResult, machine: Machine) -> list[str]:
         "per response. Stored is the queue depth once the server has drained; it should be at "
         "least the 202 count (requests cut off when the load stops may still publish).",
         "",
-        "| Server | 202 once | req/s | p50 ms | p99 ms | CPU ms/req | not 202 | 202s | stored |",
-        "| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
+        "The req/s column is the median run's; the range beside it is the lowest and the "
+        "highest of all runs of that server, the spread to read every ratio against. The "
+        "other columns are the median run's.",
+        "",
+        "| Server | 202 once | req/s | req/s range | p50 ms | p99 ms | CPU ms/req | not 202 "
+        "| 202s | stored |",
+        "| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
     ]
-    lines.extend(_http_row(result.median_run(contender)) for contender in CONTENDERS)
+    lines.extend(_http_row(result, contender) for contender in CONTENDERS)
     lines.append("")
     for contender in (TOWER, TOWER_PUBLISHED):
         value = result.ratio(contender)
