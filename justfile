@@ -19,7 +19,7 @@ run: _venv
 # Lint, then run the whole test suite against the local RabbitMQ.
 test *args: lint
     {{bin}}/coverage run -m pytest {{args}}
-    {{bin}}/coverage report --fail-under=85
+    {{bin}}/coverage report --fail-under=92
 
 # ruff (lint and format check) and mypy --strict.
 lint: _venv

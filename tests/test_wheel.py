@@ -60,6 +60,9 @@ def installed(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return bin_dir
 
 
+# Building the wheel and installing it with its dependencies in a fresh venv
+# runs inside the first test's time; the subprocess calls bound each step.
+@pytest.mark.timeout(600)
 class TestInstalledWheel:
     def test_lists_the_built_in_plugins(self, installed: Path, tmp_path: Path) -> None:
         """`tower-trio plugins` in an empty folder lists every built-in, from site-packages."""
