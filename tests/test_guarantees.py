@@ -418,6 +418,7 @@ class TestDraining:
         assert refused.json()["error"] == "shutting down"
         assert refused.headers["Retry-After"] == "10"
         assert ready.status_code == 503
+        assert ready.headers["Retry-After"] == "10"
         assert ready.json()["error"] == "not ready"
         assert "shutting down" in ready.json()["details"]
         assert stored_specs(tmp_path) == []

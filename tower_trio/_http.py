@@ -372,7 +372,7 @@ class _Api:
     async def readyz(self) -> Response:
         reasons = list(self.readiness())
         if reasons:
-            return _error(503, "not ready", reasons)
+            return _error(503, "not ready", reasons, **self._retry_after)
         return _json(b'{"status":"ready"}')
 
     async def http_error(self, error: HTTPException) -> Response:

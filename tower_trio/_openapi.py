@@ -431,7 +431,9 @@ def _paths() -> dict[str, Any]:
                             }
                         ),
                     },
-                    "503": _error("Not ready; `details` says why."),
+                    "503": _error(
+                        "Not ready; `details` says why.", **{"Retry-After": _RETRY_AFTER}
+                    ),
                     **_PROBE_GUARDED,
                 },
             }
