@@ -9,17 +9,23 @@ from __future__ import annotations
 import json
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
+import attrs
 import pytest
 import trio
+import trio.testing
 
 from tests._helpers import VALID, Broker, Tower, run_tower, spec_of, tower_settings, unused_port
 from tower_trio._plugins import discover_plugins, select_plugins
 from tower_trio._serialization import load_trigger
 
 if TYPE_CHECKING:
-    from collections.abc import AsyncIterator
+    from collections.abc import AsyncIterator, Callable
+
+    import httpx
+
+    from tower_trio._journal import Journal
 
 REPO = Path(__file__).parent.parent
 
@@ -28,6 +34,34 @@ REPO = Path(__file__).parent.parent
 async def tower(amqp_url: str, broker: Broker, tmp_path: Path) -> AsyncIterator[Tower]:
     async with run_tower(tower_settings(amqp_url, broker.exchange, tmp_path)) as tower:
         yield tower
+
+
+@attrs.define
+class _Commits:
+    """Counts the batches the publisher commits to the journal, for a test to wait on."""
+
+    count: int = 0
+    _changed: trio.Event = attrs.Factory(trio.Event)
+
+    @classmethod
+    def of(cls, journal: Journal, monkeypatch: pytest.MonkeyPatch) -> _Commits:
+        commits = cls()
+        write = journal.write
+
+        async def counted(function: Callable[..., Any], *args: Any) -> Any:
+            result = await write(function, *args)
+            if function == journal.append:
+                commits.count += 1
+                commits._changed.set()
+            return result
+
+        monkeypatch.setattr(journal, "write", counted)
+        return commits
+
+    async def wait_for(self, count: int) -> None:
+        while self.count < count:
+            self._changed = trio.Event()
+            await self._changed.wait()
 
 
 class TestPublishing:
@@ -251,9 +285,16 @@ class TestProbes:
         assert response.json() == {"status": "ready"}
 
     async def test_broker_down_means_not_ready_but_still_accepting(
-        self, broker: Broker, tmp_path: Path
+        self,
+        broker: Broker,
+        tmp_path: Path,
+        mock_clock: trio.testing.MockClock,
+        monkeypatch: pytest.MonkeyPatch,
     ) -> None:
         """Without a broker the tower says why it is not ready and journals what it gets."""
+        # trio's clock stands still (real time bounds the test) while the journal
+        # commits in its worker thread: TOWER_PUBLISH_TIMEOUT runs out only when
+        # the test moves the clock, after the commit, however slow the disk.
         settings = tower_settings(
             f"amqp://guest:guest@127.0.0.1:{unused_port()}/%2F",
             broker.exchange,
@@ -261,18 +302,34 @@ class TestProbes:
             publish_timeout=0.5,
             shutdown_grace=0.2,
         )
+        waited: list[httpx.Response] = []
         async with run_tower(settings) as tower:
-            assert (await tower.client.get("/healthz")).status_code == 200
-            ready = await tower.client.get("/readyz")
-            accepted = await tower.client.post("/triggers", json=VALID)
-            waited = await tower.client.post("/triggers?wait=published", json=VALID)
-            record = await tower.client.get(accepted.headers["location"])
+            try:
+                commits = _Commits.of(tower.running.journal, monkeypatch)
+                health = await tower.client.get("/healthz")
+                ready = await tower.client.get("/readyz")
+                accepted = await tower.client.post("/triggers", json=VALID)
+                async with trio.open_nursery() as nursery:
+
+                    async def wait_published() -> None:
+                        waited.append(
+                            await tower.client.post("/triggers?wait=published", json=VALID)
+                        )
+
+                    nursery.start_soon(wait_published)
+                    await commits.wait_for(2)
+                    mock_clock.jump(settings.publish_timeout)
+                record = await tower.client.get(accepted.headers["location"])
+            finally:
+                # Stopping waits TOWER_SHUTDOWN_GRACE for the broker: let time run.
+                mock_clock.rate = 1.0
+        assert health.status_code == 200
         assert ready.status_code == 503
         assert "broker not connected" in ready.json()["details"][0]
         assert accepted.status_code == 202
         assert accepted.json()["status"] == "pending"
-        assert waited.status_code == 504
-        assert waited.json()["status"] == "pending"
+        assert waited[0].status_code == 504
+        assert waited[0].json()["status"] == "pending"
         assert record.json()["status"] == "pending"
         assert tower.running.publisher.statistics().pending == 2
 

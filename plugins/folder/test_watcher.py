@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import logging
 import os
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -271,17 +272,25 @@ class TestFolder:
         assert not path.exists()
         assert (tmp_path / "processed" / "a.json").exists()
 
-    async def test_inotify_sees_a_new_file_without_polling(self, tmp_path: Path) -> None:
-        """With inotify (the default), a dropped file is sent at once, long before a rescan."""
-        config = {"path": str(tmp_path), "settle": 0.0, "rescan": 3600.0}
+    async def test_inotify_sees_a_new_file_without_polling(
+        self, tmp_path: Path, caplog: pytest.LogCaptureFixture
+    ) -> None:
+        """With inotify (the default), a dropped file is found by inotify, not by a timed look."""
+        # Timed looks, a rescan or the polling that replaces a failed inotify,
+        # come an hour apart: only an inotify event can bring late.json in time.
+        config = {"path": str(tmp_path), "settle": 0.0, "rescan": 3600.0, "interval": 3600.0}
         drop(tmp_path, "early.json", trigger("Early"))
-        with trio.fail_after(10):
+        with caplog.at_level(logging.DEBUG, logger=watcher.log.name), trio.fail_after(10):
             async with open_plugin(HERE, config=config) as harness:
-                # The watcher task starts before the first scan finishes, so by the
-                # time the first file is sent the folder is being watched.
+                # The watcher task starts before the first scan finishes: by the
+                # time the first file is sent, inotify is watching or has failed.
                 assert (await harness.next_trigger()).protocol == "Early"
+                assert harness.item_errors == []
                 drop(tmp_path, "late.json", trigger("Late"))
                 assert (await harness.next_trigger()).protocol == "Late"
+        assert harness.item_errors == []
+        logged = [r.getMessage() for r in caplog.records if r.name == watcher.log.name]
+        assert watcher.INOTIFY_EVENT in logged
 
 
 class TestHostileFiles:

@@ -21,6 +21,7 @@ from __future__ import annotations
 import errno
 import hashlib
 import json
+import logging
 import os
 import stat
 import uuid
@@ -59,6 +60,11 @@ _TOWER_SIDE = frozenset({errno.EMFILE, errno.ENFILE, errno.ENOMEM, errno.ENOBUFS
 # A trigger's idempotency key holds at most 256 characters; a longer name is
 # replaced in the key by its digest, leaving room for the signature and index.
 _MAX_NAME_IN_KEY = 128
+
+log = logging.getLogger("tower_trio.plugins.folder")
+# Logged at DEBUG for each change inotify reports: a file found without one
+# was found by a timed look (``rescan``, or polling), a sign inotify misses it.
+INOTIFY_EVENT = "inotify reported a change"
 
 
 @attrs.frozen
@@ -372,13 +378,14 @@ async def _watch(folder: Path, wakeup: _Wakeup) -> None:
                     stop.set()
 
             nursery.start_soon(stop_on_cancel)
-            async for _ in watchfiles.awatch(
+            async for changes in watchfiles.awatch(
                 folder,
                 watch_filter=is_candidate,
                 stop_event=stop,
                 recursive=False,
                 debounce=500,
             ):
+                log.debug(INOTIFY_EVENT, extra={"files": len(changes)})
                 wakeup.set()
     except Exception as err:
         report_item_error("inotify", f"{err}; falling back to polling")

@@ -9,6 +9,7 @@ from __future__ import annotations
 import errno
 import os
 import re
+import shutil
 import ssl
 import subprocess
 import sys
@@ -472,3 +473,69 @@ class TestTower:
         assert response.json()["status"] == "published"
         (message,) = await broker.take(queue, 1)
         assert load_trigger(message.body).uuid == response.json()["uuid"]
+
+
+def _copied(source: Path, path: Path) -> Path:
+    shutil.copyfile(source, path)
+    return path
+
+
+def _replace(path: Path, source: Path) -> None:
+    """Swap ``source``'s content in at ``path`` in one rename, as a certificate renewal does."""
+    renewed = path.with_name(f"{path.name}.renewed")
+    shutil.copyfile(source, renewed)
+    renewed.replace(path)
+
+
+async def _renewal_is_used(
+    settings: Settings, broker: Broker, renewal: tuple[Path, Path], refusal: str
+) -> None:
+    """A tower whose first connection is refused (``refusal``), then a file is renewed.
+
+    ``renewal`` is the file the tower reads and its renewed content. A
+    trigger posted after the renewal must reach the broker.
+    """
+    queue = await broker.bind("OT-2/v1alpha1")
+    with trio.fail_after(20):
+        async with run_tower(settings) as tower:
+            # The tower starts once its first connection attempt is over.
+            first_error = tower.running.publisher.statistics().last_error
+            _replace(*renewal)
+            response = await tower.client.post("/triggers?wait=published", json=VALID)
+    assert first_error is not None
+    assert refusal in first_error
+    assert response.status_code == 202
+    assert response.json()["status"] == "published"
+    (message,) = await broker.take(queue, 1)
+    assert load_trigger(message.body).uuid == response.json()["uuid"]
+
+
+class TestRenewal:
+    """TLS files are read again at every connection, so a renewal needs no restart."""
+
+    async def test_a_renewed_ca_file_is_used_by_the_next_connection(
+        self, tls_url: str, tls_files: TLSFiles, broker: Broker, tmp_path: Path
+    ) -> None:
+        """A CA file replaced after a handshake it failed lets the next connection succeed."""
+        ca_file = _copied(tls_files.other_ca, tmp_path / "ca.pem")
+        settings = tower_settings(
+            tls_url, broker.exchange, tmp_path / "data", amqp_ca_file=ca_file, shutdown_grace=0.5
+        )
+        renewal = (ca_file, tls_files.ca)
+        await _renewal_is_used(settings, broker, renewal, "the broker's certificate is not trusted")
+
+    async def test_a_renewed_client_certificate_is_used_by_the_next_connection(
+        self, mtls_url: str, tls_files: TLSFiles, broker: Broker, tmp_path: Path
+    ) -> None:
+        """A refused client certificate, once replaced, is used by the next connection."""
+        cert_file = _copied(tls_files.other_client_combined, tmp_path / "client.pem")
+        settings = tower_settings(
+            mtls_url,
+            broker.exchange,
+            tmp_path / "data",
+            amqp_ca_file=tls_files.ca,
+            amqp_cert_file=cert_file,
+            shutdown_grace=0.5,
+        )
+        renewal = (cert_file, tls_files.client_combined)
+        await _renewal_is_used(settings, broker, renewal, "TOWER_AMQP_CERT_FILE")
