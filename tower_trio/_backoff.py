@@ -8,6 +8,8 @@ import attrs
 
 __all__ = ["Backoff"]
 
+_MAX_DOUBLINGS = 64
+
 
 @attrs.define
 class Backoff:
@@ -29,7 +31,10 @@ class Backoff:
 
     def next_delay(self) -> float:
         """The delay before the next attempt; each call counts one more failure."""
-        base = min(self.cap, self.initial * 2**self._failures)
+        # The exponent stops growing long after any cap is reached: a retry loop
+        # that failed for days must still get the cap, and 2**1024 is no float.
+        doublings = min(self._failures, _MAX_DOUBLINGS)
+        base = min(self.cap, self.initial * 2**doublings)
         self._failures += 1
         jittered: float = base * (1 - self.jitter * self._random.random())
         return jittered
