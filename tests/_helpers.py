@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
+import logging
 import socket
-from contextlib import asynccontextmanager
+from contextlib import asynccontextmanager, contextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -16,7 +17,7 @@ from tower_trio._config import Settings
 from tower_trio._supervisor import RunningTower, serve_tower
 
 if TYPE_CHECKING:
-    from collections.abc import AsyncIterator, Sequence
+    from collections.abc import AsyncIterator, Iterator, Sequence
 
     from tower_trio import Trigger
     from tower_trio._channel import Submission
@@ -113,3 +114,42 @@ async def accept_all(
         async for submission in receive:
             submission.accepted()
             received.append(submission)
+
+
+class LogWatch(logging.Handler):
+    """Counts one event in the tower's log, so a test can wait for it instead of sleeping.
+
+    The events watched here are logged from trio's own thread, where setting
+    a trio event is allowed.
+    """
+
+    def __init__(self, event: str) -> None:
+        super().__init__(logging.INFO)
+        self.event = event
+        self.count = 0
+        self._changed = trio.Event()
+
+    def emit(self, record: logging.LogRecord) -> None:
+        if record.msg == self.event:
+            self.count += 1
+            self._changed.set()
+
+    async def wait_for(self, count: int) -> None:
+        while self.count < count:
+            self._changed = trio.Event()
+            await self._changed.wait()
+
+
+@contextmanager
+def watching(logger_name: str, event: str) -> Iterator[LogWatch]:
+    """A LogWatch on ``logger_name`` for as long as the block runs, at INFO level."""
+    logger = logging.getLogger(logger_name)
+    watch = LogWatch(event)
+    level = logger.level
+    logger.setLevel(logging.INFO)
+    logger.addHandler(watch)
+    try:
+        yield watch
+    finally:
+        logger.removeHandler(watch)
+        logger.setLevel(level)

@@ -9,10 +9,9 @@ refused. Everything that can be is driven against the real broker.
 
 from __future__ import annotations
 
-import logging
 import sqlite3
 from collections.abc import Awaitable, Callable, Sequence
-from contextlib import closing, contextmanager
+from contextlib import closing
 from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit, urlunsplit
 
@@ -20,7 +19,7 @@ import attrs
 import pytest
 import trio
 
-from tests._helpers import VALID, Broker, run_tower, spec_of, tower_settings
+from tests._helpers import VALID, Broker, run_tower, spec_of, tower_settings, watching
 from tower_trio import JournalError, Trigger
 from tower_trio import _supervisor as supervisor
 from tower_trio._journal import Accepted, Journal, Settlement, open_journal
@@ -28,7 +27,6 @@ from tower_trio._metrics import instrument
 from tower_trio._serialization import dump_trigger, load_trigger
 
 if TYPE_CHECKING:
-    from collections.abc import Iterator
     from pathlib import Path
 
     import httpx
@@ -50,45 +48,6 @@ def stored_specs(data_dir: Path) -> list[Any]:
     with closing(sqlite3.connect(data_dir / "journal.sqlite3")) as db:
         bodies = db.execute("SELECT body FROM triggers ORDER BY seq").fetchall()
     return [load_trigger(body).spec for (body,) in bodies]
-
-
-class LogWatch(logging.Handler):
-    """Counts one event in the tower's log, so a test can wait for it instead of sleeping.
-
-    The events watched here are logged from trio's own thread, where setting
-    a trio event is allowed.
-    """
-
-    def __init__(self, event: str) -> None:
-        super().__init__(logging.INFO)
-        self.event = event
-        self.count = 0
-        self._changed = trio.Event()
-
-    def emit(self, record: logging.LogRecord) -> None:
-        if record.msg == self.event:
-            self.count += 1
-            self._changed.set()
-
-    async def wait_for(self, count: int) -> None:
-        while self.count < count:
-            self._changed = trio.Event()
-            await self._changed.wait()
-
-
-@contextmanager
-def watching(logger_name: str, event: str) -> Iterator[LogWatch]:
-    """A LogWatch on ``logger_name`` for as long as the block runs, at INFO level."""
-    logger = logging.getLogger(logger_name)
-    watch = LogWatch(event)
-    level = logger.level
-    logger.setLevel(logging.INFO)
-    logger.addHandler(watch)
-    try:
-        yield watch
-    finally:
-        logger.removeHandler(watch)
-        logger.setLevel(level)
 
 
 class TestJournalDurability:

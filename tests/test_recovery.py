@@ -19,8 +19,7 @@ import pytest
 import trio
 import trio.testing
 
-from tests._helpers import VALID, run_tower, tower_settings
-from tests.test_guarantees import watching
+from tests._helpers import VALID, run_tower, tower_settings, watching
 from tower_trio._backoff import Backoff
 from tower_trio._channel import Submission
 from tower_trio._journal import open_journal
