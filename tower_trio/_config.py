@@ -331,7 +331,7 @@ class Settings:
         None,
         parse_tokens,
         "Bearer tokens the HTTP API accepts: a comma-separated list, or the path of a file "
-        "(starting `/` or `./`) with one per line. Unset: no authentication, loopback only.",
+        "(starting `/`, `./` or `../`) with one per line. Unset: no authentication, loopback only.",
         shown="(unset)",
     )
     probe_token: Tokens | None = _setting(
