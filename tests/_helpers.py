@@ -48,9 +48,12 @@ class Broker:
     exchange: str
     queues: list[str] = attrs.Factory(list)
 
-    async def bind(self, routing_key: str) -> str:
+    async def bind(self, routing_key: str, *, refusing: bool = False) -> str:
+        """A queue bound to ``routing_key``; a ``refusing`` one is always full and
+        rejects what comes in, so the broker nacks every publish routed to it."""
         await self.channel.exchange_declare(self.exchange, "topic", durable=True)
-        declared = await self.channel.queue_declare("", exclusive=True)
+        arguments = {"x-max-length": 0, "x-overflow": "reject-publish"} if refusing else None
+        declared = await self.channel.queue_declare("", exclusive=True, arguments=arguments)
         await self.channel.queue_bind(declared.name, self.exchange, routing_key)
         self.queues.append(declared.name)
         return declared.name

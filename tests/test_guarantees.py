@@ -395,13 +395,7 @@ class TestRetryAfterOnEvery503:
         self, amqp_url: str, broker: Broker, tmp_path: Path
     ) -> None:
         """A trigger nacked TOWER_MAX_ATTEMPTS times answers 503 with Retry-After and Location."""
-        # A queue that is always full and rejects what comes in: RabbitMQ nacks the publish.
-        await broker.channel.exchange_declare(broker.exchange, "topic", durable=True)
-        full = await broker.channel.queue_declare(
-            "", exclusive=True, arguments={"x-max-length": 0, "x-overflow": "reject-publish"}
-        )
-        broker.queues.append(full.name)
-        await broker.channel.queue_bind(full.name, broker.exchange, ROUTE)
+        await broker.bind(ROUTE, refusing=True)
         settings = tower_settings(amqp_url, broker.exchange, tmp_path, max_attempts=1)
         with trio.fail_after(15):
             async with run_tower(settings) as tower:

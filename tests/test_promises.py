@@ -88,17 +88,6 @@ def numbers(messages: list[amqp.Message]) -> list[int]:
     return [spec_of(load_trigger(message.body))["n"] for message in messages]
 
 
-async def bind_refusing_queue(broker: Broker) -> None:
-    """A queue for ROUTE, always full, that rejects what comes in: RabbitMQ nacks the publish."""
-    channel = broker.channel
-    await channel.exchange_declare(broker.exchange, "topic", durable=True)
-    rejecting = {"x-max-length": 0, "x-overflow": "reject-publish"}
-    broker.queues.append(
-        (await channel.queue_declare("", exclusive=True, arguments=rejecting)).name
-    )
-    await channel.queue_bind(broker.queues[-1], broker.exchange, ROUTE)
-
-
 def location_uuid(response: httpx.Response) -> str:
     return response.headers["Location"].removeprefix("/triggers/")
 
@@ -274,7 +263,7 @@ class TestFaultsOneByOne:
         self, amqp_url: str, broker: Broker, tmp_path: Path, caplog: pytest.LogCaptureFixture
     ) -> None:
         """A trigger nacked TOWER_MAX_ATTEMPTS times is an error line, trigger.failed."""
-        await bind_refusing_queue(broker)
+        await broker.bind(ROUTE, refusing=True)
         settings = tower_settings(amqp_url, broker.exchange, tmp_path, max_attempts=1)
         with caplog.at_level(logging.INFO, logger="tower_trio"), trio.fail_after(15):
             async with run_tower(settings) as tower:
