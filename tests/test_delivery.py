@@ -14,7 +14,14 @@ from pamqp import commands
 from tests._helpers import VALID, Broker, run_tower, tower_settings, unused_port
 from tests.amqp._fake_broker import FakePeer, serve_fake_broker
 from tower_trio import JournalError, Trigger
-from tower_trio._journal import Accepted, Duplicate, Journal, Settlement, open_journal
+from tower_trio._journal import (
+    Accepted,
+    Duplicate,
+    Journal,
+    JournalRecord,
+    Settlement,
+    open_journal,
+)
 from tower_trio._plugins import discover_plugins, select_plugins
 from tower_trio._serialization import dump_trigger, load_trigger
 
@@ -149,18 +156,23 @@ class TestJournal:
         assert journal.prune(retention=3600) == 1
         assert journal.get(pending.uuid) is not None
 
-    def test_find_filters_newest_first(self, tmp_path: Path) -> None:
+    def test_pages_filter_newest_first(self, tmp_path: Path) -> None:
         """Listing filters by each field and pages newest first with a seq cursor."""
         journal = open_journal(tmp_path)
         append(journal, *(trigger(n) for n in range(5)))
         append(journal, trigger(9, api_version="ChiBio/v1alpha1", protocol="Dilute"))
-        newest = journal.find(limit=3)
+
+        def listed(**filters: Any) -> list[JournalRecord]:
+            records, _ = journal.page(limit=50, **filters)
+            return records
+
+        newest, _ = journal.page(limit=3)
         assert [load_trigger(r.body).spec for r in newest] == [{"n": 9}, {"n": 4}, {"n": 3}]
-        rest = journal.find(limit=3, before=newest[-1].seq)
+        rest, _ = journal.page(limit=3, before=newest[-1].seq)
         assert [load_trigger(r.body).spec for r in rest] == [{"n": 2}, {"n": 1}, {"n": 0}]
-        assert [r.protocol for r in journal.find(protocol="Dilute")] == ["Dilute"]
-        assert len(journal.find(api_version="OT-2/v1alpha1")) == 5
-        assert journal.find(status="published") == []
+        assert [r.protocol for r in listed(protocol="Dilute")] == ["Dilute"]
+        assert len(listed(api_version="OT-2/v1alpha1")) == 5
+        assert listed(status="published") == []
 
     def test_plugin_state_round_trip(self, tmp_path: Path) -> None:
         """Plugin state is kept per plugin, as JSON, and None deletes a key."""
@@ -357,12 +369,18 @@ async def fake_broker_tower(
 
 
 async def declare_for_each_connection(
-    fake: FakeBroker, peers: trio.MemorySendChannel[FakePeer]
+    fake: FakeBroker, peers: trio.MemorySendChannel[FakePeer], opened: trio.Event | None = None
 ) -> None:
-    """Answer each connection's Exchange.Declare, as RabbitMQ would, then hand it over."""
+    """Answer each connection's Exchange.Declare, as RabbitMQ would, then hand it over.
+
+    With ``opened``, the first answer waits for it: until then the client is
+    connected but cannot publish.
+    """
     while True:
         peer = await fake.accept()
         await peer.wait_for(lambda peer=peer: bool(peer.got(commands.Exchange.Declare)))  # type: ignore[misc]
+        if opened is not None:
+            await opened.wait()
         await peer.send(1, commands.Exchange.DeclareOk())
         await peers.send(peer)
 

@@ -88,7 +88,8 @@ class TestOneWriter:
         monkeypatch.setattr(
             sqlite3, "connect", lambda *a, **k: real_connect(*a, **k, factory=NoWal)
         )
-        with pytest.raises(JournalError, match=r"WAL mode .*'delete'.*TOWER_DATA_DIR"):
+        advice = r"WAL mode \(SQLite chose 'delete'\); put TOWER_DATA_DIR on a local file system$"
+        with pytest.raises(JournalError, match=advice):
             open_journal(tmp_path)
 
 

@@ -1,12 +1,38 @@
-"""The publisher's message properties, encoded from templates."""
+"""The publisher against a scripted broker: commits, confirms, retries and records.
+
+A real journal on disk and the fake broker of ``tests/amqp``, in one
+process: the broker's answers come exactly when a test sends them, which
+RabbitMQ cannot be made to do (a nack, a return, a confirm that never comes).
+"""
 
 from __future__ import annotations
 
-from hypothesis import given, settings
-from hypothesis import strategies as st
+import logging
+from contextlib import asynccontextmanager
+from functools import partial
+from typing import TYPE_CHECKING, Any
 
-from tower_trio._journal import Outgoing
-from tower_trio._publisher import PropertyTemplates, message_properties
+import attrs
+import trio
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+from pamqp import commands
+
+from tests._helpers import tower_settings
+from tests.amqp._fake_broker import FakePeer, serve_fake_broker
+from tests.test_delivery import declare_for_each_connection
+from tower_trio import Trigger
+from tower_trio._channel import DeliveryStatus, Intake, Submission
+from tower_trio._journal import Journal, Outgoing, open_journal
+from tower_trio._publisher import PropertyTemplates, Publisher, message_properties
+
+if TYPE_CHECKING:
+    from collections.abc import AsyncIterator
+    from pathlib import Path
+
+    import pytest
+
+    from tests.amqp._fake_broker import FakeBroker, Published
 
 identifiers = st.from_regex(r"[A-Za-z][A-Za-z0-9_]{0,40}", fullmatch=True)
 outgoings = st.builds(
@@ -23,7 +49,11 @@ outgoings = st.builds(
 
 
 class TestPropertyTemplates:
-    @settings(max_examples=300, deadline=None)
+    # The test keeps no state on its instance; a mutation run calls it from
+    # several pytest sessions in one process, which that check mistakes for a risk.
+    @settings(
+        max_examples=300, deadline=None, suppress_health_check=[HealthCheck.differing_executors]
+    )
     @given(st.lists(outgoings, min_size=1, max_size=5))
     def test_same_bytes_as_encoding_each_time(self, batch: list[Outgoing]) -> None:
         """A template gives exactly the bytes the full properties encode to, for any trigger."""
@@ -37,3 +67,377 @@ class TestPropertyTemplates:
         """A uuid that is not 32 characters is encoded the long way, still correctly."""
         outgoing = Outgoing(1, "short", "OT-2/v1", "P", "http", b"{}", 1.5, 0)
         assert PropertyTemplates()(outgoing).encode() == message_properties(outgoing).encode()
+
+
+def trigger(n: int = 0, **fields: Any) -> Trigger:
+    return Trigger(
+        **{"api_version": "OT-2/v1alpha1", "protocol": "PlateTransfer", "spec": {"n": n}, **fields}
+    )
+
+
+@attrs.define
+class Scripted:
+    """A running publisher, its journal, its intake and the broker's side of its connections."""
+
+    publisher: Publisher
+    journal: Journal
+    intake: trio.MemorySendChannel[Submission]
+    peers: trio.MemoryReceiveChannel[FakePeer]
+    stopped: trio.Event
+
+    async def submit(self, *triggers: Trigger, **options: Any) -> list[Submission]:
+        """Hand triggers over at once (one journal batch) and wait until the journal has them."""
+        submissions = [Submission.of(t, **options) for t in triggers]
+        for submission in submissions:
+            self.intake.send_nowait(submission)
+        for submission in submissions:
+            await submission.wait_committed()
+        return submissions
+
+    async def stop(self) -> None:
+        """Close the intake and wait until the publisher has nothing left to publish."""
+        await self.intake.aclose()
+        await self.stopped.wait()
+
+    def status(self, submission: Submission) -> tuple[str, int, str | None]:
+        """What the journal on disk says of a submission's trigger."""
+        record = self.journal.get(submission.trigger.uuid)
+        assert record is not None
+        return record.status, record.attempts, record.last_error
+
+
+@asynccontextmanager
+async def scripted_publisher(
+    tmp_path: Path,
+    journal: Journal | None = None,
+    opened: trio.Event | None = None,
+    **overrides: Any,
+) -> AsyncIterator[Scripted]:
+    """A publisher connected to a fake broker, which declares whatever is asked.
+
+    With ``opened``, the broker holds its first answer until that is set:
+    the publisher is started but cannot publish yet.
+    """
+    journal = journal or open_journal(tmp_path)
+    try:
+        async with trio.open_nursery() as nursery:
+            fake: FakeBroker = await nursery.start(serve_fake_broker)
+            peers_in, peers = trio.open_memory_channel[FakePeer](10)
+            nursery.start_soon(declare_for_each_connection, fake, peers_in, opened)
+            settings = tower_settings(fake.url, "fake.triggers", tmp_path, **overrides)
+            publisher = Publisher(settings, journal)
+            intake, receive = trio.open_memory_channel[Submission](100)
+            stopped = trio.Event()
+
+            async def serve(*, task_status: trio.TaskStatus[None]) -> None:
+                await publisher.serve(receive, task_status=task_status)
+                stopped.set()
+
+            if opened is None:
+                await nursery.start(serve)
+            else:
+                # Started means connected, which waits for the held answer.
+                nursery.start_soon(partial(serve, task_status=trio.TASK_STATUS_IGNORED))
+            yield Scripted(publisher, journal, intake, peers, stopped)
+            nursery.cancel_scope.cancel()
+    finally:
+        journal.close()
+
+
+async def ack(peer: FakePeer, tag: int, *, multiple: bool = False) -> None:
+    await peer.send(1, commands.Basic.Ack(delivery_tag=tag, multiple=multiple))
+
+
+async def nack(peer: FakePeer, tag: int) -> None:
+    await peer.send(1, commands.Basic.Nack(delivery_tag=tag))
+
+
+def ids(published: list[Published]) -> list[str | None]:
+    return [message.properties.message_id for message in published]
+
+
+class TestConfirms:
+    async def test_an_ack_publishes_and_records(self, tmp_path: Path) -> None:
+        """An acked trigger is published: its waiter hears so, and the journal records it."""
+        with trio.fail_after(10):
+            async with scripted_publisher(tmp_path) as scripted:
+                peer = await scripted.peers.receive()
+                (submission,) = await scripted.submit(trigger(), wait_published=True)
+                assert submission.intake is Intake.ACCEPTED
+                (message,) = await peer.wait_published(1)
+                assert not submission.settled
+                await ack(peer, 1)
+                assert await submission.wait_settled() is DeliveryStatus.PUBLISHED
+                stats = scripted.publisher.statistics()
+                assert (stats.published, stats.pending, stats.attempts) == (1, 0, 1)
+                await scripted.stop()
+                assert scripted.status(submission) == ("published", 1, None)
+        assert message.properties.message_id == submission.trigger.uuid
+        assert message.method.routing_key == "OT-2/v1alpha1"
+        assert message.method.exchange == "fake.triggers"
+        assert message.method.mandatory
+        assert message.body == submission.body
+
+    async def test_one_multiple_ack_settles_every_trigger_up_to_it(self, tmp_path: Path) -> None:
+        """A multiple ack for the last delivery tag publishes every trigger before it too."""
+        with trio.fail_after(10):
+            async with scripted_publisher(tmp_path) as scripted:
+                peer = await scripted.peers.receive()
+                submissions = await scripted.submit(*map(trigger, range(5)), wait_published=True)
+                published = await peer.wait_published(5)
+                await ack(peer, 5, multiple=True)
+                for submission in submissions:
+                    assert await submission.wait_settled() is DeliveryStatus.PUBLISHED
+                await scripted.stop()
+                assert [scripted.status(s) for s in submissions] == [("published", 1, None)] * 5
+        assert ids(published) == [s.trigger.uuid for s in submissions]
+
+    async def test_a_returned_trigger_is_unroutable_and_not_retried(self, tmp_path: Path) -> None:
+        """A Basic.Return before the ack makes the trigger unroutable, with the broker's reason."""
+        with trio.fail_after(10):
+            async with scripted_publisher(tmp_path) as scripted:
+                peer = await scripted.peers.receive()
+                (submission,) = await scripted.submit(trigger(), wait_published=True)
+                (message,) = await peer.wait_published(1)
+                await peer.send_message(
+                    1,
+                    commands.Basic.Return(312, "NO_ROUTE", "fake.triggers", "OT-2/v1alpha1"),
+                    message.properties,
+                    message.body,
+                )
+                await ack(peer, 1)
+                assert await submission.wait_settled() is DeliveryStatus.UNROUTABLE
+                assert submission.error == "312 NO_ROUTE"
+                await scripted.stop()
+                stats = scripted.publisher.statistics()
+                assert (stats.unroutable, stats.published, stats.pending) == (1, 0, 0)
+                assert scripted.status(submission) == ("unroutable", 1, "312 NO_ROUTE")
+                assert len(peer.published) == 1
+
+    async def test_the_time_to_confirm_is_reported(self, tmp_path: Path) -> None:
+        """Each published trigger reports the seconds from its creation to its confirm."""
+        latencies: list[float] = []
+        with trio.fail_after(10):
+            async with scripted_publisher(tmp_path) as scripted:
+                scripted.publisher.on_published = latencies.append
+                peer = await scripted.peers.receive()
+                await scripted.submit(trigger())
+                await peer.wait_published(1)
+                await ack(peer, 1)
+                await scripted.stop()
+        (latency,) = latencies
+        assert 0 <= latency < 10
+
+
+class TestRetries:
+    async def test_a_nacked_trigger_is_pending_until_its_retry_is_acked(
+        self, tmp_path: Path
+    ) -> None:
+        """After a nack the trigger is pending with the reason, then published on attempt two."""
+        with trio.fail_after(10):
+            async with scripted_publisher(tmp_path, max_attempts=3) as scripted:
+                peer = await scripted.peers.receive()
+                (submission,) = await scripted.submit(trigger(), wait_published=True)
+                await peer.wait_published(1)
+                await nack(peer, 1)
+                published = await peer.wait_published(2)
+                record = scripted.journal.get(submission.trigger.uuid)
+                assert record is not None
+                current = scripted.publisher.current(record)
+                assert (current.status, current.attempts, current.last_error) == (
+                    "pending",
+                    1,
+                    "nacked by the broker",
+                )
+                assert current.published_at is None
+                assert not submission.settled
+                await ack(peer, 2)
+                assert await submission.wait_settled() is DeliveryStatus.PUBLISHED
+                stats = scripted.publisher.statistics()
+                assert (stats.nacked, stats.attempts, stats.published) == (1, 2, 1)
+                await scripted.stop()
+                assert scripted.status(submission) == ("published", 2, None)
+        assert ids(published) == [submission.trigger.uuid] * 2
+
+    async def test_the_last_allowed_nack_fails_the_trigger(self, tmp_path: Path) -> None:
+        """A trigger nacked TOWER_MAX_ATTEMPTS times is failed, and its waiter is told why."""
+        with trio.fail_after(10):
+            async with scripted_publisher(tmp_path, max_attempts=2) as scripted:
+                peer = await scripted.peers.receive()
+                (submission,) = await scripted.submit(trigger(), wait_published=True)
+                await peer.wait_published(1)
+                await nack(peer, 1)
+                await peer.wait_published(2)
+                await nack(peer, 2)
+                assert await submission.wait_settled() is DeliveryStatus.FAILED
+                assert submission.error == "nacked by the broker"
+                await scripted.stop()
+                stats = scripted.publisher.statistics()
+                assert (stats.failed, stats.nacked, stats.pending) == (1, 2, 0)
+                assert scripted.status(submission) == ("failed", 2, "nacked by the broker")
+                assert len(peer.published) == 2
+
+    async def test_a_trigger_behind_a_retry_is_not_held_up(self, tmp_path: Path) -> None:
+        """While a nacked trigger waits for its retry, the next one is published and settled."""
+        with trio.fail_after(10):
+            async with scripted_publisher(tmp_path) as scripted:
+                peer = await scripted.peers.receive()
+                first, second = await scripted.submit(trigger(1), trigger(2), wait_published=True)
+                await peer.wait_published(2)
+                await nack(peer, 1)
+                await ack(peer, 2)
+                assert await second.wait_settled() is DeliveryStatus.PUBLISHED
+                assert not first.settled
+                published = await peer.wait_published(3)
+                await ack(peer, 3)
+                assert await first.wait_settled() is DeliveryStatus.PUBLISHED
+                await scripted.stop()
+        assert ids(published) == [first.trigger.uuid, second.trigger.uuid, first.trigger.uuid]
+
+    async def test_an_unconfirmed_trigger_goes_out_again_on_a_new_connection(
+        self, tmp_path: Path, caplog: pytest.LogCaptureFixture
+    ) -> None:
+        """Without a confirm in TOWER_CONFIRM_TIMEOUT, the tower reconnects and publishes again."""
+        with caplog.at_level(logging.WARNING), trio.fail_after(10):
+            async with scripted_publisher(tmp_path, confirm_timeout=0.2) as scripted:
+                first = await scripted.peers.receive()
+                (submission,) = await scripted.submit(trigger(), wait_published=True)
+                await first.wait_published(1)
+                second = await scripted.peers.receive()
+                (again,) = await second.wait_published(1)
+                await ack(second, 1)
+                assert await submission.wait_settled() is DeliveryStatus.PUBLISHED
+                stats = scripted.publisher.statistics()
+                assert (stats.reconnects, stats.attempts, stats.last_error) == (1, 2, None)
+                await scripted.stop()
+                assert scripted.status(submission)[0] == "published"
+        assert again.properties.message_id == submission.trigger.uuid
+        (lost,) = [r for r in caplog.records if r.msg == "broker.disconnected"]
+        assert lost.levelno == logging.WARNING
+        error = str(lost.fields["error"])  # type: ignore[attr-defined]
+        assert f"did not confirm trigger {submission.trigger.uuid} within 0.2 s" in error
+        assert "TOWER_CONFIRM_TIMEOUT" in error
+
+    async def test_a_closed_channel_republishes_only_the_unconfirmed(self, tmp_path: Path) -> None:
+        """A channel closed by the broker: confirmed triggers stay settled, the rest go again."""
+        with trio.fail_after(10):
+            async with scripted_publisher(tmp_path) as scripted:
+                first = await scripted.peers.receive()
+                submissions = await scripted.submit(*map(trigger, range(3)), wait_published=True)
+                await first.wait_published(3)
+                await ack(first, 1)
+                await first.send(1, commands.Channel.Close(406, "PRECONDITION_FAILED", 0, 0))
+                second = await scripted.peers.receive()
+                republished = await second.wait_published(2)
+                await ack(second, 2, multiple=True)
+                for submission in submissions:
+                    assert await submission.wait_settled() is DeliveryStatus.PUBLISHED
+                await scripted.stop()
+                assert [scripted.status(s)[0] for s in submissions] == ["published"] * 3
+        assert ids(republished) == [s.trigger.uuid for s in submissions[1:]]
+
+
+class TestIntake:
+    async def test_a_withdrawn_submission_is_not_stored(self, tmp_path: Path) -> None:
+        """A submission withdrawn before the journal took it is neither stored nor published."""
+        with trio.fail_after(10):
+            async with scripted_publisher(tmp_path) as scripted:
+                peer = await scripted.peers.receive()
+                withdrawn = Submission.of(trigger(1))
+                assert withdrawn.withdraw()
+                await scripted.intake.send(withdrawn)
+                (kept,) = await scripted.submit(trigger(2))
+                (message,) = await peer.wait_published(1)
+                await ack(peer, 1)
+                await scripted.stop()
+                assert scripted.journal.get(withdrawn.trigger.uuid) is None
+                assert withdrawn.intake is Intake.WAITING
+        assert message.properties.message_id == kept.trigger.uuid
+
+    async def test_a_repeated_key_is_answered_with_the_first_trigger(self, tmp_path: Path) -> None:
+        """A submission with a stored key gets the first trigger's record and publishes nothing."""
+        with trio.fail_after(10):
+            async with scripted_publisher(tmp_path) as scripted:
+                peer = await scripted.peers.receive()
+                (first,) = await scripted.submit(trigger(1), key="http:k", fingerprint="fp")
+                await peer.wait_published(1)
+                await ack(peer, 1)
+                (retry,) = await scripted.submit(trigger(1), key="http:k", fingerprint="fp")
+                (other,) = await scripted.submit(trigger(2), key="http:k", fingerprint="fp2")
+                await scripted.stop()
+                assert scripted.publisher.statistics().duplicates == 2
+                assert len(peer.published) == 1
+        assert (retry.intake, other.intake) == (Intake.DUPLICATE, Intake.DUPLICATE)
+        assert retry.duplicate.uuid == first.trigger.uuid  # type: ignore[attr-defined]
+        assert (retry.same_request, other.same_request) == (True, False)
+
+    async def test_a_refused_batch_is_rejected_and_reported(self, tmp_path: Path) -> None:
+        """When the journal cannot store a batch, each source hears so and readiness names it."""
+        journal = open_journal(tmp_path, max_bytes=96 * 1024)
+        with trio.fail_after(10):
+            async with scripted_publisher(tmp_path, journal) as scripted:
+                peer = await scripted.peers.receive()
+                big = [trigger(n, spec={"blob": "x" * 60_000, "n": n}) for n in range(3)]
+                refused = await scripted.submit(*big, wait_published=True)
+                assert [s.intake for s in refused] == [Intake.REJECTED] * 3
+                assert all(s.status is DeliveryStatus.FAILED for s in refused)
+                assert "cannot write to the journal" in (refused[0].error or "")
+                problem = scripted.publisher.statistics().journal_problem
+                assert problem is not None
+                assert problem.startswith("the last write failed: cannot write to the journal")
+                (small,) = await scripted.submit(trigger(9))
+                assert small.intake is Intake.ACCEPTED
+                await peer.wait_published(1)
+                await ack(peer, 1)
+                await scripted.stop()
+                assert scripted.publisher.statistics().pending == 0
+
+
+class TestBacklog:
+    async def test_the_cache_is_bounded_while_the_broker_is_away(self, tmp_path: Path) -> None:
+        """Triggers that do not fit in the cache wait on disk; all go out in order later."""
+        body_size = len(Submission.of(trigger(0)).body)
+        cap = 3 * body_size + 1
+        opened = trio.Event()
+        with trio.fail_after(10):
+            async with scripted_publisher(tmp_path, opened=opened, cache_max_bytes=cap) as scripted:
+                submissions = await scripted.submit(*map(trigger, range(10)))
+                stats = scripted.publisher.statistics()
+                assert (stats.pending, stats.cached_bytes) == (10, 3 * body_size)
+                opened.set()
+                peer = await scripted.peers.receive()
+                published = await peer.wait_published(10)
+                await ack(peer, 10, multiple=True)
+                await scripted.stop()
+                assert scripted.publisher.statistics().cached_bytes == 0
+        assert ids(published) == [s.trigger.uuid for s in submissions]
+
+    async def test_a_trigger_too_big_for_the_cache_keeps_its_place(self, tmp_path: Path) -> None:
+        """A large trigger between cached ones is read back from disk and published in its turn."""
+        small = [trigger(n) for n in range(4)]
+        big = trigger(9, spec={"blob": "x" * 10_000})
+        cap = 3 * len(Submission.of(small[0]).body)
+        with trio.fail_after(10):
+            async with scripted_publisher(tmp_path, cache_max_bytes=cap) as scripted:
+                peer = await scripted.peers.receive()
+                order = [small[0], big, small[1], small[2], small[3]]
+                await scripted.submit(*order)
+                published = await peer.wait_published(5)
+                await ack(peer, 5, multiple=True)
+                await scripted.stop()
+        assert ids(published) == [t.uuid for t in order]
+
+    async def test_a_backlog_larger_than_a_batch_goes_out_in_order(self, tmp_path: Path) -> None:
+        """Pending rows from an earlier run are published oldest first, past one read batch."""
+        journal = open_journal(tmp_path)
+        triggers = [trigger(n) for n in range(600)]
+        journal.append([(t, Submission.of(t).body, None, None) for t in triggers])
+        with trio.fail_after(20):
+            async with scripted_publisher(tmp_path, journal) as scripted:
+                assert scripted.publisher.statistics().pending == 600
+                peer = await scripted.peers.receive()
+                published = await peer.wait_published(600)
+                await ack(peer, 600, multiple=True)
+                await scripted.stop()
+                assert journal.pending_count() == 0
+        assert ids(published) == [t.uuid for t in triggers]

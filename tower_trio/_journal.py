@@ -288,16 +288,11 @@ class Journal:
             rows.append(_row(trigger, body, key, fingerprint))
         # One executemany instead of a statement per trigger (a repeated uuid
         # fails it with an IntegrityError). With AUTOINCREMENT and the write
-        # lock held, the rows get consecutive seqs ending at the last one.
+        # lock held (BEGIN IMMEDIATE), the rows get consecutive seqs ending at
+        # the last one.
         db.executemany(_INSERT, rows)
         (last,) = db.execute("SELECT last_insert_rowid()").fetchone()
         first = last - len(fresh) + 1
-        if fresh:
-            (first_uuid,) = db.execute(
-                "SELECT uuid FROM triggers WHERE seq = ?", (first,)
-            ).fetchone() or (None,)
-            if first_uuid != rows[0][0]:
-                raise JournalError(f"the journal {self.path} gave non-consecutive seqs")
         for offset, (index, row) in enumerate(zip(fresh, rows, strict=True)):
             results[index] = _accepted(first + offset, row)
         return [result for result in results if result is not None]
@@ -440,11 +435,6 @@ class Journal:
         ).fetchone()
         return None if row is None else JournalRecord(*row)
 
-    def find(self, **filters: Any) -> list[JournalRecord]:
-        """Newest first: ``page``'s records, without the flag."""
-        records, _ = self.page(**filters)
-        return records
-
     def page(
         self,
         *,
@@ -453,7 +443,7 @@ class Journal:
         protocol: str | None = None,
         source: str | None = None,
         before: int | None = None,
-        limit: int = 50,
+        limit: int,
         max_bytes: int | None = None,
     ) -> tuple[list[JournalRecord], bool]:
         """Newest first, ``limit`` at most, each filter optional; ``before`` is a seq.
