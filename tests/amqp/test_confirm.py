@@ -2,15 +2,24 @@
 
 from __future__ import annotations
 
+import functools
+import time
+
 import pytest
 import trio
 
 from tower_trio import amqp
-from tower_trio.amqp._confirm import PendingConfirms
+from tower_trio.amqp._confirm import Confirmation, PendingConfirms
 
 
 def _returned() -> amqp.Returned:
     return amqp.Returned(312, "NO_ROUTE", "ex", "rk")
+
+
+def _note(
+    seen: list[tuple[int, amqp.Outcome | None]], number: int, confirmation: Confirmation
+) -> None:
+    seen.append((number, confirmation.outcome))
 
 
 class TestPendingConfirms:
@@ -67,6 +76,24 @@ class TestPendingConfirms:
         assert confirmation.outcome is amqp.Outcome.RETURNED
         assert confirmation.returned == _returned()
 
+    def test_return_after_an_earlier_message_with_that_id_was_acked(self) -> None:
+        """A settled message gives up its message_id: a later return goes to the one in flight."""
+        pending = PendingConfirms()
+        first, second = pending.add("same"), pending.add("same")
+        pending.settle(1, False, ack=True)
+        assert pending.returned("same", _returned())
+        pending.settle(2, False, ack=True)
+        assert (first.outcome, second.outcome) == (amqp.Outcome.ACK, amqp.Outcome.RETURNED)
+        assert first.returned is None
+
+    def test_return_after_every_message_with_that_id_was_acked(self) -> None:
+        """Once every message with an id is settled, a return for that id matches nothing."""
+        pending = PendingConfirms()
+        confirmation = pending.add("m-1")
+        pending.settle(1, True, ack=True)
+        assert not pending.returned("m-1", _returned())
+        assert confirmation.outcome is amqp.Outcome.ACK
+
     def test_returns_of_one_message_id_go_oldest_first(self) -> None:
         """With one message_id in flight twice, returns are matched first in, first out."""
         pending = PendingConfirms()
@@ -75,6 +102,64 @@ class TestPendingConfirms:
         pending.settle(2, False, ack=True)
         pending.settle(1, False, ack=True)
         assert (first.outcome, second.outcome) == (amqp.Outcome.RETURNED, amqp.Outcome.ACK)
+
+    def test_consecutive_multiple_acks(self) -> None:
+        """Each multiple ack settles every message up to its tag that an earlier one left."""
+        pending = PendingConfirms()
+        confirmations = [pending.add() for _ in range(6)]
+        assert pending.settle(2, True, ack=True) == 2
+        assert pending.settle(4, True, ack=True) == 2
+        assert pending.settle(6, True, ack=False) == 2
+        assert [c.outcome for c in confirmations] == [amqp.Outcome.ACK] * 4 + [
+            amqp.Outcome.NACK
+        ] * 2
+
+    def test_multiple_ack_after_single_acks_of_the_oldest(self) -> None:
+        """A multiple ack still reaches every message left after the oldest were acked singly."""
+        pending = PendingConfirms()
+        confirmations = [pending.add() for _ in range(4)]
+        assert pending.settle(1, False, ack=True) == 1
+        assert pending.settle(4, True, ack=True) == 3
+        assert all(c.outcome is amqp.Outcome.ACK for c in confirmations)
+        assert len(pending) == 0
+
+    @pytest.mark.parametrize(
+        ("delivery_tag", "multiple"),
+        [pytest.param(2, False, id="single"), pytest.param(0, True, id="multiple-tag-zero")],
+    )
+    def test_message_after_everything_was_settled(self, delivery_tag: int, multiple: bool) -> None:
+        """Once nothing is outstanding, the next message is still settled by a multiple ack."""
+        pending = PendingConfirms()
+        pending.add()
+        pending.add()
+        pending.settle(1, False, ack=True)
+        assert pending.settle(delivery_tag, multiple, ack=True) == 1
+        later = pending.add()
+        assert pending.settle(later.delivery_tag, True, ack=True) == 1
+        assert later.outcome is amqp.Outcome.ACK
+
+    def test_ack_for_no_outstanding_message(self) -> None:
+        """An ack for a tag already settled, or never published, settles nothing."""
+        pending = PendingConfirms()
+        confirmation = pending.add()
+        assert pending.settle(1, False, ack=True) == 1
+        assert pending.settle(1, False, ack=False) == 0
+        assert pending.settle(7, False, ack=True) == 0
+        assert confirmation.outcome is amqp.Outcome.ACK
+
+    def test_multiple_acks_cost_stays_linear(self) -> None:
+        """Acking a long stream one multiple frame at a time walks each tag once, not all again."""
+        pending = PendingConfirms()
+        count = 8_000
+        for _ in range(count):
+            pending.add()
+        started = time.process_time()
+        for tag in range(1, count + 1):
+            pending.settle(tag, True, ack=True)
+        # Linear work takes milliseconds; walking from tag 1 at every frame
+        # (quadratic) takes seconds. CPU time ignores other processes' load.
+        assert time.process_time() - started < 1.0
+        assert len(pending) == 0
 
     def test_unknown_return(self) -> None:
         """A return for no known message_id is reported as unmatched."""
@@ -114,6 +199,16 @@ class TestConfirmation:
             await trio.testing.wait_all_tasks_blocked()
             pending.settle(1, False, ack=True)
         assert results == [amqp.Outcome.ACK]
+
+    def test_every_callback_runs(self) -> None:
+        """Several callbacks added before settlement all run, in the order they were added."""
+        pending = PendingConfirms()
+        confirmation = pending.add()
+        seen: list[tuple[int, amqp.Outcome | None]] = []
+        for number in range(3):
+            confirmation.add_done_callback(functools.partial(_note, seen, number))
+        pending.settle(1, False, ack=True)
+        assert seen == [(0, amqp.Outcome.ACK), (1, amqp.Outcome.ACK), (2, amqp.Outcome.ACK)]
 
     def test_callbacks(self) -> None:
         """Callbacks run once on settlement, or at once if already done."""

@@ -202,7 +202,6 @@ class PendingConfirms:
         pending = list(self._by_tag.values())
         self._by_tag.clear()
         self._mandatory.clear()
-        self._lowest = self._next_tag
         for confirmation in pending:
             confirmation._fail(error)
 
