@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import json
+import os
 import string
+import time
+import typing
 from datetime import UTC, datetime, timedelta, timezone
 from typing import Any
 
@@ -112,9 +115,24 @@ class TestDatetimes:
         """RFC 3339 timestamps with any offset are read as the instant they denote."""
         assert parse_datetime(text) == FIXED_TIME
 
+    @pytest.mark.parametrize("zone", ["America/New_York", "Asia/Kolkata"])
+    def test_format_whatever_the_local_zone(self, zone: str) -> None:
+        """A tower whose machine runs on local time still writes UTC timestamps."""
+        previous = os.environ.get("TZ")
+        os.environ["TZ"] = zone
+        time.tzset()
+        try:
+            assert format_datetime(FIXED_TIME) == "2026-01-31T12:00:00Z"
+        finally:
+            if previous is None:
+                del os.environ["TZ"]
+            else:
+                os.environ["TZ"] = previous
+            time.tzset()
+
     def test_parse_naive(self) -> None:
         """A timestamp without an offset is refused with an example of a good one."""
-        with pytest.raises(ValueError, match="needs a timezone, like '2026-01-31T12:00:00Z'"):
+        with pytest.raises(ValueError, match=r"^needs a timezone, like '2026-01-31T12:00:00Z'$"):
             parse_datetime("2026-01-31T12:00:00")
 
 
@@ -243,6 +261,11 @@ class TestTriggerFromWire:
         wire = submitted(metadata={"source": "riffyn", "spec": {"run": 3}})
         trigger = trigger_from_wire(wire)
         assert trigger.metadata == Metadata(source="riffyn", spec={"run": 3})
+
+    def test_metadata_without_source(self) -> None:
+        """Metadata sent without a source, and no source imposed, has an empty source."""
+        wire = submitted(metadata={"spec": {"run": 3}})
+        assert trigger_from_wire(wire).metadata == Metadata(source="", spec={"run": 3})
 
     @pytest.mark.parametrize("key", ["uuid", "createdAt"])
     def test_assigned_fields_refused(self, key: str) -> None:
@@ -648,10 +671,14 @@ class TestStructureEnvValue:
             pytest.param("1, 2,,3", list[int], [1, 2, 3], id="list-of-int"),
             pytest.param("a,b", tuple[str, ...], ("a", "b"), id="tuple-of-str"),
             pytest.param(" , ", list[str], [], id="empty"),
+            pytest.param("a, b", list, ["a", "b"], id="bare-list"),
+            pytest.param("a, b", tuple, ("a", "b"), id="bare-tuple"),
+            pytest.param("a, b", typing.List, ["a", "b"], id="bare-typing-list"),  # noqa: UP006
+            pytest.param("1,2", typing.Tuple[int, ...], (1, 2), id="typing-tuple"),  # noqa: UP006
         ],
     )
     def test_sequence(self, raw: str, kind: Any, expected: object) -> None:
-        """Lists are written comma-separated; blanks between commas are skipped."""
+        """Lists are comma-separated (a bare list holds strings); blank items are skipped."""
         assert structure_env_value(raw, kind) == expected
 
     def test_bad_item(self) -> None:

@@ -104,12 +104,19 @@ def _env_number(raw: str, kind: type) -> Any:
         raise ValueError(f"must be {'an integer' if kind is int else 'a number'}") from None
 
 
+def _sequence_kind(kind: Any) -> type | None:
+    """``list`` or ``tuple`` for such an annotation, bare (``list``) or not (``list[int]``)."""
+    origin = kind if kind in (list, tuple) else getattr(kind, "__origin__", None)
+    return origin if origin in (list, tuple) else None
+
+
 def _env_sequence(raw: str, kind: Any) -> Any:
+    # A bare list or tuple holds strings.
     (item,) = getattr(kind, "__args__", (str,))[:1] or (str,)
     items = [
         _env_converter.structure(part.strip(), item) for part in raw.split(",") if part.strip()
     ]
-    return tuple(items) if getattr(kind, "__origin__", None) is tuple else items
+    return tuple(items) if _sequence_kind(kind) is tuple else items
 
 
 def _make_env_converter() -> cattrs.Converter:
@@ -120,7 +127,7 @@ def _make_env_converter() -> cattrs.Converter:
     converter.register_structure_hook(int, _env_number)
     converter.register_structure_hook(float, _env_number)
     converter.register_structure_hook_func(
-        lambda kind: getattr(kind, "__origin__", None) in (list, tuple), _env_sequence
+        lambda kind: _sequence_kind(kind) is not None, _env_sequence
     )
     return converter
 
