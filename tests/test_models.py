@@ -13,6 +13,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from tower_trio import FieldError, InvalidTriggerError, Metadata, Plate, TowerError, Trigger
+from tower_trio._models import MAX_KEY_LENGTH
 
 FIXED_UUID = "0123456789abcdef0123456789abcdef"
 FIXED_TIME = datetime(2026, 1, 31, 12, 0, tzinfo=UTC)
@@ -210,6 +211,18 @@ class TestApiVersion:
         assert API_VERSION_SHAPE in error.message
         assert "'OT-2/v1alpha1'" in error.message
 
+    def test_invalid_message_spells_out_the_format(self) -> None:
+        """The error for a malformed apiVersion describes each part of the format, with examples."""
+        assert errors_of(api_version="OT-2") == (
+            FieldError(
+                "apiVersion",
+                "must be '<api>/<version>[/<device>]' like 'OT-2/v1alpha1' or "
+                "'TecanSpark/v1alpha1/Spark2' (api: letters, digits, '-'; version: 'v', "
+                "a positive integer and an optional lowercase suffix; device: letters, "
+                "digits, '-', '_')",
+            ),
+        )
+
     @pytest.mark.parametrize(
         "api_version",
         [
@@ -332,6 +345,37 @@ class TestSpec:
     def test_not_json(self, spec: dict[Any, Any]) -> None:
         """A spec JSON cannot carry faithfully is rejected under ``spec``."""
         assert any(field.startswith("spec") for field in fields_of(errors_of(spec=spec)))
+
+    @pytest.mark.parametrize(
+        ("spec", "error"),
+        [
+            pytest.param(
+                {"mix": {"note": "\ud800"}},
+                FieldError(
+                    "spec.mix.note", "holds text that is not valid Unicode (a lone surrogate)"
+                ),
+                id="lone-surrogate-value",
+            ),
+            pytest.param(
+                {"mix": {"\udfff": 1}},
+                FieldError("spec.mix", "has a key that is not valid Unicode"),
+                id="lone-surrogate-key",
+            ),
+            pytest.param(
+                {"wells": ("A1", "B2")},
+                FieldError("spec.wells", "holds a tuple, which is not a JSON value"),
+                id="tuple",
+            ),
+            pytest.param(
+                {"at": FIXED_TIME},
+                FieldError("spec.at", "holds a datetime, which is not a JSON value"),
+                id="datetime",
+            ),
+        ],
+    )
+    def test_not_json_says_where_and_why(self, spec: dict[str, Any], error: FieldError) -> None:
+        """The error names the path to the bad value and what is wrong with it."""
+        assert errors_of(spec=spec) == (error,)
 
 
 class TestPlate:
@@ -498,6 +542,7 @@ class TestAssignedFields:
             pytest.param(FIXED_UUID[:-1], id="31-chars"),
             pytest.param(FIXED_UUID + "0", id="33-chars"),
             pytest.param("0123456789abcdef0123456789abcdeg", id="not-hex"),
+            pytest.param("0123456789abcdef0123456789abcdeX", id="not-hex-capital"),
             pytest.param("01234567-89ab-cdef-0123-456789abcdef", id="dashed"),
             pytest.param(None, id="none"),
             pytest.param(0x0123456789ABCDEF, id="int"),
@@ -525,6 +570,41 @@ class TestAssignedFields:
         """An aware creation time in another zone denotes the same instant."""
         paris = datetime(2026, 1, 31, 13, 0, tzinfo=timezone(timedelta(hours=1)))
         assert make_trigger(created_at=paris).created_at == FIXED_TIME
+
+
+class TestIdempotencyKey:
+    @pytest.mark.parametrize(
+        "key",
+        [
+            pytest.param(None, id="none"),
+            pytest.param("k", id="one-char"),
+            pytest.param("riffyn:run-42", id="typical"),
+            pytest.param("k" * MAX_KEY_LENGTH, id="longest"),
+        ],
+    )
+    def test_valid(self, key: str | None) -> None:
+        """No key, or a key of 1 to MAX_KEY_LENGTH characters, is accepted and kept."""
+        assert make_trigger(key=key).key == key
+
+    @pytest.mark.parametrize(
+        "key",
+        [
+            pytest.param("", id="empty"),
+            pytest.param("k" * (MAX_KEY_LENGTH + 1), id="too-long"),
+            pytest.param(42, id="int"),
+            pytest.param(b"riffyn:run-42", id="bytes"),
+        ],
+    )
+    def test_invalid(self, key: object) -> None:
+        """An empty, over-long or non-string key is reported under ``key`` with the limit."""
+        assert errors_of(key=key) == (
+            FieldError("key", "must be a non-empty string of at most 256 characters"),
+        )
+
+    def test_not_part_of_equality(self) -> None:
+        """Two triggers that differ only in their key are equal: the key is not the message."""
+        fixed = {"uuid": FIXED_UUID, "created_at": FIXED_TIME}
+        assert make_trigger(key="a", **fixed) == make_trigger(key="b", **fixed)
 
 
 class TestInvalidTriggerError:

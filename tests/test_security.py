@@ -13,10 +13,19 @@ import trio
 
 from tests._helpers import VALID, Broker, Tower, run_tower, tower_settings
 from tower_trio import ConfigError, InvalidTriggerError, Metadata, Plate, Trigger
-from tower_trio._auth import Guard, RateLimiter, Tokens, check_exposure, is_loopback, parse_rate
+from tower_trio._auth import (
+    MIN_TOKEN_LENGTH,
+    Denial,
+    Guard,
+    RateLimiter,
+    Tokens,
+    check_exposure,
+    is_loopback,
+    parse_rate,
+)
 from tower_trio._cli import main
 from tower_trio._config import Settings
-from tower_trio._models import MAX_JSON_KEYS, MAX_STRING_LENGTH
+from tower_trio._models import MAX_JSON_DEPTH, MAX_JSON_KEYS, MAX_STRING_LENGTH
 
 if TYPE_CHECKING:
     from collections.abc import AsyncIterator
@@ -52,10 +61,21 @@ class TestTokenSettings:
         """An empty TOWER_API_TOKENS leaves authentication off."""
         assert Settings.from_environ({"TOWER_API_TOKENS": " "}).api_tokens is None
 
+    def test_sixteen_characters_are_enough(self) -> None:
+        """A token of exactly MIN_TOKEN_LENGTH characters is accepted."""
+        token = "0123456789abcdef"
+        assert len(token) == MIN_TOKEN_LENGTH
+        settings = Settings.from_environ({"TOWER_API_TOKENS": token})
+        assert settings.api_tokens == Tokens.of([token])
+
     def test_short_token_refused_without_showing_it(self) -> None:
         """A short token stops start-up; the message counts it but never quotes it."""
         with pytest.raises(ConfigError, match="token number 2 is not acceptable") as excinfo:
             Settings.from_environ({"TOWER_API_TOKENS": f"{TOKEN},tiny-secret"})
+        assert str(excinfo.value) == (
+            "TOWER_API_TOKENS: token number 2 is not acceptable; each token must be at least "
+            "16 printable ASCII characters without spaces (make one with `openssl rand -hex 32`)"
+        )
         assert "tiny-secret" not in str(excinfo.value)
         assert TOKEN not in str(excinfo.value)
 
@@ -69,15 +89,33 @@ class TestTokenSettings:
     def test_missing_file_named(self, tmp_path: Path) -> None:
         """A token file that cannot be read is named in the error."""
         path = tmp_path / "absent"
-        with pytest.raises(ConfigError, match=f"names the file {path}, which cannot be read"):
+        with pytest.raises(ConfigError) as excinfo:
             Settings.from_environ({"TOWER_API_TOKENS": str(path)})
+        assert str(excinfo.value) == (
+            f"TOWER_API_TOKENS names the file {path}, which cannot be read: "
+            "No such file or directory"
+        )
+
+    def test_file_not_utf8_named(self, tmp_path: Path) -> None:
+        """A token file that is not UTF-8 text is named, with that reason and not its bytes."""
+        path = tmp_path / "tokens"
+        path.write_bytes(TOKEN.encode() + b"\xe9\n")
+        with pytest.raises(ConfigError) as excinfo:
+            Settings.from_environ({"TOWER_API_TOKENS": str(path)})
+        assert str(excinfo.value) == (
+            f"TOWER_API_TOKENS names the file {path}, which cannot be read: not UTF-8 text"
+        )
 
     def test_empty_file_refused(self, tmp_path: Path) -> None:
         """A token file without tokens is a mistake, not a way to turn authentication off."""
         path = tmp_path / "tokens"
         path.write_text("# nothing yet\n")
-        with pytest.raises(ConfigError, match="holds no token"):
+        with pytest.raises(ConfigError) as excinfo:
             Settings.from_environ({"TOWER_API_TOKENS": str(path)})
+        assert str(excinfo.value) == (
+            f"TOWER_API_TOKENS names the file {path}, which holds no token; "
+            "put one token per line (lines starting with # are comments)"
+        )
 
     def test_probe_token_errors_name_their_variable(self) -> None:
         """TOWER_PROBE_TOKEN is checked like the API tokens, under its own name."""
@@ -106,11 +144,21 @@ class TestTokenSettings:
         """TOWER_RATE_LIMIT reads a count per second, minute or hour."""
         assert parse_rate(raw) == per_second
 
-    @pytest.mark.parametrize("raw", ["fast", "10/d", "0", "-1/s", "inf"])
-    def test_bad_rates_refused(self, raw: str) -> None:
-        """A rate that is not a positive count per s, m or h stops start-up."""
-        with pytest.raises(ConfigError, match=r"^TOWER_RATE_LIMIT="):
+    @pytest.mark.parametrize(
+        ("raw", "reason"),
+        [
+            ("fast", "must be a number of requests per second, or like 10/s, 600/m, 5000/h"),
+            ("10/d", "must be a number of requests per second, or like 10/s, 600/m, 5000/h"),
+            ("0", "must be a positive rate"),
+            ("-1/s", "must be a positive rate"),
+            ("inf", "must be a positive rate"),
+        ],
+    )
+    def test_bad_rates_refused(self, raw: str, reason: str) -> None:
+        """A rate that is not a positive count per s, m or h stops start-up, saying why."""
+        with pytest.raises(ConfigError) as excinfo:
             Settings.from_environ({"TOWER_RATE_LIMIT": raw})
+        assert str(excinfo.value) == f"TOWER_RATE_LIMIT={raw!r} is invalid: {reason}"
 
 
 class TestLoopbackRule:
@@ -119,19 +167,22 @@ class TestLoopbackRule:
         """Loopback addresses, in any spelling hypercorn accepts, count as loopback."""
         assert is_loopback(host)
 
-    @pytest.mark.parametrize("host", ["0.0.0.0", "::", "192.0.2.7", "tower.lab.example"])
+    @pytest.mark.parametrize(
+        "host", ["0.0.0.0", "::", "192.0.2.7", "tower.lab.example", "localhostX"]
+    )
     def test_other_hosts(self, host: str) -> None:
-        """Wildcards, other addresses and host names do not."""
+        """Wildcards, other addresses and host names, even ones close to a loopback name, do not."""
         assert not is_loopback(host)
 
     def test_open_tower_beyond_loopback_refused(self) -> None:
         """Without tokens, a non-loopback host is an error naming both ways out."""
         with pytest.raises(ConfigError) as excinfo:
             check_exposure(Settings(http_host="0.0.0.0"))
-        message = str(excinfo.value)
-        assert "TOWER_HTTP_HOST=0.0.0.0" in message
-        assert "TOWER_API_TOKENS" in message
-        assert "TOWER_ALLOW_UNAUTHENTICATED=true" in message
+        assert str(excinfo.value) == (
+            "TOWER_HTTP_HOST=0.0.0.0 is not a loopback address and TOWER_API_TOKENS is not set; "
+            "set TOWER_API_TOKENS, or TOWER_ALLOW_UNAUTHENTICATED=true to let anyone who "
+            "reaches it send triggers"
+        )
 
     def test_tokens_or_explicit_permission_allow_it(self) -> None:
         """Tokens, or TOWER_ALLOW_UNAUTHENTICATED, let the tower listen beyond loopback."""
@@ -191,6 +242,34 @@ class TestRateLimiter:
         limiter.acquire(999)
         assert limiter.acquire(999) > 0
 
+    def test_every_client_remembered_up_to_max_keys(self) -> None:
+        """Up to max_keys clients, none is forgotten: each keeps the budget it spent."""
+        limiter = RateLimiter(rate=1.0, burst=1, clock=FakeClock(), max_keys=3)
+        assert [limiter.acquire(client) for client in "abc"] == [0.0, 0.0, 0.0]
+        assert all(limiter.acquire(client) > 0 for client in "abc")
+        assert len(limiter) == 3
+
+    def test_refilled_buckets_are_forgotten_before_spent_ones(self) -> None:
+        """Over max_keys, refilled buckets go first, so an older client still in debt keeps it."""
+        clock = FakeClock()
+        limiter = RateLimiter(rate=2.0, burst=3, clock=clock, max_keys=4)
+
+        def spend(client: str, count: int, at: float) -> None:
+            clock.now = at
+            for _ in range(count):
+                assert limiter.acquire(client) == 0.0
+
+        spend("idle-1", 3, at=0.0)
+        spend("idle-2", 3, at=0.0)
+        spend("in-debt", 3, at=0.75)
+        spend("one-off", 1, at=1.0)
+        # The fifth client makes the limiter sweep at t=1.5: idle-1, idle-2 and
+        # one-off have refilled; in-debt is back to 1.5 of 3 and stays.
+        spend("newest", 1, at=1.5)
+        assert len(limiter) == 2
+        assert limiter.acquire("in-debt") == 0.0
+        assert limiter.acquire("in-debt") == pytest.approx(0.25)
+
     def test_delay_spends_and_remembers_nothing(self) -> None:
         """delay answers what acquire would, without taking from the bucket or adding one."""
         clock = FakeClock()
@@ -228,10 +307,16 @@ class TestGuard:
     @pytest.mark.parametrize("header", [f"Basic {TOKEN}", "Bearer", "Bearer   ", TOKEN])
     def test_malformed_header_is_401(self, header: str) -> None:
         """An Authorization header that is not `Bearer <token>` is 401 invalid_request."""
-        denial = self.guard.check("/triggers", header, "127.0.0.1")
-        assert denial is not None
-        assert denial.status == 401
-        assert 'error="invalid_request"' in denial.headers["WWW-Authenticate"]
+        assert self.guard.check("/triggers", header, "127.0.0.1") == Denial(
+            401,
+            "unauthorized",
+            "the Authorization header must be 'Bearer <token>'",
+            {"WWW-Authenticate": 'Bearer realm="tower-trio", error="invalid_request"'},
+        )
+
+    def test_spaces_between_scheme_and_token(self) -> None:
+        """Several spaces between `Bearer` and the token are allowed, as HTTP allows them."""
+        assert self.guard.check("/triggers", f"Bearer   {TOKEN}", "127.0.0.1") is None
 
     def test_wrong_token_is_403(self) -> None:
         """A well-formed but unknown token is 403, and the answer does not repeat it."""
@@ -255,6 +340,16 @@ class TestGuard:
         assert denial is not None
         assert denial.status == 403
 
+    def test_probe_refusals_name_the_probe_token(self) -> None:
+        """A refused probe is told to use TOWER_PROBE_TOKEN, not the API's tokens."""
+        missing = self.guard.check("/healthz", None, "127.0.0.1")
+        assert missing is not None
+        assert missing.detail == (
+            "send a token from TOWER_PROBE_TOKEN as 'Authorization: Bearer <token>'"
+        )
+        wrong = self.guard.check("/readyz", f"Bearer {TOKEN}", "127.0.0.1")
+        assert wrong == Denial(403, "forbidden", "the bearer token is not one of TOWER_PROBE_TOKEN")
+
     def test_probes_open_without_probe_token(self) -> None:
         """Without TOWER_PROBE_TOKEN the probes need nothing, even when the API does."""
         guard = Guard(api=Tokens.of([TOKEN]))
@@ -266,10 +361,23 @@ class TestGuard:
         limiter = RateLimiter(rate=0.25, burst=1, clock=FakeClock())
         guard = Guard(api=Tokens.of([TOKEN, OTHER]), limiter=limiter)
         assert guard.check("/triggers", f"Bearer {TOKEN}", "10.0.0.1") is None
-        denial = guard.check("/triggers", f"Bearer {TOKEN}", "10.0.0.2")
-        assert denial is not None
-        assert (denial.status, denial.headers) == (429, {"Retry-After": "4"})
+        assert guard.check("/triggers", f"Bearer {TOKEN}", "10.0.0.2") == Denial(
+            429,
+            "too many requests",
+            "at most 1 requests at once and 0.25 per second "
+            "(TOWER_RATE_BURST, TOWER_RATE_LIMIT); retry in 4 s",
+            {"Retry-After": "4"},
+        )
         assert guard.check("/triggers", f"Bearer {OTHER}", "10.0.0.1") is None
+
+    def test_retry_after_is_at_least_one_second(self) -> None:
+        """A wait under a second is announced as Retry-After: 1, never 0."""
+        guard = Guard(limiter=RateLimiter(rate=4.0, burst=1, clock=FakeClock()))
+        assert guard.check("/triggers", None, "10.0.0.1") is None
+        denial = guard.check("/triggers", None, "10.0.0.1")
+        assert denial is not None
+        assert denial.headers == {"Retry-After": "1"}
+        assert denial.detail.endswith("; retry in 1 s")
 
     def test_rate_limit_per_address_without_tokens(self) -> None:
         """Without tokens the bucket is the client's address; probes are never limited."""
@@ -291,12 +399,14 @@ class TestGuard:
         guard = Guard(api=Tokens.of([TOKEN]), limiter=limiter)
         refused = [guard.check("/triggers", header, "10.0.0.1") for _ in range(3)]
         assert [denial and denial.status for denial in refused] == [status, status, 429]
-        last = refused[-1]
-        assert last is not None
-        assert last.headers == {"Retry-After": "4"}
-        assert "too many refused requests from this address" in last.detail
-        assert "TOWER_RATE_LIMIT" in last.detail
-        assert "TOWER_API_TOKENS" in last.detail
+        assert refused[-1] == Denial(
+            429,
+            "too many requests",
+            "too many refused requests from this address, at most 2 requests at once and "
+            "0.25 per second (TOWER_RATE_BURST, TOWER_RATE_LIMIT); retry in 4 s with a token "
+            "from TOWER_API_TOKENS",
+            {"Retry-After": "4"},
+        )
         other = guard.check("/triggers", header, "10.0.0.2")
         assert other is not None
         assert other.status in {401, 403}
@@ -345,6 +455,19 @@ class TestGuard:
         assert spent is not None
         assert spent.status == 429
         assert guard.check("/triggers", f"Bearer {TOKEN}", "127.0.0.2") is None
+
+    def test_accepted_probes_do_not_spend_the_refusal_budget(self) -> None:
+        """Probes with the right token, however many, never make the address's refusals 429."""
+        guard = Guard(
+            api=Tokens.of([TOKEN]),
+            probe=Tokens.of([PROBE]),
+            limiter=RateLimiter(rate=1.0, burst=1, clock=FakeClock()),
+        )
+        for _ in range(3):
+            assert guard.check("/healthz", f"Bearer {PROBE}", "127.0.0.1") is None
+        refused = guard.check("/triggers", "Bearer guessed-guessed-guessed", "127.0.0.1")
+        assert refused is not None
+        assert refused.status == 403
 
     def test_refused_probes_leave_an_open_api_alone(self) -> None:
         """Without API tokens the API's bucket is the address's, untouched by refused probes."""
@@ -530,6 +653,31 @@ class TestLimits:
                 spec={"a": 1},
                 metadata=Metadata(spec={"note": long}),
             )
+
+    def test_longest_strings_accepted(self) -> None:
+        """A value or a key of exactly MAX_STRING_LENGTH characters is accepted."""
+        longest = "x" * MAX_STRING_LENGTH
+        Trigger(api_version="OT-2/v1", protocol="P", spec={"note": longest})
+        Trigger(api_version="OT-2/v1", protocol="P", spec={longest: 1})
+
+    @pytest.mark.parametrize("container", [dict, list])
+    def test_nesting_capped(self, container: type) -> None:
+        """A spec nested MAX_JSON_DEPTH levels deep is accepted; one level more is refused."""
+
+        def spec(levels: int) -> dict[str, object]:
+            # The spec object is the first level; the rest are ``container``s.
+            value: object = 1
+            for _ in range(levels - 1):
+                value = {"a": value} if container is dict else [value]
+            return {"a": value}
+
+        Trigger(api_version="OT-2/v1", protocol="P", spec=spec(MAX_JSON_DEPTH))
+        with pytest.raises(InvalidTriggerError) as excinfo:
+            Trigger(api_version="OT-2/v1", protocol="P", spec=spec(MAX_JSON_DEPTH + 1))
+        ((field, message),) = [(e.field, e.message) for e in excinfo.value.errors]
+        step = ".a" if container is dict else "[0]"
+        assert field == "spec.a" + step * MAX_JSON_DEPTH
+        assert message == f"is nested more than {MAX_JSON_DEPTH} levels deep"
 
     async def test_http_reports_the_key_cap(
         self, amqp_url: str, broker: Broker, tmp_path: Path
