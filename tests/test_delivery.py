@@ -369,19 +369,27 @@ async def fake_broker_tower(
 
 
 async def declare_for_each_connection(
-    fake: FakeBroker, peers: trio.MemorySendChannel[FakePeer], opened: trio.Event | None = None
+    fake: FakeBroker,
+    peers: trio.MemorySendChannel[FakePeer],
+    opened: trio.Event | None = None,
+    declares: int = 1,
 ) -> None:
-    """Answer each connection's Exchange.Declare, as RabbitMQ would, then hand it over.
+    """Answer each connection's ``declares`` Exchange.Declare, as RabbitMQ would, then hand it over.
 
-    With ``opened``, the first answer waits for it: until then the client is
+    With ``opened``, the answers wait for it: until then the client is
     connected but cannot publish.
     """
     while True:
         peer = await fake.accept()
-        await peer.wait_for(lambda peer=peer: bool(peer.got(commands.Exchange.Declare)))  # type: ignore[misc]
         if opened is not None:
             await opened.wait()
-        await peer.send(1, commands.Exchange.DeclareOk())
+        for answered in range(declares):
+            await peer.wait_for(
+                lambda peer=peer, answered=answered: (  # type: ignore[misc]
+                    len(peer.got(commands.Exchange.Declare)) > answered
+                )
+            )
+            await peer.send(1, commands.Exchange.DeclareOk())
         await peers.send(peer)
 
 

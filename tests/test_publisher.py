@@ -8,29 +8,37 @@ RabbitMQ cannot be made to do (a nack, a return, a confirm that never comes).
 from __future__ import annotations
 
 import logging
+import platform
 from contextlib import asynccontextmanager
+from datetime import UTC, datetime
 from functools import partial
 from typing import TYPE_CHECKING, Any
 
 import attrs
+import pytest
 import trio
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from pamqp import commands
 
-from tests._helpers import tower_settings
+from tests._helpers import tower_settings, watching
 from tests.amqp._fake_broker import FakePeer, serve_fake_broker
 from tests.test_delivery import declare_for_each_connection
-from tower_trio import Trigger
+from tower_trio import JournalError, Trigger, __version__
 from tower_trio._channel import DeliveryStatus, Intake, Submission
-from tower_trio._journal import Journal, Outgoing, open_journal
+from tower_trio._journal import (
+    FILE_NAME,
+    Journal,
+    JournalRecord,
+    Outgoing,
+    Settlement,
+    open_journal,
+)
 from tower_trio._publisher import PropertyTemplates, Publisher, message_properties
 
 if TYPE_CHECKING:
-    from collections.abc import AsyncIterator
+    from collections.abc import AsyncIterator, Iterable
     from pathlib import Path
-
-    import pytest
 
     from tests.amqp._fake_broker import FakeBroker, Published
 
@@ -94,16 +102,40 @@ class Scripted:
             await submission.wait_committed()
         return submissions
 
+    async def one_out(self) -> tuple[FakePeer, Submission]:
+        """Connect, submit one trigger that waits for its outcome, and see it published."""
+        peer = await self.peers.receive()
+        (submission,) = await self.submit(trigger(), wait_published=True)
+        await peer.wait_published(1)
+        return peer, submission
+
     async def stop(self) -> None:
         """Close the intake and wait until the publisher has nothing left to publish."""
         await self.intake.aclose()
         await self.stopped.wait()
+
+    def shown(self, submission: Submission) -> JournalRecord:
+        """A submission's record as a lookup shows it: the journal's, with unwritten answers."""
+        record = self.journal.get(submission.trigger.uuid)
+        assert record is not None
+        return self.publisher.current(record)
 
     def status(self, submission: Submission) -> tuple[str, int, str | None]:
         """What the journal on disk says of a submission's trigger."""
         record = self.journal.get(submission.trigger.uuid)
         assert record is not None
         return record.status, record.attempts, record.last_error
+
+
+class RefusingAnswers(Journal):
+    """A journal whose disk filled up after the triggers: answers wait while ``refusing``."""
+
+    refusing = True
+
+    def settle(self, settlements: Iterable[Settlement]) -> None:
+        if self.refusing:
+            raise JournalError(f"cannot write to the journal {self.path}: database or disk is full")
+        super().settle(settlements)
 
 
 @asynccontextmanager
@@ -123,7 +155,8 @@ async def scripted_publisher(
         async with trio.open_nursery() as nursery:
             fake: FakeBroker = await nursery.start(serve_fake_broker)
             peers_in, peers = trio.open_memory_channel[FakePeer](10)
-            nursery.start_soon(declare_for_each_connection, fake, peers_in, opened)
+            declares = 2 if overrides.get("unroutable_exchange") else 1
+            nursery.start_soon(declare_for_each_connection, fake, peers_in, opened, declares)
             settings = tower_settings(fake.url, "fake.triggers", tmp_path, **overrides)
             publisher = Publisher(settings, journal)
             intake, receive = trio.open_memory_channel[Submission](100)
@@ -150,6 +183,15 @@ async def ack(peer: FakePeer, tag: int, *, multiple: bool = False) -> None:
 
 async def nack(peer: FakePeer, tag: int) -> None:
     await peer.send(1, commands.Basic.Nack(delivery_tag=tag))
+
+
+def logged(caplog: pytest.LogCaptureFixture, event: str) -> list[tuple[int, dict[str, Any]]]:
+    """The level and fields of each ``event`` the publisher logged."""
+    return [
+        (record.levelno, record.fields)  # type: ignore[attr-defined]
+        for record in caplog.records
+        if record.name == "tower_trio._publisher" and record.msg == event
+    ]
 
 
 def ids(published: list[Published]) -> list[str | None]:
@@ -192,9 +234,11 @@ class TestConfirms:
                 assert [scripted.status(s) for s in submissions] == [("published", 1, None)] * 5
         assert ids(published) == [s.trigger.uuid for s in submissions]
 
-    async def test_a_returned_trigger_is_unroutable_and_not_retried(self, tmp_path: Path) -> None:
+    async def test_a_returned_trigger_is_unroutable_and_not_retried(
+        self, tmp_path: Path, caplog: pytest.LogCaptureFixture
+    ) -> None:
         """A Basic.Return before the ack makes the trigger unroutable, with the broker's reason."""
-        with trio.fail_after(10):
+        with caplog.at_level(logging.INFO), trio.fail_after(10):
             async with scripted_publisher(tmp_path) as scripted:
                 peer = await scripted.peers.receive()
                 (submission,) = await scripted.submit(trigger(), wait_published=True)
@@ -213,6 +257,20 @@ class TestConfirms:
                 assert (stats.unroutable, stats.published, stats.pending) == (1, 0, 0)
                 assert scripted.status(submission) == ("unroutable", 1, "312 NO_ROUTE")
                 assert len(peer.published) == 1
+        assert logged(caplog, "trigger.unroutable") == [
+            (
+                logging.WARNING,
+                {
+                    "uuid": submission.trigger.uuid,
+                    "api_version": "OT-2/v1alpha1",
+                    "protocol": "PlateTransfer",
+                    "source": "",
+                    "routing_key": "OT-2/v1alpha1",
+                    "reason": "312 NO_ROUTE",
+                    "hint": "no queue is bound to the exchange with this apiVersion",
+                },
+            )
+        ]
 
     async def test_the_time_to_confirm_is_reported(self, tmp_path: Path) -> None:
         """Each published trigger reports the seconds from its creation to its confirm."""
@@ -236,14 +294,10 @@ class TestRetries:
         """After a nack the trigger is pending with the reason, then published on attempt two."""
         with trio.fail_after(10):
             async with scripted_publisher(tmp_path, max_attempts=3) as scripted:
-                peer = await scripted.peers.receive()
-                (submission,) = await scripted.submit(trigger(), wait_published=True)
-                await peer.wait_published(1)
+                peer, submission = await scripted.one_out()
                 await nack(peer, 1)
                 published = await peer.wait_published(2)
-                record = scripted.journal.get(submission.trigger.uuid)
-                assert record is not None
-                current = scripted.publisher.current(record)
+                current = scripted.shown(submission)
                 assert (current.status, current.attempts, current.last_error) == (
                     "pending",
                     1,
@@ -259,13 +313,13 @@ class TestRetries:
                 assert scripted.status(submission) == ("published", 2, None)
         assert ids(published) == [submission.trigger.uuid] * 2
 
-    async def test_the_last_allowed_nack_fails_the_trigger(self, tmp_path: Path) -> None:
-        """A trigger nacked TOWER_MAX_ATTEMPTS times is failed, and its waiter is told why."""
-        with trio.fail_after(10):
+    async def test_the_last_allowed_nack_fails_the_trigger(
+        self, tmp_path: Path, caplog: pytest.LogCaptureFixture
+    ) -> None:
+        """A trigger nacked TOWER_MAX_ATTEMPTS times is failed, logged, and its waiter told why."""
+        with caplog.at_level(logging.INFO), trio.fail_after(10):
             async with scripted_publisher(tmp_path, max_attempts=2) as scripted:
-                peer = await scripted.peers.receive()
-                (submission,) = await scripted.submit(trigger(), wait_published=True)
-                await peer.wait_published(1)
+                peer, submission = await scripted.one_out()
                 await nack(peer, 1)
                 await peer.wait_published(2)
                 await nack(peer, 2)
@@ -276,6 +330,19 @@ class TestRetries:
                 assert (stats.failed, stats.nacked, stats.pending) == (1, 2, 0)
                 assert scripted.status(submission) == ("failed", 2, "nacked by the broker")
                 assert len(peer.published) == 2
+        assert logged(caplog, "trigger.failed") == [
+            (
+                logging.ERROR,
+                {
+                    "uuid": submission.trigger.uuid,
+                    "api_version": "OT-2/v1alpha1",
+                    "protocol": "PlateTransfer",
+                    "source": "",
+                    "attempts": 2,
+                    "reason": "nacked",
+                },
+            )
+        ]
 
     async def test_a_trigger_behind_a_retry_is_not_held_up(self, tmp_path: Path) -> None:
         """While a nacked trigger waits for its retry, the next one is published and settled."""
@@ -312,11 +379,13 @@ class TestRetries:
                 await scripted.stop()
                 assert scripted.status(submission)[0] == "published"
         assert again.properties.message_id == submission.trigger.uuid
-        (lost,) = [r for r in caplog.records if r.msg == "broker.disconnected"]
-        assert lost.levelno == logging.WARNING
-        error = str(lost.fields["error"])  # type: ignore[attr-defined]
-        assert f"did not confirm trigger {submission.trigger.uuid} within 0.2 s" in error
-        assert "TOWER_CONFIRM_TIMEOUT" in error
+        ((level, fields),) = logged(caplog, "broker.disconnected")
+        assert level == logging.WARNING
+        assert str(fields["error"]) == (
+            f"the broker did not confirm trigger {submission.trigger.uuid} within 0.2 s "
+            "(TOWER_CONFIRM_TIMEOUT); reconnecting to publish it again"
+        )
+        assert fields["pending"] == 1
 
     async def test_a_closed_channel_republishes_only_the_unconfirmed(self, tmp_path: Path) -> None:
         """A channel closed by the broker: confirmed triggers stay settled, the rest go again."""
@@ -354,9 +423,11 @@ class TestIntake:
                 assert withdrawn.intake is Intake.WAITING
         assert message.properties.message_id == kept.trigger.uuid
 
-    async def test_a_repeated_key_is_answered_with_the_first_trigger(self, tmp_path: Path) -> None:
+    async def test_a_repeated_key_is_answered_with_the_first_trigger(
+        self, tmp_path: Path, caplog: pytest.LogCaptureFixture
+    ) -> None:
         """A submission with a stored key gets the first trigger's record and publishes nothing."""
-        with trio.fail_after(10):
+        with caplog.at_level(logging.INFO), trio.fail_after(10):
             async with scripted_publisher(tmp_path) as scripted:
                 peer = await scripted.peers.receive()
                 (first,) = await scripted.submit(trigger(1), key="http:k", fingerprint="fp")
@@ -370,11 +441,18 @@ class TestIntake:
         assert (retry.intake, other.intake) == (Intake.DUPLICATE, Intake.DUPLICATE)
         assert retry.duplicate.uuid == first.trigger.uuid  # type: ignore[attr-defined]
         assert (retry.same_request, other.same_request) == (True, False)
+        first_uuid = first.trigger.uuid
+        assert logged(caplog, "trigger.duplicate") == [
+            (logging.INFO, {"key": "http:k", "first_uuid": first_uuid, "same_request": True}),
+            (logging.INFO, {"key": "http:k", "first_uuid": first_uuid, "same_request": False}),
+        ]
 
-    async def test_a_refused_batch_is_rejected_and_reported(self, tmp_path: Path) -> None:
-        """When the journal cannot store a batch, each source hears so and readiness names it."""
+    async def test_a_refused_batch_is_rejected_and_reported(
+        self, tmp_path: Path, caplog: pytest.LogCaptureFixture
+    ) -> None:
+        """A batch the journal refuses is refused to each source, logged and named by readiness."""
         journal = open_journal(tmp_path, max_bytes=96 * 1024)
-        with trio.fail_after(10):
+        with caplog.at_level(logging.INFO), trio.fail_after(10):
             async with scripted_publisher(tmp_path, journal) as scripted:
                 peer = await scripted.peers.receive()
                 big = [trigger(n, spec={"blob": "x" * 60_000, "n": n}) for n in range(3)]
@@ -391,13 +469,17 @@ class TestIntake:
                 await ack(peer, 1)
                 await scripted.stop()
                 assert scripted.publisher.statistics().pending == 0
+        ((level, fields),) = logged(caplog, "journal.write_failed")
+        assert level == logging.ERROR
+        assert fields["triggers"] == 3
+        assert str(fields["error"]) == refused[0].error
 
 
 class TestBacklog:
     async def test_the_cache_is_bounded_while_the_broker_is_away(self, tmp_path: Path) -> None:
         """Triggers that do not fit in the cache wait on disk; all go out in order later."""
         body_size = len(Submission.of(trigger(0)).body)
-        cap = 3 * body_size + 1
+        cap = 3 * body_size
         opened = trio.Event()
         with trio.fail_after(10):
             async with scripted_publisher(tmp_path, opened=opened, cache_max_bytes=cap) as scripted:
@@ -441,3 +523,187 @@ class TestBacklog:
                 await scripted.stop()
                 assert journal.pending_count() == 0
         assert ids(published) == [t.uuid for t in triggers]
+
+
+class TestAnswersNotYetRecorded:
+    async def test_an_answer_the_journal_cannot_write_yet_is_shown_and_retried(
+        self, tmp_path: Path, caplog: pytest.LogCaptureFixture
+    ) -> None:
+        """A confirm whose record waits for the disk is what lookups show, and is written later."""
+        journal = RefusingAnswers(tmp_path / FILE_NAME)
+        with (
+            caplog.at_level(logging.INFO),
+            watching("tower_trio._publisher", "journal.write_failed") as failures,
+            trio.fail_after(10),
+        ):
+            async with scripted_publisher(tmp_path, journal) as scripted:
+                peer, submission = await scripted.one_out()
+                await ack(peer, 1)
+                assert await submission.wait_settled() is DeliveryStatus.PUBLISHED
+                await failures.wait_for(1)
+                assert scripted.status(submission) == ("pending", 0, None)
+                shown = scripted.shown(submission)
+                assert (shown.status, shown.attempts, shown.last_error) == ("published", 1, None)
+                assert shown.published_at is not None
+                assert shown.published_at >= shown.created_at
+                stats = scripted.publisher.statistics()
+                assert (stats.unrecorded, stats.pending, stats.published) == (1, 0, 1)
+                journal.refusing = False
+                # Written by the publisher's next try, in a worker thread: poll the journal.
+                while scripted.status(submission)[0] == "pending":  # noqa: ASYNC110
+                    await trio.sleep(0.05)
+                assert scripted.status(submission) == ("published", 1, None)
+                assert scripted.publisher.unrecorded() == 0
+                await scripted.stop()
+        level, fields = logged(caplog, "journal.write_failed")[0]
+        assert level == logging.ERROR
+        assert fields["settlements"] == 1
+        assert "database or disk is full" in str(fields["error"])
+
+    async def test_a_later_answer_replaces_one_not_yet_written(self, tmp_path: Path) -> None:
+        """A retry's unwritten nack shows as pending; the ack that followed is what stays."""
+        journal = RefusingAnswers(tmp_path / FILE_NAME)
+        with (
+            watching("tower_trio._publisher", "journal.write_failed") as failures,
+            trio.fail_after(10),
+        ):
+            async with scripted_publisher(tmp_path, journal) as scripted:
+                peer, submission = await scripted.one_out()
+                await nack(peer, 1)
+                await failures.wait_for(1)
+                shown = scripted.shown(submission)
+                assert (shown.status, shown.attempts, shown.last_error, shown.published_at) == (
+                    "pending",
+                    1,
+                    "nacked by the broker",
+                    None,
+                )
+                assert scripted.publisher.unrecorded() == 0
+                await peer.wait_published(2)
+                await ack(peer, 2)
+                assert await submission.wait_settled() is DeliveryStatus.PUBLISHED
+                assert scripted.shown(submission).status == "published"
+                journal.refusing = False
+                await scripted.stop()
+                assert scripted.status(submission) == ("published", 2, None)
+
+    async def test_a_reconnect_says_when_answers_still_cannot_be_written(
+        self, tmp_path: Path, caplog: pytest.LogCaptureFixture
+    ) -> None:
+        """Reconnecting while confirms wait for the disk logs the error and how many wait."""
+        journal = RefusingAnswers(tmp_path / FILE_NAME)
+        with caplog.at_level(logging.INFO), trio.fail_after(10):
+            async with scripted_publisher(tmp_path, journal) as scripted:
+                first = await scripted.peers.receive()
+                submissions = await scripted.submit(trigger(1), trigger(2), wait_published=True)
+                await first.wait_published(2)
+                await ack(first, 2, multiple=True)
+                for submission in submissions:
+                    await submission.wait_settled()
+                await first.send(1, commands.Channel.Close(406, "PRECONDITION_FAILED", 0, 0))
+                # An idle publisher finds the channel closed at its next publish.
+                (later,) = await scripted.submit(trigger(3), wait_published=True)
+                second = await scripted.peers.receive()
+                (message,) = await second.wait_published(1)
+                await ack(second, 1)
+                await later.wait_settled()
+                journal.refusing = False
+                await scripted.stop()
+        assert message.properties.message_id == later.trigger.uuid
+        counts = [fields["settlements"] for _, fields in logged(caplog, "journal.write_failed")]
+        assert 2 in counts
+        assert set(counts) <= {1, 2, 3}
+
+
+class TestMessages:
+    async def test_a_trigger_travels_with_every_property(self, tmp_path: Path) -> None:
+        """A published trigger is persistent JSON, named by its uuid, protocol, source and time."""
+        sent = trigger(created_at=datetime(2026, 1, 31, 12, 0, 7, 900_000, tzinfo=UTC))
+        with trio.fail_after(10):
+            async with scripted_publisher(tmp_path) as scripted:
+                peer = await scripted.peers.receive()
+                await scripted.submit(sent.with_source("lims"))
+                (message,) = await peer.wait_published(1)
+                await ack(peer, 1)
+                await scripted.stop()
+        properties = message.properties
+        assert properties.content_type == "application/json"
+        assert properties.delivery_mode == 2
+        assert properties.message_id == sent.uuid
+        assert properties.message_type == "PlateTransfer"
+        assert properties.app_id == "tower-trio"
+        assert properties.timestamp == datetime(2026, 1, 31, 12, 0, 7, tzinfo=UTC)
+        assert properties.headers == {"protocol": "PlateTransfer", "source": "lims"}
+
+    async def test_the_connection_names_the_tower(self, tmp_path: Path) -> None:
+        """The broker's connection list shows the tower, its version and its host."""
+        with trio.fail_after(10):
+            async with scripted_publisher(tmp_path) as scripted:
+                peer = await scripted.peers.receive()
+                await scripted.stop()
+        properties = peer.client_properties
+        assert properties["product"] == "tower-trio"
+        assert properties["version"] == __version__
+        assert properties["platform"] == f"Python {platform.python_version()}"
+        assert properties["connection_name"] == f"tower-trio publisher on {platform.node()}"
+
+    @pytest.mark.parametrize("alternate", [None, "fake.unroutable"])
+    async def test_the_exchange_is_declared_durable(
+        self, tmp_path: Path, alternate: str | None
+    ) -> None:
+        """The exchange is a durable topic, with its alternate (a durable fanout) when set."""
+        with trio.fail_after(10):
+            async with scripted_publisher(tmp_path, unroutable_exchange=alternate) as scripted:
+                peer = await scripted.peers.receive()
+                await scripted.stop()
+        declared = [
+            (d.exchange, d.exchange_type, d.durable, d.passive, d.arguments)
+            for d in peer.got(commands.Exchange.Declare)
+            if isinstance(d, commands.Exchange.Declare)
+        ]
+        topic = ("fake.triggers", "topic", True, False)
+        if alternate is None:
+            assert declared == [(*topic, {})]
+        else:
+            assert declared == [
+                (alternate, "fanout", True, False, {}),
+                (*topic, {"alternate-exchange": alternate}),
+            ]
+
+
+class TestHousekeeping:
+    async def test_settled_triggers_are_pruned_in_the_background(
+        self, tmp_path: Path, caplog: pytest.LogCaptureFixture
+    ) -> None:
+        """Triggers settled longer than TOWER_RETENTION leave the journal, and the log says so."""
+        with (
+            caplog.at_level(logging.INFO),
+            watching("tower_trio._publisher", "journal.pruned") as pruned,
+            trio.fail_after(10),
+        ):
+            async with scripted_publisher(tmp_path, retention=0.3) as scripted:
+                peer = await scripted.peers.receive()
+                submissions = await scripted.submit(trigger(1), trigger(2))
+                await peer.wait_published(2)
+                await ack(peer, 2, multiple=True)
+                await pruned.wait_for(1)
+                assert [scripted.journal.get(s.trigger.uuid) for s in submissions] == [None, None]
+                await scripted.stop()
+        deleted = [fields["deleted"] for _, fields in logged(caplog, "journal.pruned")]
+        assert sum(deleted) == 2
+
+    async def test_readiness_names_a_journal_without_room(self, tmp_path: Path) -> None:
+        """Without room for two of the largest triggers, the publisher says how much is left."""
+        journal = open_journal(tmp_path, max_bytes=256 * 1024)
+        with trio.fail_after(10):
+            async with scripted_publisher(tmp_path, journal, max_body_bytes=200 * 1024) as scripted:
+                # The check runs in a worker thread: poll for its verdict.
+                while (problem := scripted.publisher.statistics().journal_problem) is None:  # noqa: ASYNC110
+                    await trio.sleep(0.01)
+                room = journal.room()
+                await scripted.stop()
+        assert problem == (
+            f"it has room for {room} more bytes, less than {400 * 1024} "
+            "(TOWER_JOURNAL_MAX_BYTES or the disk); settled triggers are pruned "
+            "after TOWER_RETENTION"
+        )
