@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import itertools
 import logging
-import random
 from typing import TYPE_CHECKING, Any
 
 import attrs
@@ -39,60 +38,6 @@ if TYPE_CHECKING:
 
 # docs/plugins.md: "A plugin that ran for over a minute before failing restarts after 1 s again."
 STABLE_RUN = 60.0
-
-
-class _Draws(random.Random):
-    """A random source that returns the given draws, to put jitter where a test wants it."""
-
-    def __init__(self, draws: list[float]) -> None:
-        super().__init__()
-        self._draws = iter(draws)
-
-    def random(self) -> float:
-        return next(self._draws)
-
-
-class TestBackoff:
-    def test_delays_double_from_the_initial_one(self) -> None:
-        """Without jitter each delay is twice the one before, starting at ``initial``."""
-        backoff = Backoff(initial=0.5, cap=100.0, jitter=0.0)
-        assert [backoff.next_delay() for _ in range(5)] == [0.5, 1.0, 2.0, 4.0, 8.0]
-        assert backoff.failures == 5
-
-    def test_delays_stop_growing_at_the_cap(self) -> None:
-        """Once doubling passes ``cap``, every further delay is the cap."""
-        backoff = Backoff(initial=1.0, cap=10.0, jitter=0.0)
-        assert [backoff.next_delay() for _ in range(7)] == [1.0, 2.0, 4.0, 8.0, 10.0, 10.0, 10.0]
-
-    def test_the_cap_holds_after_any_number_of_failures(self) -> None:
-        """A retry loop that has failed for days still gets the cap, not an exception."""
-        backoff = Backoff(initial=0.5, cap=30.0, jitter=0.0)
-        delays = {backoff.next_delay() for _ in range(2000)}
-        assert max(delays) == 30.0
-
-    def test_jitter_only_shortens_a_delay_by_at_most_its_fraction(self) -> None:
-        """A draw of r takes ``jitter * r`` of the delay off: none at 0, almost all of it at 1."""
-        backoff = Backoff(initial=1.0, cap=60.0, jitter=0.2, random=_Draws([0.0, 0.5, 0.999]))
-        assert [backoff.next_delay() for _ in range(3)] == pytest.approx([1.0, 1.8, 3.2008])
-
-    def test_jitter_spreads_delays_over_the_whole_band(self) -> None:
-        """Real draws land between ``(1 - jitter) * delay`` and the delay, and fill that band."""
-        delays = [
-            Backoff(initial=10.0, cap=10.0, jitter=0.2, random=random.Random(seed)).next_delay()
-            for seed in range(500)
-        ]
-        assert all(8.0 <= delay <= 10.0 for delay in delays)
-        assert min(delays) < 8.2
-        assert max(delays) > 9.8
-
-    def test_reset_starts_again_from_the_initial_delay(self) -> None:
-        """After ``reset`` the failure count is zero and the next delay is ``initial``."""
-        backoff = Backoff(initial=1.0, cap=60.0, jitter=0.0)
-        for _ in range(4):
-            backoff.next_delay()
-        backoff.reset()
-        assert backoff.failures == 0
-        assert backoff.next_delay() == 1.0
 
 
 @attrs.define
