@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 import platform
+import threading
 from contextlib import asynccontextmanager
 from datetime import UTC, datetime
 from functools import partial
@@ -138,6 +139,20 @@ class RefusingAnswers(Journal):
         super().settle(settlements)
 
 
+class HeldAnswers(Journal):
+    """A journal whose record of broker answers waits, in its worker thread, until released."""
+
+    def __init__(self, path: Path) -> None:
+        super().__init__(path)
+        self.writing = threading.Event()
+        self.release = threading.Event()
+
+    def settle(self, settlements: Iterable[Settlement]) -> None:
+        self.writing.set()
+        self.release.wait(timeout=10)
+        super().settle(settlements)
+
+
 @asynccontextmanager
 async def scripted_publisher(
     tmp_path: Path,
@@ -232,6 +247,8 @@ class TestConfirms:
                     assert await submission.wait_settled() is DeliveryStatus.PUBLISHED
                 await scripted.stop()
                 assert [scripted.status(s) for s in submissions] == [("published", 1, None)] * 5
+                stats = scripted.publisher.statistics()
+                assert (stats.published, stats.attempts, stats.pending) == (5, 5, 0)
         assert ids(published) == [s.trigger.uuid for s in submissions]
 
     async def test_a_returned_trigger_is_unroutable_and_not_retried(
@@ -343,6 +360,46 @@ class TestRetries:
                 },
             )
         ]
+
+    async def test_every_nacked_trigger_is_retried_through_a_shutdown(self, tmp_path: Path) -> None:
+        """Triggers nacked as the sources close are each retried, and settled before the end."""
+        with trio.fail_after(10):
+            async with scripted_publisher(tmp_path) as scripted:
+                peer = await scripted.peers.receive()
+                submissions = await scripted.submit(trigger(1), trigger(2), wait_published=True)
+                await peer.wait_published(2)
+                await nack(peer, 1)
+                await nack(peer, 2)
+                await scripted.intake.aclose()
+                # Each retry waits its own, growing, delay: acknowledge them one by one.
+                await peer.wait_published(3)
+                await ack(peer, 3)
+                await peer.wait_published(4)
+                await ack(peer, 4)
+                await scripted.stopped.wait()
+                assert [scripted.status(s) for s in submissions] == [("published", 2, None)] * 2
+                assert scripted.publisher.statistics().nacked == 2
+
+    async def test_counts_add_up_over_several_triggers(self, tmp_path: Path) -> None:
+        """Failed and unroutable triggers are counted one by one, like published ones."""
+        with trio.fail_after(10):
+            async with scripted_publisher(tmp_path, max_attempts=1) as scripted:
+                peer = await scripted.peers.receive()
+                await scripted.submit(*map(trigger, range(4)))
+                published = await peer.wait_published(4)
+                for message in published[2:]:
+                    await peer.send_message(
+                        1,
+                        commands.Basic.Return(312, "NO_ROUTE", "fake.triggers", "OT-2/v1alpha1"),
+                        message.properties,
+                        message.body,
+                    )
+                await nack(peer, 1)
+                await nack(peer, 2)
+                await ack(peer, 4, multiple=True)
+                await scripted.stop()
+                stats = scripted.publisher.statistics()
+                assert (stats.failed, stats.unroutable, stats.nacked, stats.pending) == (2, 2, 2, 0)
 
     async def test_a_trigger_behind_a_retry_is_not_held_up(self, tmp_path: Path) -> None:
         """While a nacked trigger waits for its retry, the next one is published and settled."""
@@ -586,6 +643,24 @@ class TestAnswersNotYetRecorded:
                 journal.refusing = False
                 await scripted.stop()
                 assert scripted.status(submission) == ("published", 2, None)
+
+    async def test_an_answer_being_written_is_shown(self, tmp_path: Path) -> None:
+        """While the journal writes a confirm, lookups already show it as published."""
+        journal = HeldAnswers(tmp_path / FILE_NAME)
+        with trio.fail_after(10):
+            async with scripted_publisher(tmp_path, journal) as scripted:
+                peer, submission = await scripted.one_out()
+                await ack(peer, 1)
+                assert await submission.wait_settled() is DeliveryStatus.PUBLISHED
+                try:
+                    assert await trio.to_thread.run_sync(journal.writing.wait, 5)
+                    assert scripted.status(submission)[0] == "pending"
+                    assert scripted.shown(submission).status == "published"
+                    assert scripted.publisher.unrecorded() == 1
+                finally:
+                    journal.release.set()
+                await scripted.stop()
+                assert scripted.status(submission) == ("published", 1, None)
 
     async def test_a_reconnect_says_when_answers_still_cannot_be_written(
         self, tmp_path: Path, caplog: pytest.LogCaptureFixture
