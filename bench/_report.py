@@ -330,9 +330,12 @@ def _http_section(result: HttpResult, machine: Machine) -> list[str]:
         "project's publisher), no plugins; measured as clients get it by default and with "
         "`?wait=published`.",
         f"- **FastAPI peer** (`bench/_peer_fastapi.py`): FastAPI + uvicorn ({machine.peer_stack})"
-        " + aio-pika with `publisher_confirms=True`, one worker, the same validation rules, "
+        " + aio-pika with `publisher_confirms=True`, one worker, the same field rules, "
         "the same JSON answer; it publishes persistent and waits for the confirm on every "
-        "request.",
+        "request. It does less than the tower for each request, so the comparison flatters "
+        "it: no journal (a crash loses what it accepted), no idempotency keys, no caps on "
+        "a spec's depth, key count or string length, no per-protocol JSON Schema check, no "
+        "body-size limit enforced before reading, no auth, rate limit or metrics.",
         "- **tower-trio before the journal**: the same command run from the last commit of "
         "the core service before the journal landed (extracted from git at "
         "`bench/_http_bench.py:NO_JOURNAL_REVISION`), which answered once the broker had "
