@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import enum
 import json
 import os
 import string
@@ -675,11 +676,27 @@ class TestStructureEnvValue:
             pytest.param("a, b", tuple, ("a", "b"), id="bare-tuple"),
             pytest.param("a, b", typing.List, ["a", "b"], id="bare-typing-list"),  # noqa: UP006
             pytest.param("1,2", typing.Tuple[int, ...], (1, 2), id="typing-tuple"),  # noqa: UP006
+            pytest.param("a, b,a", set[str], {"a", "b"}, id="set-of-str"),
+            pytest.param("1,2", frozenset[int], frozenset({1, 2}), id="frozenset-of-int"),
+            pytest.param("a,b", set, {"a", "b"}, id="bare-set"),
         ],
     )
     def test_sequence(self, raw: str, kind: Any, expected: object) -> None:
-        """Lists are comma-separated (a bare list holds strings); blank items are skipped."""
+        """Lists and sets are comma-separated (bare ones hold strings); blank items are skipped."""
         assert structure_env_value(raw, kind) == expected
+
+    def test_optional(self) -> None:
+        """An optional setting reads as its inner type, not as a list of one."""
+
+        # A type of the plugin's own, as a Config class would declare it.
+        class Speed(enum.Enum):
+            FAST = "fast"
+            SLOW = "slow"
+
+        # Both spellings: typing.Optional is a generic alias (with an origin), X | None is not.
+        assert structure_env_value("3", typing.Optional[int]) == 3  # noqa: UP045
+        assert structure_env_value("slow", typing.Optional[Speed]) is Speed.SLOW  # noqa: UP045
+        assert structure_env_value("fast", Speed | None) is Speed.FAST
 
     def test_bad_item(self) -> None:
         """A bad item of a list is refused like a bad single value."""
