@@ -667,7 +667,11 @@ class TestAnswersNotYetRecorded:
     ) -> None:
         """Reconnecting while confirms wait for the disk logs the error and how many wait."""
         journal = RefusingAnswers(tmp_path / FILE_NAME)
-        with caplog.at_level(logging.INFO), trio.fail_after(10):
+        with (
+            caplog.at_level(logging.INFO),
+            watching("tower_trio._publisher", "journal.write_failed") as failures,
+            trio.fail_after(10),
+        ):
             async with scripted_publisher(tmp_path, journal) as scripted:
                 first = await scripted.peers.receive()
                 submissions = await scripted.submit(trigger(1), trigger(2), wait_published=True)
@@ -675,19 +679,45 @@ class TestAnswersNotYetRecorded:
                 await ack(first, 2, multiple=True)
                 for submission in submissions:
                     await submission.wait_settled()
+                # The recorder's retries wait 0.4, 0.8, then 1.6 s at least: after its
+                # third failure, the next failure logged within a second is the reconnect's.
+                await failures.wait_for(3)
                 await first.send(1, commands.Channel.Close(406, "PRECONDITION_FAILED", 0, 0))
+                before = len(logged(caplog, "journal.write_failed"))
                 # An idle publisher finds the channel closed at its next publish.
                 (later,) = await scripted.submit(trigger(3), wait_published=True)
                 second = await scripted.peers.receive()
                 (message,) = await second.wait_published(1)
+                at_reconnect = logged(caplog, "journal.write_failed")[before:]
                 await ack(second, 1)
                 await later.wait_settled()
                 journal.refusing = False
                 await scripted.stop()
         assert message.properties.message_id == later.trigger.uuid
-        counts = [fields["settlements"] for _, fields in logged(caplog, "journal.write_failed")]
-        assert 2 in counts
-        assert set(counts) <= {1, 2, 3}
+        assert at_reconnect
+        for level, fields in at_reconnect:
+            assert level == logging.ERROR
+            assert fields["settlements"] == 2
+            assert "database or disk is full" in str(fields["error"])
+
+    async def test_a_retry_cut_by_a_reconnect_goes_out_on_the_new_connection(
+        self, tmp_path: Path
+    ) -> None:
+        """A nacked trigger whose retry a lost channel cut is published again on the next one."""
+        journal = RefusingAnswers(tmp_path / FILE_NAME)
+        with trio.fail_after(10):
+            async with scripted_publisher(tmp_path, journal) as scripted:
+                first, submission = await scripted.one_out()
+                await nack(first, 1)
+                await first.send(1, commands.Channel.Close(406, "PRECONDITION_FAILED", 0, 0))
+                second = await scripted.peers.receive()
+                (again,) = await second.wait_published(1)
+                await ack(second, 1)
+                assert await submission.wait_settled() is DeliveryStatus.PUBLISHED
+                journal.refusing = False
+                await scripted.stop()
+                assert scripted.status(submission)[0] == "published"
+        assert again.properties.message_id == submission.trigger.uuid
 
 
 class TestMessages:

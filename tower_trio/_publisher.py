@@ -402,9 +402,10 @@ class Publisher:
         None once the sources are done and everything has been published.
         """
         while True:
+            # Rows join the cache in seq order, each above every row committed
+            # before it, and the journal is read only up to the row before the
+            # cache's head: the cursor never passes that head.
             recent = self._recent
-            while recent and recent[0].seq <= cursor:
-                self._recent_bytes -= len(recent.popleft().body)
             if recent and recent[0].seq == cursor + 1:
                 rows: list[Outgoing] = []
                 while recent and recent[0].seq == cursor + len(rows) + 1 and len(rows) < _BATCH:
