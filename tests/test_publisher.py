@@ -20,7 +20,7 @@ import pytest
 import trio
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-from pamqp import commands
+from pamqp import commands, frame
 
 from tests._helpers import tower_settings, watching
 from tests.amqp._fake_broker import FakePeer, serve_fake_broker
@@ -29,6 +29,7 @@ from tower_trio import JournalError, Trigger, __version__
 from tower_trio._channel import DeliveryStatus, Intake, Submission
 from tower_trio._journal import (
     FILE_NAME,
+    Accepted,
     Journal,
     JournalRecord,
     Outgoing,
@@ -462,6 +463,26 @@ class TestRetries:
                 assert [scripted.status(s)[0] for s in submissions] == ["published"] * 3
         assert ids(republished) == [s.trigger.uuid for s in submissions[1:]]
 
+    async def test_an_ack_read_with_the_channel_s_close_is_kept(self, tmp_path: Path) -> None:
+        """An ack read together with the channel's close settles its trigger; the rest go again."""
+        with trio.fail_after(10):
+            async with scripted_publisher(tmp_path) as scripted:
+                first = await scripted.peers.receive()
+                submissions = await scripted.submit(*map(trigger, range(3)), wait_published=True)
+                await first.wait_published(3)
+                await first.send_raw(
+                    frame.marshal(commands.Basic.Ack(delivery_tag=1), 1)
+                    + frame.marshal(commands.Channel.Close(406, "PRECONDITION_FAILED", 0, 0), 1)
+                )
+                assert await submissions[0].wait_settled() is DeliveryStatus.PUBLISHED
+                second = await scripted.peers.receive()
+                republished = await second.wait_published(2)
+                await ack(second, 2, multiple=True)
+                for submission in submissions:
+                    assert await submission.wait_settled() is DeliveryStatus.PUBLISHED
+                await scripted.stop()
+        assert ids(republished) == [s.trigger.uuid for s in submissions[1:]]
+
 
 class TestIntake:
     async def test_a_withdrawn_submission_is_not_stored(self, tmp_path: Path) -> None:
@@ -564,7 +585,24 @@ class TestBacklog:
                 published = await peer.wait_published(5)
                 await ack(peer, 5, multiple=True)
                 await scripted.stop()
+                assert scripted.publisher.statistics().cached_bytes == 0
         assert ids(published) == [t.uuid for t in order]
+
+    async def test_a_restart_publishes_only_what_is_pending(self, tmp_path: Path) -> None:
+        """Rows settled before a restart are skipped, wherever they sit among the pending ones."""
+        journal = open_journal(tmp_path)
+        triggers = [trigger(n) for n in range(5)]
+        results = journal.append([(t, Submission.of(t).body, None, None) for t in triggers])
+        seqs = [r.outgoing.seq for r in results if isinstance(r, Accepted)]
+        journal.settle(Settlement(seqs[n], "published", 1, None, 1.0) for n in (1, 4))
+        with trio.fail_after(10):
+            async with scripted_publisher(tmp_path, journal) as scripted:
+                peer = await scripted.peers.receive()
+                published = await peer.wait_published(3)
+                await ack(peer, 3, multiple=True)
+                await scripted.stop()
+                assert journal.pending_count() == 0
+        assert ids(published) == [triggers[n].uuid for n in (0, 2, 3)]
 
     async def test_a_backlog_larger_than_a_batch_goes_out_in_order(self, tmp_path: Path) -> None:
         """Pending rows from an earlier run are published oldest first, past one read batch."""
