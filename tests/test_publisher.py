@@ -445,15 +445,23 @@ class TestRetries:
         )
         assert fields["pending"] == 1
 
-    async def test_a_closed_channel_republishes_only_the_unconfirmed(self, tmp_path: Path) -> None:
-        """A channel closed by the broker: confirmed triggers stay settled, the rest go again."""
+    @pytest.mark.parametrize("together", [False, True], ids=["ack-then-close", "one-read"])
+    async def test_a_closed_channel_republishes_only_the_unconfirmed(
+        self, tmp_path: Path, together: bool
+    ) -> None:
+        """An ack read before or with the channel's close is kept; the unconfirmed go out again."""
+        acked = frame.marshal(commands.Basic.Ack(delivery_tag=1), 1)
+        closed = frame.marshal(commands.Channel.Close(406, "PRECONDITION_FAILED", 0, 0), 1)
         with trio.fail_after(10):
             async with scripted_publisher(tmp_path) as scripted:
                 first = await scripted.peers.receive()
                 submissions = await scripted.submit(*map(trigger, range(3)), wait_published=True)
                 await first.wait_published(3)
-                await ack(first, 1)
-                await first.send(1, commands.Channel.Close(406, "PRECONDITION_FAILED", 0, 0))
+                if together:
+                    await first.send_raw(acked + closed)
+                else:
+                    await first.send_raw(acked)
+                    await first.send_raw(closed)
                 second = await scripted.peers.receive()
                 republished = await second.wait_published(2)
                 await ack(second, 2, multiple=True)
@@ -461,26 +469,6 @@ class TestRetries:
                     assert await submission.wait_settled() is DeliveryStatus.PUBLISHED
                 await scripted.stop()
                 assert [scripted.status(s)[0] for s in submissions] == ["published"] * 3
-        assert ids(republished) == [s.trigger.uuid for s in submissions[1:]]
-
-    async def test_an_ack_read_with_the_channel_s_close_is_kept(self, tmp_path: Path) -> None:
-        """An ack read together with the channel's close settles its trigger; the rest go again."""
-        with trio.fail_after(10):
-            async with scripted_publisher(tmp_path) as scripted:
-                first = await scripted.peers.receive()
-                submissions = await scripted.submit(*map(trigger, range(3)), wait_published=True)
-                await first.wait_published(3)
-                await first.send_raw(
-                    frame.marshal(commands.Basic.Ack(delivery_tag=1), 1)
-                    + frame.marshal(commands.Channel.Close(406, "PRECONDITION_FAILED", 0, 0), 1)
-                )
-                assert await submissions[0].wait_settled() is DeliveryStatus.PUBLISHED
-                second = await scripted.peers.receive()
-                republished = await second.wait_published(2)
-                await ack(second, 2, multiple=True)
-                for submission in submissions:
-                    assert await submission.wait_settled() is DeliveryStatus.PUBLISHED
-                await scripted.stop()
         assert ids(republished) == [s.trigger.uuid for s in submissions[1:]]
 
 
