@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING
 
 import pytest
 import trio
+from hypothesis import HealthCheck, settings
 
 from tests._helpers import Broker
 from tower_trio import amqp
@@ -24,6 +25,12 @@ if TYPE_CHECKING:
     from collections.abc import AsyncIterator, Iterator
 
 BROKER_HOST = os.environ.get("TOWER_TEST_AMQP_HOST", "127.0.0.1:5672")
+
+# `just mutate` runs the tests several times in one process (a clean run, the
+# coverage pass, then each mutant in a fork). Hypothesis sees a test method
+# bound to another instance than last time and refuses it as a different
+# executor, which would count a mutant as killed when no assertion failed.
+settings.register_profile("mutmut", suppress_health_check=[HealthCheck.differing_executors])
 
 
 def _rabbitmqctl(*args: str) -> None:
