@@ -241,6 +241,7 @@ class TestAppend:
                 entry(stored),
                 entry(keyed, "k", "fp"),
                 entry(trigger(3), "k", "other"),
+                entry(trigger(2), "k", "fp"),
             ]
         )
         assert [type(result).__name__ for result in results] == [
@@ -248,26 +249,28 @@ class TestAppend:
             "Duplicate",
             "Accepted",
             "Duplicate",
+            "Duplicate",
         ]
-        first, again, with_key, conflict = results
+        first, again, with_key, conflict, retry = results
         assert isinstance(first, Accepted)
         assert isinstance(with_key, Accepted)
         assert isinstance(again, Duplicate)
         assert isinstance(conflict, Duplicate)
+        assert isinstance(retry, Duplicate)
         assert again.record.uuid == stored.uuid
         assert again.same_request
-        assert conflict.record.uuid == keyed.uuid
-        assert not conflict.same_request
+        assert (conflict.record.uuid, retry.record.uuid) == (keyed.uuid, keyed.uuid)
+        assert (conflict.same_request, retry.same_request) == (False, True)
         assert with_key.outgoing.seq == first.outgoing.seq + 1
         for result, sent in ((first, fresh), (with_key, keyed)):
             (row,) = journal.pending(result.outgoing.seq - 1, result.outgoing.seq, 1)
             assert row == result.outgoing
             assert row.uuid == sent.uuid
         assert journal.pending_count() == 3
-        # Stored row by row, the keyed trigger kept its fingerprint: a retry still matches.
-        (retry,) = journal.append([entry(trigger(2), "k", "fp")])
-        assert isinstance(retry, Duplicate)
-        assert retry.same_request
+        # Stored row by row, the keyed trigger kept its fingerprint: a later retry matches.
+        (later,) = journal.append([entry(trigger(2), "k", "fp")])
+        assert isinstance(later, Duplicate)
+        assert later.same_request
 
     def test_a_batch_that_does_not_fit_stores_nothing(self, tmp_path: Path) -> None:
         """A batch the full journal refuses leaves no part of it behind, and smaller ones fit."""
