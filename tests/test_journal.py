@@ -10,9 +10,12 @@ import hashlib
 import os
 import shutil
 import sqlite3
+import threading
 from typing import TYPE_CHECKING, Any
 
 import pytest
+import trio
+import trio.testing
 
 from tower_trio import JournalError, Trigger
 from tower_trio._journal import (
@@ -154,6 +157,54 @@ class TestOpening:
             journal.pending_count()
         with pytest.raises(sqlite3.ProgrammingError):
             journal.get("0" * 32)
+
+
+class TestConnections:
+    def test_lookups_cannot_write(self, journal: Journal) -> None:
+        """The lookup connection is read-only: a reader can never change what the writer owns."""
+        with pytest.raises(sqlite3.OperationalError, match="readonly"):
+            journal._reader.execute("DELETE FROM triggers")
+
+    def test_a_batch_of_new_triggers_is_one_transaction_tried_once(self, journal: Journal) -> None:
+        """Group commit: distinct triggers, keyed or not, go in with one BEGIN and no rollback."""
+        journal.append([entry(trigger(0), "k1")])
+        statements: list[str] = []
+        journal._writer.set_trace_callback(statements.append)
+        results = journal.append(
+            [entry(trigger(1)), entry(trigger(2)), entry(trigger(3), "k3"), entry(trigger(4), "k4")]
+        )
+        journal._writer.set_trace_callback(None)
+        assert len(accepted(results)) == 4
+        assert statements.count("BEGIN IMMEDIATE") == 1
+        assert not [s for s in statements if s.startswith("ROLLBACK")]
+
+    @pytest.mark.parametrize("side", ["write", "read"])
+    async def test_one_call_at_a_time_in_arrival_order(self, journal: Journal, side: str) -> None:
+        """A second write (or lookup) waits until the first has returned, then runs."""
+        call = journal.write if side == "write" else journal.read
+        first_running, release, second_ran = threading.Event(), threading.Event(), threading.Event()
+        order: list[str] = []
+
+        def first() -> None:
+            order.append("first")
+            first_running.set()
+            release.wait(10)
+            order.append("first done")
+
+        def second() -> None:
+            order.append("second")
+            second_ran.set()
+
+        with trio.fail_after(10):
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(call, first)
+                await trio.to_thread.run_sync(first_running.wait, 10)
+                nursery.start_soon(call, second)
+                await trio.testing.wait_all_tasks_blocked()
+                # A bounded look for a call that must not happen, not a wait for readiness.
+                assert not await trio.to_thread.run_sync(second_ran.wait, 0.2)
+                release.set()
+        assert order == ["first", "first done", "second"]
 
 
 class TestAppend:
