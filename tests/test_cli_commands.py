@@ -22,10 +22,10 @@ import trio
 
 from tests._helpers import VALID, Broker, Tower, run_tower, tower_settings, unused_port
 from tower_trio._auth import Tokens
-from tower_trio._channel import DeliveryStatus
 from tower_trio._cli import _parser, _Progress, main
 from tower_trio._logging import configure_logging, get_logger, print_summary
 from tower_trio._openapi import openapi_document
+from tower_trio._vocabulary import DeliveryStatus
 
 if TYPE_CHECKING:
     from collections.abc import AsyncIterator, Iterator

@@ -13,7 +13,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from tower_trio import FieldError, InvalidTriggerError, Metadata, Plate, TowerError, Trigger
-from tower_trio._models import MAX_KEY_LENGTH
+from tower_trio._vocabulary import MAX_KEY_LENGTH
 
 FIXED_UUID = "0123456789abcdef0123456789abcdef"
 FIXED_TIME = datetime(2026, 1, 31, 12, 0, tzinfo=UTC)

@@ -26,7 +26,7 @@ from tests._helpers import tower_settings, watching
 from tests.amqp._fake_broker import FakePeer, serve_fake_broker
 from tests.test_delivery import declare_for_each_connection
 from tower_trio import JournalError, Trigger, __version__
-from tower_trio._channel import DeliveryStatus, Intake, Submission
+from tower_trio._channel import Intake, Submission
 from tower_trio._journal import (
     FILE_NAME,
     Accepted,
@@ -37,6 +37,7 @@ from tower_trio._journal import (
     open_journal,
 )
 from tower_trio._publisher import PropertyTemplates, Publisher, message_properties
+from tower_trio._vocabulary import DeliveryStatus
 
 if TYPE_CHECKING:
     from collections.abc import AsyncIterator, Iterable

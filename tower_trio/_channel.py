@@ -23,18 +23,12 @@ import trio
 from ._errors import JournalError
 from ._models import FieldError, InvalidTriggerError, Trigger
 from ._serialization import dump_trigger
+from ._vocabulary import DeliveryStatus
 
 if TYPE_CHECKING:
     from collections.abc import Callable, Sequence
 
-__all__ = ["DeliveryStatus", "Intake", "Submission", "TriggerSendChannel"]
-
-
-class DeliveryStatus(enum.Enum):
-    PENDING = "pending"
-    PUBLISHED = "published"
-    UNROUTABLE = "unroutable"
-    FAILED = "failed"
+__all__ = ["Intake", "Submission", "TriggerSendChannel"]
 
 
 class Intake(enum.Enum):

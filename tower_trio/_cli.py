@@ -21,7 +21,6 @@ import attrs
 import trio
 
 from . import amqp
-from ._channel import DeliveryStatus
 from ._client import Answer, TowerClient, TowerUnreachableError, default_url, encode
 from ._config import Settings
 from ._errors import JournalError, PluginError, TowerError
@@ -38,6 +37,7 @@ from ._schemas import ProtocolSchemas, load_schemas
 from ._serialization import trigger_from_wire
 from ._supervisor import run_tower
 from ._version import __version__
+from ._vocabulary import MAX_LIST_LIMIT, DeliveryStatus
 
 if TYPE_CHECKING:
     from collections.abc import Callable, Iterable, Mapping, Sequence
@@ -370,7 +370,7 @@ def _send_one(
         report.error(f"{item.label}: {uuid} is journaled but not yet confirmed")
         return EXIT_TOWER_ERROR
     # Without --wait, success is "the tower has it": the broker's verdict comes later.
-    if wait and answer.ok and status in ("unroutable", "failed"):
+    if wait and answer.ok and status in (DeliveryStatus.UNROUTABLE, DeliveryStatus.FAILED):
         report.error(f"{item.label}: {uuid} was {status}")
         return EXIT_FAILED
     if answer.ok:
@@ -397,8 +397,8 @@ def _triggers(args: argparse.Namespace, environ: Mapping[str, str]) -> int:
                 return _refused(answer)
             print(json.dumps(answer.body, indent=2, ensure_ascii=False))
             return EXIT_OK
-        if not 1 <= args.limit <= 500:
-            _error("--limit must be from 1 to 500")
+        if not 1 <= args.limit <= MAX_LIST_LIMIT:
+            _error(f"--limit must be from 1 to {MAX_LIST_LIMIT}")
             return EXIT_USAGE
         params = {"limit": str(args.limit)}
         for option, name in (

@@ -19,7 +19,7 @@ from quart_trio import QuartTrio
 from werkzeug.exceptions import HTTPException
 
 from ._auth import Guard
-from ._channel import DeliveryStatus, Intake, Submission
+from ._channel import Intake, Submission
 from ._config import Settings
 from ._journal import Journal, JournalRecord, request_fingerprint
 from ._logging import get_logger
@@ -27,6 +27,7 @@ from ._models import FieldError, InvalidTriggerError
 from ._openapi import openapi_document
 from ._schemas import ProtocolSchemas
 from ._serialization import dumps, format_datetime, trigger_from_wire
+from ._vocabulary import DEFAULT_LIST_LIMIT, MAX_KEY_LENGTH, MAX_LIST_LIMIT, DeliveryStatus
 
 __all__ = ["Readiness", "create_app"]
 
@@ -37,9 +38,6 @@ Readiness = Callable[[], Sequence[str]]
 
 _JSON_TYPES = frozenset({"application/json"})
 _STATUSES = frozenset(status.value for status in DeliveryStatus)
-_MAX_KEY = 256
-_MAX_LIMIT = 500
-_DEFAULT_LIMIT = 50
 _LIST_FILTERS = {
     "status": "status",
     "apiVersion": "api_version",
@@ -143,17 +141,17 @@ class _Api:
         if problem := _unknown_parameters(request.args, _POST_PARAMETERS):
             return _closing(problem)
         wait = request.args.get("wait")
-        if wait not in (None, "published"):
+        if wait not in (None, DeliveryStatus.PUBLISHED):
             return _closing(_bad_parameter("wait", "must be 'published' (or left out)"))
         key = request.headers.get("Idempotency-Key")
         if key is not None and not (
-            0 < len(key) <= _MAX_KEY and key.isascii() and key.isprintable()
+            0 < len(key) <= MAX_KEY_LENGTH and key.isascii() and key.isprintable()
         ):
             return _closing(
                 _error(
                     400,
                     "invalid Idempotency-Key",
-                    [f"must be 1 to {_MAX_KEY} printable ASCII characters"],
+                    [f"must be 1 to {MAX_KEY_LENGTH} printable ASCII characters"],
                 )
             )
         content_type = request.mimetype
@@ -292,7 +290,7 @@ class _Api:
             )
         if submission.wants_settlement and not submission.settled:
             # On disk and on its way; the client can follow it at Location.
-            return _json(_status_json("pending", submission), 504, Location=location)
+            return _json(_status_json(DeliveryStatus.PENDING, submission), 504, Location=location)
         if submission.status is DeliveryStatus.FAILED:
             return _error(
                 503,
@@ -324,12 +322,12 @@ class _Api:
         filters = {column: args[name] for name, column in _LIST_FILTERS.items() if name in args}
         if "status" in filters and filters["status"] not in _STATUSES:
             return _bad_parameter("status", f"must be one of {', '.join(sorted(_STATUSES))}")
-        raw_limit = args.get("limit", str(_DEFAULT_LIMIT))
+        raw_limit = args.get("limit", str(DEFAULT_LIST_LIMIT))
         # Digits only: int() would also take " 5", "+5" and "1_0".
         digits = raw_limit.isascii() and raw_limit.isdigit() and len(raw_limit) <= 3
         limit = int(raw_limit) if digits else 0
-        if not 1 <= limit <= _MAX_LIMIT:
-            return _bad_parameter("limit", f"must be an integer from 1 to {_MAX_LIMIT}")
+        if not 1 <= limit <= MAX_LIST_LIMIT:
+            return _bad_parameter("limit", f"must be an integer from 1 to {MAX_LIST_LIMIT}")
         before = args.get("before")
         if before is not None and not (before.isascii() and before.isdigit() and len(before) < 19):
             return _bad_parameter("before", "must be a cursor returned as 'next' by this endpoint")

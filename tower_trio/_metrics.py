@@ -31,6 +31,7 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.exposition import CONTENT_TYPE_LATEST, generate_latest
 from prometheus_client.registry import Collector
 
+from ._openapi import openapi_document
 from ._plugins import PluginState
 
 if TYPE_CHECKING:
@@ -58,11 +59,23 @@ _ROUTES = (
 
 # Quart answers HEAD and OPTIONS for every route besides what each one declares.
 _METHODS = frozenset({"GET", "HEAD", "POST", "OPTIONS"})
-# The statuses of the OpenAPI document, plus 405 (a route asked with another
-# method) and 500 (a bug of ours); anything else is counted by its class.
-_STATUSES = frozenset(
-    {200, 202, 400, 401, 403, 404, 405, 408, 409, 413, 415, 422, 429, 500, 503, 504}
-)
+
+
+def _documented_statuses() -> frozenset[int]:
+    """The statuses of the OpenAPI document, plus 405 (a route asked with another
+    method) and 500 (a bug of ours); any other status is counted by its class."""
+    return frozenset(
+        {405, 500}
+        | {
+            int(status)
+            for path in openapi_document()["paths"].values()
+            for operation in path.values()
+            for status in operation["responses"]
+        }
+    )
+
+
+_STATUSES = _documented_statuses()
 
 
 def route_of(path: str) -> str:

@@ -17,6 +17,13 @@ from typing import Any, TypeAlias
 import attrs
 
 from ._errors import TowerError
+from ._vocabulary import (
+    API_VERSION,
+    MAX_API_VERSION_LENGTH,
+    MAX_KEY_LENGTH,
+    MAX_PROTOCOL_LENGTH,
+    PROTOCOL,
+)
 
 __all__ = [
     "FieldError",
@@ -29,15 +36,12 @@ __all__ = [
 
 JSONObject: TypeAlias = dict[str, Any]
 
-MAX_PROTOCOL_LENGTH = 128
 MAX_JSON_DEPTH = 32
 MAX_JSON_KEYS = 20_000  # across a whole spec: room for a 1536-well plate with 13 fields a well
 MAX_STRING_LENGTH = 1024 * 1024  # characters, for keys and values alike
-MAX_KEY_LENGTH = 256
-MAX_API_VERSION_LENGTH = 255  # an AMQP routing key is a short string: 255 bytes at most
 
-_API_VERSION = re.compile(r"[A-Za-z0-9-]+/v[1-9][0-9]*[a-z0-9]*(?:/[A-Za-z0-9_-]+)?")
-_PROTOCOL = re.compile(r"[A-Za-z][A-Za-z0-9_]*")
+_API_VERSION = re.compile(API_VERSION)
+_PROTOCOL = re.compile(PROTOCOL)
 
 
 @attrs.frozen

@@ -13,17 +13,22 @@ import json
 import sys
 from typing import Any
 
-from ._models import MAX_API_VERSION_LENGTH, MAX_PROTOCOL_LENGTH
+from ._vocabulary import (
+    API_VERSION,
+    DEFAULT_LIST_LIMIT,
+    MAX_API_VERSION_LENGTH,
+    MAX_KEY_LENGTH,
+    MAX_LIST_LIMIT,
+    MAX_PROTOCOL_LENGTH,
+    PROTOCOL,
+    DeliveryStatus,
+)
 
 __all__ = ["openapi_document"]
 
-MAX_IDEMPOTENCY_KEY = 256
-MAX_LIMIT = 500
-DEFAULT_LIMIT = 50
-
-_API_VERSION = r"^[A-Za-z0-9-]+/v[1-9][0-9]*[a-z0-9]*(/[A-Za-z0-9_-]+)?$"
-_PROTOCOL = r"^[A-Za-z][A-Za-z0-9_]*$"
-_STATUSES = ["pending", "published", "unroutable", "failed"]
+_API_VERSION = f"^{API_VERSION}$"
+_PROTOCOL = f"^{PROTOCOL}$"
+_STATUSES = [status.value for status in DeliveryStatus]
 
 
 def _ref(name: str) -> dict[str, str]:
@@ -220,7 +225,7 @@ def _paths() -> dict[str, Any]:
                         "name": "wait",
                         "in": "query",
                         "description": "`published`: answer once the broker confirmed it.",
-                        "schema": {"type": "string", "enum": ["published"]},
+                        "schema": {"type": "string", "enum": [DeliveryStatus.PUBLISHED.value]},
                     },
                     {
                         "name": "Idempotency-Key",
@@ -228,7 +233,7 @@ def _paths() -> dict[str, Any]:
                         "description": "A retry with the same key and body publishes nothing.",
                         "schema": {
                             "type": "string",
-                            "pattern": f"^[\\x20-\\x7e]{{1,{MAX_IDEMPOTENCY_KEY}}}$",
+                            "pattern": f"^[\\x20-\\x7e]{{1,{MAX_KEY_LENGTH}}}$",
                         },
                     },
                 ],
@@ -284,8 +289,8 @@ def _paths() -> dict[str, Any]:
                         "schema": {
                             "type": "integer",
                             "minimum": 1,
-                            "maximum": MAX_LIMIT,
-                            "default": DEFAULT_LIMIT,
+                            "maximum": MAX_LIST_LIMIT,
+                            "default": DEFAULT_LIST_LIMIT,
                         },
                     },
                     {

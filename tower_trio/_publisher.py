@@ -36,15 +36,16 @@ import trio
 
 from . import amqp
 from ._backoff import Backoff
-from ._channel import DeliveryStatus, Submission
 from ._errors import JournalError, PublishError
 from ._journal import Accepted, JournalRecord, Outgoing, Settlement
 from ._logging import get_logger
 from ._version import __version__
+from ._vocabulary import DeliveryStatus
 
 if TYPE_CHECKING:
     from collections.abc import Callable
 
+    from ._channel import Submission
     from ._config import Settings
     from ._journal import Journal
 

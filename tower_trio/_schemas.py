@@ -30,6 +30,7 @@ from ._errors import ConfigError
 from ._logging import get_logger
 from ._models import FieldError, Trigger
 from ._serialization import dumps
+from ._vocabulary import API_NAME, API_VERSION_NUMBER, PROTOCOL
 
 if TYPE_CHECKING:
     from ._config import Settings
@@ -40,9 +41,9 @@ _log = get_logger(__name__)
 
 MAX_REPORTED_ERRORS = 50
 MAX_MESSAGE_LENGTH = 300
-_API = re.compile(r"[A-Za-z0-9-]+")
-_VERSION = re.compile(r"v[1-9][0-9]*[a-z0-9]*")
-_PROTOCOL = re.compile(r"[A-Za-z][A-Za-z0-9_]*")
+_API = re.compile(API_NAME)
+_VERSION = re.compile(API_VERSION_NUMBER)
+_PROTOCOL = re.compile(PROTOCOL)
 _LAYOUT = "<api>/<version>/<Protocol>.json, like OT-2/v1alpha1/PlateTransfer.json"
 
 
