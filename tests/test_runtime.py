@@ -4,18 +4,17 @@ from __future__ import annotations
 
 import io
 import json
-import logging
 import subprocess
 import sys
-import textwrap
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 import pytest
 import trio
 import trio.testing
 
 from tests._helpers import accept_all
+from tests.test_cli_commands import restore_logging  # noqa: F401 (a fixture)
+from tests.test_plugins import CONFIGURED, write_plugin
 from tower_trio import PluginError
 from tower_trio._backoff import Backoff
 from tower_trio._channel import Submission
@@ -24,9 +23,6 @@ from tower_trio._plugins import discover_plugins, select_plugins, serve_plugin
 from tower_trio._runtime import PluginState, PluginStatus
 from tower_trio._schemas import load_schemas
 from tower_trio.testing import open_plugin
-
-if TYPE_CHECKING:
-    from collections.abc import Iterator
 
 SCHEMAS = Path(__file__).parent.parent / "docs" / "schemas"
 
@@ -44,19 +40,6 @@ BREAKS_THE_SCHEMA = """
             report_item_error("transfer", err)
 """
 
-CONFIGURED = """
-    from pathlib import Path
-    import attrs
-
-    @attrs.frozen
-    class Config:
-        path: Path
-        interval: float = 1.0
-
-    async def run(send_channel, config):
-        pass
-"""
-
 LEAKS_ITS_KEY = """
     import attrs
     from tower_trio.plugin import secret
@@ -70,28 +53,10 @@ LEAKS_ITS_KEY = """
 """
 
 
-def write_plugin(root: Path, name: str, source: str) -> Path:
-    folder = root / name
-    folder.mkdir(parents=True)
-    (folder / "watcher.py").write_text(textwrap.dedent(source))
-    return folder
-
-
-@pytest.fixture
-def restore_root_logger() -> Iterator[None]:
-    root = logging.getLogger()
-    handlers, level = root.handlers[:], root.level
-    try:
-        yield
-    finally:
-        root.handlers[:] = handlers
-        root.setLevel(level)
-
-
 class TestSchemas:
     async def test_tower_and_harness_refuse_alike(self, tmp_path: Path) -> None:
         """A trigger breaking its protocol's schema is refused in both, with the same error."""
-        folder = write_plugin(tmp_path, "breaker", BREAKS_THE_SCHEMA)
+        folder = write_plugin(tmp_path, "breaker", BREAKS_THE_SCHEMA).parent
         (plugin,), _ = select_plugins(discover_plugins(tmp_path, entry_points=False), None, {})
         send, receive = trio.open_memory_channel[Submission](10)
         tower = PluginStatus("breaker")
@@ -110,7 +75,7 @@ class TestSchemas:
 
     async def test_harness_without_schemas_is_a_tower_without_them(self, tmp_path: Path) -> None:
         """By default the harness checks no schema, as a tower without TOWER_SCHEMAS_DIR."""
-        folder = write_plugin(tmp_path, "breaker", BREAKS_THE_SCHEMA)
+        folder = write_plugin(tmp_path, "breaker", BREAKS_THE_SCHEMA).parent
         with trio.fail_after(10):
             async with open_plugin(folder) as harness:
                 trigger = await harness.next_trigger()
@@ -120,7 +85,7 @@ class TestSchemas:
     async def test_strict_harness_refuses_protocols_without_a_schema(self, tmp_path: Path) -> None:
         """schemas_strict=True refuses an unknown protocol, as TOWER_SCHEMAS_STRICT=true does."""
         source = BREAKS_THE_SCHEMA.replace('"PlateTransfer"', '"Unlisted"')
-        folder = write_plugin(tmp_path, "breaker", source)
+        folder = write_plugin(tmp_path, "breaker", source).parent
         with trio.fail_after(10):
             async with open_plugin(folder, schemas_dir=SCHEMAS, schemas_strict=True) as harness:
                 (refused,) = await harness.wait_for_item_errors(1)
@@ -137,7 +102,7 @@ class TestSharedRun:
             async def run(send_channel):
                 await send_channel.send({"protocol": "Oops"})
             """,
-        )
+        ).parent
         with pytest.RaisesGroup(pytest.RaisesExc(TypeError, match="not dict")):
             async with open_plugin(folder) as harness:
                 await trio.sleep_forever()
@@ -171,7 +136,7 @@ class TestConfigWording:
         self, tmp_path: Path, given: dict[str, str], message: str
     ) -> None:
         """A bad or missing value gets the tower's message, naming the variable, in the harness."""
-        folder = write_plugin(tmp_path, "timed", CONFIGURED)
+        folder = write_plugin(tmp_path, "timed", CONFIGURED).parent
         environ = {f"PLUGIN_TIMED_{name.upper()}": value for name, value in given.items()}
         with pytest.raises(PluginError) as in_the_tower:
             select_plugins(discover_plugins(tmp_path, entry_points=False), ("timed",), environ)
@@ -183,17 +148,17 @@ class TestConfigWording:
 
     async def test_harness_takes_python_values_as_they_are(self, tmp_path: Path) -> None:
         """A value that is not a string is not parsed again."""
-        folder = write_plugin(tmp_path, "timed", CONFIGURED)
+        folder = write_plugin(tmp_path, "timed", CONFIGURED).parent
         async with open_plugin(folder, config={"path": Path("/x"), "interval": 2}):
             pass
 
 
 class TestCrashLog:
+    @pytest.mark.usefixtures("restore_logging")
     async def test_crash_is_one_json_line_with_traceback_and_no_secret(
         self,
         tmp_path: Path,
         autojump_clock: trio.testing.MockClock,
-        restore_root_logger: None,
     ) -> None:
         """A crash logs plugin.crashed through the tower's logger, traceback included, masked."""
         write_plugin(tmp_path, "door", LEAKS_ITS_KEY)

@@ -4,14 +4,13 @@ from __future__ import annotations
 
 import io
 import json
-import logging
 import textwrap
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 import attrs
 import pytest
 
+from tests.test_cli_commands import restore_logging  # noqa: F401 (a fixture)
 from tower_trio import amqp
 from tower_trio._cli import _secrets, main
 from tower_trio._config import Settings
@@ -19,9 +18,6 @@ from tower_trio._logging import configure_logging, get_logger
 from tower_trio._plugins import discover_plugins, select_plugins
 from tower_trio._secrets import SECRET, is_secret
 from tower_trio.plugin import secret
-
-if TYPE_CHECKING:
-    from collections.abc import Iterator
 
 REPO_PLUGINS = Path(__file__).parent.parent / "plugins"
 
@@ -46,17 +42,6 @@ VALUES = {
     "url": "https://lims.example/v2",
 }
 EXPECTED = {"passphrase_for_door": True, "api_token": True, "token_url": False, "url": False}
-
-
-@pytest.fixture
-def restore_root_logger() -> Iterator[None]:
-    root = logging.getLogger()
-    handlers, level = root.handlers[:], root.level
-    try:
-        yield
-    finally:
-        root.handlers[:] = handlers
-        root.setLevel(level)
 
 
 def _environ(tmp_path: Path) -> dict[str, str]:
@@ -119,12 +104,12 @@ class TestTheRule:
         assert attrs.fields_dict(config)[field].metadata[SECRET] is True
 
 
+@pytest.mark.usefixtures("restore_logging")
 class TestEveryPlaceAgrees:
     async def test_get_plugins_config_cli_and_logs(
         self,
         tmp_path: Path,
         capsys: pytest.CaptureFixture[str],
-        restore_root_logger: None,
     ) -> None:
         """A value is masked in the report, `config`, redaction and the logs exactly if secret."""
         environ = _environ(tmp_path)
@@ -157,7 +142,7 @@ class TestEveryPlaceAgrees:
             for name, secret in EXPECTED.items()
         }
 
-    def test_a_log_field_named_like_a_secret_is_masked(self, restore_root_logger: None) -> None:
+    def test_a_log_field_named_like_a_secret_is_masked(self) -> None:
         """A log line's field has only a name: the same fallback decides for it."""
         stream = io.StringIO()
         configure_logging("INFO", "json", stream=stream)
