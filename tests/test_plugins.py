@@ -7,6 +7,7 @@ import json
 import textwrap
 import threading
 from pathlib import Path
+from typing import Any
 
 import pytest
 import trio
@@ -16,16 +17,11 @@ from tests._helpers import Broker, accept_all, run_tower, spec_of, tower_setting
 from tower_trio import PluginError, Trigger
 from tower_trio._backoff import Backoff
 from tower_trio._channel import Submission
-from tower_trio._plugins import (
-    MemoryStateBackend,
-    PluginState,
-    PluginStatus,
-    discover_plugins,
-    is_secret_field,
-    plugins_report,
-    select_plugins,
-    serve_plugin,
-)
+from tower_trio._journal import open_journal
+from tower_trio._plugins import discover_plugins, plugins_report, select_plugins, serve_plugin
+from tower_trio._runtime import MemoryStateBackend, PluginState, PluginStatus
+from tower_trio._secrets import is_secret
+from tower_trio._supervisor import JournalStateBackend
 from tower_trio.plugin import State
 from tower_trio.testing import open_plugin
 
@@ -501,22 +497,29 @@ class TestState:
         with pytest.raises(TypeError, match="non-empty strings"):
             await state.set("", 1)
 
-    async def test_blocking_backend_is_called_in_a_thread(self) -> None:
-        """A backend without blocking = False is called off the trio thread."""
+    async def test_the_journal_is_called_in_a_thread(
+        self, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    ) -> None:
+        """The tower's journal backend blocks off the trio thread, and what it saves lasts."""
         trio_thread = threading.get_ident()
         calls: list[int] = []
+        journal = open_journal(tmp_path)
+        try:
+            for name in ("load_plugin_state", "save_plugin_state"):
+                blocking = getattr(journal, name)
 
-        class SlowBackend:
-            def load_plugin_state(self, plugin: str) -> dict[str, object]:
-                calls.append(threading.get_ident())
-                return {}
+                def noted(*args: object, blocking: Any = blocking) -> Any:
+                    calls.append(threading.get_ident())
+                    return blocking(*args)
 
-            def save_plugin_state(self, plugin: str, key: str, value: object) -> None:
-                calls.append(threading.get_ident())
-
-        state = await State.load("p", SlowBackend())
-        await state.set("k", 1)
-        assert len(calls) == 2
+                monkeypatch.setattr(journal, name, noted)
+            state = await State.load("p", JournalStateBackend(journal))
+            await state.set("k", 1)
+            again = await State.load("p", JournalStateBackend(journal))
+        finally:
+            journal.close()
+        assert await again.get("k") == 1
+        assert len(calls) == 3
         assert trio_thread not in calls
 
     async def test_state_survives_restarts(
@@ -606,13 +609,16 @@ class TestReport:
             ("TOKEN", True),
             ("db_password", True),
             ("client_secret", True),
+            ("access_key", True),
             ("url", False),
             ("interval", False),
+            ("routing_key", False),
+            ("key_file", False),
         ],
     )
     def test_secret_field_names(self, name: str, secret: bool) -> None:
-        """Field names containing key, token, password or secret are secrets."""
-        assert is_secret_field(name) is secret
+        """An unmarked name is a secret if it says password, token, secret or API key."""
+        assert is_secret(name) is secret
 
 
 class TestHarness:

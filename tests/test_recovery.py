@@ -22,14 +22,9 @@ from tests._helpers import VALID, run_tower, tower_settings, watching
 from tower_trio._backoff import Backoff
 from tower_trio._channel import Submission
 from tower_trio._journal import open_journal
-from tower_trio._plugins import (
-    ConfiguredPlugin,
-    DiscoveredPlugin,
-    PluginState,
-    PluginStatus,
-    serve_plugin,
-)
+from tower_trio._plugins import ConfiguredPlugin, DiscoveredPlugin, serve_plugin
 from tower_trio._publisher import Publisher
+from tower_trio._runtime import PluginState, PluginStatus
 
 if TYPE_CHECKING:
     from pathlib import Path

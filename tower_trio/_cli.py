@@ -24,16 +24,11 @@ from . import amqp
 from ._client import Answer, TowerClient, TowerUnreachableError, default_url, encode
 from ._config import Settings
 from ._errors import JournalError, PluginError, TowerError
-from ._logging import configure_logging, is_secret_name
+from ._logging import configure_logging
 from ._models import InvalidTriggerError
-from ._plugins import (
-    DiscoveredPlugin,
-    build_config,
-    discover_plugins,
-    is_secret_field,
-    select_plugins,
-)
+from ._plugins import DiscoveredPlugin, build_config, discover_plugins, select_plugins
 from ._schemas import ProtocolSchemas, load_schemas
+from ._secrets import REDACTED, is_secret
 from ._serialization import trigger_from_wire
 from ._supervisor import run_tower
 from ._version import __version__
@@ -53,7 +48,6 @@ EXIT_INTERRUPTED = 130
 # What a shell reports for a tool that SIGPIPE ended (128 + 13), as `head` expects.
 EXIT_BROKEN_PIPE = 141
 
-_REDACTED = "***"
 _TOKEN_VARIABLE = "TOWER_TOKEN"
 # The journal's delivery statuses, which GET /triggers?status= accepts.
 _STATUSES = tuple(status.value for status in DeliveryStatus)
@@ -199,19 +193,23 @@ def _secrets(
     secrets = [url.password, quote(url.password, safe="")]
     for field in attrs.fields(Settings):
         raw = environ.get(field.metadata["variable"])
-        if raw and _is_secret(field.name):
+        if raw and is_secret(field):
             # From the environment, not the setting: tokens are kept as digests only.
             secrets.extend([raw.strip(), *(part.strip() for part in raw.split(","))])
     # Skipped plugins' values too: a half-configured plugin's key is still a key.
     for plugin in plugins:
-        for name, variable in plugin.config_variables().items():
-            if is_secret_field(name) and environ.get(variable):
+        for field, variable in _plugin_variables(plugin):
+            if is_secret(field) and environ.get(variable):
                 secrets.append(environ[variable].strip())
     return [secret for secret in secrets if secret]
 
 
-def _is_secret(name: str) -> bool:
-    return is_secret_field(name) or is_secret_name(name)
+def _plugin_variables(plugin: DiscoveredPlugin) -> list[tuple[attrs.Attribute[Any], str]]:
+    """Each field of the plugin's Config with the variable it is read from."""
+    if plugin.config_class is None:
+        return []
+    names = plugin.config_variables()
+    return [(field, names[field.name]) for field in attrs.fields(plugin.config_class)]
 
 
 # -- reading trigger files -----------------------------------------------------------
@@ -521,16 +519,16 @@ def _config(args: argparse.Namespace, environ: Mapping[str, str]) -> int:
             origin = "STATE_DIRECTORY"
         else:
             origin = "default"
-        rows.append((variable, _shown(field.name, value), origin))
+        rows.append((variable, _shown(field, value), origin))
     try:
         discovered = discover_plugins(settings.plugins_dir)
     except PluginError:
         # `config` is for finding out what is wrong; a broken plugin must not hide the rest.
         discovered = {}
     for plugin in discovered.values():
-        for name, variable in plugin.config_variables().items():
+        for field, variable in _plugin_variables(plugin):
             if variable in environ:
-                shown = _REDACTED if is_secret_field(name) else environ[variable]
+                shown = REDACTED if is_secret(field) else environ[variable]
                 rows.append((variable, shown, "environment"))
     if args.json:
         print(json.dumps({v: {"value": s, "source": o} for v, s, o in rows}, indent=2))
@@ -541,18 +539,18 @@ def _config(args: argparse.Namespace, environ: Mapping[str, str]) -> int:
     return EXIT_OK
 
 
-def _shown(name: str, value: Any) -> str:
+def _shown(field: attrs.Attribute[Any], value: Any) -> str:
     if value is None:
         return "(unset)"
-    if name == "amqp_url":
+    if field.name == "amqp_url":
         try:
             return amqp.URL.parse(value).redacted()
         except amqp.AMQPConfigError as err:
             # An unparsable URL may have its password anywhere; the parser's
             # message never quotes it, so it alone says what is wrong.
             return f"(invalid URL, not shown: {err})"
-    if _is_secret(name):
-        return _REDACTED
+    if is_secret(field):
+        return REDACTED
     if isinstance(value, tuple):
         return ",".join(value)
     if isinstance(value, float):

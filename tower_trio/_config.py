@@ -16,7 +16,9 @@ import attrs
 
 from . import amqp
 from ._auth import Tokens, parse_rate, parse_tokens
+from ._environ import from_environ
 from ._errors import ConfigError
+from ._secrets import SECRET
 
 if TYPE_CHECKING:
     import ssl
@@ -140,11 +142,24 @@ def _metrics_token(raw: str) -> Tokens | None:
 
 
 def _setting(
-    variable: str, default: Any, parse: Callable[[str], Any], doc: str, *, shown: str = ""
+    variable: str,
+    default: Any,
+    parse: Callable[[str], Any],
+    doc: str,
+    *,
+    shown: str = "",
+    secret: bool = False,
 ) -> Any:
+    # Every setting declares whether it is secret, so no name is ever guessed at.
     return attrs.field(
         default=default,
-        metadata={"variable": variable, "parse": parse, "doc": doc, "shown": shown},
+        metadata={
+            "variable": variable,
+            "parse": parse,
+            "doc": doc,
+            "shown": shown,
+            SECRET: secret,
+        },
     )
 
 
@@ -315,6 +330,7 @@ class Settings:
         _metrics_token,
         "If set, `GET /metrics` needs it as a bearer token.",
         shown="(unset)",
+        secret=True,
     )
     log_level: str = _setting(
         "TOWER_LOG_LEVEL", "INFO", _log_level, "One of DEBUG, INFO, WARNING, ERROR."
@@ -333,6 +349,7 @@ class Settings:
         "Bearer tokens the HTTP API accepts: a comma-separated list, or the path of a file "
         "(starting `/`, `./` or `../`) with one per line. Unset: no authentication, loopback only.",
         shown="(unset)",
+        secret=True,
     )
     probe_token: Tokens | None = _setting(
         "TOWER_PROBE_TOKEN",
@@ -340,6 +357,7 @@ class Settings:
         _probe_token,
         "If set, `GET /healthz` and `GET /readyz` need it as a bearer token.",
         shown="(unset)",
+        secret=True,
     )
     allow_unauthenticated: bool = _setting(
         "TOWER_ALLOW_UNAUTHENTICATED",
@@ -402,23 +420,11 @@ class Settings:
         """Settings from ``environ`` (default: the process environment)."""
         if environ is None:
             environ = os.environ
-        values = {}
-        for field in attrs.fields(cls):
-            variable = field.metadata["variable"]
-            raw = environ.get(variable)
-            if raw is None:
-                continue
-            try:
-                values[field.name] = field.metadata["parse"](raw)
-            except ValueError as err:
-                reason = (
-                    str(err) if not str(err).startswith("invalid literal") else "is not a number"
-                )
-                raise ConfigError(f"{variable}={raw!r} is invalid: {reason}") from err
-        if "data_dir" not in values and (state := environ.get("STATE_DIRECTORY")):
+        defaults = {}
+        if "TOWER_DATA_DIR" not in environ and (state := environ.get("STATE_DIRECTORY")):
             # systemd's StateDirectory= hands a service its private, persistent folder.
-            values["data_dir"] = Path(state.split(":")[0])
-        return cls(**values)
+            defaults["data_dir"] = Path(state.split(":")[0])
+        return from_environ(cls, "TOWER_", environ, owner="the tower", defaults=defaults)
 
     def __attrs_post_init__(self) -> None:
         # Checked when the settings are read, so that TLS settings that cannot

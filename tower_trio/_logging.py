@@ -25,6 +25,8 @@ from typing import TYPE_CHECKING, Any, TextIO
 
 import structlog
 
+from ._secrets import REDACTED, is_secret
+
 if TYPE_CHECKING:
     from collections.abc import Iterable, Sequence
 
@@ -35,20 +37,12 @@ __all__ = [
     "Logger",
     "configure_logging",
     "get_logger",
-    "is_secret_name",
     "print_summary",
     "redact_text",
 ]
 
 LOG_FORMATS = ("auto", "json", "console")
-REDACTED = "***"
 
-# Words that make a field's name a secret. "key" alone is not one: routing
-# keys and idempotency keys are what an operator greps for.
-_SECRET_PARTS = frozenset(
-    {"password", "passwd", "secret", "token", "tokens", "credential", "credentials", "apikey"}
-)
-_SECRET_NAMES = ("api_key", "private_key", "secret_key", "access_key", "authorization")
 _URL_PASSWORD = re.compile(r"(?P<head>\b[a-zA-Z][a-zA-Z0-9+.-]*://[^\s/:@]*:)[^\s/@]+@")
 _RECORD_ATTRIBUTES = frozenset(
     logging.LogRecord("", 0, "", 0, "", (), None).__dict__.keys()
@@ -56,14 +50,6 @@ _RECORD_ATTRIBUTES = frozenset(
 )
 # A trigger passed as ``trigger=`` becomes the fields every trigger line carries.
 _TRIGGER_FIELDS = ("uuid", "api_version", "protocol", "source")
-
-
-def is_secret_name(name: str) -> bool:
-    """Whether a field or setting named ``name`` holds a secret (password, token, API key)."""
-    lowered = name.lower()
-    if any(secret in lowered for secret in _SECRET_NAMES):
-        return True
-    return any(part in _SECRET_PARTS for part in re.split(r"[^a-z0-9]+", lowered))
 
 
 def redact_text(text: str, secrets: Sequence[str] = ()) -> str:
@@ -84,7 +70,9 @@ class Logger:
         """A logger that adds ``fields`` to every line, like a trigger's uuid."""
         return Logger(self._logger, {**self._context, **fields})
 
-    def _log(self, level: int, event: str, exc_info: bool, fields: dict[str, Any]) -> None:
+    def _log(
+        self, level: int, event: str, exc_info: bool | BaseException, fields: dict[str, Any]
+    ) -> None:
         if self._logger.isEnabledFor(level):
             # stacklevel: the record names the call site, not this wrapper.
             self._logger.log(
@@ -107,9 +95,11 @@ class Logger:
     def error(self, event: str, **fields: Any) -> None:
         self._log(logging.ERROR, event, False, fields)
 
-    def exception(self, event: str, **fields: Any) -> None:
-        """An error with the traceback of the exception being handled."""
-        self._log(logging.ERROR, event, True, fields)
+    def exception(
+        self, event: str, *, exc_info: BaseException | None = None, **fields: Any
+    ) -> None:
+        """An error with the traceback of ``exc_info``, or of the exception being handled."""
+        self._log(logging.ERROR, event, True if exc_info is None else exc_info, fields)
 
 
 def get_logger(name: str) -> Logger:
@@ -161,7 +151,7 @@ class _Redact:
     def _value(self, key: str, value: Any) -> Any:
         if key.startswith("_"):
             return value
-        if is_secret_name(key) and value not in (None, ""):
+        if is_secret(key) and value not in (None, ""):
             return REDACTED
         if value is None or isinstance(value, bool | int | float):
             return value

@@ -32,14 +32,14 @@ from prometheus_client.exposition import CONTENT_TYPE_LATEST, generate_latest
 from prometheus_client.registry import Collector
 
 from ._openapi import openapi_document
-from ._plugins import PluginState
+from ._runtime import PluginState
 
 if TYPE_CHECKING:
     from prometheus_client.metrics_core import Metric
 
     from ._auth import Tokens
-    from ._plugins import PluginStatus
     from ._publisher import PublisherStatistics
+    from ._runtime import PluginStatus
 
 __all__ = ["TowerMetrics", "instrument"]
 

@@ -11,57 +11,58 @@ entry-point group, in that order of precedence. A plugin is
 optionally asking, by parameter name, for ``config``: an instance of the
 attrs class ``Config`` in the same module, built from ``PLUGIN_<NAME>_*``,
 and for ``state``: its ``tower_trio.plugin.State``, kept in a
-``StateBackend`` (the tower's journal; memory in tests).
+``StateBackend`` (the tower's journal; memory in tests). Running a plugin
+once is ``_runtime``'s; this module restarts it when it crashes.
 """
 
 from __future__ import annotations
 
-import copy
 import enum
 import importlib.metadata
 import importlib.util
 import inspect
-import logging
 import re
 import sys
-import time
 import types
 from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime
 from pathlib import Path, PurePath
-from typing import TYPE_CHECKING, Any, ClassVar, Protocol
+from typing import TYPE_CHECKING, Any
 
 import attrs
 import trio
 
 from ._backoff import Backoff
-from ._channel import Submission, TriggerSendChannel
+from ._environ import environ_variable, from_environ
 from ._errors import PluginError
-from ._logging import get_logger
-from ._serialization import format_datetime, structure_env_value
-from .plugin import State, _PluginContext, _reset_context, _set_context
+from ._runtime import (
+    MemoryStateBackend,
+    Outcome,
+    PluginState,
+    PluginStatus,
+    log_plugin_error,
+    run_plugin_once,
+)
+from ._secrets import REDACTED, is_secret
+from ._serialization import format_datetime
 
 if TYPE_CHECKING:
     from collections.abc import Mapping, Sequence
 
+    from ._channel import Submission, TriggerSendChannel
     from ._models import FieldError, Trigger
+    from ._runtime import State, StateBackend
 
 __all__ = [
     "ConfiguredPlugin",
     "DiscoveredPlugin",
-    "MemoryStateBackend",
-    "PluginState",
-    "PluginStatus",
     "SkippedPlugin",
-    "StateBackend",
+    "build_config",
     "discover_plugins",
-    "is_secret_field",
     "plugins_report",
     "select_plugins",
     "serve_plugin",
 ]
-
-_log = get_logger(__name__)
 
 ENTRY_POINT_GROUP = "tower_trio.plugins"
 # Where the wheel puts ./plugins; a checkout has no such package and uses ./plugins.
@@ -71,8 +72,6 @@ _SIGNATURES = (
     "async def run(send_channel), run(send_channel, config), run(send_channel, state) "
     "or run(send_channel, config, state)"
 )
-_SECRET_WORDS = ("key", "token", "password", "secret")
-_REDACTED = "***"
 _NAME = re.compile(r"[a-z][a-z0-9_]*")
 # A plugin that ran this long before crashing was healthy; restart it quickly.
 _STABLE_AFTER = 60.0
@@ -94,10 +93,15 @@ class DiscoveredPlugin:
         """Field name → environment variable, for every field of its Config."""
         if self.config_class is None:
             return {}
-        prefix = f"PLUGIN_{self.name.upper()}_"
         return {
-            field.name: prefix + field.name.upper() for field in attrs.fields(self.config_class)
+            field.name: environ_variable(self.prefix, field)
+            for field in attrs.fields(self.config_class)
         }
+
+    @property
+    def prefix(self) -> str:
+        """What the names of its variables start with: ``PLUGIN_<NAME>_``."""
+        return f"PLUGIN_{self.name.upper()}_"
 
 
 @attrs.frozen
@@ -108,6 +112,10 @@ class ConfiguredPlugin:
     @property
     def name(self) -> str:
         return self.plugin.name
+
+    @property
+    def wants_state(self) -> bool:
+        return self.plugin.wants_state
 
     async def invoke(self, send_channel: TriggerSendChannel, state: State | None = None) -> None:
         kwargs: dict[str, Any] = {}
@@ -120,20 +128,19 @@ class ConfiguredPlugin:
         await self.plugin.run(send_channel, **kwargs)
 
     def secret_values(self) -> list[str]:
-        """The text of every configured value whose field name suggests a secret."""
+        """The text of every configured value of a secret field."""
         if self.config is None or not attrs.has(type(self.config)):
             return []
         return [
             str(value)
             for field in attrs.fields(type(self.config))
-            if is_secret_field(field.name)
-            and (value := getattr(self.config, field.name)) not in (None, "")
+            if is_secret(field) and (value := getattr(self.config, field.name)) not in (None, "")
         ]
 
     def redact(self, text: str) -> str:
         """``text`` with every secret configuration value replaced by ``***``."""
         for secret in self.secret_values():
-            text = text.replace(secret, _REDACTED)
+            text = text.replace(secret, REDACTED)
         return text
 
     def public_config(self) -> dict[str, Any]:
@@ -141,17 +148,11 @@ class ConfiguredPlugin:
         if self.config is None or not attrs.has(type(self.config)):
             return {}
         return {
-            field.name: _REDACTED
-            if is_secret_field(field.name)
+            field.name: REDACTED
+            if is_secret(field)
             else _jsonable(getattr(self.config, field.name))
             for field in attrs.fields(type(self.config))
         }
-
-
-def is_secret_field(name: str) -> bool:
-    """Whether a configuration field's name suggests a secret (key, token, password, secret)."""
-    lowered = name.lower()
-    return any(word in lowered for word in _SECRET_WORDS)
 
 
 def _jsonable(value: object) -> Any:
@@ -172,86 +173,6 @@ def _jsonable(value: object) -> Any:
 class SkippedPlugin:
     name: str
     reason: str
-
-
-class PluginState(enum.Enum):
-    STARTING = "starting"
-    RUNNING = "running"
-    BACKING_OFF = "backing-off"
-    FINISHED = "finished"
-    FAILED = "failed"
-
-
-@attrs.define
-class PluginStatus:
-    name: str
-    state: PluginState = PluginState.STARTING
-    restarts: int = 0
-    triggers_sent: int = 0
-    last_error: str | None = None
-    last_error_at: float | None = None
-    last_trigger_at: float | None = None
-    errors: int = 0
-    """Bad items reported with ``tower_trio.plugin.report_item_error``."""
-
-    def count_sent(self, trigger: Trigger) -> None:
-        self.triggers_sent += 1
-        self.last_trigger_at = trigger.created_at.timestamp()
-
-    def record_error(self, message: str) -> None:
-        self.last_error = message
-        self.last_error_at = time.time()
-
-    def count_item_error(self, item: str, message: str) -> None:
-        self.errors += 1
-        self.record_error(f"{item}: {message}")
-
-
-class StateBackend(Protocol):
-    """Where plugin state is kept: the tower's journal, or memory in tests.
-
-    The methods are synchronous and may block (SQLite); ``State`` calls them
-    in a worker thread. A backend that never blocks may set ``blocking =
-    False`` to be called inline, which keeps tests under ``autojump_clock``
-    deterministic.
-    """
-
-    def load_plugin_state(self, plugin: str) -> dict[str, Any]:
-        """Every key and value saved for ``plugin``."""
-        ...
-
-    def save_plugin_state(self, plugin: str, key: str, value: Any | None) -> None:
-        """Save one value durably; ``None`` deletes the key."""
-        ...
-
-
-class MemoryStateBackend:
-    """A ``StateBackend`` in a dict: for tests, and for a tower without a journal.
-
-    Share one between two harness runs to test what a plugin does after a
-    restart.
-    """
-
-    blocking: ClassVar[bool] = False
-
-    def __init__(self, initial: Mapping[str, Mapping[str, Any]] | None = None) -> None:
-        self._plugins: dict[str, dict[str, Any]] = {
-            plugin: copy.deepcopy(dict(values)) for plugin, values in (initial or {}).items()
-        }
-
-    def load_plugin_state(self, plugin: str) -> dict[str, Any]:
-        return copy.deepcopy(self._plugins.get(plugin, {}))
-
-    def save_plugin_state(self, plugin: str, key: str, value: Any | None) -> None:
-        values = self._plugins.setdefault(plugin, {})
-        if value is None:
-            values.pop(key, None)
-        else:
-            values[key] = copy.deepcopy(value)
-
-    def snapshot(self, plugin: str) -> dict[str, Any]:
-        """A copy of what ``plugin`` has saved."""
-        return self.load_plugin_state(plugin)
 
 
 def _rfc3339(timestamp: float | None) -> str | None:
@@ -403,7 +324,7 @@ def _inspect_module(name: str, origin: str, module: types.ModuleType) -> Discove
     )
 
 
-def build_config(plugin: DiscoveredPlugin, environ: Mapping[str, str]) -> Any:
+def build_config(plugin: DiscoveredPlugin, environ: Mapping[str, object]) -> Any:
     """The plugin's Config from ``PLUGIN_<NAME>_*``; raises PluginError naming the variable.
 
     A missing variable raises ``_MissingSetting`` (a PluginError), so that a
@@ -413,25 +334,14 @@ def build_config(plugin: DiscoveredPlugin, environ: Mapping[str, str]) -> Any:
         raise PluginError(plugin.problem)
     if plugin.config_class is None:
         return None
-    values = {}
-    variables = plugin.config_variables()
-    for field in attrs.fields(plugin.config_class):
-        variable = variables[field.name]
-        raw = environ.get(variable)
-        if raw is None:
-            if field.default is attrs.NOTHING:
-                raise _MissingSetting(
-                    f"{variable} is not set; the {plugin.name} plugin needs it ({field.name})"
-                )
-            continue
-        try:
-            values[field.name] = structure_env_value(raw, field.type)
-        except (ValueError, TypeError) as err:
-            raise PluginError(f"{variable}={raw!r} is invalid: {err}") from err
-    try:
-        return plugin.config_class(**values)
-    except (ValueError, TypeError) as err:
-        raise PluginError(f"the {plugin.name} plugin's configuration is invalid: {err}") from err
+    return from_environ(
+        plugin.config_class,
+        plugin.prefix,
+        environ,
+        owner=f"the {plugin.name} plugin",
+        error=PluginError,
+        missing=_MissingSetting,
+    )
 
 
 class _MissingSetting(PluginError):
@@ -498,131 +408,26 @@ async def serve_plugin(
     """
     backoff = backoff or Backoff(initial=1.0, cap=60.0)
     state_backend = state_backend if state_backend is not None else MemoryStateBackend()
-
-    def backing_off(active: bool) -> None:
-        status.state = PluginState.BACKING_OFF if active else PluginState.RUNNING
-
-    context = _PluginContext(
-        name=plugin.name,
-        item_failed=status.count_item_error,
-        backing_off=backing_off,
-        redact=plugin.redact,
-        wall_clock=wall_clock,
-    )
     async with send_channel:
         task_status.started()
         while True:
-            status.state = PluginState.RUNNING
-            _log.info("plugin.started", plugin=plugin.name, restarts=status.restarts)
             started_at = trio.current_time()
-            token = _set_context(context)
-            try:
-                state = None
-                if plugin.plugin.wants_state:
-                    state = await State.load(plugin.name, state_backend)
-                misuse: list[TypeError] = []
-                async with _PluginSendChannel(
-                    send_channel.clone(), plugin.name, status.count_sent, check, misuse=misuse
-                ) as plugin_channel:
-                    await plugin.invoke(plugin_channel, state)
-            except Exception as err:
-                if _caused_by(err, misuse):
-                    status.state = PluginState.FAILED
-                    message = plugin.redact(f"{type(err).__name__}: {err}")
-                    status.record_error(message)
-                    _log_failure(plugin, err, message)
-                    return
-                if trio.current_time() - started_at > _STABLE_AFTER:
-                    backoff.reset()
-                delay = backoff.next_delay()
-                status.state = PluginState.BACKING_OFF
-                message = plugin.redact(f"{type(err).__name__}: {err}")
-                status.record_error(message)
-                _log_crash(plugin, err, message, delay)
-                await trio.sleep(delay)
-                status.restarts += 1
-                continue
-            finally:
-                _reset_context(token)
-            status.state = PluginState.FINISHED
-            _log.info("plugin.finished", plugin=plugin.name, triggers_sent=status.triggers_sent)
-            return
-
-
-class _PluginSendChannel(TriggerSendChannel):
-    """A plugin's send channel that remembers the values it refused as not Triggers."""
-
-    def __init__(
-        self,
-        inner: trio.MemorySendChannel[Submission],
-        source: str,
-        on_send: Callable[[Trigger], None] | None,
-        check: Callable[[Trigger], Sequence[FieldError]] | None,
-        *,
-        misuse: list[TypeError],
-    ) -> None:
-        super().__init__(inner, source, on_send, check)
-        self._misuse = misuse
-
-    def _submission(self, trigger: Trigger) -> Submission:
-        try:
-            return super()._submission(trigger)
-        except TypeError as err:
-            self._misuse.append(err)
-            raise
-
-    def clone(self) -> _PluginSendChannel:
-        return _PluginSendChannel(
-            self._inner.clone(), self._source, self._on_send, self._check, misuse=self._misuse
-        )
-
-
-def _caused_by(err: BaseException, misuse: list[TypeError]) -> bool:
-    """Whether ``err`` is, or was raised while handling, a value the channel refused."""
-    seen: set[int] = set()
-    pending: list[BaseException | None] = [err]
-    while pending:
-        current = pending.pop()
-        if current is None or id(current) in seen:
-            continue
-        seen.add(id(current))
-        if any(current is refused for refused in misuse):
-            return True
-        if isinstance(current, BaseExceptionGroup):
-            pending.extend(current.exceptions)
-        pending.extend((current.__cause__, current.__context__))
-    return False
-
-
-class _RedactedError(Exception):
-    """Stands in for a crash whose message held a secret, so the traceback can be logged."""
-
-
-def _log_crash(plugin: ConfiguredPlugin, err: Exception, message: str, delay: float) -> None:
-    _log_error("plugin.crashed", plugin, err, message, restart_in=f"{delay:.1f}s")
-
-
-def _log_failure(plugin: ConfiguredPlugin, err: Exception, message: str) -> None:
-    _log_error(
-        "plugin.failed",
-        plugin,
-        err,
-        message,
-        fix="send tower_trio.Trigger objects; the plugin stays stopped until its code "
-        "is fixed and the tower restarted",
-    )
-
-
-def _log_error(
-    event: str, plugin: ConfiguredPlugin, err: Exception, message: str, **fields: str
-) -> None:
-    shown: BaseException = err
-    if plugin.redact(str(err)) != str(err):
-        # The frames show source lines, not values; only the message (and any
-        # chained cause, dropped here) can carry the secret itself.
-        shown = _RedactedError(message).with_traceback(err.__traceback__)
-    logging.getLogger(__name__).error(
-        event,
-        exc_info=(type(shown), shown, shown.__traceback__),
-        extra={"fields": {"plugin": plugin.name, "error": message, **fields}},
-    )
+            ended = await run_plugin_once(
+                plugin,
+                send_channel,
+                status,
+                state_backend=state_backend,
+                check=check,
+                wall_clock=wall_clock,
+            )
+            if ended.outcome is not Outcome.CRASHED or ended.error is None:
+                return
+            if trio.current_time() - started_at > _STABLE_AFTER:
+                backoff.reset()
+            delay = backoff.next_delay()
+            status.state = PluginState.BACKING_OFF
+            log_plugin_error(
+                "plugin.crashed", plugin, ended.error, ended.message, restart_in=f"{delay:.1f}s"
+            )
+            await trio.sleep(delay)
+            status.restarts += 1

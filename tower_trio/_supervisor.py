@@ -29,21 +29,16 @@ from ._http import create_app
 from ._journal import Journal, open_journal
 from ._logging import get_logger, print_summary
 from ._metrics import ASGIApp, TowerMetrics, instrument
-from ._plugins import (
-    ConfiguredPlugin,
-    PluginState,
-    PluginStatus,
-    SkippedPlugin,
-    plugins_report,
-    serve_plugin,
-)
+from ._plugins import ConfiguredPlugin, SkippedPlugin, plugins_report, serve_plugin
 from ._publisher import Publisher
+from ._runtime import PluginState, PluginStatus
 from ._schemas import ProtocolSchemas, read_schemas
 from ._server import serve_http
 from ._version import __version__
 
 if TYPE_CHECKING:
     from collections.abc import Callable, Sequence
+    from typing import Any
 
     from ._config import Settings
     from ._models import FieldError, Trigger
@@ -252,11 +247,27 @@ async def _serve_plugins(
                         plugin,
                         send_channel.clone(),
                         statuses[plugin.name],
-                        state_backend=journal,
+                        state_backend=JournalStateBackend(journal),
                         check=check,
                     )
                 )
             task_status.started()
+
+
+@attrs.frozen
+class JournalStateBackend:
+    """Plugin state in the journal, whose methods block: each call runs in its writer thread.
+
+    Stands in until the journal has async methods of its own.
+    """
+
+    journal: Journal
+
+    async def load_plugin_state(self, plugin: str) -> dict[str, Any]:
+        return await self.journal.write(self.journal.load_plugin_state, plugin)
+
+    async def save_plugin_state(self, plugin: str, key: str, value: Any | None) -> None:
+        await self.journal.write(self.journal.save_plugin_state, plugin, key, value)
 
 
 async def run_tower(

@@ -9,12 +9,9 @@ drive schedules.
 
 from __future__ import annotations
 
-import contextvars
-import json
 import random
-from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
-from typing import TYPE_CHECKING, Any, NoReturn
+from typing import TYPE_CHECKING, NoReturn
 
 import attrs
 import trio
@@ -29,14 +26,14 @@ from ._plugin_http import (
     RequestDeadlineError,
     ResponseTooLargeError,
 )
+from ._runtime import State, current_context
+from ._secrets import secret
 from ._serialization import trigger_from_wire
 
 if TYPE_CHECKING:
-    from collections.abc import Awaitable, Mapping
+    from collections.abc import Awaitable, Callable, Mapping
 
     import httpx
-
-    from ._plugins import StateBackend
 
 __all__ = [
     "DEFAULT_MAX_RESPONSE_BYTES",
@@ -49,40 +46,12 @@ __all__ = [
     "poll",
     "report_item_error",
     "seconds_until",
+    "secret",
     "trigger_from_json",
     "utc_now",
 ]
 
 _log = get_logger("tower_trio.plugin")
-
-
-@attrs.frozen
-class _PluginContext:
-    """What the running plugin's helpers report to; set by the tower or the harness."""
-
-    name: str
-    item_failed: Callable[[str, str], None]
-    backing_off: Callable[[bool], None]
-    redact: Callable[[str], str]
-    wall_clock: Callable[[], datetime] | None = None
-
-
-_context: contextvars.ContextVar[_PluginContext | None] = contextvars.ContextVar(
-    "tower_trio_plugin", default=None
-)
-
-
-def _current() -> _PluginContext | None:
-    return _context.get()
-
-
-def _set_context(context: _PluginContext) -> contextvars.Token[_PluginContext | None]:
-    """Bind the helpers to a plugin for this task and the tasks it starts."""
-    return _context.set(context)
-
-
-def _reset_context(token: contextvars.Token[_PluginContext | None]) -> None:
-    _context.reset(token)
 
 
 def utc_now() -> datetime:
@@ -92,7 +61,7 @@ def utc_now() -> datetime:
     advances with trio's clock, so a test with ``autojump_clock`` can run a
     day of schedules in milliseconds.
     """
-    context = _current()
+    context = current_context()
     if context is not None and context.wall_clock is not None:
         return context.wall_clock()
     return datetime.now(UTC)
@@ -106,7 +75,7 @@ def report_item_error(item: str, error: BaseException | str) -> None:
     (an unreadable file, a record missing a field): the plugin keeps running.
     """
     message = error if isinstance(error, str) else f"{type(error).__name__}: {error}"
-    context = _current()
+    context = current_context()
     if context is None:
         _log.warning("plugin.item_failed", item=item, error=message)
         return
@@ -193,7 +162,7 @@ async def poll(
         raise ValueError(f"poll interval must be positive, got {interval}")
     backoff = Backoff(initial=interval, cap=max(interval, max_backoff))
     rng = random.Random()
-    context = _current()
+    context = current_context()
     while True:
         try:
             await check()
@@ -209,81 +178,6 @@ async def poll(
             continue
         backoff.reset()
         await trio.sleep(interval * (1 - jitter * rng.random()))
-
-
-def _json_copy(key: str, value: object) -> Any:
-    try:
-        return json.loads(json.dumps(value, allow_nan=False))
-    except (TypeError, ValueError) as err:
-        raise TypeError(
-            f"state[{key!r}] must be JSON-serialisable (dict, list, str, number, bool): {err}"
-        ) from None
-
-
-class State:
-    """A plugin's own persistent key-value store (cursors, seen IDs, last-fire times).
-
-    Ask for it with a ``state`` parameter: ``async def run(send_channel, state)``.
-    Values are JSON (dicts, lists, strings, numbers, booleans) and are stored
-    as copies, so changing a dict after ``set`` does not change the store.
-    Reads come from memory; ``set`` and ``delete`` return once the value is
-    durable (in the tower's journal), so a plugin can record "sent" right
-    after sending and trust it after a restart.
-    """
-
-    def __init__(self, plugin: str, backend: StateBackend, values: Mapping[str, Any]) -> None:
-        self._plugin = plugin
-        self._backend = backend
-        self._values = dict(values)
-        self._lock = trio.Lock()
-        self._inline = not getattr(backend, "blocking", True)
-
-    @classmethod
-    async def load(cls, plugin: str, backend: StateBackend) -> State:
-        """The plugin's state as last saved."""
-        if not getattr(backend, "blocking", True):
-            return cls(plugin, backend, backend.load_plugin_state(plugin))
-        values = await trio.to_thread.run_sync(backend.load_plugin_state, plugin)
-        return cls(plugin, backend, values)
-
-    async def get(self, key: str, default: Any = None) -> Any:
-        """The value stored under ``key`` (a copy), or ``default``."""
-        await trio.lowlevel.checkpoint()
-        if key not in self._values:
-            return default
-        return _json_copy(key, self._values[key])
-
-    async def set(self, key: str, value: Any) -> None:
-        """Store ``value`` under ``key``; ``None`` deletes the key."""
-        if not isinstance(key, str) or not key:
-            raise TypeError(f"state keys are non-empty strings, not {key!r}")
-        stored = None if value is None else _json_copy(key, value)
-        async with self._lock:
-            # Saved before it is visible, so memory never claims what the journal lacks.
-            if self._inline:
-                self._backend.save_plugin_state(self._plugin, key, stored)
-            else:
-                await trio.to_thread.run_sync(
-                    self._backend.save_plugin_state, self._plugin, key, stored
-                )
-            if stored is None:
-                self._values.pop(key, None)
-            else:
-                self._values[key] = stored
-
-    async def delete(self, key: str) -> None:
-        """Forget ``key``; forgetting a missing key is not an error."""
-        await self.set(key, None)
-
-    def keys(self) -> list[str]:
-        """Every stored key, sorted."""
-        return sorted(self._values)
-
-    def __contains__(self, key: object) -> bool:
-        return key in self._values
-
-    def __repr__(self) -> str:
-        return f"<State of {self._plugin!r}: {len(self._values)} keys>"
 
 
 def seconds_until(when: datetime) -> float:

@@ -14,6 +14,11 @@ The plugin runs in the test's trio run with an unbounded in-memory channel
 test a restart), and ``tower_trio.plugin.utc_now()`` tied to trio's clock,
 so pytest-trio's ``autojump_clock`` fast-forwards schedules and polls. A
 plugin that raises fails the test: the harness does not restart it.
+
+Everything else is the tower's own code: the plugin is run once by the
+function the tower's supervisor calls, so its triggers are checked against
+the protocol schemas (``schemas_dir``, like ``TOWER_SCHEMAS_DIR``; none by
+default, as in a tower without that variable) and refused in the same words.
 """
 
 from __future__ import annotations
@@ -33,19 +38,12 @@ import hypercorn.config
 import hypercorn.trio
 import trio
 
-from ._channel import Submission, TriggerSendChannel
+from ._channel import Submission
 from ._errors import PluginError
 from ._models import Trigger
-from ._plugins import (
-    ConfiguredPlugin,
-    DiscoveredPlugin,
-    MemoryStateBackend,
-    PluginState,
-    PluginStatus,
-    _inspect_module,
-)
-from ._serialization import structure_env_value
-from .plugin import State, _PluginContext, _reset_context, _set_context
+from ._plugins import ConfiguredPlugin, DiscoveredPlugin, _inspect_module, build_config
+from ._runtime import MemoryStateBackend, PluginStatus, run_plugin_once
+from ._schemas import ProtocolSchemas, load_schemas
 
 if TYPE_CHECKING:
     import os
@@ -190,26 +188,15 @@ def _build_config(plugin: DiscoveredPlugin, config: Mapping[str, Any] | object |
         return config
     if not isinstance(config, dict):
         raise PluginError(f"config must be a dict or a {plugin.config_class.__name__}")
-    fields = {field.name: field for field in attrs.fields(plugin.config_class)}
-    unknown = sorted(set(config) - set(fields))
+    variables = plugin.config_variables()
+    unknown = sorted(set(config) - set(variables))
     if unknown:
         raise PluginError(
             f"{plugin.name} has no config field {', '.join(unknown)}; "
-            f"its fields are {', '.join(fields)}"
+            f"its fields are {', '.join(variables)}"
         )
-    values = {}
-    for name, value in config.items():
-        kind = fields[name].type
-        # Strings are parsed as the tower parses PLUGIN_* variables.
-        values[name] = (
-            structure_env_value(value, kind)
-            if isinstance(value, str) and kind is not str
-            else value
-        )
-    try:
-        return plugin.config_class(**values)
-    except (TypeError, ValueError) as err:
-        raise PluginError(f"the {plugin.name} plugin's configuration is invalid: {err}") from err
+    # Read as the tower reads PLUGIN_* variables, strings parsed alike.
+    return build_config(plugin, {variables[name]: value for name, value in config.items()})
 
 
 @asynccontextmanager
@@ -219,6 +206,8 @@ async def open_plugin(
     config: Mapping[str, Any] | object | None = None,
     state: MemoryStateBackend | None = None,
     start_time: datetime | None = None,
+    schemas_dir: str | os.PathLike[str] | None = None,
+    schemas_strict: bool = False,
 ) -> AsyncIterator[PluginHarness]:
     """Run one plugin for the duration of the ``async with`` block.
 
@@ -226,11 +215,17 @@ async def open_plugin(
     variables), or a ``Config`` instance. ``state``: its state backend
     (default: a fresh one). ``start_time``: what ``utc_now()`` says when the
     plugin starts (default: now); it then advances with trio's clock.
+    ``schemas_dir`` and ``schemas_strict``: the protocol schemas its triggers
+    must match, as ``TOWER_SCHEMAS_DIR`` and ``TOWER_SCHEMAS_STRICT`` give
+    them to the tower (default: none, as in a tower without those
+    variables); a trigger that breaks one makes ``send`` raise
+    ``InvalidTriggerError``, as in the tower.
     """
     module = load_plugin(plugin)
     name = _plugin_name(module)
     discovered = _inspect_module(name, getattr(module, "__file__", name), module)
     configured = ConfiguredPlugin(discovered, _build_config(discovered, config))
+    schemas = _load_schemas(schemas_dir, schemas_strict)
     backend = state if state is not None else MemoryStateBackend()
     harness = PluginHarness(name, backend, PluginStatus(name))
     started_wall = start_time or datetime.now(UTC)
@@ -240,14 +235,14 @@ async def open_plugin(
         return started_wall + timedelta(seconds=trio.current_time() - started_trio)
 
     def item_failed(item: str, message: str) -> None:
-        harness.status.count_item_error(item, message)
         harness.item_errors.append(ItemError(item, message))
         harness._notify()
 
-    def backing_off(active: bool) -> None:
-        harness.status.state = PluginState.BACKING_OFF if active else PluginState.RUNNING
+    def sent(trigger: Trigger) -> None:
+        # Called once the plugin's send has returned, as the tower counts it.
+        harness.sent.append(trigger.with_source(name))
+        harness._notify()
 
-    context = _PluginContext(name, item_failed, backing_off, configured.redact, wall_clock)
     send, receive = trio.open_memory_channel[Submission](math.inf)
 
     async def collect() -> None:
@@ -256,24 +251,23 @@ async def open_plugin(
                 # The harness stands in for the journal: every trigger is stored.
                 submission.accepted()
 
-    def sent(trigger: Trigger) -> None:
-        # Called once the plugin's send has returned, as the tower counts it.
-        harness.status.count_sent(trigger)
-        harness.sent.append(trigger.with_source(name))
-        harness._notify()
-
     async def run() -> None:
-        token = _set_context(context)
-        try:
-            loaded = await State.load(name, backend) if discovered.wants_state else None
-            async with TriggerSendChannel(send, name, sent) as channel:
-                harness.status.state = PluginState.RUNNING
-                await configured.invoke(channel, loaded)
-            harness.status.state = PluginState.FINISHED
-            harness._finished = True
-            harness._notify()
-        finally:
-            _reset_context(token)
+        async with send:
+            ended = await run_plugin_once(
+                configured,
+                send,
+                harness.status,
+                state_backend=backend,
+                check=schemas.check,
+                wall_clock=wall_clock,
+                on_send=sent,
+                on_item_error=item_failed,
+            )
+        if ended.error is not None:
+            # No restarts here: what ended the plugin fails the test.
+            raise ended.error
+        harness._finished = True
+        harness._notify()
 
     async with trio.open_nursery() as nursery:
         nursery.start_soon(collect)
@@ -282,6 +276,12 @@ async def open_plugin(
             yield harness
         finally:
             nursery.cancel_scope.cancel()
+
+
+def _load_schemas(directory: str | os.PathLike[str] | None, strict: bool) -> ProtocolSchemas:
+    # Read on the trio thread: a test's few small files, and no worker thread
+    # for autojump_clock to jump the clock over.
+    return load_schemas(None if directory is None else Path(directory), strict=strict)
 
 
 async def serve_fake_api(

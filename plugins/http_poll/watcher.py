@@ -33,6 +33,7 @@ from tower_trio.plugin import (
     open_http_client,
     poll,
     report_item_error,
+    secret,
     trigger_from_json,
 )
 
@@ -415,9 +416,9 @@ class Config:
     """The trigger to make of an item: inline JSON or a JSON file (PLUGIN_HTTP_POLL_TEMPLATE)."""
     headers: str = attrs.field(default="", validator=_valid(_public_headers))
     """Extra request headers, shown in GET /plugins (PLUGIN_HTTP_POLL_HEADERS)."""
-    secret_headers: str = attrs.field(default="", repr=False, validator=_valid(parse_headers))
+    secret_headers: str = secret(default="", validator=_valid(parse_headers))
     """Request headers that carry credentials, masked (PLUGIN_HTTP_POLL_SECRET_HEADERS)."""
-    token: str = attrs.field(default="", repr=False, validator=_valid(_check_token))
+    token: str = secret(default="", validator=_valid(_check_token))
     """Sent as ``Authorization: Bearer <token>``, masked (PLUGIN_HTTP_POLL_TOKEN)."""
     timeout: float = attrs.field(default=30.0, validator=attrs.validators.gt(0))
     """Seconds one request may take, answer included (PLUGIN_HTTP_POLL_TIMEOUT)."""
@@ -531,8 +532,8 @@ class Watcher:
         return watcher
 
     def redact(self, text: str) -> str:
-        for secret in self._secrets:
-            text = text.replace(secret, "***")
+        for value in self._secrets:
+            text = text.replace(value, "***")
         return text
 
     async def fetch(self) -> Any:

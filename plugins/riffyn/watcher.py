@@ -33,6 +33,7 @@ from tower_trio.plugin import (
     open_http_client,
     poll,
     report_item_error,
+    secret,
     trigger_from_json,
 )
 
@@ -47,7 +48,7 @@ _CASED = re.compile(r"[A-Za-z][a-z][a-z0-9]*(?:[A-Z][a-z][a-z0-9]*)+")
 
 @attrs.frozen
 class Config:
-    api_key: str = attrs.field(repr=False)
+    api_key: str = secret()
     """Riffyn API key, sent as the ``api-key`` header (PLUGIN_RIFFYN_API_KEY)."""
     url: str = "https://api.app.riffyn.com/v1"
     """Base URL of the Riffyn API (PLUGIN_RIFFYN_URL)."""
