@@ -21,11 +21,13 @@ test *args: lint
     {{bin}}/coverage run -m pytest {{args}}
     {{bin}}/coverage report --fail-under=92
 
-# ruff (lint and format check) and mypy --strict.
+# ruff (lint and format check), mypy --strict, and the import contracts
+# (the tower's layers; tower_trio.amqp imports nothing of the tower).
 lint: _venv
     {{bin}}/ruff check .
     {{bin}}/ruff format --check .
     {{bin}}/mypy
+    {{bin}}/lint-imports --no-logo
 
 # Format the code and apply ruff's safe fixes.
 fmt: _venv

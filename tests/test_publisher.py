@@ -777,6 +777,7 @@ class TestMessages:
         assert properties["product"] == "tower-trio"
         assert properties["version"] == __version__
         assert properties["platform"] == f"Python {platform.python_version()}"
+        assert properties["information"] == "trio-native AMQP 0-9-1 client of tower-trio"
         assert properties["connection_name"] == f"tower-trio publisher on {platform.node()}"
 
     @pytest.mark.parametrize("alternate", [None, "fake.unroutable"])

@@ -20,19 +20,18 @@ import ipaddress
 import math
 from collections.abc import Callable, Hashable, Iterable
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import Protocol
 
 import attrs
 import trio
 
 from ._errors import ConfigError
 
-if TYPE_CHECKING:
-    from ._config import Settings
-
 __all__ = [
     "Denial",
+    "ExposureSettings",
     "Guard",
+    "GuardSettings",
     "RateLimiter",
     "Tokens",
     "check_exposure",
@@ -146,7 +145,22 @@ def is_loopback(host: str) -> bool:
         return False
 
 
-def check_exposure(settings: Settings) -> None:
+class ExposureSettings(Protocol):
+    """What :func:`check_exposure` reads of the settings.
+
+    Declared here rather than imported, because the settings module imports
+    this one to parse tokens and rates.
+    """
+
+    @property
+    def http_host(self) -> str: ...
+    @property
+    def api_tokens(self) -> Tokens | None: ...
+    @property
+    def allow_unauthenticated(self) -> bool: ...
+
+
+def check_exposure(settings: ExposureSettings) -> None:
     """Refuse to serve an unauthenticated API beyond loopback unless told to."""
     if (
         settings.api_tokens is None
@@ -237,6 +251,19 @@ class _Refused:
     client: str
 
 
+class GuardSettings(Protocol):
+    """What :meth:`Guard.from_settings` reads of the settings (see ExposureSettings)."""
+
+    @property
+    def api_tokens(self) -> Tokens | None: ...
+    @property
+    def probe_token(self) -> Tokens | None: ...
+    @property
+    def rate_limit(self) -> float | None: ...
+    @property
+    def rate_burst(self) -> int: ...
+
+
 @attrs.frozen
 class Guard:
     """Decides, from a request's path, Authorization header and client, whether it may pass."""
@@ -246,7 +273,7 @@ class Guard:
     limiter: RateLimiter | None = None
 
     @classmethod
-    def from_settings(cls, settings: Settings) -> Guard:
+    def from_settings(cls, settings: GuardSettings) -> Guard:
         limiter = None
         if settings.rate_limit is not None:
             limiter = RateLimiter(settings.rate_limit, settings.rate_burst)

@@ -21,6 +21,7 @@ import attrs
 import trio
 
 from . import amqp
+from ._broker_advice import describe_broker_error, invalid_broker_setting
 from ._client import Answer, TowerClient, TowerUnreachableError, default_url, encode
 from ._config import Settings
 from ._errors import JournalError, PluginError, TowerError
@@ -181,7 +182,7 @@ def _parse_amqp_url(settings: Settings) -> amqp.URL:
     try:
         return amqp.URL.parse(settings.amqp_url)
     except amqp.AMQPConfigError as err:
-        raise TowerError(f"TOWER_AMQP_URL is invalid: {err}") from err
+        raise TowerError(invalid_broker_setting("TOWER_AMQP_URL", err)) from err
 
 
 def _secrets(
@@ -617,6 +618,11 @@ def _main(argv: Sequence[str] | None, environ: Mapping[str, str] | None) -> int:
     except TowerError as err:
         # Errors are for a person at a terminal: one line, no traceback.
         _error(str(err))
+        return EXIT_USAGE
+    except amqp.AMQPError as err:
+        # The AMQP client's errors are not TowerErrors (it is a library of its
+        # own); one that gets this far is still one line, in the tower's terms.
+        _error(describe_broker_error(err))
         return EXIT_USAGE
     except KeyboardInterrupt:
         return EXIT_INTERRUPTED

@@ -16,6 +16,7 @@ import attrs
 
 from . import amqp
 from ._auth import Tokens, parse_rate, parse_tokens
+from ._broker_advice import invalid_broker_setting
 from ._environ import from_environ
 from ._errors import ConfigError
 from ._secrets import SECRET
@@ -454,7 +455,7 @@ class Settings:
             try:
                 amqp.create_ssl_context(ca_file=self.amqp_ca_file)
             except amqp.AMQPConfigError as err:
-                raise ConfigError(f"TOWER_AMQP_CA_FILE is invalid: {err}") from err
+                raise ConfigError(invalid_broker_setting("TOWER_AMQP_CA_FILE", err)) from err
         if self.amqp_cert_file is not None:
             variables = "TOWER_AMQP_CERT_FILE"
             if self.amqp_key_file is not None:
@@ -462,7 +463,7 @@ class Settings:
             try:
                 amqp.create_ssl_context(cert_file=self.amqp_cert_file, key_file=self.amqp_key_file)
             except amqp.AMQPConfigError as err:
-                raise ConfigError(f"{variables} is invalid: {err}") from err
+                raise ConfigError(invalid_broker_setting(variables, err)) from err
 
     def amqp_ssl_context(self) -> ssl.SSLContext | None:
         """The TLS context for an ``amqps://`` URL; None for ``amqp://``.

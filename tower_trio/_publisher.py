@@ -36,6 +36,7 @@ import trio
 
 from . import amqp
 from ._backoff import Backoff
+from ._broker_advice import describe_broker_error
 from ._errors import JournalError, PublishError
 from ._journal import Accepted, JournalRecord, Outgoing, Settlement
 from ._logging import get_logger
@@ -299,11 +300,11 @@ class Publisher:
                 return
             except* (amqp.AMQPError, PublishError, OSError) as group:
                 error = _first_leaf(group)
-                self._last_error = str(error)
+                self._last_error = describe_broker_error(error)
                 log = _log.error if _is_permanent(error) else _log.warning
                 log(
                     "broker.disconnected",
-                    error=error,
+                    error=self._last_error,
                     pending=self._pending,
                     url=self._url.redacted(),
                 )
@@ -687,6 +688,7 @@ def _client_properties() -> dict[str, str]:  # pragma: no mutate block
         "product": "tower-trio",
         "version": __version__,
         "platform": f"Python {platform.python_version()}",
+        "information": "trio-native AMQP 0-9-1 client of tower-trio",
         "connection_name": f"tower-trio publisher on {platform.node()}",
     }
 

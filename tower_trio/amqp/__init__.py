@@ -1,8 +1,11 @@
 """A trio-native AMQP 0-9-1 client on pamqp, made for publishing with confirms.
 
-It knows nothing of tower-trio's triggers: it connects, opens channels,
-declares topology, publishes with pipelined publisher confirms, and has a
-small consumer side for tests and benchmarks. ``amqps://`` URLs connect over
+It knows nothing of the application using it (its messages, settings or
+errors): it connects, opens channels, declares topology, publishes with
+pipelined publisher confirms, and has a small consumer side for tests and
+benchmarks. Its errors derive from :class:`AMQPError` alone and give advice
+in terms of the URL and :func:`create_ssl_context`; an application that
+names its settings otherwise translates them. ``amqps://`` URLs connect over
 TLS (:func:`create_ssl_context` builds the context from PEM files)::
 
     async with amqp.open_connection("amqp://guest:guest@localhost/") as conn:
@@ -24,6 +27,7 @@ from ._errors import (
     ConnectionClosedError,
     ConnectionLostError,
     TLSError,
+    TLSFailure,
     VhostNotFoundError,
 )
 from ._properties import PERSISTENT, TRANSIENT, EncodedProperties, Message, Properties
@@ -55,6 +59,7 @@ __all__ = [
     "QueueDeclared",
     "Returned",
     "TLSError",
+    "TLSFailure",
     "VhostNotFoundError",
     "create_ssl_context",
     "open_connection",

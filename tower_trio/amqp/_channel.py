@@ -355,7 +355,7 @@ class Channel:
         """
         if not consumer_tag:
             self._consumer_count += 1
-            consumer_tag = f"tower-trio.{self._number}.{self._consumer_count}"
+            consumer_tag = f"consumer.{self._number}.{self._consumer_count}"
         if consumer_tag in self._consumers:
             raise ValueError(f"consumer tag {consumer_tag!r} is already in use on this channel")
         send, receive = trio.open_memory_channel[Message](max(self._prefetch, _CONSUMER_BUFFER))

@@ -7,11 +7,10 @@ only see a log line.
 
 from __future__ import annotations
 
+import enum
 from typing import Self
 
 from pamqp import commands
-
-from tower_trio._errors import TowerError
 
 
 def _method_name(class_id: int, method_id: int) -> str | None:
@@ -19,7 +18,7 @@ def _method_name(class_id: int, method_id: int) -> str | None:
     return None if method is None else str(getattr(method, "name", method.__name__))
 
 
-class AMQPError(TowerError):
+class AMQPError(Exception):
     """Base class of every error the AMQP client raises."""
 
     # The error a copy was made from, so that copies raised by many waiters
@@ -49,10 +48,34 @@ class BrokerUnreachableError(AMQPError):
         self.host = host
         self.port = port
         self.reason = reason
+        # What happened, without the advice, for a caller that names its own settings.
+        self.summary = f"cannot reach the AMQP broker at {host}:{port}: {reason}"
         super().__init__(
-            f"cannot reach the AMQP broker at {host}:{port}: {reason}; check that "
-            "RabbitMQ is running there and that TOWER_AMQP_URL points at it"
+            f"{self.summary}; check that RabbitMQ is running there and that the URL points at it"
         )
+
+
+class TLSFailure(enum.Enum):
+    """Why a TLS connection failed, as far as the client can tell: what to look at."""
+
+    #: The broker's certificate is not valid for the host name in the URL.
+    NAME_MISMATCH = enum.auto()
+    #: The broker's certificate is not signed by a CA the SSL context trusts.
+    UNTRUSTED = enum.auto()
+    #: The server answered the TLS handshake in plain AMQP (or something else).
+    NOT_TLS = enum.auto()
+    #: The server answered in TLS, but the URL is ``amqp://``.
+    TLS_PORT = enum.auto()
+    #: The broker requires a client certificate and none was given.
+    CLIENT_CERT_REQUIRED = enum.auto()
+    #: The broker refused the client certificate given.
+    CLIENT_CERT_REFUSED = enum.auto()
+    #: The broker refused the handshake for another reason (such as no common version).
+    HANDSHAKE_REFUSED = enum.auto()
+    #: The broker dropped the connection right after the handshake, without an alert.
+    CLOSED_AFTER_HANDSHAKE = enum.auto()
+    #: The server dropped the connection during the handshake.
+    CLOSED_DURING_HANDSHAKE = enum.auto()
 
 
 class TLSError(AMQPError):
@@ -62,11 +85,14 @@ class TLSError(AMQPError):
     configuration problem that retrying does not fix.
     """
 
-    def __init__(self, host: str, port: int, reason: str, advice: str) -> None:
+    def __init__(self, host: str, port: int, reason: str, advice: str, failure: TLSFailure) -> None:
         self.host = host
         self.port = port
         self.reason = reason
-        super().__init__(f"TLS with the AMQP broker at {host}:{port} failed: {reason}; {advice}")
+        self.failure = failure
+        # What happened, without the advice, for a caller that names its own settings.
+        self.summary = f"TLS with the AMQP broker at {host}:{port} failed: {reason}"
+        super().__init__(f"{self.summary}; {advice}")
 
 
 class _ReplyError(AMQPError):

@@ -11,8 +11,6 @@ import attrs
 import trio
 from pamqp import commands, heartbeat
 
-from tower_trio._version import __version__
-
 from ._errors import (
     AccessRefusedError,
     AMQPError,
@@ -60,12 +58,15 @@ class Tuned:
 
 
 def client_properties(extra: Mapping[str, Any] | None) -> dict[str, Any]:
-    """Our client properties, with ``extra`` merged in (capabilities too)."""
+    """Our client properties, with ``extra`` merged in (capabilities too).
+
+    The client names only itself; the application says who it is (product,
+    version, connection name) through ``extra``.
+    """
     properties: dict[str, Any] = {
-        "product": "tower-trio",
-        "version": __version__,
+        "product": "trio AMQP client",
         "platform": f"Python {platform.python_version()}",
-        "information": "trio-native AMQP 0-9-1 client of tower-trio",
+        "information": "trio-native AMQP 0-9-1 client on pamqp",
         "capabilities": dict(CAPABILITIES),
     }
     if extra:

@@ -2,7 +2,9 @@
 
 OpenSSL reports a failed handshake as a reason code ("CERTIFICATE_VERIFY_FAILED",
 "WRONG_VERSION_NUMBER", an alert sent by the broker). Operators see only a log
-line, so each code is turned into what went wrong and which setting to check.
+line, so each code is turned into what went wrong and what to check, in terms
+of the URL and :func:`create_ssl_context`'s files; the error's
+:class:`TLSFailure` lets an application name its own settings instead.
 """
 
 from __future__ import annotations
@@ -12,7 +14,7 @@ from typing import TYPE_CHECKING, Final, NoReturn
 
 import trio
 
-from ._errors import AMQPConfigError, TLSError
+from ._errors import AMQPConfigError, TLSError, TLSFailure
 
 if TYPE_CHECKING:
     import os
@@ -48,8 +50,8 @@ _CLIENT_CERT_REFUSED: Final = frozenset(
 )
 
 _CLIENT_CERT_ADVICE: Final = (
-    "check TOWER_AMQP_CERT_FILE and TOWER_AMQP_KEY_FILE, and that the broker trusts the CA "
-    "that signed that certificate"
+    "check the client certificate and key (cert_file and key_file of create_ssl_context), "
+    "and that the broker trusts the CA that signed that certificate"
 )
 
 # The first bytes of a TLS record (handshake or alert), as a TLS port answers
@@ -164,15 +166,17 @@ def tls_error(url: URL, err: BaseException | None, *, handshake_done: bool) -> T
                 url.host,
                 url.port,
                 f"the broker's certificate is not valid for the name {url.host!r} ({detail})",
-                "connect with a host name the certificate was issued for (the host in "
-                "TOWER_AMQP_URL)",
+                "connect with a host name the certificate was issued for (the host in the URL)",
+                TLSFailure.NAME_MISMATCH,
             )
         return TLSError(
             url.host,
             url.port,
             f"the broker's certificate is not trusted ({detail})",
-            "check TOWER_AMQP_CA_FILE: it must hold the CA that signed the broker's "
-            "certificate (unset, the system's CAs are trusted)",
+            "check the CAs the SSL context trusts (ca_file of create_ssl_context): they must "
+            "include the CA that signed the broker's certificate (without ca_file, the "
+            "system's CAs are trusted)",
+            TLSFailure.UNTRUSTED,
         )
     if cause is not None and not _is_eof(cause):
         code = str(cause.reason or "")
@@ -184,21 +188,25 @@ def tls_error(url: URL, err: BaseException | None, *, handshake_done: bool) -> T
                 f"the server does not answer in TLS ({detail})",
                 "this looks like a plain AMQP port: use the broker's TLS port (5671 by "
                 "default) with amqps://, or amqp:// for this one",
+                TLSFailure.NOT_TLS,
             )
         if code.endswith("CERTIFICATE_REQUIRED"):
+            failure = TLSFailure.CLIENT_CERT_REQUIRED
             advice = (
-                "the broker requires a client certificate: set TOWER_AMQP_CERT_FILE "
-                "and TOWER_AMQP_KEY_FILE"
+                "the broker requires a client certificate: give one (cert_file and "
+                "key_file of create_ssl_context)"
             )
         elif code in _CLIENT_CERT_REFUSED:
+            failure = TLSFailure.CLIENT_CERT_REFUSED
             advice = _CLIENT_CERT_ADVICE
         else:
+            failure = TLSFailure.HANDSHAKE_REFUSED
             advice = (
                 "check that the broker accepts TLS 1.2 or later and, if it requires client "
-                "certificates, set TOWER_AMQP_CERT_FILE and TOWER_AMQP_KEY_FILE"
+                "certificates, give one (cert_file and key_file of create_ssl_context)"
             )
         return TLSError(
-            url.host, url.port, f"the broker refused the TLS handshake ({detail})", advice
+            url.host, url.port, f"the broker refused the TLS handshake ({detail})", advice, failure
         )
     # No alert came, only a closed socket. With TLS 1.3 a broker checks the
     # client certificate after the client has finished its handshake and
@@ -211,6 +219,7 @@ def tls_error(url: URL, err: BaseException | None, *, handshake_done: bool) -> T
             f"the broker closed the connection right after the TLS handshake ({_drop_reason(err)})",
             "it most likely refused the client certificate or the lack of one; "
             + _CLIENT_CERT_ADVICE,
+            TLSFailure.CLOSED_AFTER_HANDSHAKE,
         )
     return TLSError(
         url.host,
@@ -218,6 +227,7 @@ def tls_error(url: URL, err: BaseException | None, *, handshake_done: bool) -> T
         f"the server closed the connection during the TLS handshake ({_drop_reason(err)})",
         "check that this is the broker's TLS port and, if the broker requires client "
         "certificates, " + _CLIENT_CERT_ADVICE,
+        TLSFailure.CLOSED_DURING_HANDSHAKE,
     )
 
 
@@ -246,4 +256,5 @@ def tls_port_error(url: URL) -> TLSError:
         url.port,
         "the server answered in TLS, but the URL is amqp://",
         "use an amqps:// URL for this port",
+        TLSFailure.TLS_PORT,
     )
