@@ -612,12 +612,17 @@ class TestReport:
             ("access_key", True),
             ("url", False),
             ("interval", False),
+            ("license_key", True),
+            ("signing-key", True),
+            ("passphrase", True),
             ("routing_key", False),
+            ("idempotency_key", False),
+            ("key", False),
             ("key_file", False),
         ],
     )
     def test_secret_field_names(self, name: str, secret: bool) -> None:
-        """An unmarked name is a secret if it says password, token, secret or API key."""
+        """An unmarked name is a secret if it says password, token or secret, or ends in a key."""
         assert is_secret(name) is secret
 
 

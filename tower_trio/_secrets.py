@@ -23,12 +23,25 @@ SECRET = "tower_trio.secret"
 """The attrs metadata key of the mark: True for a secret, False for a declared non-secret."""
 
 # Words that make a name a secret. "key" alone is not one: routing keys and
-# idempotency keys are what an operator greps for, and a key file is a path.
+# idempotency keys are what an operator greps for, and a key file is a path;
+# but a name that ends in one (license_key, signing_key) is taken for a secret,
+# as every unmarked plugin setting named so was before marks existed.
 _SECRET_PARTS = frozenset(
-    {"password", "passwd", "secret", "token", "tokens", "credential", "credentials", "apikey"}
+    {
+        "password",
+        "passwd",
+        "passphrase",
+        "secret",
+        "token",
+        "tokens",
+        "credential",
+        "credentials",
+        "apikey",
+        "authorization",
+    }
 )
-_SECRET_NAMES = ("api_key", "private_key", "secret_key", "access_key", "authorization")
-
+_PUBLIC_KEYS = frozenset({"routing", "idempotency"})
+"""Words before "key" that name a key which is not a secret."""
 
 def secret(**field_options: Any) -> Any:
     """A ``Config`` field that holds a secret: ``api_key: str = secret()``.
@@ -56,7 +69,7 @@ def is_secret(field: attrs.Attribute[Any] | str) -> bool:
 
 def _looks_secret(name: str) -> bool:
     """The fallback guess for an unmarked name (password, token, API key …)."""
-    lowered = name.lower()
-    if any(secret in lowered for secret in _SECRET_NAMES):
+    parts = [part for part in re.split(r"[^a-z0-9]+", name.lower()) if part]
+    if any(part in _SECRET_PARTS for part in parts):
         return True
-    return any(part in _SECRET_PARTS for part in re.split(r"[^a-z0-9]+", lowered))
+    return len(parts) > 1 and parts[-1] == "key" and parts[-2] not in _PUBLIC_KEYS
