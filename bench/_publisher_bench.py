@@ -30,8 +30,9 @@ import trio
 from tower_trio import Metadata, Trigger
 from tower_trio._channel import Submission
 from tower_trio._config import Settings
-from tower_trio._journal import open_journal
-from tower_trio._publisher import APP_ID, Publisher
+from tower_trio._journal import SQLiteStorage, open_journal
+from tower_trio._message import APP_ID
+from tower_trio._publisher import Publisher
 
 from ._broker import declare_bound_queue, purge_queue
 from ._common import BenchError, median, own_cpu_seconds, ratio
@@ -196,7 +197,7 @@ async def _tower_round(settings: Settings, triggers: Sequence[Trigger]) -> tuple
         journal = open_journal(Path(data_dir))
         try:
             seconds, cpu_seconds = await _publish_through(
-                Publisher(settings, journal), settings, triggers
+                Publisher(settings, SQLiteStorage(journal)), settings, triggers
             )
             return seconds, cpu_seconds, journal.size_bytes()
         finally:

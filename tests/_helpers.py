@@ -14,6 +14,7 @@ import trio
 
 from tower_trio import amqp
 from tower_trio._config import Settings
+from tower_trio._journal import Journal, SQLiteStorage
 from tower_trio._supervisor import RunningTower, serve_tower
 
 if TYPE_CHECKING:
@@ -38,6 +39,18 @@ class Tower:
     running: RunningTower
     exchange: str
     shutdown: trio.Event
+
+    @property
+    def storage(self) -> SQLiteStorage:
+        """The tower's storage: the SQLite journal, which tests may hook into."""
+        storage = self.running.storage
+        assert isinstance(storage, SQLiteStorage)
+        return storage
+
+    @property
+    def journal(self) -> Journal:
+        """The SQLite journal under the tower's storage (its blocking methods)."""
+        return self.storage.journal
 
 
 @attrs.define

@@ -25,16 +25,17 @@ TARGET = 0.85
 STRICT = (
     "tower_trio._journal",
     "tower_trio.amqp._confirm",
-    # The publisher's confirm path: from a publish to the recorded outcome.
+    # The confirm path: from a publish to the recorded outcome.
     "tower_trio._publisher.Publisher._publish_pending",
-    "tower_trio._publisher.Publisher._settled_but_unrecorded",
     "tower_trio._publisher.Publisher._publish",
     "tower_trio._publisher.Publisher._settle_confirms",
     "tower_trio._publisher.Publisher._settle",
     "tower_trio._publisher.Publisher._finish",
     "tower_trio._publisher.Publisher._republish_later",
-    "tower_trio._publisher.Publisher._record_settlement",
-    "tower_trio._publisher.Publisher._flush_settlements",
+    "tower_trio._settlements.Settlements.record",
+    "tower_trio._settlements.Settlements.settled_but_unrecorded",
+    "tower_trio._settlements.Settlements.flush",
+    "tower_trio._outbox.Outbox.settled",
 )
 """Modules, or functions, where every surviving mutant must be explained as equivalent."""
 

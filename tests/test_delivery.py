@@ -14,16 +14,10 @@ from pamqp import commands
 from tests._helpers import VALID, Broker, run_tower, tower_settings, unused_port
 from tests.amqp._fake_broker import FakePeer, serve_fake_broker
 from tower_trio import JournalError, Trigger
-from tower_trio._journal import (
-    Accepted,
-    Duplicate,
-    Journal,
-    JournalRecord,
-    Settlement,
-    open_journal,
-)
+from tower_trio._journal import Journal, open_journal
 from tower_trio._plugins import discover_plugins, select_plugins
 from tower_trio._serialization import dump_trigger, load_trigger
+from tower_trio._storage import Accepted, Duplicate, JournalRecord, PageQuery, Settlement
 
 if TYPE_CHECKING:
     from collections.abc import AsyncIterator
@@ -163,12 +157,12 @@ class TestJournal:
         append(journal, trigger(9, api_version="ChiBio/v1alpha1", protocol="Dilute"))
 
         def listed(**filters: Any) -> list[JournalRecord]:
-            records, _ = journal.page(limit=50, **filters)
+            records, _ = journal.page(PageQuery(limit=50, **filters))
             return records
 
-        newest, _ = journal.page(limit=3)
+        newest, _ = journal.page(PageQuery(limit=3))
         assert [load_trigger(r.body).spec for r in newest] == [{"n": 9}, {"n": 4}, {"n": 3}]
-        rest, _ = journal.page(limit=3, before=newest[-1].seq)
+        rest, _ = journal.page(PageQuery(limit=3, before=newest[-1].seq))
         assert [load_trigger(r.body).spec for r in rest] == [{"n": 2}, {"n": 1}, {"n": 0}]
         assert [r.protocol for r in listed(protocol="Dilute")] == ["Dilute"]
         assert len(listed(api_version="OT-2/v1alpha1")) == 5

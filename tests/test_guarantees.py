@@ -22,9 +22,10 @@ import trio
 from tests._helpers import VALID, Broker, run_tower, spec_of, tower_settings, watching
 from tower_trio import JournalError, Trigger
 from tower_trio import _supervisor as supervisor
-from tower_trio._journal import Accepted, Journal, Settlement, open_journal
+from tower_trio._journal import Journal, SQLiteStorage, open_journal
 from tower_trio._metrics import instrument
 from tower_trio._serialization import dump_trigger, load_trigger
+from tower_trio._storage import Accepted, Settlement
 
 if TYPE_CHECKING:
     from pathlib import Path
@@ -114,22 +115,20 @@ class HeldBatches:
     as a disk that hangs for a while would change it.
     """
 
-    journal: Journal
-    write: Callable[..., Awaitable[Any]]
+    append: Callable[[Any], Awaitable[Any]]
     entered: trio.Event = attrs.Factory(trio.Event)
     released: trio.Event = attrs.Factory(trio.Event)
 
     @classmethod
-    def install(cls, journal: Journal, monkeypatch: pytest.MonkeyPatch) -> HeldBatches:
-        held = cls(journal, journal.write)
-        monkeypatch.setattr(journal, "write", held.held_write)
+    def install(cls, storage: SQLiteStorage, monkeypatch: pytest.MonkeyPatch) -> HeldBatches:
+        held = cls(storage.append)
+        monkeypatch.setattr(storage, "append", held.held_append)
         return held
 
-    async def held_write(self, function: Callable[..., Any], *args: Any) -> Any:
-        if function == self.journal.append:
-            self.entered.set()
-            await self.released.wait()
-        return await self.write(function, *args)
+    async def held_append(self, entries: Any) -> Any:
+        self.entered.set()
+        await self.released.wait()
+        return await self.append(entries)
 
 
 class TestWithdrawal:
@@ -141,7 +140,7 @@ class TestWithdrawal:
         settings = tower_settings(amqp_url, broker.exchange, tmp_path, publish_timeout=0.5)
         with trio.fail_after(20):
             async with run_tower(settings) as tower:
-                held = HeldBatches.install(tower.running.journal, monkeypatch)
+                held = HeldBatches.install(tower.storage, monkeypatch)
                 first: list[httpx.Response] = []
 
                 async def post_first() -> None:
@@ -262,7 +261,7 @@ class TestNoRepublishAfterReconnect:
                 await nursery.start(relay.serve)
                 settings = tower_settings(relay.url(amqp_url), broker.exchange, tmp_path)
                 async with run_tower(settings) as tower:
-                    refused = refusal(tower.running.journal)
+                    refused = refusal(tower.journal)
                     for n in range(self.COUNT):
                         response = await tower.client.post(
                             "/triggers?wait=published", json=posted(n)

@@ -21,10 +21,11 @@ import trio
 from tests._helpers import VALID, Broker, run_tower, tower_settings, unused_port
 from tower_trio import JournalError, Trigger
 from tower_trio._channel import Intake, Submission, TriggerSendChannel
-from tower_trio._journal import Journal, Settlement, open_journal, request_fingerprint
+from tower_trio._journal import Journal, SQLiteStorage, open_journal
 from tower_trio._plugins import discover_plugins, select_plugins
 from tower_trio._publisher import Publisher
 from tower_trio._serialization import dump_trigger, trigger_from_wire
+from tower_trio._storage import Settlement, request_fingerprint
 
 if TYPE_CHECKING:
     from collections.abc import Iterable
@@ -380,7 +381,7 @@ class TestShutdownCount:
         await broker.bind("OT-2/v1alpha1")
         settings = tower_settings(amqp_url, broker.exchange, tmp_path)
         journal = _NoRoomForAnswers(tmp_path / "journal.sqlite3")
-        publisher = Publisher(settings, journal)
+        publisher = Publisher(settings, SQLiteStorage(journal))
         send, receive = trio.open_memory_channel[Submission](10)
         with caplog.at_level(logging.WARNING), trio.fail_after(20):
             async with trio.open_nursery() as nursery:

@@ -18,17 +18,18 @@ import trio
 import trio.testing
 
 from tower_trio import JournalError, Trigger
-from tower_trio._journal import (
-    Accepted,
-    Duplicate,
-    Journal,
-    Outgoing,
-    Settlement,
-    open_journal,
-    request_fingerprint,
-)
+from tower_trio._journal import Journal, SQLiteStorage, open_journal
 from tower_trio._models import Metadata, Plate
 from tower_trio._serialization import dump_trigger
+from tower_trio._storage import (
+    Accepted,
+    Duplicate,
+    Outgoing,
+    PageQuery,
+    Settlement,
+    request_fingerprint,
+)
+from tower_trio._vocabulary import DeliveryStatus
 
 if TYPE_CHECKING:
     from pathlib import Path
@@ -181,7 +182,8 @@ class TestConnections:
     @pytest.mark.parametrize("side", ["write", "read"])
     async def test_one_call_at_a_time_in_arrival_order(self, journal: Journal, side: str) -> None:
         """A second write (or lookup) waits until the first has returned, then runs."""
-        call = journal.write if side == "write" else journal.read
+        storage = SQLiteStorage(journal)
+        call = storage._write if side == "write" else storage._read
         first_running, release, second_ran = threading.Event(), threading.Event(), threading.Event()
         order: list[str] = []
 
@@ -562,43 +564,45 @@ class TestPage:
 
     def test_filters_combine(self, journal: Journal, seqs: list[int]) -> None:
         """Several filters all apply at once."""
-        records, more = journal.page(status="pending", protocol="PlateTransfer", limit=50)
+        records, more = journal.page(
+            PageQuery(status=DeliveryStatus.PENDING, protocol="PlateTransfer", limit=50)
+        )
         assert [r.seq for r in records] == [seqs[4], seqs[2]]
         assert not more
-        assert journal.page(source="lims", limit=50) == ([], False)
+        assert journal.page(PageQuery(source="lims", limit=50)) == ([], False)
 
     def test_before_is_exclusive(self, journal: Journal, seqs: list[int]) -> None:
         """The page before a seq starts with the one below it."""
-        records, _ = journal.page(before=seqs[3], limit=2)
+        records, _ = journal.page(PageQuery(before=seqs[3], limit=2))
         assert [r.seq for r in records] == [seqs[2], seqs[1]]
 
     def test_a_full_page_says_more_may_follow(self, journal: Journal, seqs: list[int]) -> None:
         """A page holding ``limit`` records says more may follow; a shorter one says not."""
-        assert journal.page(limit=5)[1]
-        assert not journal.page(limit=6)[1]
-        assert len(journal.page(limit=5)[0]) == 5
+        assert journal.page(PageQuery(limit=5))[1]
+        assert not journal.page(PageQuery(limit=6))[1]
+        assert len(journal.page(PageQuery(limit=5))[0]) == 5
 
     def test_bodies_that_fit_exactly_share_a_page(self, journal: Journal, seqs: list[int]) -> None:
         """A page ends only when its bodies would exceed the byte bound, not when they meet it."""
-        records, _ = journal.page(limit=50)
+        records, _ = journal.page(PageQuery(limit=50))
         sizes = [len(r.body) for r in records]
-        exact, more = journal.page(max_bytes=sizes[0] + sizes[1], limit=50)
+        exact, more = journal.page(PageQuery(max_bytes=sizes[0] + sizes[1], limit=50))
         assert [r.seq for r in exact] == [seqs[4], seqs[3]]
         assert more
-        below, _ = journal.page(max_bytes=sizes[0] + sizes[1] - 1, limit=50)
+        below, _ = journal.page(PageQuery(max_bytes=sizes[0] + sizes[1] - 1, limit=50))
         assert [r.seq for r in below] == [seqs[4]]
 
     def test_one_record_larger_than_the_bound_is_still_a_page(
         self, journal: Journal, seqs: list[int]
     ) -> None:
         """A single record larger than the byte bound comes alone, so paging moves on."""
-        records, more = journal.page(max_bytes=1, limit=50)
+        records, more = journal.page(PageQuery(max_bytes=1, limit=50))
         assert [r.seq for r in records] == [seqs[4]]
         assert more
 
     def test_a_record_reads_back_as_stored(self, journal: Journal, seqs: list[int]) -> None:
         """A looked-up record has every field the journal stored, settled or not."""
-        published = journal.page(status="published", limit=50)[0][0]
+        published = journal.page(PageQuery(status=DeliveryStatus.PUBLISHED, limit=50))[0][0]
         assert published.seq == seqs[0]
         assert (published.api_version, published.protocol, published.source) == (
             "OT-2/v1alpha1",

@@ -17,11 +17,10 @@ from tests._helpers import Broker, accept_all, run_tower, spec_of, tower_setting
 from tower_trio import PluginError, Trigger
 from tower_trio._backoff import Backoff
 from tower_trio._channel import Submission
-from tower_trio._journal import open_journal
+from tower_trio._journal import SQLiteStorage, open_journal
 from tower_trio._plugins import discover_plugins, plugins_report, select_plugins, serve_plugin
 from tower_trio._runtime import MemoryStateBackend, PluginState, PluginStatus
 from tower_trio._secrets import is_secret
-from tower_trio._supervisor import JournalStateBackend
 from tower_trio.plugin import State
 from tower_trio.testing import open_plugin
 
@@ -513,9 +512,9 @@ class TestState:
                     return blocking(*args)
 
                 monkeypatch.setattr(journal, name, noted)
-            state = await State.load("p", JournalStateBackend(journal))
+            state = await State.load("p", SQLiteStorage(journal))
             await state.set("k", 1)
-            again = await State.load("p", JournalStateBackend(journal))
+            again = await State.load("p", SQLiteStorage(journal))
         finally:
             journal.close()
         assert await again.get("k") == 1

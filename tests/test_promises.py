@@ -52,7 +52,7 @@ from tower_trio._server import serve_http
 from tower_trio.amqp._frames import PROTOCOL_HEADER, Frame, FrameReader
 
 if TYPE_CHECKING:
-    from collections.abc import AsyncIterator, Callable
+    from collections.abc import AsyncIterator
     from pathlib import Path
 
     from tests._helpers import Tower
@@ -98,10 +98,9 @@ class WrittenBatches(HeldBatches):
 
     written: trio.Event = attrs.Factory(trio.Event)
 
-    async def held_write(self, function: Callable[..., Any], *args: Any) -> Any:
-        result = await super().held_write(function, *args)
-        if function == self.journal.append:
-            self.written.set()
+    async def held_append(self, entries: Any) -> Any:
+        result = await super().held_append(entries)
+        self.written.set()
         return result
 
 
@@ -139,7 +138,7 @@ class TestTheJournal:
         statuses: list[int] = []
         with trio.fail_after(20):
             async with run_tower(offline_settings(unique, tmp_path)) as tower:
-                journal = tower.running.journal
+                journal = tower.journal
                 append = journal.append
 
                 def observed_append(entries: Any) -> Any:
@@ -154,7 +153,7 @@ class TestTheJournal:
                         batches.append((len(entries), transaction))
 
                 monkeypatch.setattr(journal, "append", observed_append)
-                held = HeldBatches.install(journal, monkeypatch)
+                held = HeldBatches.install(tower.storage, monkeypatch)
 
                 async def post(n: int) -> None:
                     statuses.append(
@@ -187,7 +186,7 @@ class TestWhatTheAnswersMean:
         key = {"Idempotency-Key": "order-17"}
         with trio.fail_after(20):
             async with run_tower(settings) as tower:
-                held = WrittenBatches.install(tower.running.journal, monkeypatch)
+                held = WrittenBatches.install(tower.storage, monkeypatch)
                 assert isinstance(held, WrittenBatches)
                 unknown = await tower.client.post("/triggers", json=VALID, headers=key)
                 # The disk comes back: the trigger the journal took is stored after all.
@@ -441,7 +440,7 @@ class TestRetention:
         """A running tower deletes a published trigger once TOWER_RETENTION has passed."""
         queue = await broker.bind(ROUTE)
         settings = tower_settings(amqp_url, broker.exchange, tmp_path, retention=0.5)
-        with watching("tower_trio._publisher", "journal.pruned") as pruned, trio.fail_after(15):
+        with watching("tower_trio._outbox", "journal.pruned") as pruned, trio.fail_after(15):
             async with run_tower(settings) as tower:
                 published = await tower.client.post("/triggers?wait=published", json=VALID)
                 kept = await tower.client.get(published.headers["Location"])
@@ -708,7 +707,7 @@ class TestHttpApi:
         def broken_lookup(uuid: str) -> None:
             raise RuntimeError("lookup exploded at row 7")
 
-        monkeypatch.setattr(offline_tower.running.journal, "get", broken_lookup)
+        monkeypatch.setattr(offline_tower.journal, "get", broken_lookup)
         with caplog.at_level(logging.INFO, logger="tower_trio"):
             answer = await offline_tower.client.get("/triggers/" + "0" * 32)
         assert answer.status_code == 500

@@ -27,16 +27,10 @@ from tests.amqp._fake_broker import FakePeer, serve_fake_broker
 from tests.test_delivery import declare_for_each_connection
 from tower_trio import JournalError, Trigger, __version__
 from tower_trio._channel import Intake, Submission
-from tower_trio._journal import (
-    FILE_NAME,
-    Accepted,
-    Journal,
-    JournalRecord,
-    Outgoing,
-    Settlement,
-    open_journal,
-)
-from tower_trio._publisher import PropertyTemplates, Publisher, message_properties
+from tower_trio._journal import FILE_NAME, Journal, SQLiteStorage, open_journal
+from tower_trio._message import PropertyTemplates, message_properties
+from tower_trio._publisher import Publisher
+from tower_trio._storage import Accepted, JournalRecord, Outgoing, Settlement
 from tower_trio._vocabulary import DeliveryStatus
 
 if TYPE_CHECKING:
@@ -121,7 +115,7 @@ class Scripted:
         """A submission's record as a lookup shows it: the journal's, with unwritten answers."""
         record = self.journal.get(submission.trigger.uuid)
         assert record is not None
-        return self.publisher.current(record)
+        return self.publisher.settlements.current(record)
 
     def status(self, submission: Submission) -> tuple[str, int, str | None]:
         """What the journal on disk says of a submission's trigger."""
@@ -175,7 +169,7 @@ async def scripted_publisher(
             declares = 2 if overrides.get("unroutable_exchange") else 1
             nursery.start_soon(declare_for_each_connection, fake, peers_in, opened, declares)
             settings = tower_settings(fake.url, "fake.triggers", tmp_path, **overrides)
-            publisher = Publisher(settings, journal)
+            publisher = Publisher(settings, SQLiteStorage(journal))
             intake, receive = trio.open_memory_channel[Submission](100)
             stopped = trio.Event()
 
@@ -202,12 +196,18 @@ async def nack(peer: FakePeer, tag: int) -> None:
     await peer.send(1, commands.Basic.Nack(delivery_tag=tag))
 
 
+PUBLISHER_LOGGERS = frozenset(
+    {"tower_trio._publisher", "tower_trio._outbox", "tower_trio._settlements"}
+)
+"""The publisher's task tree logs under its modules' names."""
+
+
 def logged(caplog: pytest.LogCaptureFixture, event: str) -> list[tuple[int, dict[str, Any]]]:
     """The level and fields of each ``event`` the publisher logged."""
     return [
         (record.levelno, record.fields)  # type: ignore[attr-defined]
         for record in caplog.records
-        if record.name == "tower_trio._publisher" and record.msg == event
+        if record.name in PUBLISHER_LOGGERS and record.msg == event
     ]
 
 
@@ -506,7 +506,8 @@ class TestIntake:
                 assert scripted.publisher.statistics().duplicates == 2
                 assert len(peer.published) == 1
         assert (retry.intake, other.intake) == (Intake.DUPLICATE, Intake.DUPLICATE)
-        assert retry.duplicate.uuid == first.trigger.uuid  # type: ignore[attr-defined]
+        assert retry.duplicate is not None
+        assert retry.duplicate.uuid == first.trigger.uuid
         assert (retry.same_request, other.same_request) == (True, False)
         first_uuid = first.trigger.uuid
         assert logged(caplog, "trigger.duplicate") == [
@@ -617,7 +618,7 @@ class TestAnswersNotYetRecorded:
         journal = RefusingAnswers(tmp_path / FILE_NAME)
         with (
             caplog.at_level(logging.INFO),
-            watching("tower_trio._publisher", "journal.write_failed") as failures,
+            watching("tower_trio._settlements", "journal.write_failed") as failures,
             trio.fail_after(10),
         ):
             async with scripted_publisher(tmp_path, journal) as scripted:
@@ -648,7 +649,7 @@ class TestAnswersNotYetRecorded:
         """A retry's unwritten nack shows as pending; the ack that followed is what stays."""
         journal = RefusingAnswers(tmp_path / FILE_NAME)
         with (
-            watching("tower_trio._publisher", "journal.write_failed") as failures,
+            watching("tower_trio._settlements", "journal.write_failed") as failures,
             trio.fail_after(10),
         ):
             async with scripted_publisher(tmp_path, journal) as scripted:
@@ -696,7 +697,7 @@ class TestAnswersNotYetRecorded:
         journal = RefusingAnswers(tmp_path / FILE_NAME)
         with (
             caplog.at_level(logging.INFO),
-            watching("tower_trio._publisher", "journal.write_failed") as failures,
+            watching("tower_trio._settlements", "journal.write_failed") as failures,
             trio.fail_after(10),
         ):
             async with scripted_publisher(tmp_path, journal) as scripted:
@@ -811,7 +812,7 @@ class TestHousekeeping:
         """Triggers settled longer than TOWER_RETENTION leave the journal, and the log says so."""
         with (
             caplog.at_level(logging.INFO),
-            watching("tower_trio._publisher", "journal.pruned") as pruned,
+            watching("tower_trio._outbox", "journal.pruned") as pruned,
             trio.fail_after(10),
         ):
             async with scripted_publisher(tmp_path, retention=0.3) as scripted:

@@ -21,7 +21,7 @@ import trio.testing
 from tests._helpers import VALID, run_tower, tower_settings, watching
 from tower_trio._backoff import Backoff
 from tower_trio._channel import Submission
-from tower_trio._journal import open_journal
+from tower_trio._journal import SQLiteStorage, open_journal
 from tower_trio._plugins import ConfiguredPlugin, DiscoveredPlugin, serve_plugin
 from tower_trio._publisher import Publisher
 from tower_trio._runtime import PluginState, PluginStatus
@@ -188,7 +188,9 @@ class TestBrokerRefusal:
         """After many refused attempts the publisher waits at most 30 s, with jitter, not more."""
         url, _ = _refused(amqp_url, unique, "wrong-password")
         journal = open_journal(tmp_path)
-        publisher = Publisher(tower_settings(url, f"test.triggers.{unique}", tmp_path), journal)
+        publisher = Publisher(
+            tower_settings(url, f"test.triggers.{unique}", tmp_path), SQLiteStorage(journal)
+        )
         # Half an hour of outage, as counted by the publisher's own backoff.
         for _ in range(60):
             publisher._reconnect_backoff.next_delay()

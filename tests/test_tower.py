@@ -21,11 +21,11 @@ from tower_trio._plugins import discover_plugins, select_plugins
 from tower_trio._serialization import load_trigger
 
 if TYPE_CHECKING:
-    from collections.abc import AsyncIterator, Callable
+    from collections.abc import AsyncIterator
 
     import httpx
 
-    from tower_trio._journal import Journal
+    from tower_trio._journal import SQLiteStorage
 
 REPO = Path(__file__).parent.parent
 
@@ -44,18 +44,17 @@ class _Commits:
     _changed: trio.Event = attrs.Factory(trio.Event)
 
     @classmethod
-    def of(cls, journal: Journal, monkeypatch: pytest.MonkeyPatch) -> _Commits:
+    def of(cls, storage: SQLiteStorage, monkeypatch: pytest.MonkeyPatch) -> _Commits:
         commits = cls()
-        write = journal.write
+        append = storage.append
 
-        async def counted(function: Callable[..., Any], *args: Any) -> Any:
-            result = await write(function, *args)
-            if function == journal.append:
-                commits.count += 1
-                commits._changed.set()
+        async def counted(entries: Any) -> Any:
+            result = await append(entries)
+            commits.count += 1
+            commits._changed.set()
             return result
 
-        monkeypatch.setattr(journal, "write", counted)
+        monkeypatch.setattr(storage, "append", counted)
         return commits
 
     async def wait_for(self, count: int) -> None:
@@ -305,7 +304,7 @@ class TestProbes:
         waited: list[httpx.Response] = []
         async with run_tower(settings) as tower:
             try:
-                commits = _Commits.of(tower.running.journal, monkeypatch)
+                commits = _Commits.of(tower.storage, monkeypatch)
                 health = await tower.client.get("/healthz")
                 ready = await tower.client.get("/readyz")
                 accepted = await tower.client.post("/triggers", json=VALID)

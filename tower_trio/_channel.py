@@ -23,6 +23,7 @@ import trio
 from ._errors import JournalError
 from ._models import FieldError, InvalidTriggerError, Trigger
 from ._serialization import dump_trigger
+from ._storage import JournalRecord
 from ._vocabulary import DeliveryStatus
 
 if TYPE_CHECKING:
@@ -53,8 +54,8 @@ class Submission:
     intake: Intake = Intake.WAITING
     status: DeliveryStatus = DeliveryStatus.PENDING
     error: str | None = None
-    duplicate: object = None
-    """For a DUPLICATE: the journal's record of the first trigger with this key."""
+    duplicate: JournalRecord | None = None
+    """For a DUPLICATE: the stored record of the first trigger with this key."""
     same_request: bool = False
     withdrawn: bool = False
     """Set by a source that stopped waiting before the journal took it: a trigger
@@ -103,7 +104,7 @@ class Submission:
         self._committed.set()
         self.settle(DeliveryStatus.FAILED, error)
 
-    def duplicate_of(self, record: object, *, same_request: bool) -> None:
+    def duplicate_of(self, record: JournalRecord, *, same_request: bool) -> None:
         self.intake = Intake.DUPLICATE
         self.duplicate = record
         self.same_request = same_request

@@ -10,7 +10,7 @@ from __future__ import annotations
 import json
 from collections.abc import Callable, Mapping, Sequence
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, Protocol
 
 import attrs
 import trio
@@ -21,12 +21,12 @@ from werkzeug.exceptions import HTTPException
 from ._auth import Guard
 from ._channel import Intake, Submission
 from ._config import Settings
-from ._journal import Journal, JournalRecord, request_fingerprint
 from ._logging import get_logger
 from ._models import FieldError, InvalidTriggerError
 from ._openapi import openapi_document
 from ._schemas import ProtocolSchemas
 from ._serialization import dumps, format_datetime, trigger_from_wire
+from ._storage import JournalRecord, PageQuery, request_fingerprint
 from ._vocabulary import DEFAULT_LIST_LIMIT, MAX_KEY_LENGTH, MAX_LIST_LIMIT, DeliveryStatus
 
 __all__ = ["Readiness", "create_app"]
@@ -34,6 +34,16 @@ __all__ = ["Readiness", "create_app"]
 _log = get_logger(__name__)
 
 Readiness = Callable[[], Sequence[str]]
+
+
+class TriggerLookup(Protocol):
+    """What ``GET /triggers`` reads: ``Storage``'s lookups, or the publisher's settlements."""
+
+    async def get(self, uuid: str) -> JournalRecord | None: ...
+
+    async def page(self, query: PageQuery) -> tuple[list[JournalRecord], bool]: ...
+
+
 """Why the tower is not ready; empty when it is."""
 
 _JSON_TYPES = frozenset({"application/json"})
@@ -113,11 +123,10 @@ def _unknown_parameters(args: Mapping[str, str], allowed: frozenset[str]) -> Res
 class _Api:
     settings: Settings
     send_channel: trio.MemorySendChannel[Submission]
-    journal: Journal
+    lookup: TriggerLookup
     readiness: Readiness
     draining: Callable[[], bool]
     plugins_view: Callable[[], list[dict[str, Any]]]
-    current: Callable[[JournalRecord], JournalRecord]
     schemas: ProtocolSchemas
     guard: Guard
     openapi: bytes = attrs.field(factory=lambda: dumps(openapi_document()))
@@ -233,9 +242,9 @@ class _Api:
         if submission.intake is Intake.ACCEPTED and submission.wants_settlement:
             with trio.move_on_at(deadline):
                 await submission.wait_settled()
-        return self._answer(submission, key)
+        return await self._answer(submission, key)
 
-    def _answer(self, submission: Submission, key: str | None) -> Response:
+    async def _answer(self, submission: Submission, key: str | None) -> Response:
         timeout = self.settings.publish_timeout
         location = f"/triggers/{submission.trigger.uuid}"
         if submission.withdrawn:
@@ -275,7 +284,7 @@ class _Api:
             )
         if submission.intake is Intake.DUPLICATE:
             record = submission.duplicate
-            assert isinstance(record, JournalRecord)
+            assert record is not None  # set with every DUPLICATE
             if not submission.same_request:
                 return _error(
                     409,
@@ -285,9 +294,9 @@ class _Api:
                         "with a different body; use a new key"
                     ],
                 )
-            return _json(
-                _record_json(self.current(record)), 200, Location=f"/triggers/{record.uuid}"
-            )
+            # As a lookup shows it: with a broker answer not yet written.
+            record = await self.lookup.get(record.uuid) or record
+            return _json(_record_json(record), 200, Location=f"/triggers/{record.uuid}")
         if submission.wants_settlement and not submission.settled:
             # On disk and on its way; the client can follow it at Location.
             return _json(_status_json(DeliveryStatus.PENDING, submission), 504, Location=location)
@@ -305,23 +314,26 @@ class _Api:
         return _json(_status_json(submission.status.value, submission), 202, Location=location)
 
     async def get_trigger(self, uuid: str) -> Response:
-        journal = self.journal
-        record = await journal.read(journal.get, uuid) if len(uuid) == 32 else None
+        record = await self.lookup.get(uuid) if len(uuid) == 32 else None
         if record is None:
             return _error(
                 404,
                 "no such trigger",
                 [f"no trigger {uuid} in the journal; settled ones go after TOWER_RETENTION"],
             )
-        return _json(_record_json(self.current(record)))
+        return _json(_record_json(record))
 
     async def list_triggers(self) -> Response:
         args = request.args
         if problem := _unknown_parameters(args, _LIST_PARAMETERS):
             return problem
-        filters = {column: args[name] for name, column in _LIST_FILTERS.items() if name in args}
-        if "status" in filters and filters["status"] not in _STATUSES:
-            return _bad_parameter("status", f"must be one of {', '.join(sorted(_STATUSES))}")
+        filters: dict[str, Any] = {
+            column: args[name] for name, column in _LIST_FILTERS.items() if name in args
+        }
+        if "status" in filters:
+            if filters["status"] not in _STATUSES:
+                return _bad_parameter("status", f"must be one of {', '.join(sorted(_STATUSES))}")
+            filters["status"] = DeliveryStatus(filters["status"])
         raw_limit = args.get("limit", str(DEFAULT_LIST_LIMIT))
         # Digits only: int() would also take " 5", "+5" and "1_0".
         digits = raw_limit.isascii() and raw_limit.isdigit() and len(raw_limit) <= 3
@@ -332,14 +344,11 @@ class _Api:
         if before is not None and not (before.isascii() and before.isdigit() and len(before) < 19):
             return _bad_parameter("before", "must be a cursor returned as 'next' by this endpoint")
         cursor = None if before is None else int(before)
-        journal = self.journal
-        records, more = await journal.read(
-            lambda: journal.page(
-                **filters, before=cursor, limit=limit, max_bytes=self.settings.list_max_bytes
-            )
+        records, more = await self.lookup.page(
+            PageQuery(**filters, before=cursor, limit=limit, max_bytes=self.settings.list_max_bytes)
         )
         next_cursor = str(records[-1].seq) if more else None
-        items = b",".join(_record_json(self.current(r)) for r in records)
+        items = b",".join(_record_json(record) for record in records)
         return _json(b'{"items":[' + items + b'],"next":' + dumps(next_cursor) + b"}")
 
     async def protocols(self) -> Response:
@@ -402,30 +411,28 @@ class _Api:
 def create_app(
     settings: Settings,
     send_channel: trio.MemorySendChannel[Submission],
-    journal: Journal,
+    lookup: TriggerLookup,
     readiness: Readiness,
     *,
     draining: Callable[[], bool] = lambda: False,
     plugins_view: Callable[[], list[dict[str, Any]]] = list,
-    current: Callable[[JournalRecord], JournalRecord] = lambda record: record,
     schemas: ProtocolSchemas | None = None,
     guard: Guard | None = None,
 ) -> QuartTrio:
     """The API app; it sends every valid trigger on ``send_channel``.
 
-    ``current`` brings a journal record up to date with what the publisher
-    knows but has not written yet. ``schemas`` are the protocol schemas
-    triggers must match; ``guard`` (by default from ``settings``) checks
-    tokens and the rate limit.
+    ``lookup`` answers ``GET /triggers``: the publisher's settlements, which
+    see the broker's answers before storage does (or storage itself).
+    ``schemas`` are the protocol schemas triggers must match; ``guard`` (by
+    default from ``settings``) checks tokens and the rate limit.
     """
     api = _Api(
         settings,
         send_channel,
-        journal,
+        lookup,
         readiness,
         draining,
         plugins_view,
-        current,
         ProtocolSchemas() if schemas is None else schemas,
         Guard.from_settings(settings) if guard is None else guard,
     )

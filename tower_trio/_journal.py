@@ -5,9 +5,9 @@ through one writer connection, and every use of that connection holds the
 journal's writer lock, whoever calls (the publisher's batches and broker
 answers, plugins saving their state): two writers can never interleave
 their transactions. HTTP lookups read through a second connection, which
-WAL lets run beside the writer. Every method here blocks: callers run them
-with ``trio.to_thread.run_sync``, through ``Journal.write`` /
-``Journal.read`` for the tower's own tasks.
+WAL lets run beside the writer. Every method of ``Journal`` blocks;
+``SQLiteStorage`` is the tower's ``Storage`` on it, running each call in a
+worker thread, writes one at a time in the order they were called.
 
 A trigger's row is its delivery record: ``pending`` until the broker
 confirms it, then ``published``, ``unroutable`` or ``failed``. Rows that
@@ -17,7 +17,6 @@ are settled are pruned after the retention period; pending rows never are.
 from __future__ import annotations
 
 import functools
-import hashlib
 import json
 import os
 import sqlite3
@@ -25,27 +24,20 @@ import threading
 import time
 from typing import TYPE_CHECKING, Any, Concatenate, ParamSpec, TypeVar
 
-import attrs
 import trio
 
 from ._errors import JournalError
+from ._storage import Accepted, Duplicate, JournalRecord, Outgoing, PageQuery, Settlement
+from ._vocabulary import DeliveryStatus
 
 if TYPE_CHECKING:
     from collections.abc import Callable, Iterable, Sequence
     from pathlib import Path
 
     from ._models import Trigger
+    from ._storage import Entry
 
-__all__ = [
-    "Accepted",
-    "Duplicate",
-    "Journal",
-    "JournalRecord",
-    "Outgoing",
-    "Settlement",
-    "open_journal",
-    "request_fingerprint",
-]
+__all__ = ["Journal", "SQLiteStorage", "open_journal", "open_storage"]
 
 _T = TypeVar("_T")
 _P = ParamSpec("_P")
@@ -81,77 +73,6 @@ CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL) WITH
 """
 
 FILE_NAME = "journal.sqlite3"
-
-
-def request_fingerprint(trigger: Trigger) -> str:
-    """A digest of what a client asked for, to tell a retry from a different request.
-
-    Taken from the validated trigger, not the raw request: what the tower
-    assigns or overrides (uuid, creation time, source) is left out, and a
-    validated trigger always encodes (no lone surrogates, bounded depth).
-    """
-    asked = {
-        "apiVersion": trigger.api_version,
-        "protocol": trigger.protocol,
-        "plate": None if trigger.plate is None else [trigger.plate.rows, trigger.plate.columns],
-        "spec": trigger.spec,
-        "metadata": trigger.metadata.spec,
-    }
-    canonical = json.dumps(asked, sort_keys=True, separators=(",", ":"))
-    return hashlib.sha256(canonical.encode()).hexdigest()
-
-
-@attrs.frozen
-class Outgoing:
-    """A journaled trigger as the publisher needs it."""
-
-    seq: int
-    uuid: str
-    routing_key: str
-    protocol: str
-    source: str
-    body: bytes
-    created_at: float
-    attempts: int
-
-
-@attrs.frozen
-class Accepted:
-    outgoing: Outgoing
-
-
-@attrs.frozen
-class Duplicate:
-    """The idempotency key was seen before: here is the first trigger."""
-
-    record: JournalRecord
-    same_request: bool
-
-
-@attrs.frozen
-class Settlement:
-    seq: int
-    status: str
-    attempts: int
-    last_error: str | None
-    at: float
-
-
-@attrs.frozen
-class JournalRecord:
-    """A trigger as published, with its delivery record."""
-
-    seq: int
-    uuid: str
-    api_version: str
-    protocol: str
-    source: str
-    body: bytes
-    status: str
-    created_at: float
-    published_at: float | None
-    attempts: int
-    last_error: str | None
 
 
 _RECORD_COLUMNS = (
@@ -225,31 +146,16 @@ class Journal:
                 f"cannot open the journal {path}: {err}; TOWER_DATA_DIR must be a "
                 "writable directory"
             ) from err
-        self._write_lock = trio.CapacityLimiter(1)
-        self._read_lock = trio.CapacityLimiter(1)
 
     @_writes
     def close(self) -> None:
         self._reader.close()
         self._writer.close()
 
-    async def write(self, function: Callable[..., _T], *args: Any) -> _T:
-        """Run a writing method in a worker thread, one at a time.
-
-        Not abandoned on cancellation: a transaction, once started, finishes,
-        so a cancelled caller never leaves the journal half-written.
-        """
-        return await trio.to_thread.run_sync(function, *args, limiter=self._write_lock)
-
-    async def read(self, function: Callable[..., _T], *args: Any) -> _T:
-        return await trio.to_thread.run_sync(function, *args, limiter=self._read_lock)
-
     # -- the publisher's side (writer connection) ------------------------------
 
     @_writes
-    def append(
-        self, entries: Sequence[tuple[Trigger, bytes, str | None, str | None]]
-    ) -> list[Accepted | Duplicate]:
+    def append(self, entries: Sequence[Entry]) -> list[Accepted | Duplicate]:
         """Store a batch of (trigger, body, idempotency key, fingerprint) in one transaction.
 
         A trigger whose key, or uuid, is already stored comes back as a
@@ -267,9 +173,7 @@ class Journal:
         except sqlite3.Error as err:
             raise JournalError(f"cannot write to the journal {self.path}: {err}") from err
 
-    def _insert_batch(
-        self, entries: Sequence[tuple[Trigger, bytes, str | None, str | None]]
-    ) -> list[Accepted | Duplicate]:
+    def _insert_batch(self, entries: Sequence[Entry]) -> list[Accepted | Duplicate]:
         db = self._writer
         results: list[Accepted | Duplicate | None] = []
         rows: list[tuple[Any, ...]] = []
@@ -297,9 +201,7 @@ class Journal:
             results[index] = _accepted(first + offset, row)
         return [result for result in results if result is not None]
 
-    def _insert_checked(
-        self, entry: tuple[Trigger, bytes, str | None, str | None]
-    ) -> Accepted | Duplicate:
+    def _insert_checked(self, entry: Entry) -> Accepted | Duplicate:
         trigger, body, key, fingerprint = entry
         stored = self._writer.execute(
             f"SELECT {_RECORD_COLUMNS} FROM triggers WHERE uuid = ?", (trigger.uuid,)
@@ -341,8 +243,8 @@ class Journal:
                     first.status,
                     first.attempts,
                     first.last_error,
-                    at if first.status == "published" else None,
-                    at if first.status != "pending" else None,
+                    at if first.status is DeliveryStatus.PUBLISHED else None,
+                    at if first.status.settled else None,
                     first.seq,
                     last.seq,
                 )
@@ -435,41 +337,30 @@ class Journal:
         ).fetchone()
         return None if row is None else JournalRecord(*row)
 
-    def page(
-        self,
-        *,
-        status: str | None = None,
-        api_version: str | None = None,
-        protocol: str | None = None,
-        source: str | None = None,
-        before: int | None = None,
-        limit: int,
-        max_bytes: int | None = None,
-    ) -> tuple[list[JournalRecord], bool]:
-        """Newest first, ``limit`` at most, each filter optional; ``before`` is a seq.
+    def page(self, query: PageQuery) -> tuple[list[JournalRecord], bool]:
+        """Newest first, as ``query`` asks; also says whether more records may follow.
 
-        Also says whether more records may follow. With ``max_bytes``, the
-        page ends before its bodies would exceed it (it holds one record at
-        least): a page of large triggers is never read into memory whole.
+        A page of large triggers is never read into memory whole: it ends
+        before its bodies would exceed ``query.max_bytes``.
         """
         clauses: list[str] = []
         values: list[str | int] = []
         for column, value in (
-            ("status", status),
-            ("api_version", api_version),
-            ("protocol", protocol),
-            ("source", source),
+            ("status", query.status),
+            ("api_version", query.api_version),
+            ("protocol", query.protocol),
+            ("source", query.source),
         ):
             if value is not None:
                 clauses.append(f"{column} = ?")
                 values.append(value)
-        if before is not None:
+        if query.before is not None:
             clauses.append("seq < ?")
-            values.append(before)
+            values.append(query.before)
         where = f"WHERE {' AND '.join(clauses)}" if clauses else ""
         cursor = self._reader.execute(
             f"SELECT {_RECORD_COLUMNS} FROM triggers {where} ORDER BY seq DESC LIMIT ?",
-            (*values, limit),
+            (*values, query.limit),
         )
         records: list[JournalRecord] = []
         total = 0
@@ -477,12 +368,12 @@ class Journal:
             for row in cursor:
                 record = JournalRecord(*row)
                 total += len(record.body)
-                if records and max_bytes is not None and total > max_bytes:
+                if records and query.max_bytes is not None and total > query.max_bytes:
                     return records, True
                 records.append(record)
         finally:
             cursor.close()
-        return records, len(records) == limit
+        return records, len(records) == query.limit
 
     @_writes
     def room(self) -> int:
@@ -590,3 +481,74 @@ def open_journal(
 ) -> Journal:
     """The journal in ``data_dir``, created if missing. Blocking."""
     return Journal(data_dir / FILE_NAME, max_bytes=max_bytes, clock=clock)
+
+
+class SQLiteStorage:
+    """The tower's ``Storage`` on the SQLite journal (the default, for one tower).
+
+    Each call runs a ``Journal`` method in a worker thread. Writes pass one
+    at a time, in the order they were called (a FIFO limiter of one), and are
+    not abandoned when their caller is cancelled; lookups have their own
+    limiter and connection, so they never wait for a batch commit.
+    """
+
+    def __init__(self, journal: Journal) -> None:
+        self.journal = journal
+        self._write_lock = trio.CapacityLimiter(1)
+        self._read_lock = trio.CapacityLimiter(1)
+
+    @property
+    def location(self) -> str:
+        return str(self.journal.path)
+
+    async def _write(self, function: Callable[..., _T], *args: Any) -> _T:
+        return await trio.to_thread.run_sync(function, *args, limiter=self._write_lock)
+
+    async def _read(self, function: Callable[..., _T], *args: Any) -> _T:
+        return await trio.to_thread.run_sync(function, *args, limiter=self._read_lock)
+
+    async def append(self, entries: Sequence[Entry]) -> list[Accepted | Duplicate]:
+        return await self._write(self.journal.append, entries)
+
+    async def settle(self, settlements: Iterable[Settlement]) -> None:
+        await self._write(self.journal.settle, settlements)
+
+    async def pending(self, after_seq: int, up_to_seq: int, limit: int) -> list[Outgoing]:
+        return await self._write(self.journal.pending, after_seq, up_to_seq, limit)
+
+    async def pending_count(self) -> int:
+        return await self._write(self.journal.pending_count)
+
+    async def last_seq(self) -> int:
+        return await self._write(self.journal.last_seq)
+
+    async def prune(self, retention: float) -> int:
+        return await self._write(self.journal.prune, retention)
+
+    async def room(self) -> int:
+        return await self._write(self.journal.room)
+
+    async def get(self, uuid: str) -> JournalRecord | None:
+        return await self._read(self.journal.get, uuid)
+
+    async def page(self, query: PageQuery) -> tuple[list[JournalRecord], bool]:
+        return await self._read(self.journal.page, query)
+
+    async def load_plugin_state(self, plugin: str) -> dict[str, Any]:
+        return await self._write(self.journal.load_plugin_state, plugin)
+
+    async def save_plugin_state(self, plugin: str, key: str, value: Any | None) -> None:
+        await self._write(self.journal.save_plugin_state, plugin, key, value)
+
+    def close(self) -> None:
+        self.journal.close()
+
+
+async def open_storage(
+    data_dir: Path, *, max_bytes: int | None = None, clock: Callable[[], float] = time.time
+) -> SQLiteStorage:
+    """The journal in ``data_dir`` (created if missing) as the tower's storage."""
+    journal = await trio.to_thread.run_sync(
+        functools.partial(open_journal, data_dir, max_bytes=max_bytes, clock=clock)
+    )
+    return SQLiteStorage(journal)

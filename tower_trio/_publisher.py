@@ -1,34 +1,30 @@
-"""The publisher: journal first, then the broker, with confirms.
+"""The publisher: stored triggers to the broker, with confirms.
 
-The publisher owns the journal's writer and the broker connection. Its
-tasks:
+The publisher is the one task that touches the broker connection. It runs
+the outbox (``tower_trio._outbox``: channel → storage, and back out in
+order) and the recording of broker answers (``tower_trio._settlements``),
+and delivers::
 
-- ``_ingest``: takes batches from the memory channel and commits each
-  batch to the journal in one transaction (group commit), then tells the
-  sources their triggers are on disk. It runs whether or not the broker is
-  there, so the tower keeps accepting while RabbitMQ is away.
-- ``_deliver``: (re)connects with capped, jittered backoff, and publishes
-  every pending journal row in order, many in flight at once on a
-  confirm-mode channel. After a reconnect (or a restart) it starts again
-  from the oldest unconfirmed row. A copy of recently committed rows, up
-  to ``TOWER_CACHE_MAX_BYTES``, is kept in memory so that the usual path
-  never reads them back from disk.
-- ``_record``: writes the broker's answers back to the journal in batches.
-- ``_prune``: deletes settled rows older than the retention period.
-- ``_watch_room``: checks that the journal has room for another trigger,
-  so that ``/readyz`` says so before a write fails.
+    Publisher.serve
+    ├── Outbox.serve_ingest        channel → storage, one transaction per batch
+    ├── Settlements.serve          broker answers → storage, in batches
+    ├── Outbox.serve_pruning       settled triggers deleted after TOWER_RETENTION
+    ├── Outbox.serve_room_checks   room for one more trigger? (/readyz)
+    └── _deliver                   (re)connects with capped, jittered backoff
+        └── _serve_connection      one connection, one confirm-mode channel
+            ├── _publish_pending   every pending trigger, in order, many in flight
+            └── _settle_confirms   confirms in publish order → settlements
 
-It returns when every source has closed its end of the channel and the
-journal holds nothing pending.
+After a reconnect (or a restart) delivery starts again from the oldest
+unconfirmed trigger. It returns when every source has closed its end of
+the channel and storage holds nothing pending.
 """
 
 from __future__ import annotations
 
 import collections
 import platform
-import struct
 import time
-from datetime import UTC, datetime
 from typing import TYPE_CHECKING
 
 import attrs
@@ -38,8 +34,11 @@ from . import amqp
 from ._backoff import Backoff
 from ._broker_advice import describe_broker_error
 from ._errors import JournalError, PublishError
-from ._journal import Accepted, JournalRecord, Outgoing, Settlement
 from ._logging import get_logger
+from ._message import PropertyTemplates
+from ._outbox import Outbox
+from ._settlements import Settlements
+from ._storage import Outgoing
 from ._version import __version__
 from ._vocabulary import DeliveryStatus
 
@@ -48,21 +47,16 @@ if TYPE_CHECKING:
 
     from ._channel import Submission
     from ._config import Settings
-    from ._journal import Journal
+    from ._storage import Storage
 
 __all__ = ["Publisher", "PublisherStatistics"]
 
 _log = get_logger(__name__)
 
-APP_ID = "tower-trio"
-_BATCH = 512
-_PRUNE_EVERY = 3600.0
-_ROOM_EVERY = 5.0
-
-# Mutation testing (docs/testing.md) runs over the confirm path: what takes,
-# journals, publishes and settles each trigger. Connection handling,
-# housekeeping and message encoding are marked "no mutate block", which keeps
-# the run within its hour; the suite still tests them like the rest.
+# Mutation testing (docs/testing.md) runs over the confirm path: what
+# publishes and settles each trigger. Connection handling is marked "no
+# mutate block", which keeps the run within its hour; the suite still tests
+# it like the rest.
 
 
 class ConfirmTimeoutError(PublishError):
@@ -84,7 +78,7 @@ class PublisherStatistics:
     unconfirmed: int
     last_error: str | None
     unrecorded: int = 0
-    """Broker answers not yet written to the journal (which still says pending)."""
+    """Broker answers not yet written to storage (which still says pending)."""
     cached_bytes: int = 0
     """Bytes of bodies kept in memory to publish without reading the journal."""
     journal_problem: str | None = None
@@ -100,66 +94,30 @@ class _InFlight:
 
 
 class Publisher:
-    """Journals triggers, then publishes them to the exchange, routed by apiVersion."""
+    """Publishes stored triggers to the exchange, routed by apiVersion."""
 
-    def __init__(self, settings: Settings, journal: Journal) -> None:  # pragma: no mutate block
+    def __init__(self, settings: Settings, storage: Storage) -> None:  # pragma: no mutate block
         self._settings = settings
-        self._journal = journal
         self._url = amqp.URL.parse(settings.amqp_url)
         self._exchange = settings.exchange
+        self.outbox = Outbox(settings, storage)
+        self.settlements = Settlements(storage)
+        """The broker's answers, and the lookups that see them before storage does."""
+        self.on_published: Callable[[float], None] | None = None
+        """Called with the seconds from acceptance to confirm of each published trigger."""
         self._connection: amqp.Connection | None = None
         self._started = False
         self._reconnect_backoff = Backoff(initial=0.5, cap=30.0)
-        self.on_published: Callable[[float], None] | None = None
-        """Called with the seconds from acceptance to confirm of each published trigger."""
-
-        self._last_committed = 0  # highest journal seq committed so far
-        self._pending = 0  # journal rows not yet settled
-        self._ingest_done = False
-        self._recent: collections.deque[Outgoing] = collections.deque()
-        self._recent_bytes = 0
-        self._journal_problem: str | None = None
-        self._room_check = trio.Event()
-        self._waiters: dict[int, Submission] = {}
-        self._work = trio.Event()  # something new to publish, or the ingest ended
-
         self._inflight: collections.deque[_InFlight] = collections.deque()
         self._inflight_changed = trio.Event()
         self._retries_waiting = 0
         self._delivering_done = False
         self._nack_backoff = Backoff(initial=0.5, cap=30.0)
         self._properties = PropertyTemplates()
-
-        # Broker answers not yet in the journal, by seq (a later answer for the
-        # same row replaces an earlier one), and the batch being written now.
-        self._settlements: dict[int, Settlement] = {}
-        self._recording: dict[int, Settlement] = {}
-        self._settlements_waiting = trio.Event()
-        self._flush_lock = trio.Lock()
-
         self._published = self._unroutable = self._failed = self._nacked = 0
         self._attempts = 0
-        self._duplicates = 0
         self._connections = 0
         self._last_error: str | None = None
-
-    def current(self, record: JournalRecord) -> JournalRecord:
-        """``record`` with the broker's answer that the journal has not recorded yet.
-
-        Settlements are written in batches, so a lookup right after a confirm
-        would otherwise show a trigger as pending that a client was already
-        told is published.
-        """
-        settlement = self._settlements.get(record.seq) or self._recording.get(record.seq)
-        if settlement is None:
-            return record
-        return attrs.evolve(
-            record,
-            status=settlement.status,
-            attempts=settlement.attempts,
-            last_error=settlement.last_error,
-            published_at=settlement.at if settlement.status == "published" else None,
-        )
 
     @property
     def url(self) -> amqp.URL:
@@ -170,25 +128,24 @@ class Publisher:
         return PublisherStatistics(
             connected=connection is not None,
             blocked=connection is not None and connection.blocked,
-            pending=self._pending,
+            pending=self.outbox.pending,
             published=self._published,
             attempts=self._attempts,
             unroutable=self._unroutable,
             failed=self._failed,
             nacked=self._nacked,
-            duplicates=self._duplicates,
+            duplicates=self.outbox.duplicates,
             reconnects=max(0, self._connections - 1),
             unconfirmed=len(self._inflight),
             last_error=self._last_error,
-            unrecorded=self.unrecorded(),
-            cached_bytes=self._recent_bytes,
-            journal_problem=self._journal_problem,
+            unrecorded=self.settlements.unrecorded(),
+            cached_bytes=self.outbox.cached_bytes,
+            journal_problem=self.outbox.problem,
         )
 
     def unrecorded(self) -> int:
-        """Triggers the broker settled whose record is not in the journal yet."""
-        answers = self._settlements | self._recording
-        return sum(1 for settlement in answers.values() if settlement.status != "pending")
+        """Triggers the broker settled whose record is not in storage yet."""
+        return self.settlements.unrecorded()
 
     async def serve(
         self,
@@ -198,99 +155,40 @@ class Publisher:
     ) -> None:  # pragma: no mutate block
         """Run until the sources are done and nothing is pending.
 
-        Reports started once the journal is read and the first connection
+        Reports started once storage is read and the first connection
         attempt is over, whether it succeeded or not: the tower serves (and
         reports not ready) while the broker is away.
         """
-        journal = self._journal
-        self._last_committed = await journal.write(journal.last_seq)
-        self._pending = await journal.write(journal.pending_count)
-        if self._pending:
-            _log.info("journal.backlog", pending=self._pending, path=journal.path)
+        outbox, settlements = self.outbox, self.settlements
+        await outbox.load()
         try:
             async with trio.open_nursery() as nursery:
-                nursery.start_soon(self._ingest, receive_channel)
-                nursery.start_soon(self._record)
-                nursery.start_soon(self._prune)
-                nursery.start_soon(self._watch_room)
+                nursery.start_soon(outbox.serve_ingest, receive_channel)
+                nursery.start_soon(settlements.serve)
+                nursery.start_soon(outbox.serve_pruning)
+                nursery.start_soon(outbox.serve_room_checks)
                 await self._deliver(task_status)
                 nursery.cancel_scope.cancel()
         finally:
             with trio.CancelScope(shield=True), trio.move_on_after(5):
                 try:
-                    await self._flush_settlements()
+                    await settlements.flush()
                 except JournalError as err:
-                    _log.error(
-                        "journal.write_failed", error=err, settlements=len(self._settlements)
-                    )
-            if self._pending or self.unrecorded():
-                # The journal's own count: triggers the broker took but whose
+                    _log.error("journal.write_failed", error=err, settlements=len(settlements))
+            unrecorded = settlements.unrecorded()
+            if outbox.pending or unrecorded:
+                # Storage's own count: triggers the broker took but whose
                 # record could not be written are pending there, and go out
                 # again at the next start.
                 _log.warning(
                     "publisher.stopped_with_pending",
-                    pending=self._pending + self.unrecorded(),
-                    unconfirmed=self._pending,
-                    unrecorded=self.unrecorded(),
+                    pending=outbox.pending + unrecorded,
+                    unconfirmed=outbox.pending,
+                    unrecorded=unrecorded,
                     note="kept in the journal; published at the next start",
                 )
 
-    # -- channel → journal ---------------------------------------------------------
-
-    async def _ingest(self, receive_channel: trio.MemoryReceiveChannel[Submission]) -> None:
-        journal = self._journal
-        async with receive_channel:
-            while True:
-                try:
-                    batch = [await receive_channel.receive()]
-                except trio.EndOfChannel:
-                    break
-                while len(batch) < _BATCH:
-                    try:
-                        batch.append(receive_channel.receive_nowait())
-                    except (trio.WouldBlock, trio.EndOfChannel):
-                        break
-                # A source that gave up waiting before this point was told
-                # "not stored"; from here on it waits for the outcome instead.
-                batch = [s for s in batch if s.take()]
-                entries = [(s.trigger, s.body, s.key, s.fingerprint) for s in batch]
-                try:
-                    results = await journal.write(journal.append, entries)
-                except JournalError as err:
-                    _log.error("journal.write_failed", error=err, triggers=len(batch))
-                    self._journal_problem = f"the last write failed: {err}"
-                    self._room_check.set()
-                    for submission in batch:
-                        submission.rejected(str(err))
-                    continue
-                for submission, result in zip(batch, results, strict=True):
-                    if isinstance(result, Accepted):
-                        self._accepted(submission, result.outgoing)
-                    else:
-                        self._duplicates += 1
-                        _log.info(
-                            "trigger.duplicate",
-                            key=submission.key,
-                            first_uuid=result.record.uuid,
-                            same_request=result.same_request,
-                        )
-                        submission.duplicate_of(result.record, same_request=result.same_request)
-                self._work.set()
-        self._ingest_done = True
-        self._work.set()
-
-    def _accepted(self, submission: Submission, outgoing: Outgoing) -> None:
-        self._last_committed = outgoing.seq
-        self._pending += 1
-        if submission.wants_settlement:
-            self._waiters[outgoing.seq] = submission
-        size = len(outgoing.body)
-        if self._recent_bytes + size <= self._settings.cache_max_bytes:
-            self._recent.append(outgoing)
-            self._recent_bytes += size
-        submission.accepted()
-
-    # -- journal → broker ------------------------------------------------------------
+    # -- storage → broker ------------------------------------------------------------
 
     async def _deliver(self, task_status: trio.TaskStatus[None]) -> None:  # pragma: no mutate block
         backoff = self._reconnect_backoff
@@ -305,7 +203,7 @@ class Publisher:
                 log(
                     "broker.disconnected",
                     error=self._last_error,
-                    pending=self._pending,
+                    pending=self.outbox.pending,
                     url=self._url.redacted(),
                 )
             finally:
@@ -313,15 +211,14 @@ class Publisher:
                 self._inflight.clear()
                 self._retries_waiting = 0
             self._report_started(task_status)
-            if self._ingest_done and not self._pending:
+            if self.outbox.drained:
                 return
             delay = backoff.next_delay()
             _log.info("broker.reconnecting", delay=f"{delay:.2f}s")
             with trio.move_on_after(delay):
                 # A shutdown with nothing left to publish need not wait for the broker.
-                while not (self._ingest_done and not self._pending):
-                    self._work = trio.Event()
-                    await self._work.wait()
+                while not self.outbox.drained:
+                    await self.outbox.wait_for_work()
                 return
 
     def _report_started(
@@ -355,7 +252,7 @@ class Publisher:
                 exchange=self._exchange,
                 frame_max=connection.frame_max,
                 heartbeat=connection.heartbeat,
-                pending=self._pending,
+                pending=self.outbox.pending,
             )
             self._report_started(task_status)
             self._delivering_done = False
@@ -375,55 +272,15 @@ class Publisher:
     async def _publish_pending(self, channel: amqp.Channel) -> None:
         # Every pending row with seq > cursor is published once per connection,
         # in order; a reconnect starts again from the oldest.
-        skip = await self._settled_but_unrecorded()
+        skip = await self.settlements.settled_but_unrecorded()
         cursor = 0
-        while (batch := await self._next_batch(cursor)) is not None:
+        while (batch := await self.outbox.next_batch(cursor)) is not None:
             rows, cursor = batch
             for outgoing in rows:
                 if outgoing.seq not in skip:
                     await self._publish(channel, outgoing, outgoing.attempts + 1)
         self._delivering_done = True
         self._inflight_changed.set()
-
-    async def _settled_but_unrecorded(self) -> set[int]:
-        """Rows the broker settled whose record could not be written yet.
-
-        The journal still says they are pending; they must not go out again.
-        Flushing first (under the lock the recorder also takes) makes every
-        other row's status in the journal current before it is read.
-        """
-        try:
-            await self._flush_settlements()
-        except JournalError as err:
-            _log.error("journal.write_failed", error=err, settlements=len(self._settlements))
-        return {s.seq for s in self._settlements.values() if s.status != "pending"}
-
-    async def _next_batch(self, cursor: int) -> tuple[list[Outgoing], int] | None:
-        """The next pending rows after ``cursor`` and the new cursor.
-
-        None once the sources are done and everything has been published.
-        """
-        while True:
-            # Rows join the cache in seq order, each above every row committed
-            # before it, and the journal is read only up to the row before the
-            # cache's head: the cursor never passes that head.
-            recent = self._recent
-            if recent and recent[0].seq == cursor + 1:
-                rows: list[Outgoing] = []
-                while recent and recent[0].seq == cursor + len(rows) + 1 and len(rows) < _BATCH:
-                    rows.append(recent.popleft())
-                    self._recent_bytes -= len(rows[-1].body)
-                return rows, rows[-1].seq
-            if cursor < self._last_committed:
-                # Rows not kept in memory (after a restart, a reconnect, or while
-                # the broker was away): read them back from the journal.
-                up_to = recent[0].seq - 1 if recent else self._last_committed
-                rows = await self._journal.write(self._journal.pending, cursor, up_to, _BATCH)
-                return rows, (up_to if len(rows) < _BATCH else rows[-1].seq)
-            if self._ingest_done:
-                return None
-            self._work = trio.Event()
-            await self._work.wait()
 
     async def _publish(self, channel: amqp.Channel, outgoing: Outgoing, attempts: int) -> None:
         confirmation = await channel.publish(
@@ -480,8 +337,8 @@ class Publisher:
         if outcome is amqp.Outcome.NACK:
             self._nacked += 1
             if flight.attempts < self._settings.max_attempts:
-                self._record_settlement(
-                    outgoing, "pending", flight.attempts, "nacked by the broker"
+                self.settlements.record(
+                    outgoing, DeliveryStatus.PENDING, flight.attempts, "nacked by the broker"
                 )
                 self._retries_waiting += 1
                 nursery.start_soon(self._republish_later, channel, outgoing, flight.attempts + 1)
@@ -516,9 +373,8 @@ class Publisher:
     def _finish(
         self, outgoing: Outgoing, status: DeliveryStatus, attempts: int, error: str | None
     ) -> None:
-        self._pending -= 1
-        self._record_settlement(outgoing, status.value, attempts, error)
-        if (waiter := self._waiters.pop(outgoing.seq, None)) is not None:
+        self.settlements.record(outgoing, status, attempts, error)
+        if (waiter := self.outbox.settled(outgoing)) is not None:
             waiter.settle(status, error)
 
     async def _republish_later(
@@ -530,139 +386,6 @@ class Publisher:
         finally:
             self._retries_waiting -= 1
             self._inflight_changed.set()
-
-    # -- broker's answers → journal --------------------------------------------------
-
-    def _record_settlement(
-        self, outgoing: Outgoing, status: str, attempts: int, error: str | None
-    ) -> None:
-        self._settlements[outgoing.seq] = Settlement(
-            outgoing.seq, status, attempts, error, time.time()
-        )
-        self._settlements_waiting.set()
-
-    async def _record(self) -> None:
-        backoff = Backoff(initial=0.5, cap=10.0)
-        while True:
-            if not self._settlements:
-                self._settlements_waiting = trio.Event()
-                await self._settlements_waiting.wait()
-                continue
-            try:
-                await self._flush_settlements()
-            except JournalError as err:
-                # The triggers are out; only their records wait. Retrying keeps
-                # a full disk from turning into duplicates after a restart.
-                _log.error("journal.write_failed", error=err, settlements=len(self._settlements))
-                await trio.sleep(backoff.next_delay())
-            else:
-                backoff.reset()
-
-    async def _flush_settlements(self) -> None:
-        async with self._flush_lock:
-            self._recording, self._settlements = self._settlements, {}
-            if not self._recording:
-                return
-            try:
-                await self._journal.write(self._journal.settle, list(self._recording.values()))
-            except BaseException:
-                self._settlements = self._recording | self._settlements
-                raise
-            finally:
-                self._recording = {}
-
-    async def _prune(self) -> None:  # pragma: no mutate block
-        retention = self._settings.retention
-        while True:
-            try:
-                deleted = await self._journal.write(self._journal.prune, retention)
-            except JournalError as err:
-                _log.error("journal.prune_failed", error=err)
-            else:
-                if deleted:
-                    _log.info("journal.pruned", deleted=deleted)
-            await trio.sleep(min(_PRUNE_EVERY, retention / 10))
-
-    async def _watch_room(self) -> None:  # pragma: no mutate block
-        # Room for one more trigger of the largest size: below that, the
-        # next write may fail, and a load balancer should look elsewhere.
-        needed = 2 * self._settings.max_body_bytes
-        while True:
-            try:
-                room = await self._journal.write(self._journal.room)
-            except (OSError, JournalError) as err:
-                self._journal_problem = f"cannot check its free space: {err}"
-            else:
-                self._journal_problem = (
-                    None
-                    if room >= needed
-                    else f"it has room for {room} more bytes, less than {needed} "
-                    "(TOWER_JOURNAL_MAX_BYTES or the disk); settled triggers are pruned "
-                    "after TOWER_RETENTION"
-                )
-            self._room_check = trio.Event()
-            with trio.move_on_after(_ROOM_EVERY):
-                await self._room_check.wait()
-
-
-def message_properties(outgoing: Outgoing) -> amqp.Properties:  # pragma: no mutate block
-    """The AMQP properties a trigger is published with."""
-    return amqp.Properties(
-        content_type="application/json",
-        delivery_mode=amqp.PERSISTENT,
-        message_id=outgoing.uuid,
-        type=outgoing.protocol,
-        app_id=APP_ID,
-        timestamp=_utc(outgoing.created_at),
-        headers={"protocol": outgoing.protocol, "source": outgoing.source},
-    )
-
-
-_UUID_LENGTH = 32
-_PLACEHOLDER = "\x00" * _UUID_LENGTH  # no protocol name or source can contain it
-_TEMPLATES_KEPT = 1024
-
-
-class PropertyTemplates:  # pragma: no mutate block
-    """``message_properties``, encoded from a template per protocol and source.
-
-    Only the message id and the timestamp change from one trigger to the
-    next, so the rest is encoded once: this halves the cost of a publish.
-    """
-
-    def __init__(self) -> None:
-        self._templates: dict[tuple[str, str], tuple[bytes, bytes]] = {}
-
-    def __call__(self, outgoing: Outgoing) -> amqp.Properties | amqp.EncodedProperties:
-        if len(outgoing.uuid) != _UUID_LENGTH:
-            return message_properties(outgoing)
-        key = (outgoing.protocol, outgoing.source)
-        parts = self._templates.get(key)
-        if parts is None:
-            if len(self._templates) >= _TEMPLATES_KEPT:
-                self._templates.clear()
-            parts = self._templates[key] = _template(outgoing)
-        head, tail = parts
-        data = (
-            head + outgoing.uuid.encode() + _TIMESTAMP.pack(max(0, int(outgoing.created_at))) + tail
-        )
-        return amqp.EncodedProperties(data, message_id=outgoing.uuid)
-
-
-_TIMESTAMP = struct.Struct(">Q")
-
-
-def _template(outgoing: Outgoing) -> tuple[bytes, bytes]:  # pragma: no mutate block
-    """The encoded properties around the message id and timestamp fields."""
-    sample = attrs.evolve(outgoing, uuid=_PLACEHOLDER, created_at=0.0)
-    encoded = message_properties(sample).encode()
-    marker = bytes([_UUID_LENGTH]) + _PLACEHOLDER.encode()
-    at = encoded.index(marker) + 1
-    return encoded[:at], encoded[at + _UUID_LENGTH + _TIMESTAMP.size :]
-
-
-def _utc(timestamp: float) -> datetime:  # pragma: no mutate block
-    return datetime.fromtimestamp(timestamp, UTC)
 
 
 def _is_permanent(error: BaseException) -> bool:  # pragma: no mutate block

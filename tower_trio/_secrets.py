@@ -43,6 +43,7 @@ _SECRET_PARTS = frozenset(
 _PUBLIC_KEYS = frozenset({"routing", "idempotency"})
 """Words before "key" that name a key which is not a secret."""
 
+
 def secret(**field_options: Any) -> Any:
     """A ``Config`` field that holds a secret: ``api_key: str = secret()``.
 

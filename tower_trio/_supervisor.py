@@ -26,7 +26,7 @@ import trio
 from ._auth import check_exposure
 from ._channel import Submission
 from ._http import create_app
-from ._journal import Journal, open_journal
+from ._journal import open_storage
 from ._logging import get_logger, print_summary
 from ._metrics import ASGIApp, TowerMetrics, instrument
 from ._plugins import ConfiguredPlugin, SkippedPlugin, plugins_report, serve_plugin
@@ -34,11 +34,11 @@ from ._publisher import Publisher
 from ._runtime import PluginState, PluginStatus
 from ._schemas import ProtocolSchemas, read_schemas
 from ._server import serve_http
+from ._storage import Storage
 from ._version import __version__
 
 if TYPE_CHECKING:
     from collections.abc import Callable, Sequence
-    from typing import Any
 
     from ._config import Settings
     from ._models import FieldError, Trigger
@@ -56,7 +56,7 @@ class RunningTower:
 
     http_urls: tuple[str, ...]
     publisher: Publisher = attrs.field(repr=False)
-    journal: Journal = attrs.field(repr=False)
+    storage: Storage = attrs.field(repr=False)
     plugins: dict[str, PluginStatus] = attrs.field(repr=False)
 
 
@@ -76,34 +76,32 @@ async def serve_tower(
     check_exposure(settings)
     if schemas is None:
         schemas = await read_schemas(settings)
-    journal = await trio.to_thread.run_sync(
-        partial(open_journal, settings.data_dir, max_bytes=settings.journal_max_bytes)
-    )
+    storage = await open_storage(settings.data_dir, max_bytes=settings.journal_max_bytes)
     try:
-        await _serve_with_journal(
+        await _serve_with_storage(
             settings,
             plugins,
-            journal,
+            storage,
             shutdown=shutdown,
             skipped=skipped,
             schemas=schemas,
             task_status=task_status,
         )
     finally:
-        journal.close()
+        storage.close()
 
 
-async def _serve_with_journal(
+async def _serve_with_storage(
     settings: Settings,
     plugins: Sequence[ConfiguredPlugin],
-    journal: Journal,
+    storage: Storage,
     *,
     shutdown: trio.Event,
     skipped: Sequence[SkippedPlugin],
     schemas: ProtocolSchemas,
     task_status: trio.TaskStatus[RunningTower],
 ) -> None:
-    publisher = Publisher(settings, journal)
+    publisher = Publisher(settings, storage)
     statuses = {plugin.name: PluginStatus(plugin.name) for plugin in plugins}
     draining = False
 
@@ -137,11 +135,10 @@ async def _serve_with_journal(
         app = create_app(
             settings,
             send_channel,
-            journal,
+            publisher.settlements,
             readiness,
             draining=lambda: draining,
             plugins_view=lambda: plugins_report(statuses, plugins),
-            current=publisher.current,
             schemas=schemas,
         )
         return instrument(app, metrics, token=settings.metrics_token)
@@ -160,7 +157,7 @@ async def _serve_with_journal(
                 plugins,
                 send_channel,
                 statuses,
-                journal,
+                storage,
                 plugins_scope,
             )
         _log.info(
@@ -169,7 +166,7 @@ async def _serve_with_journal(
             http=",".join(http_urls),
             broker=publisher.url.redacted(),
             exchange=settings.exchange,
-            journal=journal.path,
+            journal=storage.location,
             plugins=",".join(statuses) or "none",
         )
         for skip in skipped:
@@ -177,10 +174,10 @@ async def _serve_with_journal(
         print_summary(
             f"tower-trio {__version__}",
             _summary_rows(
-                settings, http_urls, publisher, journal, statuses=statuses, skipped=skipped
+                settings, http_urls, publisher, storage, statuses=statuses, skipped=skipped
             ),
         )
-        task_status.started(RunningTower(tuple(http_urls), publisher, journal, statuses))
+        task_status.started(RunningTower(tuple(http_urls), publisher, storage, statuses))
 
         await shutdown.wait()
         draining = True
@@ -195,7 +192,7 @@ def _summary_rows(
     settings: Settings,
     http_urls: Sequence[str],
     publisher: Publisher,
-    journal: Journal,
+    storage: Storage,
     *,
     statuses: dict[str, PluginStatus],
     skipped: Sequence[SkippedPlugin],
@@ -206,7 +203,7 @@ def _summary_rows(
         ("auth", "bearer tokens" if settings.api_tokens else "off (no TOWER_API_TOKENS)"),
         ("broker", publisher.url.redacted()),
         ("exchange", settings.exchange),
-        ("journal", str(journal.path)),
+        ("journal", storage.location),
     ]
     rows.extend((f"plugin {name}", status.state.value) for name, status in statuses.items())
     # The first clause names the missing variable; the rest is for the log line.
@@ -232,7 +229,7 @@ async def _serve_plugins(
     plugins: Sequence[ConfiguredPlugin],
     send_channel: trio.MemorySendChannel[Submission],
     statuses: dict[str, PluginStatus],
-    journal: Journal,
+    storage: Storage,
     scope: trio.CancelScope,
     *,
     check: Callable[[Trigger], Sequence[FieldError]] | None = None,
@@ -247,27 +244,11 @@ async def _serve_plugins(
                         plugin,
                         send_channel.clone(),
                         statuses[plugin.name],
-                        state_backend=JournalStateBackend(journal),
+                        state_backend=storage,
                         check=check,
                     )
                 )
             task_status.started()
-
-
-@attrs.frozen
-class JournalStateBackend:
-    """Plugin state in the journal, whose methods block: each call runs in its writer thread.
-
-    Stands in until the journal has async methods of its own.
-    """
-
-    journal: Journal
-
-    async def load_plugin_state(self, plugin: str) -> dict[str, Any]:
-        return await self.journal.write(self.journal.load_plugin_state, plugin)
-
-    async def save_plugin_state(self, plugin: str, key: str, value: Any | None) -> None:
-        await self.journal.write(self.journal.save_plugin_state, plugin, key, value)
 
 
 async def run_tower(

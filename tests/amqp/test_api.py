@@ -37,6 +37,7 @@ class TestPublicSurface:
             "Message",
             "Outcome",
             "Properties",
+            "PropertiesTemplate",
             "QueueDeclared",
             "Returned",
             "TLSError",

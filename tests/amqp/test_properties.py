@@ -4,11 +4,12 @@ from __future__ import annotations
 
 import datetime
 
+import attrs
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from tower_trio.amqp import Properties
+from tower_trio.amqp import Properties, PropertiesTemplate
 
 short = st.text(max_size=40)
 octet = st.integers(min_value=0, max_value=255)
@@ -61,3 +62,26 @@ class TestEncode:
         """Too long a short string, too big an octet or a pre-1970 time is a ValueError."""
         with pytest.raises(ValueError, match=message):
             value.encode()
+
+
+class TestTemplate:
+    @settings(max_examples=300, deadline=None)
+    @given(
+        properties,
+        st.text(min_size=1, max_size=40).filter(lambda text: len(text.encode()) <= 255),
+        st.integers(min_value=0, max_value=2**37),
+    )
+    def test_same_bytes_as_encoding_each_time(
+        self, value: Properties, message_id: str, seconds: int
+    ) -> None:
+        """A rendered template is exactly the properties with that id and time, encoded."""
+        rendered = PropertiesTemplate(value).render(message_id, seconds)
+        moment = datetime.datetime.fromtimestamp(seconds, datetime.UTC)
+        expected = attrs.evolve(value, message_id=message_id, timestamp=moment)
+        assert rendered.encode() == expected.encode()
+        assert rendered.message_id == message_id
+
+    def test_a_message_needs_an_id(self) -> None:
+        """An empty id would be left out of the flags, so the template refuses it."""
+        with pytest.raises(ValueError, match="message id"):
+            PropertiesTemplate(Properties(type="T")).render("", 0)

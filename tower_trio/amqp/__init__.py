@@ -30,7 +30,14 @@ from ._errors import (
     TLSFailure,
     VhostNotFoundError,
 )
-from ._properties import PERSISTENT, TRANSIENT, EncodedProperties, Message, Properties
+from ._properties import (
+    PERSISTENT,
+    TRANSIENT,
+    EncodedProperties,
+    Message,
+    Properties,
+    PropertiesTemplate,
+)
 from ._stats import ChannelStatistics, ConnectionStatistics
 from ._tls import create_ssl_context
 from ._url import URL
@@ -56,6 +63,7 @@ __all__ = [
     "Message",
     "Outcome",
     "Properties",
+    "PropertiesTemplate",
     "QueueDeclared",
     "Returned",
     "TLSError",

@@ -1,0 +1,207 @@
+"""The outbox: triggers from the channel into storage, and out again in order.
+
+``serve_ingest`` takes everything waiting in the memory channel (up to
+512) and stores it in one transaction (group commit), then tells each
+source its trigger is stored. It runs whether or not the broker is there,
+so the tower keeps accepting while RabbitMQ is away. ``next_batch`` hands
+the publisher the stored triggers still to publish, in seq order: recently
+stored ones from a memory copy bounded by ``TOWER_CACHE_MAX_BYTES``, the
+rest (after a restart, a reconnect, or a long outage) read back from
+storage. The outbox also keeps storage tidy (pruning settled triggers after
+``TOWER_RETENTION``) and watches its room, so that ``/readyz`` says when
+the next trigger may not fit.
+"""
+
+from __future__ import annotations
+
+import collections
+from typing import TYPE_CHECKING
+
+import trio
+
+from ._errors import JournalError
+from ._logging import get_logger
+from ._storage import Accepted
+
+if TYPE_CHECKING:
+    from ._channel import Submission
+    from ._config import Settings
+    from ._storage import Outgoing, Storage
+
+__all__ = ["Outbox"]
+
+_log = get_logger(__name__)
+
+BATCH = 512
+_PRUNE_EVERY = 3600.0
+_ROOM_EVERY = 5.0
+
+
+class Outbox:
+    """What is stored and not yet settled; see the module docstring."""
+
+    def __init__(self, settings: Settings, storage: Storage) -> None:  # pragma: no mutate block
+        self._settings = settings
+        self._storage = storage
+        self.pending = 0
+        """Stored triggers whose delivery is not settled."""
+        self.duplicates = 0
+        self.problem: str | None = None
+        """Why storage cannot take another trigger now, if it cannot."""
+        self._last_stored = 0
+        self._done = False
+        self._recent: collections.deque[Outgoing] = collections.deque()
+        self._recent_bytes = 0
+        self._waiters: dict[int, Submission] = {}
+        self._work = trio.Event()  # something new to publish, or the ingest ended
+        self._room_check = trio.Event()
+
+    @property
+    def cached_bytes(self) -> int:
+        """Bytes of bodies kept in memory to publish without reading storage."""
+        return self._recent_bytes
+
+    @property
+    def drained(self) -> bool:
+        """Whether every source is done and nothing is left to settle."""
+        return self._done and not self.pending
+
+    async def load(self) -> None:  # pragma: no mutate block
+        """Learn what storage holds from before: where new triggers start, and the backlog."""
+        self._last_stored = await self._storage.last_seq()
+        self.pending = await self._storage.pending_count()
+        if self.pending:
+            _log.info("journal.backlog", pending=self.pending, path=self._storage.location)
+
+    # -- channel → storage ------------------------------------------------------
+
+    async def serve_ingest(self, receive_channel: trio.MemoryReceiveChannel[Submission]) -> None:
+        """Store every submission until every source has closed its end of the channel."""
+        async with receive_channel:
+            while True:
+                try:
+                    batch = [await receive_channel.receive()]
+                except trio.EndOfChannel:
+                    break
+                while len(batch) < BATCH:
+                    try:
+                        batch.append(receive_channel.receive_nowait())
+                    except (trio.WouldBlock, trio.EndOfChannel):
+                        break
+                await self._store(batch)
+        self._done = True
+        self._work.set()
+
+    async def _store(self, batch: list[Submission]) -> None:
+        # A source that gave up waiting before this point was told "not
+        # stored"; from here on it waits for the outcome instead.
+        batch = [s for s in batch if s.take()]
+        entries = [(s.trigger, s.body, s.key, s.fingerprint) for s in batch]
+        try:
+            results = await self._storage.append(entries)
+        except JournalError as err:
+            _log.error("journal.write_failed", error=err, triggers=len(batch))
+            self.problem = f"the last write failed: {err}"
+            self._room_check.set()
+            for submission in batch:
+                submission.rejected(str(err))
+            return
+        for submission, result in zip(batch, results, strict=True):
+            if isinstance(result, Accepted):
+                self._accepted(submission, result.outgoing)
+            else:
+                self.duplicates += 1
+                _log.info(
+                    "trigger.duplicate",
+                    key=submission.key,
+                    first_uuid=result.record.uuid,
+                    same_request=result.same_request,
+                )
+                submission.duplicate_of(result.record, same_request=result.same_request)
+        self._work.set()
+
+    def _accepted(self, submission: Submission, outgoing: Outgoing) -> None:
+        self._last_stored = outgoing.seq
+        self.pending += 1
+        if submission.wants_settlement:
+            self._waiters[outgoing.seq] = submission
+        size = len(outgoing.body)
+        if self._recent_bytes + size <= self._settings.cache_max_bytes:
+            self._recent.append(outgoing)
+            self._recent_bytes += size
+        submission.accepted()
+
+    def settled(self, outgoing: Outgoing) -> Submission | None:
+        """Count a trigger as settled; returns the source waiting for that, if one is."""
+        self.pending -= 1
+        return self._waiters.pop(outgoing.seq, None)
+
+    # -- storage → publisher -------------------------------------------------------
+
+    async def next_batch(self, cursor: int) -> tuple[list[Outgoing], int] | None:
+        """The next stored triggers after seq ``cursor`` still to publish, and the new cursor.
+
+        Waits for new triggers; None once the sources are done and every
+        stored trigger up to the last has been handed out.
+        """
+        while True:
+            # Triggers join the cache in seq order, each above every one stored
+            # before it, and storage is read only up to the one before the
+            # cache's head: the cursor never passes that head.
+            recent = self._recent
+            if recent and recent[0].seq == cursor + 1:
+                rows: list[Outgoing] = []
+                while recent and recent[0].seq == cursor + len(rows) + 1 and len(rows) < BATCH:
+                    rows.append(recent.popleft())
+                    self._recent_bytes -= len(rows[-1].body)
+                return rows, rows[-1].seq
+            if cursor < self._last_stored:
+                # Not kept in memory (after a restart, a reconnect, or while the
+                # broker was away): read them back from storage.
+                up_to = recent[0].seq - 1 if recent else self._last_stored
+                rows = await self._storage.pending(cursor, up_to, BATCH)
+                return rows, (up_to if len(rows) < BATCH else rows[-1].seq)
+            if self._done:
+                return None
+            await self.wait_for_work()
+
+    async def wait_for_work(self) -> None:
+        """Wait until a trigger is stored or the sources are done."""
+        self._work = trio.Event()
+        await self._work.wait()
+
+    # -- upkeep ------------------------------------------------------------------------
+
+    async def serve_pruning(self) -> None:  # pragma: no mutate block
+        """Delete settled triggers older than ``TOWER_RETENTION``, hourly at most."""
+        retention = self._settings.retention
+        while True:
+            try:
+                deleted = await self._storage.prune(retention)
+            except JournalError as err:
+                _log.error("journal.prune_failed", error=err)
+            else:
+                if deleted:
+                    _log.info("journal.pruned", deleted=deleted)
+            await trio.sleep(min(_PRUNE_EVERY, retention / 10))
+
+    async def serve_room_checks(self) -> None:  # pragma: no mutate block
+        """Keep ``problem`` current: is there room for one more trigger of the largest size?"""
+        # Below that, the next write may fail, and a load balancer should look elsewhere.
+        needed = 2 * self._settings.max_body_bytes
+        while True:
+            try:
+                room = await self._storage.room()
+            except (OSError, JournalError) as err:
+                self.problem = f"cannot check its free space: {err}"
+            else:
+                self.problem = (
+                    None
+                    if room >= needed
+                    else f"it has room for {room} more bytes, less than {needed} "
+                    "(TOWER_JOURNAL_MAX_BYTES or the disk); settled triggers are pruned "
+                    "after TOWER_RETENTION"
+                )
+            self._room_check = trio.Event()
+            with trio.move_on_after(_ROOM_EVERY):
+                await self._room_check.wait()

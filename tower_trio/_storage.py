@@ -1,0 +1,195 @@
+"""What the tower stores, and the one interface every store implements.
+
+Accepted triggers and their delivery records, idempotency keys, plugin
+state, and the lookups the HTTP API serves all go through ``Storage``. The
+HTTP API, the plugins and the publisher see only this interface; the SQLite
+journal (``tower_trio._journal``) is its implementation, and another store
+is added by implementing it and passing the contract tests in
+``tests/test_storage.py``.
+
+The writer discipline every implementation keeps: **writes never
+interleave.** ``append``, ``settle``, ``pending``, ``pending_count``,
+``last_seq``, ``prune``, ``room`` and the plugin-state methods run one at a
+time, in the order they were called, each in its own transaction, so a
+reader of ``pending`` never sees a row whose answer is being written.
+A write, once started, finishes even if its caller is cancelled: a
+cancelled caller never leaves a half-written batch. Lookups (``get``,
+``page``) may run beside the writer and see only committed data.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from typing import TYPE_CHECKING, Any, Protocol, TypeAlias
+
+import attrs
+
+from ._vocabulary import DeliveryStatus
+
+if TYPE_CHECKING:
+    from collections.abc import Iterable, Sequence
+
+    from ._models import Trigger
+
+__all__ = [
+    "Accepted",
+    "Duplicate",
+    "Entry",
+    "JournalRecord",
+    "Outgoing",
+    "PageQuery",
+    "Settlement",
+    "Storage",
+    "request_fingerprint",
+]
+
+Entry: TypeAlias = "tuple[Trigger, bytes, str | None, str | None]"
+"""A trigger to store: the trigger, its body as published, its idempotency key
+(namespaced by source) and the fingerprint of the request."""
+
+
+def request_fingerprint(trigger: Trigger) -> str:
+    """A digest of what a client asked for, to tell a retry from a different request.
+
+    Taken from the validated trigger, not the raw request: what the tower
+    assigns or overrides (uuid, creation time, source) is left out, and a
+    validated trigger always encodes (no lone surrogates, bounded depth).
+    """
+    asked = {
+        "apiVersion": trigger.api_version,
+        "protocol": trigger.protocol,
+        "plate": None if trigger.plate is None else [trigger.plate.rows, trigger.plate.columns],
+        "spec": trigger.spec,
+        "metadata": trigger.metadata.spec,
+    }
+    canonical = json.dumps(asked, sort_keys=True, separators=(",", ":"))
+    return hashlib.sha256(canonical.encode()).hexdigest()
+
+
+@attrs.frozen
+class Outgoing:
+    """A stored trigger as the publisher needs it."""
+
+    seq: int
+    uuid: str
+    routing_key: str
+    protocol: str
+    source: str
+    body: bytes
+    created_at: float
+    attempts: int
+
+
+@attrs.frozen
+class JournalRecord:
+    """A trigger as published, with its delivery record."""
+
+    seq: int
+    uuid: str
+    api_version: str
+    protocol: str
+    source: str
+    body: bytes
+    status: DeliveryStatus = attrs.field(converter=DeliveryStatus)
+    created_at: float
+    published_at: float | None
+    attempts: int
+    last_error: str | None
+
+
+@attrs.frozen
+class Accepted:
+    outgoing: Outgoing
+
+
+@attrs.frozen
+class Duplicate:
+    """The idempotency key (or the uuid) was stored before: here is the first trigger."""
+
+    record: JournalRecord
+    same_request: bool
+
+
+@attrs.frozen
+class Settlement:
+    """The broker's answer for one trigger, or a retry that keeps it pending."""
+
+    seq: int
+    status: DeliveryStatus = attrs.field(converter=DeliveryStatus)
+    attempts: int
+    last_error: str | None
+    at: float
+
+
+@attrs.frozen
+class PageQuery:
+    """One page of a listing: newest first, at most ``limit``, each filter optional."""
+
+    limit: int
+    status: DeliveryStatus | None = None
+    api_version: str | None = None
+    protocol: str | None = None
+    source: str | None = None
+    before: int | None = None
+    """A seq: only triggers stored before it (the cursor of the next page)."""
+    max_bytes: int | None = None
+    """The page ends before its bodies would exceed this, holding one record at least."""
+
+
+class Storage(Protocol):
+    """Where the tower keeps what it accepted; see the module docstring for the rules."""
+
+    @property
+    def location(self) -> str:
+        """Where the data lives, for logs and the start-up summary (no secrets)."""
+        ...
+
+    async def append(self, entries: Sequence[Entry]) -> list[Accepted | Duplicate]:
+        """Store a batch in one transaction, all or nothing; one result per entry, in order.
+
+        A trigger whose idempotency key, or uuid, is already stored (or
+        appears earlier in the batch) is a ``Duplicate`` of the first.
+        Raises ``JournalError`` when nothing could be stored.
+        """
+        ...
+
+    async def settle(self, settlements: Iterable[Settlement]) -> None:
+        """Record the broker's answers (and retries) for a batch of triggers."""
+        ...
+
+    async def pending(self, after_seq: int, up_to_seq: int, limit: int) -> list[Outgoing]:
+        """Unsettled triggers with ``after_seq < seq <= up_to_seq``, oldest first."""
+        ...
+
+    async def pending_count(self) -> int: ...
+
+    async def last_seq(self) -> int:
+        """The highest seq ever stored (0 for an empty store)."""
+        ...
+
+    async def prune(self, retention: float) -> int:
+        """Delete settled triggers older than ``retention`` seconds; returns how many."""
+        ...
+
+    async def room(self) -> int:
+        """Bytes the store can still grow by."""
+        ...
+
+    async def get(self, uuid: str) -> JournalRecord | None: ...
+
+    async def page(self, query: PageQuery) -> tuple[list[JournalRecord], bool]:
+        """The records ``query`` asks for, and whether more may follow."""
+        ...
+
+    async def load_plugin_state(self, plugin: str) -> dict[str, Any]:
+        """Every key and value saved for ``plugin``."""
+        ...
+
+    async def save_plugin_state(self, plugin: str, key: str, value: Any | None) -> None:
+        """Save one value durably; ``None`` deletes the key."""
+        ...
+
+    def close(self) -> None:
+        """Release the store's connections; nothing is called after this."""
+        ...
