@@ -9,7 +9,6 @@ import logging
 import os
 import re
 import shutil
-import signal
 import subprocess
 import sys
 import textwrap
@@ -21,6 +20,7 @@ import pytest
 import trio
 
 from tests._helpers import VALID, Broker, Tower, run_tower, tower_settings, unused_port
+from tests._towers import open_tower_process
 from tower_trio._auth import Tokens
 from tower_trio._channel import DeliveryStatus
 from tower_trio._cli import _parser, _Progress, main
@@ -306,28 +306,14 @@ class TestNoSecretInLogs:
             TOWER_LOG_LEVEL="DEBUG",
             PLUGIN_LIMS_API_KEY=api_key,
         )
-        process = await trio.lowlevel.open_process(
-            [sys.executable, "-m", "tower_trio", "run"], env=environ, stderr=subprocess.PIPE
-        )
-        assert process.stderr is not None
-        log = b""
-        try:
+        async with open_tower_process(environ) as tower:
             with trio.fail_after(30):
                 # Connected to the broker, and the plugin has leaked and crashed once.
-                while not all(
-                    marker in log for marker in (b'"broker.connected"', b'"plugin.crashed"')
-                ):
-                    chunk = await process.stderr.receive_some()
-                    assert chunk, log.decode()
-                    log += chunk
-                process.send_signal(signal.SIGTERM)
-                async for chunk in process.stderr:
-                    log += chunk
-                await process.wait()
-        finally:
-            process.kill()
-        text = log.decode()
-        assert process.returncode == 0, text
+                await tower.wait_for("broker.connected")
+                await tower.wait_for("plugin.crashed")
+                returncode = await tower.terminate()
+        text = tower.log
+        assert returncode == 0, text
         lines = json_lines(text)
         assert any(line["event"] == "logging in with ***" for line in lines)
         assert any(line["event"] == "plugin.crashed" for line in lines)
