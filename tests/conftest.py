@@ -1,16 +1,15 @@
-"""Fixtures shared by the whole suite.
+"""Fixtures shared by the whole suite, and the marks that sort its tests.
 
-The suite talks to a real RabbitMQ (``TOWER_TEST_AMQP_URL``'s host, default
+The suite talks to a real RabbitMQ (``TOWER_TEST_AMQP_HOST``, default
 127.0.0.1:5672, guest/guest). Each test session gets a vhost of its own,
-created with ``rabbitmqctl`` and deleted afterwards, so that exchanges and
-queues made by the tests never touch the broker's other users.
+created with ``rabbitmqctl`` and deleted afterwards (``tests/_rabbitmq.py``),
+so that exchanges and queues made by the tests never touch the broker's
+other users.
 """
 
 from __future__ import annotations
 
 import os
-import shutil
-import subprocess
 import uuid
 from typing import TYPE_CHECKING
 
@@ -19,6 +18,7 @@ import trio
 from hypothesis import HealthCheck, settings
 
 from tests._helpers import Broker
+from tests._rabbitmq import open_vhost
 from tower_trio import amqp
 
 if TYPE_CHECKING:
@@ -33,26 +33,11 @@ BROKER_HOST = os.environ.get("TOWER_TEST_AMQP_HOST", "127.0.0.1:5672")
 settings.register_profile("mutmut", suppress_health_check=[HealthCheck.differing_executors])
 
 
-def _rabbitmqctl(*args: str) -> None:
-    rabbitmqctl = shutil.which("rabbitmqctl")
-    if rabbitmqctl is None:
-        raise RuntimeError(
-            "rabbitmqctl is not on PATH; the tests need a local RabbitMQ "
-            "(start it with `rabbitmq-server -detached`)"
-        )
-    subprocess.run([rabbitmqctl, "-q", *args], check=True, capture_output=True, timeout=60)
-
-
 @pytest.fixture(scope="session")
 def amqp_vhost() -> Iterator[str]:
     """A fresh vhost on the real broker, deleted when the session ends."""
-    name = f"tower-trio-test-{uuid.uuid4().hex[:12]}"
-    _rabbitmqctl("add_vhost", name)
-    try:
-        _rabbitmqctl("set_permissions", "-p", name, "guest", ".*", ".*", ".*")
+    with open_vhost("tower-trio-test") as name:
         yield name
-    finally:
-        _rabbitmqctl("delete_vhost", name)
 
 
 @pytest.fixture(scope="session")

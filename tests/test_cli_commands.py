@@ -8,8 +8,6 @@ import json
 import logging
 import os
 import re
-import shutil
-import subprocess
 import sys
 import textwrap
 import uuid
@@ -20,6 +18,7 @@ import pytest
 import trio
 
 from tests._helpers import VALID, Broker, Tower, run_tower, tower_settings, unused_port
+from tests._rabbitmq import rabbitmqctl
 from tests._towers import open_tower_process
 from tower_trio._auth import Tokens
 from tower_trio._channel import DeliveryStatus
@@ -28,6 +27,7 @@ from tower_trio._logging import configure_logging, get_logger, print_summary
 from tower_trio._openapi import openapi_document
 
 if TYPE_CHECKING:
+    import subprocess
     from collections.abc import AsyncIterator, Iterator
     from pathlib import Path
 
@@ -265,23 +265,17 @@ class TestStartUpSummary:
         assert len(box.splitlines()) < 25
 
 
-def _rabbitmqctl(*args: str) -> None:
-    rabbitmqctl = shutil.which("rabbitmqctl")
-    assert rabbitmqctl is not None, "the tests need rabbitmqctl on PATH"
-    subprocess.run([rabbitmqctl, "-q", *args], check=True, capture_output=True, timeout=60)
-
-
 @pytest.fixture
 def broker_user(amqp_vhost: str) -> Iterator[tuple[str, str]]:
     """A broker user with a distinctive password, removed afterwards."""
     name = f"tower-test-{uuid.uuid4().hex[:8]}"
     password = f"pw-{uuid.uuid4().hex}"
-    _rabbitmqctl("add_user", name, password)
+    rabbitmqctl("add_user", name, password)
     try:
-        _rabbitmqctl("set_permissions", "-p", amqp_vhost, name, ".*", ".*", ".*")
+        rabbitmqctl("set_permissions", "-p", amqp_vhost, name, ".*", ".*", ".*")
         yield name, password
     finally:
-        _rabbitmqctl("delete_user", name)
+        rabbitmqctl("delete_user", name)
 
 
 class TestNoSecretInLogs:
