@@ -21,6 +21,8 @@ from tower_trio._serialization import load_trigger
 if TYPE_CHECKING:
     from collections.abc import AsyncIterator
 
+pytestmark = pytest.mark.subprocess
+
 TRIGGERS_IN_CHANNEL = 400
 
 

@@ -279,6 +279,7 @@ def broker_user(amqp_vhost: str) -> Iterator[tuple[str, str]]:
 
 
 class TestNoSecretInLogs:
+    @pytest.mark.subprocess
     async def test_run_never_logs_the_broker_password_or_a_plugin_key(
         self,
         amqp_vhost: str,
@@ -510,6 +511,7 @@ class TestErrorLines:
         )
 
 
+@pytest.mark.subprocess
 class TestClosedStdout:
     async def test_send_stops_quietly(self, tower: Tower, tmp_path: Path) -> None:
         """`send | head -0` exits 141 without a word on stderr and sends nothing more."""

@@ -147,6 +147,7 @@ class TestPluginExamples:
         assert trigger.metadata.source == name
 
     @pytest.mark.parametrize("block", _of("plugin-test"))
+    @pytest.mark.subprocess
     def test_plugin_test_passes(self, block: Block, tmp_path: Path) -> None:
         """A plugin test example passes next to the plugin `just new-plugin` makes."""
         name = block.first_line.split("/")[1]
@@ -180,6 +181,7 @@ class TestPluginExamples:
 
 class TestPrograms:
     @pytest.mark.parametrize("block", _of("program"))
+    @pytest.mark.subprocess
     async def test_runs(self, block: Block, amqp_url: str, tmp_path: Path) -> None:
         """A complete program runs to the end without an error, against the test's broker."""
         async with (
@@ -264,6 +266,7 @@ def _subcommands() -> set[str]:
     }
 
 
+@pytest.mark.subprocess
 class TestShellBlocks:
     @pytest.mark.parametrize("block", _of("shell"))
     def test_commands_parse_and_exist(self, block: Block) -> None:
