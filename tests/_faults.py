@@ -1,4 +1,4 @@
-"""Helpers for the fault-injection tests: tower processes, load, plugin feed, tally.
+"""Helpers for the fault-injection tests: load, plugin feed, tally.
 
 The tests drive real ``tower-trio run`` processes against the real broker.
 Steps are sequenced on signals (log lines, the load's progress, process
@@ -8,12 +8,7 @@ exits), never on sleeps; the one clock is the load's steady rate.
 from __future__ import annotations
 
 import json
-import os
-import re
 import shutil
-import signal
-import subprocess
-import sys
 from collections import Counter, defaultdict
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from typing import TYPE_CHECKING, Any
@@ -71,29 +66,9 @@ async def run(send_channel, config):
     await trio.sleep_forever()
 """
 
-_FIELD = re.compile(r'(\w+)=("(?:[^"\\]|\\.)*"|\S*)')
-
 
 def is_plugin_job(job: int) -> bool:
     return job % PLUGIN_EVERY == 0
-
-
-def log_fields(line: str) -> dict[str, str]:
-    """The fields of one tower log line: a JSON object, or key=value pairs on a terminal."""
-    if line.startswith("{"):
-        try:
-            decoded = json.loads(line)
-        except ValueError:
-            decoded = None
-        if isinstance(decoded, dict):
-            return {str(key): str(value) for key, value in decoded.items()}
-    fields = {}
-    for key, raw in _FIELD.findall(line):
-        value = raw
-        if raw.startswith('"'):
-            value = raw[1:-1].replace('\\"', '"').replace("\\n", "\n").replace("\\\\", "\\")
-        fields[key] = value
-    return fields
 
 
 async def rabbitmqctl(*args: str) -> str:
@@ -110,123 +85,6 @@ async def rabbitmqctl(*args: str) -> str:
             f"{result.stderr.decode(errors='replace').strip()}"
         )
     return result.stdout.decode(errors="replace")
-
-
-def tower_environ(**variables: str) -> dict[str, str]:
-    """The test process's environment without its TOWER_/PLUGIN_ settings, plus ``variables``."""
-    environ = {k: v for k, v in os.environ.items() if not k.startswith(("TOWER_", "PLUGIN_"))}
-    environ["TOWER_HTTP_PORT"] = "0"
-    environ.update(variables)
-    return environ
-
-
-@attrs.define(eq=False)
-class TowerProcess:
-    """One ``tower-trio run`` process and everything it has logged so far."""
-
-    process: trio.Process
-    url: str = ""
-    _lines: list[str] = attrs.Factory(list)
-    _changed: trio.Event = attrs.Factory(trio.Event)
-    _log_closed: bool = False
-
-    @property
-    def log(self) -> str:
-        return "\n".join(self._lines)
-
-    def events(self, event: str) -> list[dict[str, str]]:
-        found = (log_fields(line) for line in self._lines)
-        return [fields for fields in found if fields.get("event") == event]
-
-    def _notify(self) -> None:
-        self._changed.set()
-        self._changed = trio.Event()
-
-    async def read_log(self) -> None:
-        # Reading all the time matters: a full stderr pipe would stall the tower.
-        assert self.process.stderr is not None
-        unread = b""
-        try:
-            async for chunk in self.process.stderr:
-                *lines, unread = (unread + chunk).split(b"\n")
-                self._lines.extend(line.decode(errors="replace") for line in lines)
-                self._notify()
-        finally:
-            if unread:
-                self._lines.append(unread.decode(errors="replace"))
-            self._log_closed = True
-            self._notify()
-
-    async def wait_for(self, event: str, count: int = 1) -> dict[str, str]:
-        """The ``count``-th line logging ``event``, once the tower has written it."""
-        while True:
-            found = self.events(event)
-            if len(found) >= count:
-                return found[count - 1]
-            if self._log_closed:
-                raise AssertionError(
-                    f"the tower exited before logging event={event} {count} time(s):\n{self.log}"
-                )
-            await self._changed.wait()
-
-    async def _wait_log_closed(self) -> None:
-        while not self._log_closed:
-            await self._changed.wait()
-
-    async def kill(self) -> None:
-        """SIGKILL: no chance to drain or to close the journal."""
-        self.process.kill()
-        await self.process.wait()
-
-    async def terminate(self) -> int:
-        """SIGTERM, then the exit code once the process and its log have ended."""
-        self.process.send_signal(signal.SIGTERM)
-        returncode = await self.process.wait()
-        await self._wait_log_closed()
-        return returncode
-
-
-@attrs.define(eq=False)
-class Towers:
-    """Starts tower processes with one environment; whatever still runs is killed at the end."""
-
-    nursery: trio.Nursery
-    environ: dict[str, str]
-    started: list[TowerProcess] = attrs.Factory(list)
-
-    async def start(self) -> TowerProcess:
-        process = await trio.lowlevel.open_process(
-            [sys.executable, "-m", "tower_trio", "run"],
-            env=self.environ,
-            stdin=subprocess.DEVNULL,
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.PIPE,
-        )
-        tower = TowerProcess(process)
-        self.started.append(tower)
-        self.nursery.start_soon(tower.read_log)
-        with trio.fail_after(30):
-            started = await tower.wait_for("tower.started")
-        tower.url = started["http"].split(",")[0]
-        return tower
-
-    async def terminate_running(self) -> list[int]:
-        """SIGTERM every tower still running; their exit codes."""
-        return [
-            await tower.terminate() for tower in self.started if tower.process.returncode is None
-        ]
-
-    async def kill_all(self) -> None:
-        for tower in self.started:
-            if tower.process.returncode is None:
-                await tower.kill()
-
-    @property
-    def logs(self) -> str:
-        return "\n".join(
-            f"--- tower {n} (exit code {tower.process.returncode}) ---\n{tower.log}"
-            for n, tower in enumerate(self.started, 1)
-        )
 
 
 @attrs.define(eq=False)

@@ -33,6 +33,7 @@ class TestBundledPlugins:
 
 
 class TestScaffold:
+    @pytest.mark.subprocess
     def test_new_plugin_is_discovered_and_its_test_passes(self, tmp_path: Path) -> None:
         """`just new-plugin NAME` makes a plugin the loader accepts, with a passing test."""
         folder = scaffold("plate_reader", tmp_path)

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import os
-import signal
 import subprocess
 import sys
 import textwrap
@@ -14,12 +13,15 @@ import pytest
 import trio
 
 from tests._helpers import spec_of
+from tests._towers import open_tower_process
 from tower_trio import amqp
 from tower_trio._journal import FILE_NAME as JOURNAL_FILE
 from tower_trio._serialization import load_trigger
 
 if TYPE_CHECKING:
     from collections.abc import AsyncIterator
+
+pytestmark = pytest.mark.subprocess
 
 TRIGGERS_IN_CHANNEL = 400
 
@@ -232,24 +234,9 @@ class TestShutdown:
             TOWER_CHANNEL_SIZE=str(TRIGGERS_IN_CHANNEL),
             TOWER_SHUTDOWN_GRACE="300",
         )
-        process = await trio.lowlevel.open_process(
-            [sys.executable, "-m", "tower_trio", "run"],
-            env=environ,
-            stderr=subprocess.PIPE,
-        )
-        assert process.stderr is not None
-        log = b""
-        try:
+        async with open_tower_process(environ) as tower:
             with trio.fail_after(30):
-                while b'"event": "tower.stopping"' not in log:
-                    chunk = await process.stderr.receive_some()
-                    assert chunk, log.decode()
-                    log += chunk
-                process.send_signal(signal.SIGTERM)
-                async for chunk in process.stderr:
-                    log += chunk
-                await process.wait()
-        finally:
-            process.kill()
-        assert process.returncode == 130, log.decode()
-        assert b'"event": "shutdown.forced"' in log
+                await tower.wait_for("tower.stopping")
+                returncode = await tower.terminate()
+        assert returncode == 130, tower.log
+        assert '"event": "shutdown.forced"' in tower.log

@@ -8,9 +8,6 @@ import json
 import logging
 import os
 import re
-import shutil
-import signal
-import subprocess
 import sys
 import textwrap
 import uuid
@@ -21,6 +18,8 @@ import pytest
 import trio
 
 from tests._helpers import VALID, Broker, Tower, run_tower, tower_settings, unused_port
+from tests._rabbitmq import rabbitmqctl
+from tests._towers import open_tower_process
 from tower_trio._auth import Tokens
 from tower_trio._cli import _parser, _Progress, main
 from tower_trio._logging import configure_logging, get_logger, print_summary
@@ -28,6 +27,7 @@ from tower_trio._openapi import openapi_document
 from tower_trio._vocabulary import DeliveryStatus
 
 if TYPE_CHECKING:
+    import subprocess
     from collections.abc import AsyncIterator, Iterator
     from pathlib import Path
 
@@ -265,26 +265,21 @@ class TestStartUpSummary:
         assert len(box.splitlines()) < 25
 
 
-def _rabbitmqctl(*args: str) -> None:
-    rabbitmqctl = shutil.which("rabbitmqctl")
-    assert rabbitmqctl is not None, "the tests need rabbitmqctl on PATH"
-    subprocess.run([rabbitmqctl, "-q", *args], check=True, capture_output=True, timeout=60)
-
-
 @pytest.fixture
 def broker_user(amqp_vhost: str) -> Iterator[tuple[str, str]]:
     """A broker user with a distinctive password, removed afterwards."""
     name = f"tower-test-{uuid.uuid4().hex[:8]}"
     password = f"pw-{uuid.uuid4().hex}"
-    _rabbitmqctl("add_user", name, password)
+    rabbitmqctl("add_user", name, password)
     try:
-        _rabbitmqctl("set_permissions", "-p", amqp_vhost, name, ".*", ".*", ".*")
+        rabbitmqctl("set_permissions", "-p", amqp_vhost, name, ".*", ".*", ".*")
         yield name, password
     finally:
-        _rabbitmqctl("delete_user", name)
+        rabbitmqctl("delete_user", name)
 
 
 class TestNoSecretInLogs:
+    @pytest.mark.subprocess
     async def test_run_never_logs_the_broker_password_or_a_plugin_key(
         self,
         amqp_vhost: str,
@@ -306,28 +301,14 @@ class TestNoSecretInLogs:
             TOWER_LOG_LEVEL="DEBUG",
             PLUGIN_LIMS_API_KEY=api_key,
         )
-        process = await trio.lowlevel.open_process(
-            [sys.executable, "-m", "tower_trio", "run"], env=environ, stderr=subprocess.PIPE
-        )
-        assert process.stderr is not None
-        log = b""
-        try:
+        async with open_tower_process(environ) as tower:
             with trio.fail_after(30):
                 # Connected to the broker, and the plugin has leaked and crashed once.
-                while not all(
-                    marker in log for marker in (b'"broker.connected"', b'"plugin.crashed"')
-                ):
-                    chunk = await process.stderr.receive_some()
-                    assert chunk, log.decode()
-                    log += chunk
-                process.send_signal(signal.SIGTERM)
-                async for chunk in process.stderr:
-                    log += chunk
-                await process.wait()
-        finally:
-            process.kill()
-        text = log.decode()
-        assert process.returncode == 0, text
+                await tower.wait_for("broker.connected")
+                await tower.wait_for("plugin.crashed")
+                returncode = await tower.terminate()
+        text = tower.log
+        assert returncode == 0, text
         lines = json_lines(text)
         assert any(line["event"] == "logging in with ***" for line in lines)
         assert any(line["event"] == "plugin.crashed" for line in lines)
@@ -530,6 +511,7 @@ class TestErrorLines:
         )
 
 
+@pytest.mark.subprocess
 class TestClosedStdout:
     async def test_send_stops_quietly(self, tower: Tower, tmp_path: Path) -> None:
         """`send | head -0` exits 141 without a word on stderr and sends nothing more."""

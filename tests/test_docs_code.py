@@ -16,7 +16,6 @@ Shell blocks are checked with ``bash -n``, and every ``just`` recipe and
 from __future__ import annotations
 
 import itertools
-import json
 import os
 import re
 import shlex
@@ -30,6 +29,7 @@ import attrs
 import pytest
 import trio
 
+from tests._fakes import complete_lifespan, send_json
 from tower_trio import amqp
 from tower_trio._cli import _parser
 from tower_trio._scaffold import scaffold
@@ -119,14 +119,9 @@ def _kind(block: Block) -> str:
 async def _events_api(scope: dict[str, Any], receive: Any, send: Any) -> None:
     """A fake event source: GET answers with a JSON list of one event."""
     if scope["type"] == "lifespan":
-        while (await receive())["type"] != "lifespan.shutdown":
-            await send({"type": "lifespan.startup.complete"})
-        await send({"type": "lifespan.shutdown.complete"})
+        await complete_lifespan(receive, send)
         return
-    body = json.dumps([{"volume": 100}]).encode()
-    headers = [(b"content-type", b"application/json")]
-    await send({"type": "http.response.start", "status": 200, "headers": headers})
-    await send({"type": "http.response.body", "body": body})
+    await send_json(send, 200, [{"volume": 100}])
 
 
 # Each plugin example with the config it runs with, given the fake API's URL.
@@ -152,6 +147,7 @@ class TestPluginExamples:
         assert trigger.metadata.source == name
 
     @pytest.mark.parametrize("block", _of("plugin-test"))
+    @pytest.mark.subprocess
     def test_plugin_test_passes(self, block: Block, tmp_path: Path) -> None:
         """A plugin test example passes next to the plugin `just new-plugin` makes."""
         name = block.first_line.split("/")[1]
@@ -185,6 +181,7 @@ class TestPluginExamples:
 
 class TestPrograms:
     @pytest.mark.parametrize("block", _of("program"))
+    @pytest.mark.subprocess
     async def test_runs(self, block: Block, amqp_url: str, tmp_path: Path) -> None:
         """A complete program runs to the end without an error, against the test's broker."""
         async with (
@@ -269,6 +266,7 @@ def _subcommands() -> set[str]:
     }
 
 
+@pytest.mark.subprocess
 class TestShellBlocks:
     @pytest.mark.parametrize("block", _of("shell"))
     def test_commands_parse_and_exist(self, block: Block) -> None:

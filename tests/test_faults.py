@@ -25,20 +25,19 @@ from tests._faults import (
     Step,
     Tally,
     Target,
-    Towers,
     consume_until_seen,
     drain,
     rabbitmqctl,
     run_load,
-    tower_environ,
 )
+from tests._towers import Towers, tower_environ
 from tower_trio import amqp
 
 if TYPE_CHECKING:
     from collections.abc import AsyncIterator
     from pathlib import Path
 
-    from tests._faults import TowerProcess
+    from tests._towers import TowerProcess
 
 JOBS = 900
 """600 POSTs and 300 plugin triggers per test."""

@@ -25,8 +25,9 @@ import trio
 from hypercorn.protocol.h11 import H11Protocol
 from hypercorn.trio.tcp_server import TCPServer
 
-from tests._faults import Towers, tower_environ
+from tests._fakes import complete_lifespan, send_response
 from tests._helpers import run_tower, tower_settings
+from tests._towers import Towers, tower_environ
 from tower_trio._config import Settings
 from tower_trio._errors import ConfigError
 from tower_trio._server import (
@@ -40,7 +41,7 @@ if TYPE_CHECKING:
     from collections.abc import AsyncIterator
     from pathlib import Path
 
-    from tests._faults import TowerProcess
+    from tests._towers import TowerProcess
 
 TOKEN = "http-boundary-test-token-0123456789"
 WEBSOCKET_UPGRADE = (
@@ -257,14 +258,9 @@ class _FailsFirst(HTTP11Connection):
 
 async def _hello(scope: dict[str, Any], receive: Any, send: Any) -> None:
     if scope["type"] == "lifespan":
-        while (await receive())["type"] != "lifespan.shutdown":
-            await send({"type": "lifespan.startup.complete"})
-        await send({"type": "lifespan.shutdown.complete"})
+        await complete_lifespan(receive, send)
         return
-    await send(
-        {"type": "http.response.start", "status": 200, "headers": [(b"content-length", b"5")]}
-    )
-    await send({"type": "http.response.body", "body": b"hello"})
+    await send_response(send, 200, b"hello", [(b"content-length", b"5")])
 
 
 def _bare_config(**values: Any) -> hypercorn.config.Config:

@@ -19,6 +19,7 @@ import httpx
 import pytest
 import trio
 
+from tests._fakes import JSON_CONTENT, AsgiFake, send_response
 from tower_trio import PluginError
 from tower_trio.plugin import (
     CrossOriginRedirectError,
@@ -29,10 +30,9 @@ from tower_trio.plugin import (
 from tower_trio.testing import serve_fake_api
 
 if TYPE_CHECKING:
-    from collections.abc import Awaitable, Callable, Sequence
+    from collections.abc import Sequence
 
-    Send = Callable[[dict[str, Any]], Awaitable[None]]
-    Receive = Callable[[], Awaitable[dict[str, Any]]]
+    from tests._fakes import Receive, Scope, Send
 
 MiB = 1024 * 1024
 CHUNK = 64 * 1024
@@ -65,7 +65,7 @@ class Seen:
 
 
 @attrs.define
-class FakeApi:
+class FakeApi(AsgiFake):
     """An API whose paths each answer in one of the ways a hostile or broken server might."""
 
     elsewhere: str = ""
@@ -74,13 +74,7 @@ class FakeApi:
     sent: int = 0
     """Body bytes handed to the server for sending, before the client hung up."""
 
-    async def __call__(self, scope: dict[str, Any], receive: Receive, send: Send) -> None:
-        if scope["type"] == "lifespan":
-            while True:
-                message = await receive()
-                await send({"type": message["type"] + ".complete"})
-                if message["type"] == "lifespan.shutdown":
-                    return
+    async def respond(self, scope: Scope, receive: Receive, send: Send) -> None:
         headers = {name.decode().lower(): value.decode() for name, value in scope["headers"]}
         self.requests.append(Seen(scope["path"], headers))
         async with trio.open_nursery() as nursery:
@@ -131,9 +125,7 @@ class FakeApi:
     async def reply(
         self, send: Send, status: int, body: bytes, headers: Sequence[tuple[bytes, bytes]] = ()
     ) -> None:
-        start = [(b"content-type", b"application/json"), *headers]
-        await send({"type": "http.response.start", "status": status, "headers": start})
-        await send({"type": "http.response.body", "body": body})
+        await send_response(send, status, body, [JSON_CONTENT, *headers])
 
     async def stream_zeros(self, send: Send, *, declared: bool) -> None:
         # One 64 KiB buffer sent again and again: the server never holds the 200 MB.

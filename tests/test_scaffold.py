@@ -20,6 +20,7 @@ def lint(*argv: str) -> subprocess.CompletedProcess[str]:
     return subprocess.run(argv, cwd=REPO, capture_output=True, text=True, timeout=120, check=False)
 
 
+@pytest.mark.subprocess
 class TestScaffoldLint:
     @pytest.fixture
     def folder(self, tmp_path: Path) -> Path:

@@ -175,6 +175,7 @@ class TestMessageFormatPage:
         exec(compile(block, str(FORMAT_PAGE), "exec"), {})
 
 
+@pytest.mark.subprocess
 class TestMigrationConsumer:
     async def test_consumer_snippet_receives_and_acks(
         self, amqp_url: str, broker: Broker, unique: str, tmp_path: Path

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import json
 import os
-import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -17,6 +16,8 @@ from typing import TYPE_CHECKING
 
 import pytest
 import trio
+
+from tests._towers import open_tower_process
 
 if TYPE_CHECKING:
     from tests._helpers import Broker
@@ -99,23 +100,11 @@ class TestInstalledWheel:
             PLUGIN_EXAMPLE_PATH=str(inbox),
             PLUGIN_EXAMPLE_SKIP_EXISTING="false",
         )
-        process = await trio.lowlevel.open_process(
-            [str(installed / "tower-trio"), "run"],
-            cwd=tmp_path,
-            env=environ,
-            stderr=subprocess.PIPE,
-        )
-        assert process.stderr is not None
-        log = b""
-        try:
+        command: list[str | Path] = [installed / "tower-trio", "run"]
+        async with open_tower_process(environ, command=command, cwd=tmp_path) as tower:
             (message,) = await broker.take(queue, 1)
-            process.send_signal(signal.SIGTERM)
             with trio.fail_after(30):
-                async for chunk in process.stderr:
-                    log += chunk
-                await process.wait()
-        finally:
-            process.kill()
-        assert process.returncode == 0, log.decode()
+                returncode = await tower.terminate()
+        assert returncode == 0, tower.log
         assert json.loads(message.body)["protocol"] == "Wash"
-        assert b'"event": "plugin.started", "plugin": "example"' in log
+        assert '"event": "plugin.started", "plugin": "example"' in tower.log

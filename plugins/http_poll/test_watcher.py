@@ -15,6 +15,7 @@ import pytest
 import trio
 import trio.testing
 
+from tests._fakes import JSON_CONTENT, AsgiFake, send_response
 from tower_trio import ConfigError, PluginError
 
 # The tower's own view of a plugin (GET /plugins) has no public door; the
@@ -23,7 +24,7 @@ from tower_trio._plugins import discover_plugins, plugins_report, select_plugins
 from tower_trio.testing import MemoryStateBackend, load_plugin, open_plugin, serve_fake_api
 
 if TYPE_CHECKING:
-    from collections.abc import Awaitable, Callable
+    from tests._fakes import Receive, Scope, Send
 
 HERE = Path(__file__).parent
 watcher: Any = load_plugin(HERE)
@@ -53,7 +54,7 @@ class Request:
 
 
 @attrs.define
-class FakeApi:
+class FakeApi(AsgiFake):
     """A JSON API whose answer, status and speed each test sets."""
 
     body: Any = attrs.Factory(lambda: {"data": {"items": []}})
@@ -70,34 +71,17 @@ class FakeApi:
     def show(self, *items: Any) -> None:
         self.body = {"data": {"items": list(items)}}
 
-    async def __call__(
-        self,
-        scope: dict[str, Any],
-        receive: Callable[[], Awaitable[dict[str, Any]]],
-        send: Callable[[dict[str, Any]], Awaitable[None]],
-    ) -> None:
-        if scope["type"] == "lifespan":
-            while True:
-                message = await receive()
-                await send({"type": message["type"] + ".complete"})
-                if message["type"] == "lifespan.shutdown":
-                    return
+    async def respond(self, scope: Scope, receive: Receive, send: Send) -> None:
         headers = {name.decode(): value.decode() for name, value in scope["headers"]}
         self.requests.append(Request(trio.current_time(), headers, scope["path"]))
         if self.redirect and scope["path"] != "/moved-here":
-            location = [(b"location", self.redirect.encode())]
-            await send({"type": "http.response.start", "status": 302, "headers": location})
-            await send({"type": "http.response.body", "body": b""})
+            await send_response(send, 302, headers=[(b"location", self.redirect.encode())])
             return
         if self.delay:
             await trio.sleep(self.delay)
         payload = self.raw if self.raw is not None else json.dumps(self.body).encode()
         await send(
-            {
-                "type": "http.response.start",
-                "status": self.status,
-                "headers": [(b"content-type", b"application/json")],
-            }
+            {"type": "http.response.start", "status": self.status, "headers": [JSON_CONTENT]}
         )
         if self.dribble:
             for byte in payload:

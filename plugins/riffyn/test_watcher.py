@@ -14,6 +14,7 @@ import pytest
 import trio
 import trio.testing
 
+from tests._fakes import AsgiFake, send_json, send_response
 from tower_trio.testing import (
     MemoryStateBackend,
     PluginHarness,
@@ -23,8 +24,9 @@ from tower_trio.testing import (
 )
 
 if TYPE_CHECKING:
-    from collections.abc import AsyncIterator, Awaitable, Callable
+    from collections.abc import AsyncIterator
 
+    from tests._fakes import Receive, Scope, Send
     from tower_trio import Trigger
 
 HERE = Path(__file__).parent
@@ -39,7 +41,7 @@ SPARK = "TecanSpark/v1alpha1/Spark2"
 
 
 @attrs.define
-class FakeRiffyn:
+class FakeRiffyn(AsgiFake):
     """Just enough of the Riffyn API: one experiment, one run group, its runs, one activity."""
 
     runs: dict[str, dict[str, Any]] = attrs.Factory(dict)
@@ -109,18 +111,7 @@ class FakeRiffyn:
             return {"datatables": {run_id: {"datatable": [self.values[run_id]]}}}
         return None
 
-    async def __call__(
-        self,
-        scope: dict[str, Any],
-        receive: Callable[[], Awaitable[dict[str, Any]]],
-        send: Callable[[dict[str, Any]], Awaitable[None]],
-    ) -> None:
-        if scope["type"] == "lifespan":
-            while True:
-                message = await receive()
-                await send({"type": message["type"] + ".complete"})
-                if message["type"] == "lifespan.shutdown":
-                    return
+    async def respond(self, scope: Scope, receive: Receive, send: Send) -> None:
         path = scope["path"]
         self.requests.append(path)
         self.raw_paths.append(scope["raw_path"].decode())
@@ -130,14 +121,7 @@ class FakeRiffyn:
             # The API moved under /v1, on the same server.
             query = scope["query_string"].decode()
             location = "/v1/" + path.removeprefix("/moved/") + (f"?{query}" if query else "")
-            await send(
-                {
-                    "type": "http.response.start",
-                    "status": 308,
-                    "headers": [(b"location", location.encode())],
-                }
-            )
-            await send({"type": "http.response.body", "body": b""})
+            await send_response(send, 308, headers=[(b"location", location.encode())])
             return
         if headers.get(b"api-key") != API_KEY.encode():
             status, body = 401, {"error": "bad api key"}
@@ -150,40 +134,18 @@ class FakeRiffyn:
             await trio.sleep(self.delay)
             found = self.route(path, parse_qs(scope["query_string"].decode()))
             status, body = (200, found) if found is not None else (404, {"error": "not found"})
-        payload = body if isinstance(body, bytes) else json.dumps(body).encode()
-        await send(
-            {
-                "type": "http.response.start",
-                "status": status,
-                "headers": [(b"content-type", b"application/json")],
-            }
-        )
-        await send({"type": "http.response.body", "body": payload})
+        await send_json(send, status, body)
 
 
 @attrs.frozen
-class Redirect:
+class Redirect(AsgiFake):
     """A server that sends every request on to the same path at ``target``."""
 
     target: str
 
-    async def __call__(
-        self,
-        scope: dict[str, Any],
-        receive: Callable[[], Awaitable[dict[str, Any]]],
-        send: Callable[[dict[str, Any]], Awaitable[None]],
-    ) -> None:
-        if scope["type"] == "lifespan":
-            while True:
-                message = await receive()
-                await send({"type": message["type"] + ".complete"})
-                if message["type"] == "lifespan.shutdown":
-                    return
+    async def respond(self, scope: Scope, receive: Receive, send: Send) -> None:
         location = (self.target + scope["path"]).encode()
-        await send(
-            {"type": "http.response.start", "status": 307, "headers": [(b"location", location)]}
-        )
-        await send({"type": "http.response.body", "body": b""})
+        await send_response(send, 307, headers=[(b"location", location)])
 
 
 @pytest.fixture

@@ -11,12 +11,11 @@ certificates, so such a leftover never gets in a later run's way.
 
 from __future__ import annotations
 
-import shutil
-import subprocess
 from contextlib import contextmanager
 from typing import TYPE_CHECKING
 
 from tests._helpers import unused_port
+from tests._rabbitmq import rabbitmqctl
 
 if TYPE_CHECKING:
     from collections.abc import Iterator
@@ -30,17 +29,7 @@ LISTEN_ADDRESS = "127.0.0.1"
 
 def rabbitmqctl_eval(expression: str) -> str:
     """Evaluate an Erlang expression in the broker; its printed result."""
-    rabbitmqctl = shutil.which("rabbitmqctl")
-    if rabbitmqctl is None:
-        raise RuntimeError("rabbitmqctl is not on PATH; the TLS tests need the local RabbitMQ")
-    done = subprocess.run(
-        [rabbitmqctl, "-q", "eval", expression],
-        check=True,
-        capture_output=True,
-        text=True,
-        timeout=60,
-    )
-    return done.stdout.strip()
+    return rabbitmqctl("eval", expression)
 
 
 def _erlang_string(path: Path) -> str:

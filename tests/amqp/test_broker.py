@@ -71,6 +71,7 @@ class TestHandshake:
         assert unique in str(info.value)
         assert isinstance(info.value, amqp.AccessRefusedError)
 
+    @pytest.mark.subprocess
     async def test_vhost_without_permissions(self, amqp_url: str, unique: str) -> None:
         """A vhost the user may not use raises AccessRefusedError suggesting set_permissions."""
         rabbitmqctl = shutil.which("rabbitmqctl")
@@ -300,6 +301,7 @@ class TestClose:
                 await trio.sleep_forever()
         assert scope.cancelled_caught
 
+    @pytest.mark.subprocess
     async def test_broker_close(self, amqp_url: str, amqp_vhost: str) -> None:
         """A connection closed by the broker raises ConnectionClosedError with its code."""
         rabbitmqctl = shutil.which("rabbitmqctl")

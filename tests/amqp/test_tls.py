@@ -248,6 +248,8 @@ class TestOverTLS:
                 pass  # pragma: no cover
         assert accepted.is_set()
 
+    @pytest.mark.broker
+    @pytest.mark.subprocess
     def test_listener_is_stopped_after_use(self, tls_files: TLSFiles) -> None:
         """The test suite's TLS listener is gone from the broker once its block ends."""
         with tls_listener(tls_files, require_client_cert=False) as port:
@@ -427,6 +429,7 @@ class TestTowerSettings:
                 }
             )
 
+    @pytest.mark.subprocess
     def test_start_up_error_is_one_line(self, tmp_path: Path) -> None:
         """`tower-trio run` with a missing CA file exits 2 with one line naming the variable."""
         environ = {k: v for k, v in os.environ.items() if not k.startswith(("TOWER_", "PLUGIN_"))}
