@@ -12,6 +12,9 @@ worker thread, writes one at a time in the order they were called.
 A trigger's row is its delivery record: ``pending`` until the broker
 confirms it, then ``published``, ``unroutable`` or ``failed``. Rows that
 are settled are pruned after the retention period; pending rows never are.
+
+One concept, kept whole although past 400 lines: the SQLite journal (its
+schema and transactions) and the ``Storage`` it backs.
 """
 
 from __future__ import annotations

@@ -13,6 +13,9 @@ attrs class ``Config`` in the same module, built from ``PLUGIN_<NAME>_*``,
 and for ``state``: its ``tower_trio.plugin.State``, kept in a
 ``StateBackend`` (the tower's journal; memory in tests). Running a plugin
 once is ``_runtime``'s; this module restarts it when it crashes.
+
+One concept, kept whole although past 400 lines: where plugins come from
+and how they are kept running.
 """
 
 from __future__ import annotations

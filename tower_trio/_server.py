@@ -29,6 +29,9 @@ The Hypercorn internals used (``TCPServer`` with its ``protocol``,
 ``H11Protocol._check_protocol`` and ``_send_h11_event``; ``Lifespan``;
 ``WorkerContext``) are pinned by the version range in ``pyproject.toml`` and
 checked by ``tests/test_http_boundary.py::TestHypercornSeams``.
+
+One concept, kept whole although past 400 lines: the connection boundary,
+one step of a connection's life per function.
 """
 
 from __future__ import annotations

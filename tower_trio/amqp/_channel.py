@@ -1,4 +1,8 @@
-"""AMQP channels: synchronous methods, publishing with confirms, consuming."""
+"""AMQP channels: synchronous methods, publishing with confirms, consuming.
+
+One concept, kept whole although past 400 lines: a channel and its
+methods.
+"""
 
 from __future__ import annotations
 

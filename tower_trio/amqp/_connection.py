@@ -16,6 +16,8 @@ connection broken records the error, fails everything waiting on the
 connection (confirmations, RPCs, consumers) and cancels both the tasks and
 the body of ``open_connection``; the recorded error is then raised out of
 the ``async with`` as a plain exception, not as an exception group.
+
+One concept, kept whole although past 400 lines: a connection's lifetime.
 """
 
 from __future__ import annotations
