@@ -357,7 +357,8 @@ class Publisher:
         elif outcome is amqp.Outcome.RETURNED:
             self._unroutable += 1
             returned = flight.confirmation.returned
-            reason = f"{returned.reply_code} {returned.reply_text}" if returned else "returned"
+            assert returned is not None  # RETURNED is resolved only with its Basic.Return
+            reason = f"{returned.reply_code} {returned.reply_text}"
             _log.warning(
                 "trigger.unroutable",
                 **_trigger_fields(outgoing),
