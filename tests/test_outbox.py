@@ -1,0 +1,92 @@
+"""The outbox on its own: what it hands the publisher, and in what order.
+
+A real SQLite journal in a temporary folder and a memory channel; no broker.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+import attrs
+import pytest
+import trio
+
+from tower_trio import Trigger
+from tower_trio._channel import Intake, Submission
+from tower_trio._config import Settings
+from tower_trio._journal import SQLiteStorage, open_storage
+from tower_trio._outbox import BATCH, Outbox
+
+if TYPE_CHECKING:
+    from collections.abc import AsyncIterator
+    from pathlib import Path
+
+
+def trigger(n: int) -> Trigger:
+    return Trigger(api_version="OT-2/v1alpha1", protocol="PlateTransfer", spec={"n": n})
+
+
+@pytest.fixture
+async def storage(tmp_path: Path) -> AsyncIterator[SQLiteStorage]:
+    opened = await open_storage(tmp_path)
+    try:
+        yield opened
+    finally:
+        opened.close()
+
+
+async def stored_outbox(
+    storage: SQLiteStorage, count: int, *, cache_max_bytes: int | None = None
+) -> tuple[Outbox, list[str]]:
+    """An outbox that has stored ``count`` triggers from a channel now closed."""
+    settings = Settings()
+    if cache_max_bytes is not None:
+        settings = attrs.evolve(settings, cache_max_bytes=cache_max_bytes)
+    outbox = Outbox(settings, storage)
+    await outbox.load()
+    send, receive = trio.open_memory_channel[Submission](count)
+    submissions = [Submission.of(trigger(n)) for n in range(count)]
+    with trio.fail_after(10):
+        async with send:
+            for submission in submissions:
+                send.send_nowait(submission)
+        await outbox.serve_ingest(receive)
+    assert {s.intake for s in submissions} == {Intake.ACCEPTED}
+    return outbox, [s.trigger.uuid for s in submissions]
+
+
+class TestNextBatch:
+    async def test_recent_triggers_are_handed_out_together_in_order(
+        self, storage: SQLiteStorage
+    ) -> None:
+        """Triggers stored a moment ago come from memory, all in one batch, oldest first."""
+        outbox, uuids = await stored_outbox(storage, 3)
+        assert outbox.cached_bytes > 0
+        batch = await outbox.next_batch(0)
+        assert batch is not None
+        rows, cursor = batch
+        assert [row.uuid for row in rows] == uuids
+        assert cursor == rows[-1].seq
+        assert outbox.cached_bytes == 0
+        assert await outbox.next_batch(cursor) is None
+
+    async def test_a_batch_holds_at_most_its_limit_from_memory_too(
+        self, storage: SQLiteStorage
+    ) -> None:
+        """More recent triggers than a batch holds go out in two batches, none lost."""
+        outbox, uuids = await stored_outbox(storage, BATCH + 1)
+        first = await outbox.next_batch(0)
+        assert first is not None
+        assert len(first[0]) == BATCH
+        second = await outbox.next_batch(first[1])
+        assert second is not None
+        assert [row.uuid for row in first[0] + second[0]] == uuids
+
+    async def test_triggers_not_kept_in_memory_are_read_back(self, storage: SQLiteStorage) -> None:
+        """With no room in memory, the same triggers come from storage, in the same order."""
+        outbox, uuids = await stored_outbox(storage, 3, cache_max_bytes=0)
+        assert outbox.cached_bytes == 0
+        batch = await outbox.next_batch(0)
+        assert batch is not None
+        assert [row.uuid for row in batch[0]] == uuids
+        assert await outbox.next_batch(batch[1]) is None
