@@ -174,9 +174,14 @@ class TestConnections:
         results = journal.append(
             [entry(trigger(1)), entry(trigger(2)), entry(trigger(3), "k3"), entry(trigger(4), "k4")]
         )
-        journal._writer.set_trace_callback(None)
         assert len(accepted(results)) == 4
-        assert statements.count("BEGIN IMMEDIATE") == 1
+        # A key stored before is found by looking it up, not by a failed insert.
+        again = journal.append(
+            [entry(trigger(5)), entry(trigger(0), "k1"), entry(trigger(6), "k6")]
+        )
+        journal._writer.set_trace_callback(None)
+        assert [type(result) for result in again] == [Accepted, Duplicate, Accepted]
+        assert statements.count("BEGIN IMMEDIATE") == 2
         assert not [s for s in statements if s.startswith("ROLLBACK")]
 
     @pytest.mark.parametrize("side", ["write", "read"])

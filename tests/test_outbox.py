@@ -5,7 +5,7 @@ A real SQLite journal in a temporary folder and a memory channel; no broker.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import attrs
 import pytest
@@ -90,3 +90,21 @@ class TestNextBatch:
         assert batch is not None
         assert [row.uuid for row in batch[0]] == uuids
         assert await outbox.next_batch(batch[1]) is None
+
+
+class TestIngest:
+    async def test_a_busy_channel_is_stored_in_batches_of_at_most_the_limit(
+        self, storage: SQLiteStorage, monkeypatch: pytest.MonkeyPatch
+    ) -> None:
+        """Whatever waits in the channel goes into one transaction, up to the batch limit."""
+        sizes: list[int] = []
+        append = storage.append
+
+        async def counted(entries: Any) -> Any:
+            sizes.append(len(entries))
+            return await append(entries)
+
+        monkeypatch.setattr(storage, "append", counted)
+        outbox, uuids = await stored_outbox(storage, BATCH + 10)
+        assert sizes == [BATCH, 10]
+        assert outbox.pending == len(uuids)
