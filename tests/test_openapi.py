@@ -33,6 +33,7 @@ from tower_trio._config import Settings
 from tower_trio._http import create_app
 from tower_trio._journal import SQLiteStorage, open_journal
 from tower_trio._openapi import openapi_document
+from tower_trio._settlements import Settlements
 from tower_trio._supervisor import serve_tower
 
 if TYPE_CHECKING:
@@ -66,7 +67,7 @@ class TestDocument:
         send_channel, _ = trio.open_memory_channel[Submission](1)
         journal = open_journal(tmp_path)
         try:
-            app = create_app(Settings(), send_channel, SQLiteStorage(journal), list)
+            app = create_app(Settings(), send_channel, Settlements(SQLiteStorage(journal)), list)
         finally:
             journal.close()
         app_routes = {

@@ -40,7 +40,11 @@ Readiness = Callable[[], Sequence[str]]
 
 
 class TriggerLookup(Protocol):
-    """What ``GET /triggers`` reads: ``Storage``'s lookups, or the publisher's settlements."""
+    """What ``GET /triggers`` reads: the publisher's settlements over storage."""
+
+    def current(self, record: JournalRecord) -> JournalRecord:
+        """``record`` with the broker's answer that storage has not recorded yet."""
+        ...
 
     async def get(self, uuid: str) -> JournalRecord | None: ...
 
@@ -245,9 +249,9 @@ class _Api:
         if submission.intake is Intake.ACCEPTED and submission.wants_settlement:
             with trio.move_on_at(deadline):
                 await submission.wait_settled()
-        return await self._answer(submission, key)
+        return self._answer(submission, key)
 
-    async def _answer(self, submission: Submission, key: str | None) -> Response:
+    def _answer(self, submission: Submission, key: str | None) -> Response:
         timeout = self.settings.publish_timeout
         location = f"/triggers/{submission.trigger.uuid}"
         if submission.withdrawn:
@@ -297,9 +301,11 @@ class _Api:
                         "with a different body; use a new key"
                     ],
                 )
-            # As a lookup shows it: with a broker answer not yet written.
-            record = await self.lookup.get(record.uuid) or record
-            return _json(_record_json(record), 200, Location=f"/triggers/{record.uuid}")
+            return _json(
+                _record_json(self.lookup.current(record)),
+                200,
+                Location=f"/triggers/{record.uuid}",
+            )
         if submission.wants_settlement and not submission.settled:
             # On disk and on its way; the client can follow it at Location.
             return _json(_status_json(DeliveryStatus.PENDING, submission), 504, Location=location)
@@ -425,7 +431,7 @@ def create_app(
     """The API app; it sends every valid trigger on ``send_channel``.
 
     ``lookup`` answers ``GET /triggers``: the publisher's settlements, which
-    see the broker's answers before storage does (or storage itself).
+    see the broker's answers before storage does.
     ``schemas`` are the protocol schemas triggers must match; ``guard`` (by
     default from ``settings``) checks tokens and the rate limit.
     """
