@@ -16,12 +16,13 @@ default:
 run: _venv
     PLUGIN_EXAMPLE_PATH="${PLUGIN_EXAMPLE_PATH:-var/example-inbox.txt}" exec {{bin}}/tower-trio run
 
+# The console's browser tests need Chromium: installed first when missing.
 # Lint, then test. With no arguments: the whole suite against the local
 # RabbitMQ, under branch coverage and its gate. Arguments go to pytest and run
 # that part alone, without the gate, which a part of the suite cannot meet:
 # `just test -m "not broker and not subprocess"` runs the pure tests.
 [positional-arguments]
-test *args: lint
+test *args: lint _chromium
     #!/usr/bin/env bash
     set -euo pipefail
     if (( $# == 0 )); then
@@ -30,6 +31,12 @@ test *args: lint
     else
         exec "{{bin}}/python" -m pytest "$@"
     fi
+
+# The browser tests save the PNGs as they pass.
+# Take the console's screenshots again into docs/console/ (shown in docs/console.md).
+screenshots: _venv _chromium
+    rm -f docs/console/*.png
+    TOWER_CONSOLE_SCREENSHOTS="{{justfile_directory()}}/docs/console" {{bin}}/python -m pytest -q -p no:cacheprovider tests/console -k "TestLayout or TestLogin"
 
 # ruff (lint and format check), mypy --strict, and the import contracts
 # (the tower's layers; tower_trio.amqp imports nothing of the tower).
@@ -69,6 +76,21 @@ _venv:
     "{{bin}}/python" -m pip install --quiet --upgrade "pip>=25.1"
     "{{bin}}/python" -m pip install --quiet --editable . --group test --group lint --group bench --group mutate
     touch "$stamp"
+
+# Debian's Chromium, which the console's browser tests drive (tests/console/),
+# installed with apt-get when it is missing.
+_chromium:
+    #!/usr/bin/env bash
+    set -euo pipefail
+    if [[ -x "${TOWER_TEST_CHROMIUM:-/usr/bin/chromium}" ]]; then exit 0; fi
+    if ! command -v apt-get >/dev/null; then
+        echo "the console's browser tests need Chromium; install it, or set TOWER_TEST_CHROMIUM to its path" >&2
+        exit 0
+    fi
+    sudo=""
+    if (( EUID != 0 )); then sudo="sudo"; fi
+    $sudo apt-get update -qq
+    DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq chromium
 
 # Create plugins/NAME/ with a watcher, a README and a test to start from.
 new-plugin name: _venv

@@ -31,6 +31,7 @@ function statusTitle(row) {
 
 export class Feed {
   constructor({ table, more, empty, note, lists, onSeen }) {
+    this.table = table;
     this.tbody = table.tBodies[0];
     this.more = more;
     this.empty = empty;
@@ -65,9 +66,11 @@ export class Feed {
   async load() {
     const generation = ++this.loading;
     this.queue = [];
+    this.table.setAttribute("aria-busy", "true");
     const result = await get(this.query());
     if (generation !== this.loading) return;
     this.loading = 0;
+    this.table.setAttribute("aria-busy", "false");
     if (!result.ok) {
       this.note.textContent = `Could not load the triggers: ${describeError(result)}`;
       this.applyQueued();
