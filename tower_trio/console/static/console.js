@@ -21,6 +21,7 @@ const feed = new Feed({
   table: $("triggers"),
   more: $("more"),
   empty: $("empty"),
+  cap: $("cap"),
   note: $("feed-note"),
   lists: { apiVersion: $("known-devices"), protocol: $("known-protocols"), source: $("known-sources") },
 });

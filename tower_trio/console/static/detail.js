@@ -22,8 +22,9 @@ export function publishedBody(record) {
 
 function amqpValue(name, value) {
   if (value === null || value === undefined) return null;
-  if (name === "timestamp" && typeof value === "number") {
-    return timeEl(new Date(value * 1000).toISOString());
+  if (name === "timestamp") {
+    // RFC 3339, or seconds since the epoch as AMQP carries it.
+    return timeEl(typeof value === "number" ? new Date(value * 1000).toISOString() : value);
   }
   if (typeof value === "object") return jsonBlock(value, `AMQP property ${name}`);
   return el("code", { text: String(value) });

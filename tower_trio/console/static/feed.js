@@ -30,22 +30,22 @@ function statusTitle(row) {
 }
 
 export class Feed {
-  constructor({ table, more, empty, note, lists, onSeen }) {
+  constructor({ table, more, empty, cap, note, lists, onSeen }) {
     this.table = table;
     this.tbody = table.tBodies[0];
     this.more = more;
     this.empty = empty;
+    this.cap = cap;
     this.note = note;
     this.lists = lists;
     this.onSeen = onSeen;
     this.filters = {};
     this.rows = new Map();
     this.next = null;
-    this.trimmed = false;
     this.loading = 0;
     this.queue = [];
     this.known = { apiVersion: new Set(), protocol: new Set(), source: new Set() };
-    more.addEventListener("click", () => (this.trimmed && !this.next ? this.load() : this.loadMore()));
+    more.addEventListener("click", () => this.loadMore());
   }
 
   /** Replace the filters and reload the listing. */
@@ -56,8 +56,8 @@ export class Feed {
     return this.load();
   }
 
-  query(before) {
-    const params = new URLSearchParams({ ...this.filters, limit: String(PAGE) });
+  query(before, limit = PAGE) {
+    const params = new URLSearchParams({ ...this.filters, limit: String(limit) });
     if (before) params.set("before", before);
     return `/triggers?${params}`;
   }
@@ -78,7 +78,6 @@ export class Feed {
     }
     this.tbody.replaceChildren();
     this.rows.clear();
-    this.trimmed = false;
     for (const item of result.data.items) this.append(normalise(item));
     this.setNext(result.data.next);
     const described = Object.entries(this.filters).map(([k, v]) => `${k} = ${v}`).join(", ");
@@ -87,9 +86,10 @@ export class Feed {
   }
 
   async loadMore() {
-    if (!this.next || this.loading) return;
+    const room = MAX_ROWS - this.rows.size;
+    if (!this.next || this.loading || room <= 0) return;
     this.more.disabled = true;
-    const result = await get(this.query(this.next));
+    const result = await get(this.query(this.next, Math.min(PAGE, room)));
     this.more.disabled = false;
     if (!result.ok) {
       this.note.textContent = `Could not load older triggers: ${describeError(result)}`;
@@ -100,7 +100,6 @@ export class Feed {
       if (!this.rows.has(row.uuid)) this.append(row);
     }
     this.setNext(result.data.next);
-    this.trim();
   }
 
   setNext(next) {
@@ -112,15 +111,9 @@ export class Feed {
 
   updateFooter() {
     this.empty.hidden = this.rows.size > 0;
-    if (this.next) {
-      this.more.hidden = false;
-      this.more.textContent = "Load older triggers";
-    } else if (this.trimmed) {
-      this.more.hidden = false;
-      this.more.textContent = "Reload the list to see older triggers";
-    } else {
-      this.more.hidden = true;
-    }
+    const full = this.rows.size >= MAX_ROWS;
+    this.more.hidden = !this.next || full;
+    this.cap.hidden = !full;
   }
 
   applyQueued() {
@@ -218,17 +211,11 @@ export class Feed {
   }
 
   trim() {
-    let dropped = false;
+    // The oldest rows go: a page left open for days keeps MAX_ROWS rows.
     while (this.tbody.rows.length > MAX_ROWS) {
       const last = this.tbody.lastElementChild;
       this.rows.delete(last.dataset.uuid);
       last.remove();
-      dropped = true;
     }
-    if (!dropped) return;
-    const seq = this.tbody.lastElementChild?.dataset.seq;
-    this.next = seq ?? null;
-    this.trimmed = !seq;
-    this.updateFooter();
   }
 }

@@ -51,15 +51,23 @@ function brokerCard(broker) {
 }
 
 function journalCard(journal) {
-  const used =
-    journal.maxBytes
-      ? el(
-          "span",
-          {},
-          el("meter", { min: "0", max: String(journal.maxBytes), value: String(journal.bytes), "aria-label": "Journal disk used" }),
-          ` ${bytes(journal.bytes)} of ${bytes(journal.maxBytes)}`,
-        )
-      : `${bytes(journal.bytes)} (no limit)`;
+  let used;
+  if (journal.maxBytes && journal.bytes !== null && journal.bytes !== undefined) {
+    used = el(
+      "span",
+      {},
+      el("meter", {
+        min: "0",
+        max: String(journal.maxBytes),
+        high: String(journal.maxBytes * 0.8),
+        value: String(journal.bytes),
+        "aria-label": "Journal disk used",
+      }),
+      ` ${bytes(journal.bytes)} of ${bytes(journal.maxBytes)}`,
+    );
+  } else {
+    used = "no limit set (TOWER_JOURNAL_MAX_BYTES)";
+  }
   return card(
     "source-journal",
     "Journal",
