@@ -136,6 +136,20 @@ class TestRequestFingerprint:
         assert request_fingerprint(wide) != request_fingerprint(tall)
 
 
+_VERSION_1 = """
+CREATE TABLE triggers (
+    seq INTEGER PRIMARY KEY AUTOINCREMENT, uuid TEXT NOT NULL UNIQUE,
+    api_version TEXT NOT NULL, protocol TEXT NOT NULL, source TEXT NOT NULL,
+    body BLOB NOT NULL, status TEXT NOT NULL DEFAULT 'pending', created_at REAL NOT NULL,
+    published_at REAL, settled_at REAL, attempts INTEGER NOT NULL DEFAULT 0,
+    last_error TEXT, idem_key TEXT UNIQUE, fingerprint TEXT
+);
+CREATE TABLE meta (key TEXT PRIMARY KEY, value TEXT NOT NULL) WITHOUT ROWID;
+INSERT INTO meta VALUES ('schema_version', '1');
+"""
+"""The schema of the first release, as its files hold it."""
+
+
 class TestOpening:
     def test_missing_folders_are_created(self, tmp_path: Path) -> None:
         """A data dir whose parents do not exist yet is created with them."""
@@ -149,7 +163,41 @@ class TestOpening:
         open_journal(tmp_path).close()
         with sqlite3.connect(tmp_path / "journal.sqlite3") as db:
             rows = db.execute("SELECT key, value FROM meta").fetchall()
-        assert rows == [("schema_version", "1")]
+        assert rows == [("schema_version", "2")]
+
+    def test_a_version_1_journal_is_migrated_keeping_its_triggers(self, tmp_path: Path) -> None:
+        """A journal from before retries gains their columns; what it held is still there."""
+        path = tmp_path / "journal.sqlite3"
+        with sqlite3.connect(path) as db:
+            db.executescript(_VERSION_1)
+            db.execute(
+                "INSERT INTO triggers (uuid, api_version, protocol, source, body, status, "
+                "created_at, attempts, last_error) VALUES ('a', 'OT-2/v1', 'P', 'http', '{}', "
+                "'unroutable', 5.0, 1, '312 NO_ROUTE')"
+            )
+        db.close()
+        journal = open_journal(tmp_path)
+        try:
+            record = journal.get("a")
+            assert record is not None
+            assert (record.status, record.retries, record.retried_at) == ("unroutable", 0, None)
+            result = journal.retry("a")
+            assert result is not None
+            assert result[0].retries == 1
+        finally:
+            journal.close()
+        with sqlite3.connect(path) as db:
+            assert db.execute("SELECT value FROM meta").fetchall() == [("2",)]
+        db.close()
+
+    def test_a_journal_from_a_newer_release_is_refused(self, tmp_path: Path) -> None:
+        """A schema this release does not know is not touched; the error says what to do."""
+        open_journal(tmp_path).close()
+        with sqlite3.connect(tmp_path / "journal.sqlite3") as db:
+            db.execute("UPDATE meta SET value = '99' WHERE key = 'schema_version'")
+        db.close()
+        with pytest.raises(JournalError, match=r"newer tower-trio .* version 99"):
+            open_journal(tmp_path)
 
     def test_a_closed_journal_refuses_work(self, journal: Journal) -> None:
         """After close, neither the writer nor the lookups touch the file."""

@@ -266,6 +266,77 @@ class TestPage:
         records, more = await storage.page(PageQuery(limit=10, max_bytes=1))
         assert ([r.seq for r in records], more) == ([seqs[2]], True)
 
+    async def test_a_key_finds_its_trigger(self, storage: Storage) -> None:
+        """The ``key`` filter matches the stored idempotency key exactly."""
+        keyed, other = trigger(1), trigger(2)
+        await storage.append([entry(keyed, "http:k-1"), entry(other, "http:k-10")])
+        records, _ = await storage.page(PageQuery(key="http:k-1", limit=10))
+        assert [r.uuid for r in records] == [keyed.uuid]
+        assert (await storage.page(PageQuery(key="k-1", limit=10)))[0] == []
+
+
+class TestRetry:
+    async def test_failed_and_unroutable_triggers_go_pending_again(self, opened: Any) -> None:
+        """A retry makes the trigger pending with fresh attempts, and counts itself."""
+        clock = Clock()
+        storage: Storage = await opened(clock=clock)
+        failed, returned = trigger(1), trigger(2)
+        seqs = await store(storage, failed, returned)
+        await storage.settle(
+            [
+                Settlement(seqs[0], DeliveryStatus.FAILED, 5, "nacked", 60.0),
+                answer(seqs[1], DeliveryStatus.UNROUTABLE, error="312 NO_ROUTE"),
+            ]
+        )
+        for t, seq in zip((failed, returned), seqs, strict=True):
+            result = await storage.retry(t.uuid)
+            assert result is not None
+            record, outgoing = result
+            assert (record.status, record.attempts, record.last_error) == (
+                DeliveryStatus.PENDING,
+                0,
+                None,
+            )
+            assert (record.retries, record.retried_at) == (1, clock.now)
+            assert outgoing is not None
+            assert (outgoing.seq, outgoing.uuid, outgoing.attempts) == (seq, t.uuid, 0)
+            assert outgoing.body == dump_trigger(t)
+        assert [o.seq for o in await storage.pending(0, seqs[-1], 10)] == seqs
+        assert await storage.pending_count() == 2
+
+    async def test_only_failed_or_unroutable_change(self, storage: Storage) -> None:
+        """Pending and published triggers are left alone: nothing is queued twice."""
+        waiting, published, gone = trigger(1), trigger(2), trigger(3)
+        seqs = await store(storage, waiting, published, gone)
+        await storage.settle([answer(seqs[1], DeliveryStatus.PUBLISHED)])
+        await storage.settle([answer(seqs[2], DeliveryStatus.UNROUTABLE)])
+        for t, status in ((waiting, DeliveryStatus.PENDING), (published, DeliveryStatus.PUBLISHED)):
+            result = await storage.retry(t.uuid)
+            assert result is not None
+            assert (result[0].status, result[0].retries, result[1]) == (status, 0, None)
+        first = await storage.retry(gone.uuid)
+        again = await storage.retry(gone.uuid)
+        assert first is not None
+        assert first[1] is not None
+        assert again is not None
+        assert (again[0].retries, again[1]) == (1, None)
+        assert await storage.retry("0" * 32) is None
+
+    async def test_a_retried_trigger_settles_again(self, storage: Storage) -> None:
+        """After a retry, the broker's next answer is recorded as for any trigger."""
+        t = trigger(1)
+        (seq,) = await store(storage, t)
+        await storage.settle([answer(seq, DeliveryStatus.UNROUTABLE, error="312 NO_ROUTE")])
+        await storage.retry(t.uuid)
+        await storage.settle([answer(seq, DeliveryStatus.PUBLISHED, at=90.0)])
+        record = await storage.get(t.uuid)
+        assert record is not None
+        assert (record.status, record.published_at, record.retries) == (
+            DeliveryStatus.PUBLISHED,
+            90.0,
+            1,
+        )
+
 
 class TestPluginState:
     async def test_saved_values_are_loaded_again_after_reopening(self, opened: Any) -> None:

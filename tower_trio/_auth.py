@@ -18,6 +18,7 @@ import hashlib
 import hmac
 import ipaddress
 import math
+import secrets
 from collections.abc import Callable, Hashable, Iterable
 from pathlib import Path
 from typing import Protocol
@@ -28,16 +29,20 @@ import trio
 from ._errors import ConfigError
 
 __all__ = [
+    "SESSION_COOKIE",
     "Denial",
     "ExposureSettings",
     "Guard",
     "GuardSettings",
     "RateLimiter",
+    "Session",
+    "Sessions",
     "Tokens",
     "check_exposure",
     "is_loopback",
     "parse_rate",
     "parse_tokens",
+    "same_secret",
 ]
 
 MIN_TOKEN_LENGTH = 16
@@ -308,6 +313,23 @@ class Guard:
             return denial
         return self._spend(digest)
 
+    def sign_in(self, presented: str, client: str) -> tuple[bytes, Denial | None]:
+        """Check a token typed into the console: its digest, or why it is refused.
+
+        Counted like a request that carries it, so guessing tokens through
+        the console's form is no faster than through the API.
+        """
+        denial = self.check("/console/session", f"Bearer {presented}", client)
+        if denial is not None or self.api is None:
+            return b"", denial
+        digest = self.api.match(presented)
+        assert digest is not None  # check() passed, so one token matches
+        return digest, None
+
+    def spend_as(self, token: bytes) -> Denial | None:
+        """Count a request of a console session under its token's rate limit."""
+        return self._spend(token)
+
     def _spend(self, key: Hashable) -> Denial | None:
         if self.limiter is not None and (wait := self.limiter.acquire(key)):
             return _too_many(self.limiter, wait)
@@ -359,3 +381,66 @@ def _too_many(limiter: RateLimiter, wait: float, *, refused: bool = False) -> De
     else:
         detail = f"{limit}; retry in {retry_after} s"
     return Denial(429, "too many requests", detail, {"Retry-After": str(retry_after)})
+
+
+SESSION_COOKIE = "tower_session"
+SESSION_LIFETIME = 12 * 3600.0
+MAX_SESSIONS = 1024
+
+
+@attrs.frozen(repr=False)
+class Session:
+    """A browser signed in to the console with one of the API tokens."""
+
+    token: bytes
+    """The digest of the token it signed in with: its rate-limit key."""
+    csrf: str
+    """What its state-changing requests carry in ``X-CSRF-Token``."""
+    expires: float
+
+    def __repr__(self) -> str:
+        return "Session(<hidden>)"
+
+
+@attrs.define
+class Sessions:
+    """Console sessions, in memory: a restart signs every browser out.
+
+    The cookie holds a random id; only its digest is kept, so neither a
+    memory dump nor a log line holds a usable cookie. At most
+    ``MAX_SESSIONS`` are kept (the oldest go first), each for
+    ``SESSION_LIFETIME`` seconds.
+    """
+
+    clock: Callable[[], float] = trio.current_time
+    lifetime: float = SESSION_LIFETIME
+    max_sessions: int = MAX_SESSIONS
+    _sessions: dict[bytes, Session] = attrs.field(factory=dict, init=False)
+
+    def open(self, token: bytes) -> tuple[str, Session]:
+        """A session for ``token`` (a digest from ``Tokens.match``): its cookie, and it."""
+        cookie = secrets.token_urlsafe(32)
+        session = Session(token, secrets.token_urlsafe(32), self.clock() + self.lifetime)
+        self._sessions[_digest(cookie)] = session
+        while len(self._sessions) > self.max_sessions:
+            del self._sessions[next(iter(self._sessions))]
+        return cookie, session
+
+    def get(self, cookie: str) -> Session | None:
+        key = _digest(cookie)
+        session = self._sessions.get(key)
+        if session is not None and session.expires <= self.clock():
+            del self._sessions[key]
+            return None
+        return session
+
+    def close(self, cookie: str) -> None:
+        self._sessions.pop(_digest(cookie), None)
+
+    def __len__(self) -> int:
+        return len(self._sessions)
+
+
+def same_secret(presented: str, expected: str) -> bool:
+    """``presented == expected`` in constant time."""
+    return hmac.compare_digest(presented.encode(), expected.encode())

@@ -11,7 +11,7 @@ handler short.
 from __future__ import annotations
 
 import json
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from datetime import UTC, datetime
 from typing import Any, Protocol
 
@@ -21,9 +21,11 @@ from quart import Response, request
 from quart_trio import QuartTrio
 from werkzeug.exceptions import HTTPException
 
-from ._auth import Guard
+from ._auth import SESSION_COOKIE, Guard, Sessions, same_secret
 from ._channel import Intake, Submission
 from ._config import Settings
+from ._console import Console, ConsoleSources, cross_site, is_public
+from ._errors import JournalError
 from ._logging import get_logger
 from ._models import FieldError, InvalidTriggerError
 from ._openapi import openapi_document
@@ -37,6 +39,9 @@ __all__ = ["Readiness", "create_app"]
 _log = get_logger(__name__)
 
 Readiness = Callable[[], Sequence[str]]
+"""Why the tower is not ready; empty when it is."""
+Retry = Callable[[str], Awaitable[tuple[JournalRecord, bool] | None]]
+"""Sends a failed or unroutable trigger again (``Publisher.retry``)."""
 
 
 class TriggerLookup(Protocol):
@@ -51,8 +56,6 @@ class TriggerLookup(Protocol):
     async def page(self, query: PageQuery) -> tuple[list[JournalRecord], bool]: ...
 
 
-"""Why the tower is not ready; empty when it is."""
-
 _JSON_TYPES = frozenset({"application/json"})
 _STATUSES = frozenset(status.value for status in DeliveryStatus)
 _LIST_FILTERS = {
@@ -61,7 +64,8 @@ _LIST_FILTERS = {
     "protocol": "protocol",
     "source": "source",
 }
-_LIST_PARAMETERS = frozenset({*_LIST_FILTERS, "limit", "before"})
+_LIST_PARAMETERS = frozenset({*_LIST_FILTERS, "key", "limit", "before"})
+_SAFE_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
 _POST_PARAMETERS = frozenset({"wait"})
 
 
@@ -100,6 +104,8 @@ def _record_json(record: JournalRecord) -> bytes:
         "publishedAt": _timestamp(record.published_at),
         "attempts": record.attempts,
         "lastError": record.last_error,
+        "retries": record.retries,
+        "retriedAt": _timestamp(record.retried_at),
     }
     created_at = format_datetime(datetime.fromtimestamp(record.created_at, UTC))
     return dumps(delivery)[:-1] + b"," + _with_created_at(record.body, created_at)[1:]
@@ -136,6 +142,8 @@ class _Api:
     plugins_view: Callable[[], list[dict[str, Any]]]
     schemas: ProtocolSchemas
     guard: Guard
+    retry: Retry | None = None
+    sessions: Sessions = attrs.field(factory=Sessions)
     openapi: bytes = attrs.field(factory=lambda: dumps(openapi_document()))
     _waiting_bytes: int = 0
     """Bytes of bodies held by requests waiting for the broker (``?wait=published``)."""
@@ -144,16 +152,21 @@ class _Api:
     def _retry_after(self) -> dict[str, str]:
         return {"Retry-After": str(max(1, round(self.settings.publish_timeout)))}
 
-    async def post_trigger(self) -> Response:
-        if self.draining():
-            return _closing(
-                _error(
-                    503,
-                    "shutting down",
-                    ["the tower is draining; retry later or on another instance"],
-                    **self._retry_after,
-                )
+    def _shutting_down(self) -> Response:
+        return _closing(
+            _error(
+                503,
+                "shutting down",
+                ["the tower is draining; retry later or on another instance"],
+                **self._retry_after,
             )
+        )
+
+    async def post_trigger(self) -> Response:
+        if (refusal := _cross_site_refusal()) is not None:
+            return refusal
+        if self.draining():
+            return self._shutting_down()
         if problem := _unknown_parameters(request.args, _POST_PARAMETERS):
             return _closing(problem)
         wait = request.args.get("wait")
@@ -353,12 +366,67 @@ class _Api:
         if before is not None and not (before.isascii() and before.isdigit() and len(before) < 19):
             return _bad_parameter("before", "must be a cursor returned as 'next' by this endpoint")
         cursor = None if before is None else int(before)
+        key = args.get("key")
+        if key is not None:
+            if not 0 < len(key) <= MAX_KEY_LENGTH:
+                return _bad_parameter(
+                    "key", f"must be an Idempotency-Key of 1 to {MAX_KEY_LENGTH} characters"
+                )
+            # Keys are stored namespaced by source; the API's are the http ones.
+            filters["key"] = f"http:{key}"
         records, more = await self.lookup.page(
             PageQuery(**filters, before=cursor, limit=limit, max_bytes=self.settings.list_max_bytes)
         )
         next_cursor = str(records[-1].seq) if more else None
         items = b",".join(_record_json(record) for record in records)
         return _json(b'{"items":[' + items + b'],"next":' + dumps(next_cursor) + b"}")
+
+    async def retry_trigger(self, uuid: str) -> Response:
+        if (refusal := _cross_site_refusal()) is not None:
+            return refusal
+        if self.draining():
+            return self._shutting_down()
+        assert self.retry is not None  # the route exists only with it
+        try:
+            result = await self.retry(uuid) if len(uuid) == 32 else None
+        except JournalError as err:
+            return _error(
+                503,
+                "journal unavailable",
+                [f"the retry could not be stored, so nothing was sent: {err}; retry later"],
+                **self._retry_after,
+            )
+        if result is None:
+            return _error(
+                404,
+                "no such trigger",
+                [f"no trigger {uuid} in the journal; settled ones go after TOWER_RETENTION"],
+            )
+        record, queued = result
+        location = f"/triggers/{uuid}"
+        if queued:
+            # The audit trail: who asked, and the count kept in the delivery record.
+            _log.info(
+                "trigger.retried",
+                uuid=uuid,
+                api_version=record.api_version,
+                protocol=record.protocol,
+                retries=record.retries,
+                client=request.remote_addr,
+            )
+            return _json(_record_json(record), 202, Location=location)
+        if record.status is DeliveryStatus.PENDING:
+            # Queued already (by an earlier retry, or never settled): nothing twice.
+            return _json(_record_json(record), 200, Location=location)
+        return _error(
+            409,
+            "not retryable",
+            [
+                f"trigger {uuid} was {record.status.value}; only failed and unroutable "
+                "triggers are sent again (a published one would run twice)"
+            ],
+            Location=location,
+        )
 
     async def protocols(self) -> Response:
         return _json(self.schemas.listing)
@@ -368,9 +436,29 @@ class _Api:
 
     async def authorize(self) -> Response | None:
         """Runs before every route when tokens or a rate limit are configured."""
-        denial = self.guard.check(
-            request.path, request.headers.get("Authorization"), request.remote_addr or ""
-        )
+        path = request.path
+        if is_public(path):
+            return None
+        authorization = request.headers.get("Authorization")
+        cookie = request.cookies.get(SESSION_COOKIE) if authorization is None else None
+        if cookie and (session := self.sessions.get(cookie)) is not None:
+            # A signed-in console. Its cookie goes with every request the
+            # browser sends here, whoever's page asks: changes need the CSRF
+            # token only the console's own page holds.
+            if request.method not in _SAFE_METHODS and not same_secret(
+                request.headers.get("X-CSRF-Token", ""), session.csrf
+            ):
+                _log.info("http.denied", status=403, path=path, client=request.remote_addr)
+                return _closing(
+                    _error(
+                        403,
+                        "forbidden",
+                        ["the X-CSRF-Token header is missing or wrong; reload the console"],
+                    )
+                )
+            denial = self.guard.spend_as(session.token)
+        else:
+            denial = self.guard.check(path, authorization, request.remote_addr or "")
         if denial is None:
             return None
         # Never the presented token: only what was refused, where, and for whom.
@@ -427,13 +515,16 @@ def create_app(
     plugins_view: Callable[[], list[dict[str, Any]]] = list,
     schemas: ProtocolSchemas | None = None,
     guard: Guard | None = None,
+    retry: Retry | None = None,
+    console: ConsoleSources | None = None,
 ) -> QuartTrio:
     """The API app; it sends every valid trigger on ``send_channel``.
 
     ``lookup`` answers ``GET /triggers``: the publisher's settlements, which
     see the broker's answers before storage does.
     ``schemas`` are the protocol schemas triggers must match; ``guard`` (by
-    default from ``settings``) checks tokens and the rate limit.
+    default from ``settings``) checks tokens and the rate limit. ``retry``
+    adds ``POST /triggers/<uuid>/retry``; ``console``, the console.
     """
     api = _Api(
         settings,
@@ -444,9 +535,10 @@ def create_app(
         plugins_view,
         ProtocolSchemas() if schemas is None else schemas,
         Guard.from_settings(settings) if guard is None else guard,
+        retry,
     )
     # No static folder: every route the tower serves is one of ours, and documented.
-    app = QuartTrio("tower_trio", static_folder=None)
+    app = QuartTrio("tower_trio", static_folder=None, template_folder="console/templates")
     app.config["MAX_CONTENT_LENGTH"] = settings.max_body_bytes
     app.config["BODY_TIMEOUT"] = settings.http_read_timeout
     if api.guard.active:
@@ -455,6 +547,10 @@ def create_app(
     app.add_url_rule("/triggers", view_func=api.post_trigger, methods=["POST"])
     app.add_url_rule("/triggers", view_func=api.list_triggers, methods=["GET"])
     app.add_url_rule("/triggers/<uuid>", view_func=api.get_trigger, methods=["GET"])
+    if retry is not None:
+        app.add_url_rule("/triggers/<uuid>/retry", view_func=api.retry_trigger, methods=["POST"])
+    if console is not None:
+        Console(console, lookup, api.guard, api.sessions, draining).install(app)
     app.add_url_rule("/plugins", view_func=api.plugins, methods=["GET"])
     app.add_url_rule("/healthz", view_func=api.healthz, methods=["GET"])
     app.add_url_rule("/readyz", view_func=api.readyz, methods=["GET"])
@@ -463,6 +559,20 @@ def create_app(
     app.register_error_handler(HTTPException, api.http_error)
     app.register_error_handler(Exception, api.unexpected_error)
     return app
+
+
+def _cross_site_refusal() -> Response | None:
+    reason = cross_site()
+    if reason is None:
+        return None
+    _log.info("http.denied", status=403, path=request.path, client=request.remote_addr)
+    return _closing(
+        _error(
+            403,
+            "cross-site request refused",
+            [f"{reason}; send it from the console or from a client that is not a browser"],
+        )
+    )
 
 
 def _status_json(status: str, submission: Submission) -> bytes:

@@ -45,7 +45,7 @@ __all__ = ["Journal", "SQLiteStorage", "open_journal", "open_storage"]
 _T = TypeVar("_T")
 _P = ParamSpec("_P")
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS triggers (
     seq          INTEGER PRIMARY KEY AUTOINCREMENT,
@@ -61,7 +61,9 @@ CREATE TABLE IF NOT EXISTS triggers (
     attempts     INTEGER NOT NULL DEFAULT 0,
     last_error   TEXT,
     idem_key     TEXT UNIQUE,
-    fingerprint  TEXT
+    fingerprint  TEXT,
+    retries      INTEGER NOT NULL DEFAULT 0,
+    retried_at   REAL
 );
 CREATE INDEX IF NOT EXISTS triggers_pending ON triggers (seq) WHERE status = 'pending';
 CREATE INDEX IF NOT EXISTS triggers_status ON triggers (status, seq);
@@ -75,12 +77,21 @@ CREATE TABLE IF NOT EXISTS plugin_state (
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL) WITHOUT ROWID;
 """
 
+_MIGRATIONS = {
+    # Version 1 had no retries: the columns are added with what a trigger
+    # never retried has.
+    1: (
+        "ALTER TABLE triggers ADD COLUMN retries INTEGER NOT NULL DEFAULT 0",
+        "ALTER TABLE triggers ADD COLUMN retried_at REAL",
+    ),
+}
+
 FILE_NAME = "journal.sqlite3"
 
 
 _RECORD_COLUMNS = (
     "seq, uuid, api_version, protocol, source, body, status, created_at, "
-    "published_at, attempts, last_error"
+    "published_at, attempts, last_error, retries, retried_at"
 )
 
 
@@ -133,14 +144,14 @@ class Journal:
                 )
             # FULL: a 202 promises the trigger survives a power cut, not just a crash.
             self._writer.execute("PRAGMA synchronous = FULL")
-            self._writer.executescript(_SCHEMA)
+            try:
+                self._migrate()
+            except JournalError:
+                self._writer.close()
+                raise
             if max_bytes is not None:
                 (page_size,) = self._writer.execute("PRAGMA page_size").fetchone()
                 self._writer.execute(f"PRAGMA max_page_count = {max(1, max_bytes // page_size)}")
-            self._writer.execute(
-                "INSERT OR IGNORE INTO meta (key, value) VALUES ('schema_version', ?)",
-                (str(SCHEMA_VERSION),),
-            )
             self._reader = _connect(path, readonly=True)
         except JournalError:
             raise
@@ -149,6 +160,34 @@ class Journal:
                 f"cannot open the journal {path}: {err}; TOWER_DATA_DIR must be a "
                 "writable directory"
             ) from err
+
+    def _migrate(self) -> None:
+        db = self._writer
+        with self._transaction():
+            exists = db.execute(
+                "SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'meta'"
+            ).fetchone()
+            version = SCHEMA_VERSION
+            if exists:
+                row = db.execute("SELECT value FROM meta WHERE key = 'schema_version'").fetchone()
+                version = int(row[0]) if row else SCHEMA_VERSION
+            if version > SCHEMA_VERSION:
+                raise JournalError(
+                    f"the journal {self.path} was written by a newer tower-trio (schema "
+                    f"version {version}, this one knows {SCHEMA_VERSION}); run that version, "
+                    "or point TOWER_DATA_DIR elsewhere"
+                )
+            for step in range(version, SCHEMA_VERSION):
+                for statement in _MIGRATIONS[step]:
+                    db.execute(statement)
+            for statement in _SCHEMA.split(";"):
+                if statement.strip():
+                    db.execute(statement)
+            db.execute(
+                "INSERT INTO meta (key, value) VALUES ('schema_version', ?) "
+                "ON CONFLICT (key) DO UPDATE SET value = excluded.value",
+                (str(SCHEMA_VERSION),),
+            )
 
     @_writes
     def close(self) -> None:
@@ -264,6 +303,35 @@ class Journal:
             raise JournalError(f"cannot write to the journal {self.path}: {err}") from err
 
     @_writes
+    def retry(self, uuid: str) -> tuple[JournalRecord, Outgoing | None] | None:
+        """Make a failed or unroutable trigger pending again; None if there is no such trigger.
+
+        Returns the trigger's record after the call, and what to publish
+        when it changed (None when it was not failed or unroutable, so a
+        repeated call queues nothing twice). The attempts start again from
+        zero; ``retries`` and ``retried_at`` keep the history.
+        """
+        try:
+            with self._transaction():
+                cursor = self._writer.execute(
+                    "UPDATE triggers SET status = 'pending', attempts = 0, settled_at = NULL, "
+                    "last_error = NULL, retries = retries + 1, retried_at = ? "
+                    "WHERE uuid = ? AND status IN ('failed', 'unroutable')",
+                    (self._clock(), uuid),
+                )
+                row = self._writer.execute(
+                    f"SELECT {_RECORD_COLUMNS} FROM triggers WHERE uuid = ?", (uuid,)
+                ).fetchone()
+        except sqlite3.Error as err:
+            raise JournalError(f"cannot write to the journal {self.path}: {err}") from err
+        if row is None:
+            return None
+        record = JournalRecord(*row)
+        if not cursor.rowcount:
+            return record, None
+        return record, record.outgoing()
+
+    @_writes
     def pending(self, after_seq: int, up_to_seq: int, limit: int) -> list[Outgoing]:
         """Unconfirmed triggers with ``after_seq < seq <= up_to_seq``, oldest first.
 
@@ -353,6 +421,7 @@ class Journal:
             ("api_version", query.api_version),
             ("protocol", query.protocol),
             ("source", query.source),
+            ("idem_key", query.key),
         ):
             if value is not None:
                 clauses.append(f"{column} = ?")
@@ -515,6 +584,9 @@ class SQLiteStorage:
 
     async def settle(self, settlements: Iterable[Settlement]) -> None:
         await self._write(self.journal.settle, settlements)
+
+    async def retry(self, uuid: str) -> tuple[JournalRecord, Outgoing | None] | None:
+        return await self._write(self.journal.retry, uuid)
 
     async def pending(self, after_seq: int, up_to_seq: int, limit: int) -> list[Outgoing]:
         return await self._write(self.journal.pending, after_seq, up_to_seq, limit)

@@ -61,7 +61,10 @@ _CHALLENGE = _header('`Bearer realm="tower-trio"`.')
 _UNAUTHORIZED = _error(
     "No bearer token, or not `Bearer <token>`.", **{"WWW-Authenticate": _CHALLENGE}
 )
-_FORBIDDEN = _error("The bearer token is not one of the configured tokens.")
+_FORBIDDEN = _error(
+    "The bearer token is not one of the configured tokens; or, from a browser, a request "
+    "another site's page sent, or a console request without its CSRF token."
+)
 _TOO_MANY = _error("Over `TOWER_RATE_LIMIT`.", **{"Retry-After": _RETRY_AFTER})
 _GUARDED = {"401": _UNAUTHORIZED, "403": _FORBIDDEN, "429": _TOO_MANY}
 _PROBE_GUARDED = {"401": _UNAUTHORIZED, "403": _FORBIDDEN}
@@ -202,12 +205,29 @@ def _schemas() -> dict[str, Any]:
                 answered,
                 {
                     "type": "object",
-                    "required": ["status", "publishedAt", "attempts", "lastError"],
+                    "required": [
+                        "status",
+                        "publishedAt",
+                        "attempts",
+                        "lastError",
+                        "retries",
+                        "retriedAt",
+                    ],
                     "properties": {
                         "status": status,
                         "publishedAt": {"type": ["string", "null"], "format": "date-time"},
-                        "attempts": {"type": "integer", "minimum": 0},
+                        "attempts": {
+                            "type": "integer",
+                            "minimum": 0,
+                            "description": "Publishes since it was stored or last retried.",
+                        },
                         "lastError": {"type": ["string", "null"]},
+                        "retries": {
+                            "type": "integer",
+                            "minimum": 0,
+                            "description": "Times it was sent again with `POST .../retry`.",
+                        },
+                        "retriedAt": {"type": ["string", "null"], "format": "date-time"},
                     },
                 },
             ],
@@ -286,6 +306,12 @@ def _paths() -> dict[str, Any]:
                     {"name": "protocol", "in": "query", "schema": {"type": "string"}},
                     {"name": "source", "in": "query", "schema": {"type": "string"}},
                     {
+                        "name": "key",
+                        "in": "query",
+                        "description": "The `Idempotency-Key` a trigger was sent with.",
+                        "schema": {"type": "string", "minLength": 1, "maxLength": MAX_KEY_LENGTH},
+                    },
+                    {
                         "name": "limit",
                         "in": "query",
                         "schema": {
@@ -331,6 +357,40 @@ def _paths() -> dict[str, Any]:
                 "responses": {
                     "200": {"description": "The trigger.", "content": _json_content(record)},
                     "404": _error("No such trigger (or pruned after `TOWER_RETENTION`)."),
+                    **_GUARDED,
+                },
+            }
+        },
+        "/triggers/{uuid}/retry": {
+            "post": {
+                "operationId": "retryTrigger",
+                "summary": "Send a failed or unroutable trigger again",
+                "description": (
+                    "Makes the trigger pending again, with the same uuid and `message_id`; "
+                    "its `attempts` start again from 0 and `retries` counts the retry. "
+                    "Idempotent: a trigger already pending is not queued twice. Logged as "
+                    "`trigger.retried`."
+                ),
+                "parameters": [
+                    {"name": "uuid", "in": "path", "required": True, "schema": {"type": "string"}}
+                ],
+                "responses": {
+                    "202": {
+                        "description": "Queued again.",
+                        "headers": {"Location": _LOCATION},
+                        "content": _json_content(record),
+                    },
+                    "200": {
+                        "description": "Already pending: nothing more is queued.",
+                        "headers": {"Location": _LOCATION},
+                        "content": _json_content(record),
+                    },
+                    "404": _error("No such trigger (or pruned after `TOWER_RETENTION`)."),
+                    "409": _error("Published: sending it again would run it twice."),
+                    "503": _error(
+                        "Not queued: journal unavailable, or shutting down.",
+                        **{"Retry-After": _RETRY_AFTER},
+                    ),
                     **_GUARDED,
                 },
             }

@@ -20,8 +20,10 @@ from typing import TYPE_CHECKING
 import trio
 
 from ._errors import JournalError
+from ._feed import Change, Feed
 from ._logging import get_logger
 from ._storage import Accepted
+from ._vocabulary import DeliveryStatus
 
 if TYPE_CHECKING:
     from ._channel import Submission
@@ -40,18 +42,24 @@ _ROOM_EVERY = 5.0
 class Outbox:
     """What is stored and not yet settled; see the module docstring."""
 
-    def __init__(self, settings: Settings, storage: Storage) -> None:  # pragma: no mutate block
+    def __init__(
+        self, settings: Settings, storage: Storage, feed: Feed | None = None
+    ) -> None:  # pragma: no mutate block
         self._settings = settings
         self._storage = storage
+        self._feed = Feed() if feed is None else feed
         self.pending = 0
         """Stored triggers whose delivery is not settled."""
         self.duplicates = 0
         self.problem: str | None = None
         """Why storage cannot take another trigger now, if it cannot."""
+        self.room: int | None = None
+        """Bytes storage could still grow by at the last check (None before the first)."""
         self._last_stored = 0
         self._done = False
         self._recent: collections.deque[Outgoing] = collections.deque()
         self._recent_bytes = 0
+        self._retried: list[Outgoing] = []
         self._waiters: dict[int, Submission] = {}
         self._work = trio.Event()  # something new to publish, or the ingest ended
         self._room_check = trio.Event()
@@ -130,6 +138,18 @@ class Outbox:
             self._recent.append(outgoing)
             self._recent_bytes += size
         submission.accepted()
+        if self._feed.watched:
+            self._feed.report(
+                Change(outgoing, DeliveryStatus.PENDING, 0, None, outgoing.created_at)
+            )
+
+    def retried(self, outgoing: Outgoing, retries: int, at: float) -> None:
+        """Publish again a trigger storage has just made pending again (``Storage.retry``)."""
+        self.pending += 1
+        self._retried.append(outgoing)
+        self._work.set()
+        if self._feed.watched:
+            self._feed.report(Change(outgoing, DeliveryStatus.PENDING, 0, None, at, retries))
 
     def settled(self, outgoing: Outgoing) -> Submission | None:
         """Count a trigger as settled; returns the source waiting for that, if one is."""
@@ -145,6 +165,14 @@ class Outbox:
         stored trigger up to the last has been handed out.
         """
         while True:
+            if self._retried:
+                # Storage made them pending before they were added here: those
+                # past the cursor are read back with the rest when it gets there.
+                retried = [outgoing for outgoing in self._retried if outgoing.seq <= cursor]
+                self._retried = []
+                if retried:
+                    return retried, cursor
+                continue
             # Triggers join the cache in seq order, each above every one stored
             # before it, and storage is read only up to the one before the
             # cache's head: the cursor never passes that head.
@@ -195,6 +223,7 @@ class Outbox:
             except (OSError, JournalError) as err:
                 self.problem = f"cannot check its free space: {err}"
             else:
+                self.room = room
                 self.problem = (
                     None
                     if room >= needed

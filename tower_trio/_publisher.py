@@ -37,6 +37,7 @@ from . import amqp
 from ._backoff import Backoff
 from ._broker_advice import describe_broker_error
 from ._errors import JournalError, PublishError
+from ._feed import Feed
 from ._logging import get_logger
 from ._message import PropertyTemplates
 from ._outbox import Outbox
@@ -50,7 +51,7 @@ if TYPE_CHECKING:
 
     from ._channel import Submission
     from ._config import Settings
-    from ._storage import Storage
+    from ._storage import JournalRecord, Storage
 
 __all__ = ["Publisher", "PublisherStatistics"]
 
@@ -86,6 +87,8 @@ class PublisherStatistics:
     """Bytes of bodies kept in memory to publish without reading the journal."""
     journal_problem: str | None = None
     """Why the journal cannot take another trigger now, if it cannot."""
+    journal_room: int | None = None
+    """Bytes the journal could still grow by at the last check."""
 
 
 @attrs.define(eq=False)
@@ -103,9 +106,12 @@ class Publisher:
         self._settings = settings
         self._url = amqp.URL.parse(settings.amqp_url)
         self._exchange = settings.exchange
-        self.outbox = Outbox(settings, storage)
-        self.settlements = Settlements(storage)
+        self.feed = Feed()
+        """What happens to triggers, for the console's live view."""
+        self.outbox = Outbox(settings, storage, self.feed)
+        self.settlements = Settlements(storage, self.feed)
         """The broker's answers, and the lookups that see them before storage does."""
+        self._storage = storage
         self.on_published: Callable[[float], None] | None = None
         """Called with the seconds from acceptance to confirm of each published trigger."""
         self._connection: amqp.Connection | None = None
@@ -144,11 +150,31 @@ class Publisher:
             unrecorded=self.settlements.unrecorded(),
             cached_bytes=self.outbox.cached_bytes,
             journal_problem=self.outbox.problem,
+            journal_room=self.outbox.room,
         )
 
     def unrecorded(self) -> int:
         """Triggers the broker settled whose record is not in storage yet."""
         return self.settlements.unrecorded()
+
+    async def retry(self, uuid: str) -> tuple[JournalRecord, bool] | None:
+        """Send a failed or unroutable trigger again; None if there is no such trigger.
+
+        Returns its record and whether it was queued now (False: it was not
+        failed or unroutable, and nothing is queued twice). Raises
+        ``JournalError`` when storage cannot take the change.
+        """
+        # The broker's last answer is written first, so that it cannot land
+        # on top of the retry and settle the trigger again.
+        await self.settlements.flush()
+        result = await self._storage.retry(uuid)
+        if result is None:
+            return None
+        record, outgoing = result
+        if outgoing is not None:
+            assert record.retried_at is not None  # set by every retry that changed it
+            self.outbox.retried(outgoing, record.retries, record.retried_at)
+        return self.settlements.current(record), outgoing is not None
 
     async def serve(
         self,

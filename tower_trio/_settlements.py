@@ -18,6 +18,7 @@ import trio
 
 from ._backoff import Backoff
 from ._errors import JournalError
+from ._feed import Change, Feed
 from ._logging import get_logger
 from ._storage import JournalRecord, Settlement
 from ._vocabulary import DeliveryStatus
@@ -33,8 +34,11 @@ _log = get_logger(__name__)
 class Settlements:
     """Answers not yet in storage, by seq; a later answer for a trigger replaces an earlier."""
 
-    def __init__(self, storage: Storage) -> None:  # pragma: no mutate block
+    def __init__(
+        self, storage: Storage, feed: Feed | None = None
+    ) -> None:  # pragma: no mutate block
         self._storage = storage
+        self._feed = Feed() if feed is None else feed
         self._waiting: dict[int, Settlement] = {}
         self._recording: dict[int, Settlement] = {}
         """The batch being written now: still unrecorded until its commit returns."""
@@ -45,8 +49,11 @@ class Settlements:
         self, outgoing: Outgoing, status: DeliveryStatus, attempts: int, error: str | None
     ) -> None:
         """Keep an answer (or a retry, which stays ``pending``) to be written."""
-        self._waiting[outgoing.seq] = Settlement(outgoing.seq, status, attempts, error, time.time())
+        at = time.time()
+        self._waiting[outgoing.seq] = Settlement(outgoing.seq, status, attempts, error, at)
         self._arrived.set()
+        if self._feed.watched:
+            self._feed.report(Change(outgoing, status, attempts, error, at))
 
     def __len__(self) -> int:
         """Answers and retries waiting to be written."""

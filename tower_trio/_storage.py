@@ -96,6 +96,22 @@ class JournalRecord:
     published_at: float | None
     attempts: int
     last_error: str | None
+    retries: int = 0
+    """How many times an operator sent it again after it failed or was unroutable."""
+    retried_at: float | None = None
+
+    def outgoing(self) -> Outgoing:
+        """The trigger as the publisher sends it."""
+        return Outgoing(
+            self.seq,
+            self.uuid,
+            self.api_version,
+            self.protocol,
+            self.source,
+            self.body,
+            self.created_at,
+            self.attempts,
+        )
 
 
 @attrs.frozen
@@ -131,6 +147,8 @@ class PageQuery:
     api_version: str | None = None
     protocol: str | None = None
     source: str | None = None
+    key: str | None = None
+    """An idempotency key as stored (namespaced by source, e.g. ``http:<key>``)."""
     before: int | None = None
     """A seq: only triggers stored before it (the cursor of the next page)."""
     max_bytes: int | None = None
@@ -156,6 +174,16 @@ class Storage(Protocol):
 
     async def settle(self, settlements: Iterable[Settlement]) -> None:
         """Record the broker's answers (and retries) for a batch of triggers."""
+        ...
+
+    async def retry(self, uuid: str) -> tuple[JournalRecord, Outgoing | None] | None:
+        """Make a failed or unroutable trigger pending again, its attempts from zero.
+
+        Returns None for an unknown uuid, else the record after the call and
+        the trigger to publish when it changed (None when it was not failed
+        or unroutable: a repeated call queues nothing twice). ``retries``
+        counts the calls that changed it; ``retried_at`` is the latest.
+        """
         ...
 
     async def pending(self, after_seq: int, up_to_seq: int, limit: int) -> list[Outgoing]:

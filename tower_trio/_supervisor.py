@@ -18,13 +18,14 @@ from __future__ import annotations
 
 import signal
 from functools import partial
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import attrs
 import trio
 
 from ._auth import check_exposure
 from ._channel import Submission
+from ._console import ConsoleSources
 from ._http import create_app
 from ._journal import open_storage
 from ._logging import get_logger, print_summary
@@ -34,6 +35,7 @@ from ._publisher import Publisher
 from ._runtime import PluginState, PluginStatus
 from ._schemas import ProtocolSchemas, read_schemas
 from ._server import serve_http
+from ._status import status_report
 from ._storage import Storage
 from ._version import __version__
 
@@ -131,6 +133,16 @@ async def _serve_with_storage(
     )
     publisher.on_published = metrics.observe_published
 
+    def console_status() -> dict[str, Any]:
+        return status_report(
+            settings,
+            publisher.statistics(),
+            readiness(),
+            plugins_report(statuses, plugins),
+            skipped,
+            broker_url=publisher.url.redacted(),
+        )
+
     def make_app(send_channel: trio.MemorySendChannel[Submission]) -> ASGIApp:
         app = create_app(
             settings,
@@ -140,6 +152,8 @@ async def _serve_with_storage(
             draining=lambda: draining,
             plugins_view=lambda: plugins_report(statuses, plugins),
             schemas=schemas,
+            retry=publisher.retry,
+            console=ConsoleSources(publisher.feed, console_status, settings.exchange),
         )
         return instrument(app, metrics, token=settings.metrics_token)
 
