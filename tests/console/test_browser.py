@@ -383,7 +383,6 @@ class TestSend:
         page.get_by_label("This trigger is for a well plate").check()
         page.get_by_label("Rows").fill("2")
         page.get_by_label("Columns").fill("2")
-        page.get_by_label("Columns").dispatch_event("change")
         grid = page.locator("#s-wells")
         expect(grid.locator("button.well")).to_have_count(4)
         grid.locator('button.well[data-well="A1"]').click()
@@ -422,7 +421,7 @@ class TestLogin:
             screenshot(page, "login")
             field.fill("not-the-token-at-all")
             page.get_by_role("button", name="Sign in").click()
-            expect(page.get_by_role("alert")).to_be_visible()
+            expect(page.get_by_role("alert")).to_contain_text("not one of the tower's API tokens")
             expect(page.get_by_label("API token")).to_be_visible()
             expect(page.locator("#triggers")).to_have_count(0)
             page.get_by_label("API token").fill(token)
@@ -496,7 +495,7 @@ class TestLayout:
             expect(dialog.locator("button.well")).to_have_count(96)
             dialog.locator('button.well[data-well="C4"]').focus()
             expect(dialog.locator("#d-well-info")).to_contain_text("C4 (well 26)")
-            dialog.get_by_role("heading", name="Plate").scroll_into_view_if_needed()
+            dialog.locator(".detail-head").scroll_into_view_if_needed()
             screenshot(page, "detail-plate")
 
             phone = open_page(chromium, PHONE, problems, timezone_id="Europe/Amsterdam")
@@ -507,7 +506,9 @@ class TestLayout:
                 cell = rows.first.locator("td").first
                 assert cell.evaluate("td => getComputedStyle(td).display") == "grid"
                 assert phone.evaluate("document.documentElement.scrollWidth") <= PHONE["width"]
-                phone.locator("#triggers").scroll_into_view_if_needed()
+                # The filters start folded away, so the feed comes first.
+                expect(phone.locator("#finder")).not_to_have_attribute("open", "")
+                expect(rows.first).to_be_in_viewport()
                 screenshot(phone, "feed-phone")
             finally:
                 phone.context.close()

@@ -175,6 +175,10 @@ function connect() {
 
 const initial = filtersFromUrl();
 showFilters(initial);
+// On a phone the filters start folded away, unless the URL sets some.
+if (window.matchMedia("(max-width: 640px)").matches && !Object.keys(initial).length) {
+  $("finder").open = false;
+}
 feed.filters = initial;
 connect();
 send.init();

@@ -159,8 +159,13 @@ export class Detail {
         ["Retried at", timeEl(record.retriedAt)],
       ]),
     );
-    parts.push(el("div", { class: "detail-grid" }, delivery, this.routing(amqp)));
-    if (record.plate) parts.push(this.plate(record));
+    // A plate's grid is what its reader looks for first: it takes the routing's place.
+    if (record.plate) {
+      parts.push(el("div", { class: "detail-grid" }, delivery, this.plate(record)));
+      parts.push(this.routing(amqp));
+    } else {
+      parts.push(el("div", { class: "detail-grid" }, delivery, this.routing(amqp)));
+    }
     parts.push(
       el(
         "section",

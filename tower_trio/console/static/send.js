@@ -49,8 +49,8 @@ export class SendForm {
     this.$("s-apiVersion").addEventListener("change", () => this.follow());
     this.$("s-protocol").addEventListener("change", () => this.follow());
     this.$("s-plate").addEventListener("change", () => this.setPlate());
-    this.$("s-rows").addEventListener("change", () => this.resizePlate());
-    this.$("s-columns").addEventListener("change", () => this.resizePlate());
+    this.$("s-rows").addEventListener("input", () => this.resizePlate());
+    this.$("s-columns").addEventListener("input", () => this.resizePlate());
     form.addEventListener("submit", (event) => {
       event.preventDefault();
       this.submit();
@@ -319,15 +319,19 @@ export class SendForm {
     if (!size) {
       holder.replaceChildren(el("p", { class: "note", text: "Rows 1 to 32 and columns 1 to 48." }));
       this.grid = null;
+      this.rows = null;
       return;
     }
     const { rows, columns } = size;
+    // Only a new size redraws the grid: a redraw under the pointer would lose a click.
+    if (this.grid && this.rows === rows && this.columns === columns) return;
     const count = rows * columns;
     if (this.wells.length !== count || this.rows !== rows) {
       this.wells = Array.from({ length: count }, () => ({}));
       this.selected = new Set();
     }
     this.rows = rows;
+    this.columns = columns;
     const info = el("p", { id: "s-well-info", class: "well-info", "aria-live": "polite", text: "Select wells, then give them a spec below." });
     this.grid = wellGrid({
       rows,
@@ -469,10 +473,8 @@ export class SendForm {
     const head = heading ?? "Not sent.";
     const summary = placed ? ` ${placed} problem${placed === 1 ? "" : "s"} marked at the fields below.` : "";
     const marked = byWell.size ? " Wells with problems are marked in the grid." : "";
-    box.replaceChildren(
-      el("p", { text: head + summary + marked }),
-      unplaced.length ? el("ul", {}, unplaced.map((m) => el("li", { text: m }))) : null,
-    );
+    box.replaceChildren(el("p", { text: head + summary + marked }));
+    if (unplaced.length) box.append(el("ul", {}, unplaced.map((m) => el("li", { text: m }))));
     box.hidden = false;
     const first = this.form.querySelector("[aria-invalid='true']");
     first?.focus();
