@@ -15,6 +15,7 @@ from ._http_bench import NO_JOURNAL, TOWER, TOWER_PUBLISHED, run_http_bench
 from ._idle import run_idle_bench
 from ._publisher_bench import run_publisher_bench
 from ._report import (
+    CONSOLE_TARGET,
     HTTP_TARGET,
     IDLE_TARGET,
     NO_JOURNAL_TARGET,
@@ -224,6 +225,11 @@ def _summarize(
                 f"  http        {contender.name + ' / peer':<34} {ratio:5.2f}x req/s   "
                 f"(target >= {HTTP_TARGET:.1f}x: {verdict(ratio >= HTTP_TARGET)})"
             )
+        watched = http.console_ratio
+        _say(
+            f"  http        {'console streaming / not':<34} {watched:5.2f}x req/s   "
+            f"(target >= {CONSOLE_TARGET:.2f}x: {verdict(watched >= CONSOLE_TARGET)})"
+        )
         journal = journal_ratio(http)
         _say(
             f"  http        {'journaled / before the journal':<34} {journal:5.2f}x req/s   "

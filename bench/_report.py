@@ -14,7 +14,15 @@ import attrs
 
 from ._broker import broker_version
 from ._common import REPO_ROOT, ratio
-from ._http_bench import CEILING, CONTENDERS, NO_JOURNAL, PEER, TOWER, TOWER_PUBLISHED
+from ._http_bench import (
+    CEILING,
+    CONTENDERS,
+    NO_JOURNAL,
+    PEER,
+    TOWER,
+    TOWER_PUBLISHED,
+    TOWER_WATCHED,
+)
 from ._load import generator_name
 from ._peer_fastapi import uvicorn_stack
 
@@ -24,6 +32,7 @@ if TYPE_CHECKING:
     from ._publisher_bench import PublisherResult, Round
 
 __all__ = [
+    "CONSOLE_TARGET",
     "HTTP_TARGET",
     "IDLE_TARGET",
     "NO_JOURNAL_TARGET",
@@ -38,6 +47,8 @@ __all__ = [
 PUBLISHER_TARGET = 2.0
 HTTP_TARGET = 1.0
 NO_JOURNAL_TARGET = 0.9
+CONSOLE_TARGET = 0.95
+"""Ingest with a console streaming, over ingest without: within 5%."""
 IDLE_TARGET = 0.05
 """CPU seconds per 10 s of idleness."""
 
@@ -241,6 +252,12 @@ def _summary(
             f"{journaled:,.0f} | {before:,.0f} | {against_before:.2f}x | "
             f"≥ {NO_JOURNAL_TARGET:.1f}x | {verdict(against_before >= NO_JOURNAL_TARGET)} |"
         )
+        watched = http.console_ratio
+        lines.append(
+            f"| `POST /triggers` req/s with a console streaming (vs without) | "
+            f"{http.median_run(TOWER_WATCHED).load.rate:,.0f} | {journaled:,.0f} | "
+            f"{watched:.2f}x | ≥ {CONSOLE_TARGET:.2f}x | {verdict(watched >= CONSOLE_TARGET)} |"
+        )
         ceiling = http.median_run(CEILING).load.rate
         lines.append(
             f"| Bare ASGI app on Hypercorn (the HTTP server's own ceiling, vs FastAPI) | "
@@ -328,7 +345,9 @@ def _http_section(result: HttpResult, machine: Machine) -> list[str]:
         "",
         "- **tower-trio**: `tower-trio run` (Hypercorn + Quart-Trio, the journal, the "
         "project's publisher), no plugins; measured as clients get it by default and with "
-        "`?wait=published`.",
+        "`?wait=published`; and by default again with a [console](console.md) open: a "
+        "client holds `GET /console/events` open and reads every event (each trigger's "
+        "pending and published rows) while the load runs.",
         f"- **FastAPI peer** (`bench/_peer_fastapi.py`): FastAPI + uvicorn ({machine.peer_stack})"
         " + aio-pika with `publisher_confirms=True`, one worker, the same field rules, "
         "the same JSON answer; it publishes persistent and waits for the confirm on every "
@@ -365,6 +384,12 @@ def _http_section(result: HttpResult, machine: Machine) -> list[str]:
             f"- {contender.name} / FastAPI peer: **{value:.2f}x** req/s (target ≥ "
             f"{HTTP_TARGET:.1f}x: {verdict(value >= HTTP_TARGET)})"
         )
+    watched = result.median_run(TOWER_WATCHED)
+    lines.append(
+        f"- with a console streaming / without: **{result.console_ratio:.2f}x** req/s (target "
+        f"≥ {CONSOLE_TARGET:.2f}x: {verdict(result.console_ratio >= CONSOLE_TARGET)}); the "
+        f"console read {watched.streamed:,} trigger events in the median run"
+    )
     ceiling = result.median_run(CEILING).load.rate
     lines.append(
         f"- bare ASGI on Hypercorn / FastAPI peer: {result.ratio(CEILING):.2f}x; tower-trio "

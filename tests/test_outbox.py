@@ -16,6 +16,8 @@ from tower_trio._channel import Intake, Submission
 from tower_trio._config import Settings
 from tower_trio._journal import SQLiteStorage, open_storage
 from tower_trio._outbox import BATCH, Outbox
+from tower_trio._storage import Settlement
+from tower_trio._vocabulary import DeliveryStatus
 
 if TYPE_CHECKING:
     from collections.abc import AsyncIterator
@@ -108,3 +110,47 @@ class TestIngest:
         outbox, uuids = await stored_outbox(storage, BATCH + 10)
         assert sizes == [BATCH, 10]
         assert outbox.pending == len(uuids)
+
+
+class TestRetried:
+    async def test_a_retry_behind_the_cursor_goes_out_once_without_moving_it(
+        self, storage: SQLiteStorage
+    ) -> None:
+        """A trigger retried after it was handed out comes next, and the cursor stays."""
+        outbox, uuids = await stored_outbox(storage, 3)
+        batch = await outbox.next_batch(0)
+        assert batch is not None
+        rows, cursor = batch
+        await storage.settle([Settlement(rows[1].seq, DeliveryStatus.UNROUTABLE, 1, "x", 1.0)])
+        outbox.settled(rows[1])
+        result = await storage.retry(uuids[1])
+        assert result is not None
+        record, outgoing = result
+        assert outgoing is not None
+        outbox.retried(outgoing, record.retries, 2.0)
+        assert outbox.pending == 3
+        again = await outbox.next_batch(cursor)
+        assert again is not None
+        assert ([row.uuid for row in again[0]], again[1]) == ([uuids[1]], cursor)
+        assert await outbox.next_batch(cursor) is None
+
+    async def test_a_retry_ahead_of_the_cursor_is_left_to_storage(
+        self, storage: SQLiteStorage
+    ) -> None:
+        """After a reconnect (cursor back at 0), storage hands out the retried trigger, once."""
+        outbox, uuids = await stored_outbox(storage, 2)
+        batch = await outbox.next_batch(0)
+        assert batch is not None
+        rows, _ = batch
+        await storage.settle([Settlement(rows[0].seq, DeliveryStatus.FAILED, 5, "x", 1.0)])
+        outbox.settled(rows[0])
+        result = await storage.retry(uuids[0])
+        assert result is not None
+        assert result[1] is not None
+        outbox.retried(result[1], 1, 2.0)
+        handed: list[str] = []
+        cursor = 0
+        while (batch := await outbox.next_batch(cursor)) is not None:
+            handed.extend(row.uuid for row in batch[0])
+            cursor = batch[1]
+        assert handed == uuids
