@@ -59,6 +59,18 @@ RECORD_STATUSES = """() => {
 }"""
 
 
+UNLABELLED = """() => [...document.querySelectorAll("input, select, textarea, button")]
+  .filter((control) => control.getClientRects().length > 0)
+  .filter((control) => !(
+    control.labels?.length
+    || control.getAttribute("aria-label")
+    || control.getAttribute("aria-labelledby")
+    || (control.tagName === "BUTTON" && control.textContent.trim())
+  ))
+  .map((control) => control.outerHTML.slice(0, 120))"""
+"""The visible controls that have no label, by their HTML."""
+
+
 def new_device() -> str:
     return f"OT-2/v1alpha1/t-{short_id()}"
 
@@ -440,6 +452,38 @@ class TestLogin:
         finally:
             page.context.close()
             stop_console(console)
+
+
+class TestAccessibility:
+    def test_every_control_is_labelled_and_the_keyboard_reaches_the_feed(
+        self, console: Console, page: Page
+    ) -> None:
+        """Every visible control has a label, in each view; the first Tab offers a skip link."""
+        open_console(page, console)
+        page.keyboard.press("Tab")
+        skip = page.get_by_role("link", name="Skip to the trigger feed")
+        expect(skip).to_be_focused()
+        page.keyboard.press("Enter")
+        expect(page.locator("#feed")).to_be_focused()
+        assert page.evaluate(UNLABELLED) == []
+        page.get_by_label("Protocol to send").select_option(label="Read · TecanSpark/v1alpha1")
+        expect(page.get_by_label("Spec (JSON object)")).to_be_visible()
+        assert page.evaluate(UNLABELLED) == []
+        page.get_by_label("Protocol to send").select_option(label="PlateTransfer · OT-2/v1alpha1")
+        page.get_by_label("This trigger is for a well plate").check()
+        expect(page.locator("#s-wells button.well")).to_have_count(96)
+        assert page.evaluate(UNLABELLED) == []
+        posted = console.post(
+            {
+                "apiVersion": new_device(),
+                "protocol": "PlateTransfer",
+                "plate": {"rows": 1, "columns": 2},
+                "spec": [{"volume": 5}, {"volume": 10}],
+            }
+        )
+        page.goto(f"{console.url}/console#/triggers/{posted['uuid']}")
+        expect(page.get_by_role("dialog").locator("button.well")).to_have_count(2)
+        assert page.evaluate(UNLABELLED) == []
 
 
 class TestLayout:
