@@ -12,7 +12,7 @@ import re
 import secrets
 from datetime import datetime
 from typing import TYPE_CHECKING, Any
-from urllib.parse import urlsplit
+from urllib.parse import quote, urlsplit
 from zoneinfo import ZoneInfo
 
 import pytest
@@ -172,6 +172,29 @@ class TestFeed:
         page.get_by_role("button", name="Find", exact=True).click()
         expect(page.locator("#triggers tbody tr")).to_have_count(1)
         expect(row_of(page, posted["uuid"])).to_be_visible()
+
+    def test_older_pages_load_until_the_page_holds_500_rows_then_the_oldest_go(
+        self, console: Console, page: Page
+    ) -> None:
+        """ "Load older" pages back by the listing's cursor; past 500 rows the oldest leave."""
+        device = new_device()
+        bulk = {"apiVersion": device, "protocol": "Bulk"}
+        for n in range(501):
+            console.post({**bulk, "spec": {"n": n}})
+        open_console(page, console, f"/console?apiVersion={quote(device, safe='')}")
+        rows = page.locator("#triggers tbody tr")
+        more = page.get_by_role("button", name="Load older triggers")
+        expect(rows).to_have_count(100)
+        for shown in (200, 300, 400, 500):
+            more.click()
+            expect(rows).to_have_count(shown)
+        expect(more).to_be_hidden()
+        expect(page.locator("#cap")).to_be_visible()
+        oldest_shown = rows.last.get_attribute("data-uuid")
+        newest = console.post({**bulk, "spec": {"n": 501}})
+        expect(rows.first).to_have_attribute("data-uuid", newest["uuid"])
+        expect(rows).to_have_count(500)
+        expect(row_of(page, oldest_shown or "")).to_have_count(0)
 
 
 class TestDetail:
