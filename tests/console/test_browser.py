@@ -415,6 +415,7 @@ class TestSend:
         open_console(page, console)
         page.get_by_label("Protocol to send").select_option(label="PlateTransfer · OT-2/v1alpha1")
         page.get_by_label("apiVersion (device)").fill(device)
+        expect(page.get_by_label("Rows")).to_be_hidden()
         page.get_by_label("This trigger is for a well plate").check()
         page.get_by_label("Rows").fill("2")
         page.get_by_label("Columns").fill("2")
