@@ -143,13 +143,6 @@ class Console:
         answer: dict[str, Any] = response.json()
         return answer
 
-    def wait_for_log(self, event: str, count: int = 1) -> dict[str, str]:
-        async def wait() -> dict[str, str]:
-            with trio.fail_after(TIMEOUT_MS / 1000):
-                return await self.tower.wait_for(event, count)
-
-        return self.portal.run(wait)
-
 
 @pytest.fixture(scope="module")
 def portal() -> Iterator[Portal]:
