@@ -12,7 +12,6 @@ export const FILTERS = ["status", "apiVersion", "protocol", "source", "key"];
 function normalise(item) {
   return {
     uuid: item.uuid,
-    seq: item.seq ?? null,
     createdAt: item.createdAt,
     source: item.source ?? item.metadata?.source ?? "",
     apiVersion: item.apiVersion,
@@ -30,7 +29,7 @@ function statusTitle(row) {
 }
 
 export class Feed {
-  constructor({ table, more, empty, cap, note, lists, onSeen }) {
+  constructor({ table, more, empty, cap, note, lists }) {
     this.table = table;
     this.tbody = table.tBodies[0];
     this.more = more;
@@ -38,7 +37,6 @@ export class Feed {
     this.cap = cap;
     this.note = note;
     this.lists = lists;
-    this.onSeen = onSeen;
     this.filters = {};
     this.rows = new Map();
     this.next = null;
@@ -104,8 +102,6 @@ export class Feed {
 
   setNext(next) {
     this.next = next;
-    const last = this.tbody.lastElementChild;
-    if (next && last) last.dataset.seq = String(next);
     this.updateFooter();
   }
 
@@ -161,7 +157,6 @@ export class Feed {
         el("a", { class: "uuid", href: `#/triggers/${row.uuid}`, "aria-label": `Trigger ${row.uuid}` }, row.uuid),
       ),
     );
-    if (row.seq !== null) tr.dataset.seq = String(row.seq);
     this.rows.set(row.uuid, tr);
     this.remember(row);
     return tr;
@@ -174,7 +169,6 @@ export class Feed {
       this.known[name].add(value);
       this.lists[name]?.append(el("option", { value }));
     }
-    this.onSeen?.(row);
   }
 
   append(row) {
@@ -200,7 +194,6 @@ export class Feed {
   }
 
   update(tr, row) {
-    if (row.seq !== null) tr.dataset.seq = String(row.seq);
     if (tr.dataset.status === row.status && !row.lastError) return;
     tr.dataset.status = row.status;
     tr.querySelector("td.state").replaceChildren(statusBadge(row.status, statusTitle(row)));
