@@ -3,7 +3,8 @@
 Each part (the broker connection, the journal, every plugin) gets a
 ``health`` of green, amber or red, and the whole takes the worst of them:
 red when triggers cannot go out or come in, amber when they may soon not,
-or a part needs a look.
+or a part needs a look. A plugin that was skipped (not asked for, or not
+configured) is ``off`` and leaves the whole as it is.
 """
 
 from __future__ import annotations
@@ -70,11 +71,13 @@ def status_report(
             "lastError": None,
             "lastTriggerAt": None,
             "reason": skip.reason,
-            "health": "amber",
+            # Not asked for (left out of TOWER_PLUGINS, or not configured):
+            # shown with its reason, but nothing is wrong with the tower.
+            "health": "off",
         }
         for skip in skipped
     )
-    healths = [broker[1], journal_health, *(plugin["health"] for plugin in panel)]
+    healths = [broker[1], journal_health, *(p["health"] for p in panel if p["health"] != "off")]
     return {
         "version": __version__,
         "ready": not reasons,

@@ -308,8 +308,12 @@ class TestSources:
         expect(example.locator(".state")).to_have_text("running")
         expect(example.locator(".health")).to_have_text(re.compile("OK"))
         skipped = page.locator(".card").filter(has=page.locator(".state", has_text="skipped"))
+        expect(skipped.first).to_be_visible()
         for card in skipped.all():
             expect(card.locator("dt", has_text="Reason")).to_be_visible()
+            expect(card.locator(".health")).to_have_text(re.compile("Not running"))
+        # A plugin nobody asked for is no problem of the tower's.
+        expect(page.locator("#overall")).to_have_attribute("data-health", "green")
 
     def test_the_broker_going_away_shows_red_then_green_when_it_returns(
         self, portal: Portal, amqp_url: str, chromium: Browser, problems: Problems, tmp_path: Path

@@ -50,8 +50,8 @@ export function statusBadge(status, title) {
   );
 }
 
-export const HEALTH_WORDS = { green: "OK", amber: "Warning", red: "Problem" };
-const HEALTH_ICONS = { green: "✓", amber: "!", red: "✕" };
+export const HEALTH_WORDS = { green: "OK", amber: "Warning", red: "Problem", off: "Not running" };
+const HEALTH_ICONS = { green: "✓", amber: "!", red: "✕", off: "–" };
 
 /** A red/amber/green health as an icon and a word. */
 export function healthBadge(health) {
