@@ -52,6 +52,10 @@ MAX_STREAMS = 32
 """Live feeds open at once; one more is answered 503."""
 STATUS_EVERY = 1.0
 """Seconds between two ``status`` events of a live feed (also its keep-alive)."""
+GATHER = 0.2
+"""Seconds a live feed gathers changes after sending some: under load, one
+write carries hundreds of events instead of one each (at the cost of that
+much delay, well within what a person watching notices)."""
 
 _PUBLIC = frozenset({"/", "/console", "/console/session"})
 _STATIC = "/console/static/"
@@ -297,6 +301,7 @@ class Console:
                     yield _sse("resync", b"{}")
                 if changes:
                     yield b"".join(_sse("trigger", dumps(_row(c))) for c in changes)
+                    await trio.sleep(GATHER)
                 if trio.current_time() >= next_status:
                     yield _sse("status", dumps(self.sources.status()))
                     next_status = trio.current_time() + STATUS_EVERY
