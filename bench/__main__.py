@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING
 from ._broker import open_vhost
 from ._common import REPO_ROOT, BenchError
 from ._http_bench import NO_JOURNAL, TOWER, TOWER_PUBLISHED, run_http_bench
-from ._idle import run_idle_bench
+from ._idle import IDLE_PLUGINS, run_idle_bench
 from ._publisher_bench import run_publisher_bench
 from ._report import (
     CONSOLE_TARGET,
@@ -177,17 +177,16 @@ def main(argv: Sequence[str] | None = None) -> int:
                         f"(target >= {HTTP_TARGET:.1f}x: {verdict(ratio >= HTTP_TARGET)})"
                     )
             if "idle" in parts:
-                _say(f"\nIdle CPU: tower-trio run, no plugins, {idle_seconds:g} s")
-                idle = run_idle_bench(vhost, seconds=idle_seconds, workdir=workdir, report=_say)
-                budget = idle.budget(IDLE_TARGET)
-                fine = (
-                    ""
-                    if idle.cpu_seconds_fine is None
-                    else f" (scheduler counters: {idle.cpu_seconds_fine:.4f} s)"
-                )
                 _say(
-                    f"  {idle.cpu_seconds:.2f} s CPU in {idle.seconds:.1f} s{fine} "
-                    f"(target < {budget:.3f} s: {verdict(idle.cpu_seconds < budget)})"
+                    f"\nIdle CPU: tower-trio run, no plugins and {IDLE_PLUGINS} idle plugins, "
+                    f"{idle_seconds:g} s each"
+                )
+                idle = run_idle_bench(vhost, seconds=idle_seconds, workdir=workdir, report=_say)
+                measured = idle.measured
+                budget = measured.budget(IDLE_TARGET)
+                _say(
+                    f"  with {measured.plugins} plugins: target < {budget:.3f} s: "
+                    f"{verdict(measured.cpu_seconds < budget)}"
                 )
     except BenchError as err:
         print(f"bench: error: {err}", file=sys.stderr)
@@ -236,10 +235,13 @@ def _summarize(
             f"(target >= {NO_JOURNAL_TARGET:.1f}x: {verdict(journal >= NO_JOURNAL_TARGET)})"
         )
     if idle is not None:
-        budget = idle.budget(IDLE_TARGET)
+        measured = idle.measured
+        budget = measured.budget(IDLE_TARGET)
+        label = f"tower-trio CPU, {measured.plugins} idle plugins"
         _say(
-            f"  idle        {'tower-trio CPU':<34} {idle.cpu_seconds:5.2f} s in "
-            f"{idle.seconds:.0f} s (target < {budget:.3f} s: {verdict(idle.cpu_seconds < budget)})"
+            f"  idle        {label:<34} {measured.cpu_seconds:5.2f} s in "
+            f"{measured.seconds:.0f} s (target < {budget:.3f} s: "
+            f"{verdict(measured.cpu_seconds < budget)})"
         )
 
 
