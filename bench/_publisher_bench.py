@@ -55,7 +55,7 @@ from tower_trio._storage import Outgoing
 
 from ._bare_amqp import open_bare_connection
 from ._broker import declare_bound_queue, purge_queue
-from ._common import BenchError, median, own_cpu_seconds, process_cpu_seconds, ratio
+from ._common import BenchError, median, own_cpu_seconds, ratio
 
 if TYPE_CHECKING:
     from collections.abc import Callable, Sequence
@@ -93,6 +93,9 @@ class Round:
     seconds: float
     cpu_seconds: float
     """CPU time of this process (every thread) while the clock ran."""
+    loop_cpu_seconds: float | None = None
+    """CPU time of the thread that ran the event loop; the rest of ``cpu_seconds`` is
+    worker threads' (for tower-trio: the journal's SQLite work)."""
     broker_cpu_seconds: float | None = None
     """CPU time of the broker's process while the clock ran; None if it was not found."""
     other_cores: float | None = None
@@ -106,6 +109,12 @@ class Round:
     @property
     def cpu_per_message(self) -> float:
         return self.cpu_seconds / self.messages
+
+    @property
+    def loop_cpu_per_message(self) -> float | None:
+        if self.loop_cpu_seconds is None:
+            return None
+        return self.loop_cpu_seconds / self.messages
 
     @property
     def broker_cpu_per_message(self) -> float | None:
@@ -143,6 +152,18 @@ class PublisherResult:
     def cpu(self, side: str) -> float:
         """Median CPU seconds per message."""
         return median([run.cpu_per_message for run in self.runs(side)])
+
+    def loop_cpu(self, side: str) -> float | None:
+        """Median CPU seconds per message in the event loop's thread, where known."""
+        values = [run.loop_cpu_per_message for run in self.runs(side)]
+        known = [value for value in values if value is not None]
+        return median(known) if known and len(known) == len(values) else None
+
+    def broker_cpu(self, side: str) -> float | None:
+        """Median broker CPU seconds per message, where known."""
+        values = [run.broker_cpu_per_message for run in self.runs(side)]
+        known = [value for value in values if value is not None]
+        return median(known) if known and len(known) == len(values) else None
 
     def round_ratios(self, side: str, against: str) -> tuple[float, ...]:
         """``side``'s msgs/s over ``against``'s, round by round."""
@@ -212,36 +233,26 @@ class _Clock:
     """Times one run: wall clock, this process's CPU, the broker's and the machine's.
 
     A side calls ``start`` once it is connected and its inputs are built, and
-    ``stop`` once the broker has confirmed its last message.
+    ``stop`` once the broker has confirmed its last message. The broker's and
+    the other processes' CPU come from each thread's scheduler statistics
+    (``/proc/<pid>/task/<tid>/schedstat``, in nanoseconds), read just outside
+    the window so that reading them does not count as this process's CPU.
     """
 
     def __init__(self, broker_pid: int | None) -> None:
         self._broker = broker_pid
-        self._ticks = os.sysconf("SC_CLK_TCK")
-        self._started: tuple[float, float, float, float | None] | None = None
-        self._stopped: tuple[float, float, float, float | None] | None = None
-
-    def _busy(self) -> float:
-        """CPU seconds the whole machine spent busy since boot (steal included)."""
-        with open("/proc/stat") as stat:
-            fields = [int(value) for value in stat.readline().split()[1:]]
-        idle, iowait = fields[3], fields[4]
-        return (sum(fields[:8]) - idle - iowait) / self._ticks
-
-    def _sample(self) -> tuple[float, float, float, float | None]:
-        broker = None
-        if self._broker is not None:
-            try:
-                broker = process_cpu_seconds(self._broker)
-            except OSError:
-                self._broker = None
-        return time.perf_counter(), own_cpu_seconds(), self._busy(), broker
+        self._started: _Sample | None = None
+        self._stopped: _Sample | None = None
+        self._machine_before: dict[tuple[int, int], int] = {}
+        self._machine_after: dict[tuple[int, int], int] = {}
 
     def start(self) -> None:
-        self._started = self._sample()
+        self._machine_before = _runtimes()
+        self._started = _Sample.now()
 
     def stop(self) -> None:
-        self._stopped = self._sample()
+        self._stopped = _Sample.now()
+        self._machine_after = _runtimes()
 
     def stop_later(self) -> Callable[[], None]:
         """Stop now, but keep a way to move the stop to a later moment."""
@@ -249,24 +260,62 @@ class _Clock:
         return self.stop
 
     def round(self, messages: int) -> Round:
-        if self._started is None or self._stopped is None:
+        started, stopped = self._started, self._stopped
+        if started is None or stopped is None:
             raise BenchError("a publisher run ended without its clock started and stopped")
-        (started, cpu, busy, broker), (stopped, cpu_after, busy_after, broker_after) = (
-            self._started,
-            self._stopped,
-        )
-        seconds, cpu_seconds = stopped - started, cpu_after - cpu
-        broker_seconds = None
-        if broker is not None and broker_after is not None:
-            broker_seconds = broker_after - broker
-        others = busy_after - busy - cpu_seconds - (broker_seconds or 0.0)
+        seconds = stopped.wall - started.wall
+        broker = others = 0
+        ours = os.getpid()
+        before = self._machine_before
+        for task, runtime in self._machine_after.items():
+            # A thread that started meanwhile ran only inside the window.
+            spent = runtime - before.get(task, 0)
+            if task[0] == self._broker:
+                broker += spent
+            elif task[0] != ours:
+                others += spent
         return Round(
             messages,
             seconds,
-            cpu_seconds,
-            broker_cpu_seconds=broker_seconds,
-            other_cores=max(0.0, others) / seconds,
+            stopped.cpu - started.cpu,
+            loop_cpu_seconds=stopped.thread - started.thread,
+            broker_cpu_seconds=None if self._broker is None else broker / 1e9,
+            other_cores=others / 1e9 / seconds if self._machine_after else None,
         )
+
+
+@attrs.frozen
+class _Sample:
+    wall: float
+    cpu: float
+    """This process's CPU time."""
+    thread: float
+    """The calling thread's CPU time: start and stop are called from the event loop."""
+
+    @classmethod
+    def now(cls) -> _Sample:
+        return cls(time.perf_counter(), own_cpu_seconds(), time.thread_time())
+
+
+def _runtimes() -> dict[tuple[int, int], int]:
+    """Nanoseconds each thread on the machine has run, by (process, thread)."""
+    runtimes = {}
+    try:
+        processes = [entry for entry in os.listdir("/proc") if entry.isdigit()]
+    except OSError:
+        return {}
+    for pid in processes:
+        try:
+            threads = os.listdir(f"/proc/{pid}/task")
+        except OSError:
+            continue  # Ended meanwhile.
+        for tid in threads:
+            try:
+                with open(f"/proc/{pid}/task/{tid}/schedstat", "rb") as stat:
+                    runtimes[int(pid), int(tid)] = int(stat.read().split()[0])
+            except (OSError, ValueError, IndexError):
+                continue
+    return runtimes
 
 
 def _broker_pid() -> int | None:
@@ -392,13 +441,15 @@ def run_publisher_bench(
 
 
 def _describe(result: Round) -> str:
+    loop = result.loop_cpu_per_message
+    threads = "" if loop is None else f", {loop * 1e6:.0f} in the loop's thread"
     broker = result.broker_cpu_per_message
     machine = "" if broker is None else f", broker {broker * 1e6:.0f} µs/msg"
     if result.other_cores is not None:
         machine += f", others {result.other_cores:.2f} cores"
     return (
         f"{result.rate:>7,.0f} msgs/s ({result.seconds:.3f} s, "
-        f"CPU {result.cpu_per_message * 1e6:.0f} µs/msg{machine})"
+        f"CPU {result.cpu_per_message * 1e6:.0f} µs/msg{threads}{machine})"
     )
 
 
