@@ -46,7 +46,8 @@ def _parser() -> argparse.ArgumentParser:
         prog="python -m bench",
         description=(
             "Measure tower-trio against its peers in one run: publisher throughput against "
-            "aio-pika, POST /triggers against FastAPI + uvicorn + aio-pika, and idle CPU. "
+            "aio-pika and a bare trio + pamqp loop, POST /triggers against FastAPI + uvicorn + "
+            "aio-pika, and idle CPU with and without 20 idle plugins. "
             "A full run writes docs/benchmarks.md."
         ),
     )
@@ -57,7 +58,9 @@ def _parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--only", choices=PARTS, help="run one part; writes no docs")
     parser.add_argument("--messages", type=int, help="triggers per publisher round (20000)")
-    parser.add_argument("--rounds", type=int, default=3, help="publisher rounds per side (3)")
+    parser.add_argument(
+        "--rounds", type=int, default=3, help="publisher rounds, after a warm-up (3)"
+    )
     parser.add_argument("--duration", type=float, help="seconds of HTTP load per server (10)")
     parser.add_argument("--http-rounds", type=int, default=3, help="HTTP runs per server (3)")
     parser.add_argument("--connections", type=int, default=32, help="HTTP connections (32)")
