@@ -93,13 +93,15 @@ def _plot_curve(curve: Curve, path: Path) -> Path:
             )
         if curve.log_x:
             ax.set_xscale("log")
-        if curve.log_y:
+        values = [v for i in panel for v in curve.series[i].values]
+        # A log axis within one decade would show no labelled tick at all.
+        if curve.log_y and min(values) > 0 and max(values) / min(values) >= 10:
             ax.set_yscale("log")
             ax.yaxis.set_major_formatter(ticker.FuncFormatter(_plain))
             ax.yaxis.set_minor_formatter(ticker.NullFormatter())
         else:
-            highest = max(max(curve.series[i].values) for i in panel)
-            ax.set_ylim(bottom=0, top=highest * 1.15 or 1)
+            ax.set_ylim(bottom=0, top=max(values) * 1.15 or 1)
+            ax.yaxis.set_major_formatter(ticker.FuncFormatter(_plain))
         if curve.log_x:
             ax.set_xticks(curve.xs, labels=curve.x_texts)
             ax.xaxis.set_minor_locator(ticker.NullLocator())
@@ -116,11 +118,11 @@ def _plot_curve(curve: Curve, path: Path) -> Path:
             ax.axvline(curve.bound, color="tab:red", linestyle=":", linewidth=1)
             ax.annotate(
                 curve.bound_label.replace("`", ""),
-                xy=(curve.bound, 0.04),
+                xy=(curve.bound, 0.97),
                 xycoords=("data", "axes fraction"),
-                xytext=(-4, 0),
+                xytext=(4, 0),
                 textcoords="offset points",
-                horizontalalignment="right",
+                verticalalignment="top",
                 fontsize=7,
                 color="tab:red",
             )
@@ -174,7 +176,7 @@ def _plot_prune(prune: PruneResult, path: Path) -> Path:
     ax.set_xlabel("seconds since the tower answered /healthz (request sent)")
     ax.set_ylabel("POST /triggers latency, s")
     ax.grid(visible=True, alpha=0.3)
-    ax.legend(loc="lower right", fontsize=8)
+    ax.legend(loc="lower left", fontsize=8)
     ax.set_title(
         f"POST /triggers while a {prune.rows:,}-row journal is pruned "
         f"({prune.tower_deleted:,} rows deleted)",
@@ -286,7 +288,7 @@ def _prune_verdict(prune: PruneResult) -> str:
     if _stalls(prune):
         return (
             f"ingest stalls: POSTs waited up to {prune.longest_wait:.1f} s, "
-            f"{prune.refused_during} of {len(prune.during)} refused"
+            f"{prune.refused_during} of {len(prune.during)} not 202"
         )
     return f"ingest goes on (longest wait {prune.longest_wait * 1e3:.0f} ms)"
 

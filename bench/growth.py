@@ -74,7 +74,7 @@ class GrowthPlan:
             window_messages=2_000,
             message_budget=4 << 20,
             min_messages=20,
-            idle_connections=(10, 100),
+            idle_connections=(50, 200),
             pending=(600, 1000, 1500, 2000),
             cache_bytes=4 << 20,
         )
