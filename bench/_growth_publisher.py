@@ -142,17 +142,23 @@ def run_publisher_growth(
                 "MB/s", tuple(r * s / 1e6 for r, s in zip(size_rates, sizes, strict=True)), ".1f"
             ),
             Series("messages", tuple(float(c) for c in counts)),
+            Series(
+                f"µs per message beyond {size_text(sizes[0])}'s",
+                tuple(1e6 / r - 1e6 / size_rates[0] for r in size_rates),
+                ".0f",
+            ),
         ),
         panels=((0,), (3,)),
-        cost=1,
+        cost=5,
         method=(
             f"The tower's default window ({default_window:,}); per size, "
             f"{size_text(size_budget)} of bodies (between {min_messages:,} and {messages:,} "
             "messages), each a plate run padded to the exact published size. " + common
         ),
         reading=(
-            "The cost judged is the time per message: past a few KiB it is the bytes, written "
-            "to the journal, fsynced, then sent and stored by the broker. At "
+            f"The cost judged is the time per message beyond a {size_text(sizes[0])} message's: "
+            "the part that follows the bytes, written to the journal, fsynced, then sent and "
+            "stored by the broker. At "
             f"{size_text(largest)} the publisher moves {size_rates[-1]:,.0f} messages/s "
             f"({size_rates[-1] * largest / 1e6:,.0f} MB/s); the lab scale assumed here "
             f"averages {LAB_TRIGGERS_PER_DAY / 86400:.2f} messages/s."

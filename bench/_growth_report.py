@@ -206,7 +206,9 @@ def growth_section(
         "on log-log axes over all the points: within 0.15 of 0 is flat, within 0.15 of 1 "
         "linear, above 1.15 worse than linear. The slope of the last step alone is given "
         "beside it, and named when it is steeper: fixed costs hide at the small end how a "
-        "cost grows. A curve with a documented bound is judged below and past it.",
+        "cost grows. Where the fixed part was measured in the same run (the smallest "
+        "request's, a baseline's memory), the cost judged is what lies beyond it; the tables "
+        "show both. A curve with a documented bound is judged below and past it.",
         "",
         f"Lab scale assumed in the readings: {LAB_SCALE}.",
         "",
