@@ -558,7 +558,6 @@ class TestPrune:
         assert journal.prune(retention=50) == 0
         assert journal.pending_count() == 1
 
-
     async def test_new_triggers_are_stored_between_two_batches_of_a_prune(
         self, tmp_path: Path
     ) -> None:
