@@ -200,6 +200,14 @@ def render_markdown(
     lines.extend(
         [
             "",
+            "## Growth curves",
+            "",
+            "How each cost grows with the work (body size, journal rows and pruning, confirm "
+            "window, message size, idle connections, triggers pending while the broker is "
+            "away), one run each, with its plot and a verdict (flat, linear or worse) read "
+            "against the lab scale assumed: [growth.md](growth.md), written by "
+            "`just bench-growth` (about 8 minutes; it names its own commit and machine).",
+            "",
             "## Reproducing",
             "",
             "Run `just bench` from the repository root with RabbitMQ running locally "
