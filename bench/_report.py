@@ -24,6 +24,7 @@ from ._http_bench import (
     TOWER_WATCHED,
 )
 from ._idle import FOLDER_WATCHERS, SCHEDULES
+from ._idle import SETTLE as IDLE_SETTLE
 from ._load import generator_name
 from ._peer_fastapi import uvicorn_stack
 from ._publisher_bench import AIO_PIKA, BARE, CLIENT, SIDES
@@ -555,8 +556,9 @@ def _idle_section(result: IdleResult) -> list[str]:
         "",
         "## Idle CPU",
         "",
-        "`tower-trio run` with the broker connected and no traffic, measured from the moment "
-        "`/readyz` answered 200 and every plugin ran: user + system CPU time of the process "
+        "`tower-trio run` with the broker connected and no traffic, measured from "
+        f"{IDLE_SETTLE:g} s after `/readyz` answered 200 and every plugin ran (what plugins do "
+        "as they start is start-up, not idleness): user + system CPU time of the process "
         f"from `/proc/<pid>/stat`, over {measured.seconds:.1f} s. Twice: with no plugins, and "
         f"with {measured.plugins} plugins that have nothing to do, as a lab's tower spends most "
         f"of its time: {FOLDER_WATCHERS} folder watchers on empty folders (inotify, the "
