@@ -97,6 +97,7 @@ def _plot_curve(curve: Curve, path: Path) -> Path:
         # A log axis within one decade would show no labelled tick at all.
         if curve.log_y and min(values) > 0 and max(values) / min(values) >= 10:
             ax.set_yscale("log")
+            ax.yaxis.set_major_locator(ticker.LogLocator(base=10, subs=(1.0, 2.0, 5.0)))
             ax.yaxis.set_major_formatter(ticker.FuncFormatter(_plain))
             ax.yaxis.set_minor_formatter(ticker.NullFormatter())
         else:
@@ -302,9 +303,7 @@ def _prune_lines(prune: PruneResult, sub: str) -> list[str]:
     after_p50 = after_ms[len(after_ms) // 2] * 1e3 if after_ms else 0.0
     rate = prune.alone_deleted / prune.alone_seconds if prune.alone_seconds else 0.0
     hourly = LAB_TRIGGERS_PER_DAY / 24
-    statuses = ", ".join(
-        f"{count} answered {status}" for status, count in prune.statuses_during().items()
-    )
+    statuses = ", ".join(f"{status}: {count}" for status, count in prune.statuses_during().items())
     lines = [
         "",
         f"{sub} {_prune_title(prune)}",
@@ -325,7 +324,7 @@ def _prune_lines(prune: PruneResult, sub: str) -> list[str]:
         f"| Prune in the tower | {prune.tower_deleted:,} rows deleted, ended "
         f"{prune.prune_ended:.1f} s after `/healthz` answered |",
         f"| POSTs sent during the prune | {len(during)}: longest wait "
-        f"{prune.longest_wait:.2f} s; answers {statuses or 'none'} |",
+        f"{prune.longest_wait:.2f} s; statuses {statuses or 'none'} |",
         f"| POSTs after it | {len(after)}, p50 {after_p50:.1f} ms |",
         f"| Journal on disk after | {prune.file_bytes_after / 1e6:,.0f} MB |",
         "",
@@ -350,6 +349,7 @@ def _prune_lines(prune: PruneResult, sub: str) -> list[str]:
             "commit in between."
         )
         if rate:
+            lines.append("")
             lines.append(
                 f"At lab scale the hourly prune deletes about {hourly:,.0f} rows: about "
                 f"{hourly / rate * 1e3:,.0f} ms at this rate, a pause no client notices. A "
