@@ -55,6 +55,11 @@ fmt: _venv
 bench *args: _venv
     {{bin}}/python -m bench {{args}}
 
+# Measure how each cost grows with the work and plot it; writes docs/growth.md
+# and docs/growth/*.png.
+bench-growth *args: _venv
+    {{bin}}/python -m bench.growth {{args}}
+
 # Mutation-test the modules that carry the guarantees (about an hour on two
 # cores; results are cached in mutants/, so a rerun checks only what changed).
 mutate *args: _venv

@@ -27,7 +27,7 @@ from ._growth import (
     size_text,
     sized_trigger,
 )
-from ._publisher_bench import _tower_round, make_triggers
+from ._publisher_bench import _Clock, _tower_round, make_triggers
 
 if TYPE_CHECKING:
     from collections.abc import Callable, Sequence
@@ -50,11 +50,13 @@ def _round(
             **({} if window is None else {"TOWER_CONFIRM_WINDOW": str(window)}),
         }
     )
-    seconds, cpu_seconds, _ = trio.run(_tower_round, settings, triggers)
+    clock = _Clock(broker_pid=None)
+    trio.run(_tower_round, settings, triggers, clock)
+    measured = clock.round(len(triggers))
     stored = purge_queue(vhost.url, exchange)
     if stored != len(triggers):
         raise BenchError(f"the queue held {stored} messages after {len(triggers)} were confirmed")
-    return len(triggers) / seconds, cpu_seconds / len(triggers) * 1e6
+    return measured.rate, measured.cpu_per_message * 1e6
 
 
 def run_publisher_growth(

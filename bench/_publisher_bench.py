@@ -1,21 +1,39 @@
-"""Publisher throughput: the tower's publisher against aio-pika.
+"""Publisher throughput: the tower's publisher against aio-pika and against its own ceiling.
 
-Both sides publish the same pre-built bodies, persistent, to a durable
+Every side publishes the same pre-built bodies, persistent, to a durable
 topic exchange with a durable queue bound to it, on a publisher-confirms
-channel with at most 256 messages unconfirmed, and the clock runs from the
-first message handed over until the broker has confirmed the last one.
-Connecting and declaring happen before the clock starts on both sides;
-building each message's properties happens inside it on both sides.
+channel, and the clock runs from the first message handed over until the
+broker has confirmed the last one. Connecting and declaring happen before
+the clock starts on every side.
 
-The tower side is the real thing: ``Publisher.serve`` fed through a trio
-memory channel, exactly as the HTTP API and the plugins feed it, so its
-figure includes committing every trigger to the journal (SQLite, fsynced)
-before publishing it; aio-pika has no such step.
+* **tower-trio**: the real thing. ``Publisher.serve`` fed through a trio
+  memory channel, exactly as the HTTP API and the plugins feed it, so its
+  figure includes committing every trigger to the journal (SQLite, fsynced)
+  and recording every confirm there.
+* **aio-pika**: ``in_flight`` coroutines, each publishing and awaiting its
+  confirm; no journal.
+* **tower-trio's AMQP client, no journal**: ``tower_trio.amqp`` publishing the
+  same stored triggers with the publisher's property templates and window,
+  awaiting the last confirm. The tower minus this is what the journal (and
+  the publisher's bookkeeping around it) costs.
+* **bare trio + pamqp** (``bench/_bare_amqp.py``): the ceiling of any trio
+  publisher of these messages, with the tower's window.
+
+Fairness and stability: every side runs once as a warm-up (not counted);
+the inputs are built before the first round and then frozen out of the
+garbage collector's sight (``gc.freeze``), so that no side's collections
+scan another's data; each timed run starts from a collected heap; and the
+order of the sides rotates from round to round, so that a drift of the
+machine favours none. Each round also records what the broker and the rest
+of the machine did while the clock ran, since on a shared machine that is
+what makes a round weak.
 """
 
 from __future__ import annotations
 
 import asyncio
+import gc
+import os
 import tempfile
 import time
 import uuid
@@ -27,13 +45,15 @@ import aio_pika
 import attrs
 import trio
 
-from tower_trio import Metadata, Trigger
+from tower_trio import Metadata, Trigger, amqp
 from tower_trio._channel import Submission
 from tower_trio._config import Settings
 from tower_trio._journal import SQLiteStorage, open_journal
-from tower_trio._message import APP_ID
+from tower_trio._message import APP_ID, PropertyTemplates
 from tower_trio._publisher import Publisher
+from tower_trio._storage import Outgoing
 
+from ._bare_amqp import open_bare_connection
 from ._broker import declare_bound_queue, purge_queue
 from ._common import BenchError, median, own_cpu_seconds, ratio
 
@@ -42,12 +62,29 @@ if TYPE_CHECKING:
 
     from ._broker import Vhost
 
-__all__ = ["PublisherResult", "Round", "make_triggers", "run_publisher_bench"]
+__all__ = [
+    "AIO_PIKA",
+    "BARE",
+    "CLIENT",
+    "SIDES",
+    "TOWER",
+    "PublisherResult",
+    "Round",
+    "make_triggers",
+    "run_publisher_bench",
+]
 
 TOWER = "tower-trio"
 AIO_PIKA = "aio-pika"
+CLIENT = "tower-trio AMQP client, no journal"
+BARE = "bare trio + pamqp"
+SIDES = (TOWER, AIO_PIKA, CLIENT, BARE)
+
+WARM_UP_MESSAGES = 5000
+"""Messages each side publishes in its warm-up run (at most the round's)."""
 
 _API_VERSIONS = ("OT-2/v1alpha1", "TecanSpark/v1alpha1/Spark2", "Hamilton-STAR/v2beta1")
+_BROKER_PROCESS = b"beam.smp"
 
 
 @attrs.frozen
@@ -56,6 +93,14 @@ class Round:
     seconds: float
     cpu_seconds: float
     """CPU time of this process (every thread) while the clock ran."""
+    loop_cpu_seconds: float | None = None
+    """CPU time of the thread that ran the event loop; the rest of ``cpu_seconds`` is
+    worker threads' (for tower-trio: the journal's SQLite work)."""
+    broker_cpu_seconds: float | None = None
+    """CPU time of the broker's process while the clock ran; None if it was not found."""
+    other_cores: float | None = None
+    """Cores busy, on average while the clock ran, with anything but this process and
+    the broker (other programs, the kernel's own work, a hypervisor's steal)."""
 
     @property
     def rate(self) -> float:
@@ -65,6 +110,18 @@ class Round:
     def cpu_per_message(self) -> float:
         return self.cpu_seconds / self.messages
 
+    @property
+    def loop_cpu_per_message(self) -> float | None:
+        if self.loop_cpu_seconds is None:
+            return None
+        return self.loop_cpu_seconds / self.messages
+
+    @property
+    def broker_cpu_per_message(self) -> float | None:
+        if self.broker_cpu_seconds is None:
+            return None
+        return self.broker_cpu_seconds / self.messages
+
 
 @attrs.frozen
 class PublisherResult:
@@ -72,8 +129,11 @@ class PublisherResult:
     body_bytes: int
     in_flight: int
     tower_window: int
-    tower_rounds: tuple[Round, ...]
-    aio_pika_rounds: tuple[Round, ...]
+    rounds: tuple[dict[str, Round], ...]
+    """Each measured round, every side's run in it (the warm-up is left out)."""
+    orders: tuple[tuple[str, ...], ...] = ()
+    """The order the sides ran in, each round."""
+    cores: int = 0
 
     journal_bytes_per_trigger: float = 0.0
     """The journal's size on disk (database and WAL) after a round, per trigger."""
@@ -82,27 +142,61 @@ class PublisherResult:
     def tower_window_text(self) -> str:
         return f"a confirm window of {self.tower_window}"
 
+    def runs(self, side: str) -> tuple[Round, ...]:
+        return tuple(round_[side] for round_ in self.rounds)
+
+    def rate(self, side: str) -> float:
+        """Median msgs/s."""
+        return median([run.rate for run in self.runs(side)])
+
+    def cpu(self, side: str) -> float:
+        """Median CPU seconds per message."""
+        return median([run.cpu_per_message for run in self.runs(side)])
+
+    def loop_cpu(self, side: str) -> float | None:
+        """Median CPU seconds per message in the event loop's thread, where known."""
+        values = [run.loop_cpu_per_message for run in self.runs(side)]
+        known = [value for value in values if value is not None]
+        return median(known) if known and len(known) == len(values) else None
+
+    def broker_cpu(self, side: str) -> float | None:
+        """Median broker CPU seconds per message, where known."""
+        values = [run.broker_cpu_per_message for run in self.runs(side)]
+        known = [value for value in values if value is not None]
+        return median(known) if known and len(known) == len(values) else None
+
+    def round_ratios(self, side: str, against: str) -> tuple[float, ...]:
+        """``side``'s msgs/s over ``against``'s, round by round."""
+        return tuple(ratio(round_[side].rate, round_[against].rate) for round_ in self.rounds)
+
+    def ratio_of(self, side: str, against: str) -> float:
+        """Median msgs/s over median msgs/s."""
+        return ratio(self.rate(side), self.rate(against))
+
+    def lowest_ratio(self, side: str, against: str) -> float:
+        return min(self.round_ratios(side, against))
+
+    # The names the rest of the harness has always read.
+
     @property
     def tower(self) -> float:
-        """Median msgs/s."""
-        return median([round_.rate for round_ in self.tower_rounds])
+        return self.rate(TOWER)
 
     @property
     def aio_pika(self) -> float:
-        return median([round_.rate for round_ in self.aio_pika_rounds])
+        return self.rate(AIO_PIKA)
 
     @property
     def tower_cpu(self) -> float:
-        """Median CPU seconds per message."""
-        return median([round_.cpu_per_message for round_ in self.tower_rounds])
+        return self.cpu(TOWER)
 
     @property
     def aio_pika_cpu(self) -> float:
-        return median([round_.cpu_per_message for round_ in self.aio_pika_rounds])
+        return self.cpu(AIO_PIKA)
 
     @property
     def ratio(self) -> float:
-        return ratio(self.tower, self.aio_pika)
+        return self.ratio_of(TOWER, AIO_PIKA)
 
 
 def make_triggers(count: int) -> list[Trigger]:
@@ -118,6 +212,125 @@ def make_triggers(count: int) -> list[Trigger]:
     ]
 
 
+def _outgoing(triggers: Sequence[Trigger]) -> list[Outgoing]:
+    """The triggers as the publisher reads them from the journal."""
+    return [
+        Outgoing(
+            seq,
+            trigger.uuid,
+            trigger.routing_key,
+            trigger.protocol,
+            trigger.metadata.source,
+            Submission.of(trigger).body,
+            trigger.created_at.timestamp(),
+            0,
+        )
+        for seq, trigger in enumerate(triggers, start=1)
+    ]
+
+
+class _Clock:
+    """Times one run: wall clock, this process's CPU, the broker's and the machine's.
+
+    A side calls ``start`` once it is connected and its inputs are built, and
+    ``stop`` once the broker has confirmed its last message. The broker's and
+    the other processes' CPU come from each thread's scheduler statistics
+    (``/proc/<pid>/task/<tid>/schedstat``, in nanoseconds), read just outside
+    the window so that reading them does not count as this process's CPU.
+    """
+
+    def __init__(self, broker_pid: int | None) -> None:
+        self._broker = broker_pid
+        self._started: _Sample | None = None
+        self._stopped: _Sample | None = None
+        self._machine_before: dict[tuple[int, int], int] = {}
+        self._machine_after: dict[tuple[int, int], int] = {}
+
+    def start(self) -> None:
+        self._machine_before = _runtimes()
+        self._started = _Sample.now()
+
+    def stop(self) -> None:
+        self._stopped = _Sample.now()
+        self._machine_after = _runtimes()
+
+    def stop_later(self) -> Callable[[], None]:
+        """Stop now, but keep a way to move the stop to a later moment."""
+        self.stop()
+        return self.stop
+
+    def round(self, messages: int) -> Round:
+        started, stopped = self._started, self._stopped
+        if started is None or stopped is None:
+            raise BenchError("a publisher run ended without its clock started and stopped")
+        seconds = stopped.wall - started.wall
+        broker = others = 0
+        ours = os.getpid()
+        before = self._machine_before
+        for task, runtime in self._machine_after.items():
+            # A thread that started meanwhile ran only inside the window.
+            spent = runtime - before.get(task, 0)
+            if task[0] == self._broker:
+                broker += spent
+            elif task[0] != ours:
+                others += spent
+        return Round(
+            messages,
+            seconds,
+            stopped.cpu - started.cpu,
+            loop_cpu_seconds=stopped.thread - started.thread,
+            broker_cpu_seconds=None if self._broker is None else broker / 1e9,
+            other_cores=others / 1e9 / seconds if self._machine_after else None,
+        )
+
+
+@attrs.frozen
+class _Sample:
+    wall: float
+    cpu: float
+    """This process's CPU time."""
+    thread: float
+    """The calling thread's CPU time: start and stop are called from the event loop."""
+
+    @classmethod
+    def now(cls) -> _Sample:
+        return cls(time.perf_counter(), own_cpu_seconds(), time.thread_time())
+
+
+def _runtimes() -> dict[tuple[int, int], int]:
+    """Nanoseconds each thread on the machine has run, by (process, thread)."""
+    runtimes = {}
+    try:
+        processes = [entry for entry in os.listdir("/proc") if entry.isdigit()]
+    except OSError:
+        return {}
+    for pid in processes:
+        try:
+            threads = os.listdir(f"/proc/{pid}/task")
+        except OSError:
+            continue  # Ended meanwhile.
+        for tid in threads:
+            try:
+                with open(f"/proc/{pid}/task/{tid}/schedstat", "rb") as stat:
+                    runtimes[int(pid), int(tid)] = int(stat.read().split()[0])
+            except (OSError, ValueError, IndexError):
+                continue
+    return runtimes
+
+
+def _broker_pid() -> int | None:
+    """The local RabbitMQ's Erlang VM, if exactly one runs here and /proc shows it."""
+    found = []
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                if (entry / "comm").read_bytes().strip() == _BROKER_PROCESS:
+                    found.append(int(entry.name))
+            except OSError:
+                continue
+    return found[0] if len(found) == 1 else None
+
+
 def run_publisher_bench(
     vhost: Vhost,
     *,
@@ -127,125 +340,212 @@ def run_publisher_bench(
     tower_window: int | None = None,
     report: Callable[[str], None],
 ) -> PublisherResult:
-    """Alternate the two sides for ``rounds`` rounds, checking every message was stored."""
+    """Run every side once to warm up, then ``rounds`` rounds, checking every message was stored."""
     triggers = make_triggers(messages)
     suffix = uuid.uuid4().hex[:8]
-    # Queues and exchanges are separate namespaces, so each queue takes its exchange's name.
-    tower_exchange = f"bench.publisher.tower.{suffix}"
-    pika_exchange = f"bench.publisher.aio-pika.{suffix}"
-    declare_bound_queue(vhost.url, tower_exchange, tower_exchange)
-    declare_bound_queue(vhost.url, pika_exchange, pika_exchange)
     settings = Settings.from_environ(
         {
             "TOWER_AMQP_URL": vhost.url,
-            "TOWER_EXCHANGE": tower_exchange,
+            "TOWER_EXCHANGE": f"bench.publisher.tower.{suffix}",
             # The tower runs as shipped (its default window) unless told otherwise;
             # aio-pika keeps `in_flight` unconfirmed, as the comparison asks.
             **({} if tower_window is None else {"TOWER_CONFIRM_WINDOW": str(tower_window)}),
         }
     )
+    window = settings.confirm_window
+    # Queues and exchanges are separate namespaces, so each queue takes its exchange's name.
+    exchanges = {
+        TOWER: settings.exchange,
+        AIO_PIKA: f"bench.publisher.aio-pika.{suffix}",
+        CLIENT: f"bench.publisher.client.{suffix}",
+        BARE: f"bench.publisher.bare.{suffix}",
+    }
+    for exchange in exchanges.values():
+        declare_bound_queue(vhost.url, exchange, exchange)
     prepared = [_Prepared.of(trigger) for trigger in triggers]
-
+    outgoing = _outgoing(triggers)
     journal_bytes: list[int] = []
 
-    def tower_round() -> tuple[float, float]:
-        seconds, cpu_seconds, size = trio.run(_tower_round, settings, triggers)
-        journal_bytes.append(size)
-        return seconds, cpu_seconds
+    def tower(count: int, clock: _Clock) -> None:
+        size = trio.run(_tower_round, settings, triggers[:count], clock)
+        if count == messages:
+            journal_bytes.append(size)
 
-    def pika_round() -> tuple[float, float]:
-        return asyncio.run(_aio_pika_round(vhost.url, pika_exchange, prepared, in_flight))
+    def pika(count: int, clock: _Clock) -> None:
+        asyncio.run(
+            _aio_pika_round(vhost.url, exchanges[AIO_PIKA], prepared[:count], in_flight, clock)
+        )
 
-    sides: dict[str, tuple[Callable[[], tuple[float, float]], str, list[Round]]] = {
-        TOWER: (tower_round, tower_exchange, []),
-        AIO_PIKA: (pika_round, pika_exchange, []),
+    def client(count: int, clock: _Clock) -> None:
+        trio.run(_client_round, vhost.url, exchanges[CLIENT], outgoing[:count], window, clock)
+
+    def bare(count: int, clock: _Clock) -> None:
+        trio.run(_bare_round, vhost, exchanges[BARE], outgoing[:count], window, clock)
+
+    sides: dict[str, Callable[[int, _Clock], None]] = {
+        TOWER: tower,
+        AIO_PIKA: pika,
+        CLIENT: client,
+        BARE: bare,
     }
-    for round_index in range(rounds):
-        # Alternating who goes first keeps a drift of the machine from favouring one side.
-        order = (TOWER, AIO_PIKA) if round_index % 2 == 0 else (AIO_PIKA, TOWER)
-        for name in order:
-            run, queue, results = sides[name]
-            seconds, cpu_seconds = run()
-            stored = purge_queue(vhost.url, queue)
-            if stored != messages:
-                raise BenchError(
-                    f"{name} round {round_index + 1}: the queue held {stored} messages "
-                    f"after {messages} were confirmed"
-                )
-            result = Round(messages, seconds, cpu_seconds)
-            results.append(result)
-            report(
-                f"  round {round_index + 1}: {name:<10} {result.rate:>9,.0f} msgs/s "
-                f"({seconds:.3f} s, CPU {result.cpu_per_message * 1e6:.0f} µs/msg, "
-                f"{stored} stored)"
+    broker = _broker_pid()
+    # Everything built so far lives to the end: out of the collector's sight, no
+    # side's collections pay for scanning it.
+    gc.collect()
+    gc.freeze()
+
+    def run(name: str, count: int, label: str) -> Round:
+        gc.collect()
+        clock = _Clock(broker)
+        sides[name](count, clock)
+        stored = purge_queue(vhost.url, exchanges[name])
+        if stored != count:
+            raise BenchError(
+                f"{name} {label}: the queue held {stored} messages after {count} were confirmed"
             )
+        result = clock.round(count)
+        report(f"  {label}: {name:<34} {_describe(result)}")
+        return result
+
+    warm_up = min(messages, WARM_UP_MESSAGES)
+    for name in SIDES:
+        run(name, warm_up, "warm-up")
+    results: list[dict[str, Round]] = []
+    orders: list[tuple[str, ...]] = []
+    try:
+        for index in range(rounds):
+            # Each side takes each place in turn: a machine that slows down or
+            # speeds up over the run favours none of them.
+            order = SIDES[index % len(SIDES) :] + SIDES[: index % len(SIDES)]
+            orders.append(order)
+            results.append({name: run(name, messages, f"round {index + 1}") for name in order})
+            report(
+                f"  round {index + 1}: tower-trio / aio-pika "
+                f"{ratio(results[-1][TOWER].rate, results[-1][AIO_PIKA].rate):.2f}x, "
+                f"/ bare loop {ratio(results[-1][TOWER].rate, results[-1][BARE].rate):.2f}x, "
+                f"client / bare loop "
+                f"{ratio(results[-1][CLIENT].rate, results[-1][BARE].rate):.2f}x"
+            )
+    finally:
+        gc.unfreeze()
     return PublisherResult(
         messages=messages,
         body_bytes=round(sum(len(item.body) for item in prepared) / len(prepared)),
         in_flight=in_flight,
-        tower_window=settings.confirm_window,
-        tower_rounds=tuple(sides[TOWER][2]),
-        aio_pika_rounds=tuple(sides[AIO_PIKA][2]),
+        tower_window=window,
+        rounds=tuple(results),
+        orders=tuple(orders),
+        cores=os.cpu_count() or 0,
         journal_bytes_per_trigger=median([float(size) for size in journal_bytes]) / messages,
     )
 
 
-async def _tower_round(settings: Settings, triggers: Sequence[Trigger]) -> tuple[float, float, int]:
-    """Seconds, CPU seconds, and the journal's size on disk (database and WAL) after."""
+def _describe(result: Round) -> str:
+    loop = result.loop_cpu_per_message
+    threads = "" if loop is None else f", {loop * 1e6:.0f} in the loop's thread"
+    broker = result.broker_cpu_per_message
+    machine = "" if broker is None else f", broker {broker * 1e6:.0f} µs/msg"
+    if result.other_cores is not None:
+        machine += f", others {result.other_cores:.2f} cores"
+    return (
+        f"{result.rate:>7,.0f} msgs/s ({result.seconds:.3f} s, "
+        f"CPU {result.cpu_per_message * 1e6:.0f} µs/msg{threads}{machine})"
+    )
+
+
+async def _tower_round(settings: Settings, triggers: Sequence[Trigger], clock: _Clock) -> int:
+    """Publish through the tower; returns the journal's size on disk (database and WAL) after."""
     with tempfile.TemporaryDirectory(prefix="tower-trio-bench-journal-") as data_dir:
         # A fresh journal per round, so that no round starts with a backlog.
         journal = open_journal(Path(data_dir))
         try:
-            seconds, cpu_seconds = await _publish_through(
-                Publisher(settings, SQLiteStorage(journal)), settings, triggers
+            await _publish_through(
+                Publisher(settings, SQLiteStorage(journal)), settings, triggers, clock
             )
-            return seconds, cpu_seconds, journal.size_bytes()
+            return journal.size_bytes()
         finally:
             journal.close()
 
 
 async def _publish_through(
-    publisher: Publisher, settings: Settings, triggers: Sequence[Trigger]
-) -> tuple[float, float]:
-    """Seconds and CPU seconds from the first send until all are confirmed."""
+    publisher: Publisher, settings: Settings, triggers: Sequence[Trigger], clock: _Clock
+) -> None:
+    """Feed ``triggers`` to the running publisher; the clock runs until all are confirmed."""
     send_channel, receive_channel = trio.open_memory_channel[Submission](settings.channel_size)
     # Bodies are serialized here, before the clock, as aio-pika's are.
     submissions = [Submission.of(trigger) for trigger in triggers[:-1]]
     last = Submission.of(triggers[-1], wait_published=True)
     submissions.append(last)
-    drained_at = 0.0
+    restop: Callable[[], None] | None = None
 
     async def serve(*, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
-        nonlocal drained_at
         await publisher.serve(receive_channel, task_status=task_status)
-        drained_at = time.perf_counter()
+        if restop is not None:
+            restop()
 
     async with trio.open_nursery() as nursery:
         await nursery.start(serve)
         before = publisher.statistics()
         if not before.connected:
             raise BenchError(f"the tower's publisher could not connect: {before.last_error}")
-        cpu_started = own_cpu_seconds()
-        started = time.perf_counter()
+        clock.start()
         async with send_channel:
             for submission in submissions:
                 await send_channel.send(submission)
         await last.wait_settled()
-        settled_at = time.perf_counter()
-        cpu_settled = own_cpu_seconds()
-        at_last = publisher.statistics()
+        stop = clock.stop_later()
+        # Confirms settle in publish order, so the last settling means all did,
+        # unless a nack sent one round again; then the drain is the honest end.
+        if publisher.statistics().published != len(triggers):
+            restop = stop
     stats = publisher.statistics()
     if stats.published != len(triggers):
         raise BenchError(
             f"the tower's publisher confirmed {stats.published} of {len(triggers)} "
             f"(unroutable {stats.unroutable}, failed {stats.failed}, nacked {stats.nacked})"
         )
-    # Confirms settle in publish order, so the last settling means all did,
-    # unless a nack sent one round again; then the drain is the honest end.
-    cpu_seconds = cpu_settled - cpu_started
-    if at_last.published == len(triggers):
-        return settled_at - started, cpu_seconds
-    return drained_at - started, cpu_seconds
+
+
+async def _client_round(
+    url: str, exchange: str, outgoing: Sequence[Outgoing], window: int, clock: _Clock
+) -> None:
+    """The tower's AMQP client alone: what the publisher sends, as it sends it, no journal."""
+    templates = PropertyTemplates()
+    async with (
+        amqp.open_connection(url) as connection,
+        connection.open_channel(confirm=True, window=window) as channel,
+    ):
+        confirmations = []
+        clock.start()
+        for item in outgoing:
+            confirmations.append(
+                await channel.publish(
+                    exchange,
+                    item.routing_key,
+                    item.body,
+                    properties=templates(item),
+                    mandatory=True,
+                )
+            )
+        # Confirms come in publish order: the last one means all of them.
+        await confirmations[-1].wait()
+        clock.stop()
+    answered = [c.outcome for c in confirmations if c.outcome is not amqp.Outcome.ACK]
+    if answered:
+        raise BenchError(f"the AMQP client's loop got {len(answered)} answers other than ack")
+
+
+async def _bare_round(
+    vhost: Vhost, exchange: str, outgoing: Sequence[Outgoing], window: int, clock: _Clock
+) -> None:
+    url = amqp.URL.parse(vhost.url)
+    async with open_bare_connection(
+        url.host, url.port, url.username, url.password, url.vhost
+    ) as connection:
+        frames = connection.encode(exchange, outgoing)
+        clock.start()
+        await connection.publish_all(frames, window)
+        clock.stop()
 
 
 @attrs.frozen
@@ -270,8 +570,8 @@ class _Prepared:
 
 
 async def _aio_pika_round(
-    url: str, exchange_name: str, prepared: Sequence[_Prepared], in_flight: int
-) -> tuple[float, float]:
+    url: str, exchange_name: str, prepared: Sequence[_Prepared], in_flight: int, clock: _Clock
+) -> None:
     async with await aio_pika.connect(url) as connection:
         channel = await connection.channel(publisher_confirms=True)
         exchange = await channel.declare_exchange(
@@ -295,7 +595,6 @@ async def _aio_pika_round(
                 )
                 await exchange.publish(message, routing_key=item.routing_key)
 
-        cpu_started = own_cpu_seconds()
-        started = time.perf_counter()
+        clock.start()
         await asyncio.gather(*(publish_some() for _ in range(in_flight)))
-        return time.perf_counter() - started, own_cpu_seconds() - cpu_started
+        clock.stop()

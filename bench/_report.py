@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING
 import attrs
 
 from ._broker import broker_version
-from ._common import REPO_ROOT, ratio
+from ._common import REPO_ROOT, median, ratio
 from ._http_bench import (
     CEILING,
     CONTENDERS,
@@ -23,15 +23,19 @@ from ._http_bench import (
     TOWER_PUBLISHED,
     TOWER_WATCHED,
 )
+from ._idle import FOLDER_WATCHERS, SCHEDULES
 from ._load import generator_name
 from ._peer_fastapi import uvicorn_stack
+from ._publisher_bench import AIO_PIKA, BARE, CLIENT, SIDES
+from ._publisher_bench import TOWER as TOWER_PUBLISHER
 
 if TYPE_CHECKING:
     from ._http_bench import Contender, HttpResult
     from ._idle import IdleResult
-    from ._publisher_bench import PublisherResult, Round
+    from ._publisher_bench import PublisherResult
 
 __all__ = [
+    "CEILING_TARGET",
     "CONSOLE_TARGET",
     "HTTP_TARGET",
     "IDLE_TARGET",
@@ -45,6 +49,9 @@ __all__ = [
 ]
 
 PUBLISHER_TARGET = 2.0
+"""tower-trio over aio-pika, in every round."""
+CEILING_TARGET = 0.9
+"""tower-trio over the bare trio + pamqp loop."""
 HTTP_TARGET = 1.0
 NO_JOURNAL_TARGET = 0.9
 CONSOLE_TARGET = 0.95
@@ -193,6 +200,14 @@ def render_markdown(
     lines.extend(
         [
             "",
+            "## Growth curves",
+            "",
+            "How each cost grows with the work (body size, journal rows and pruning, confirm "
+            "window, message size, idle connections, triggers pending while the broker is "
+            "away), one run each, with its plot and a verdict (flat, linear or worse) read "
+            "against the lab scale assumed: [growth.md](growth.md), written by "
+            "`just bench-growth` (about 8 minutes; it names its own commit and machine).",
+            "",
             "## Reproducing",
             "",
             "Run `just bench` from the repository root with RabbitMQ running locally "
@@ -220,10 +235,23 @@ def _summary(
         "| --- | ---: | ---: | ---: | --- | --- |",
     ]
     if publisher is not None:
+        lowest = publisher.lowest_ratio(TOWER_PUBLISHER, AIO_PIKA)
         lines.append(
-            f"| Publisher msgs/s (vs aio-pika) | {publisher.tower:,.0f} | "
-            f"{publisher.aio_pika:,.0f} | {publisher.ratio:.2f}x | ≥ {PUBLISHER_TARGET:.1f}x | "
-            f"{verdict(publisher.ratio >= PUBLISHER_TARGET)} |"
+            f"| Publisher msgs/s (vs aio-pika), lowest round | {publisher.tower:,.0f} | "
+            f"{publisher.aio_pika:,.0f} | {lowest:.2f}x (median {publisher.ratio:.2f}x) | "
+            f"≥ {PUBLISHER_TARGET:.1f}x in every round | "
+            f"{verdict(lowest >= PUBLISHER_TARGET)} |"
+        )
+        ceiling = publisher.ratio_of(TOWER_PUBLISHER, BARE)
+        lines.append(
+            f"| Publisher msgs/s (vs a bare trio + pamqp loop, the ceiling) | "
+            f"{publisher.tower:,.0f} | {publisher.rate(BARE):,.0f} | {ceiling:.2f}x | "
+            f"≥ {CEILING_TARGET:.1f}x | {verdict(ceiling >= CEILING_TARGET)} |"
+        )
+        lines.append(
+            f"| Publisher msgs/s without the journal: the AMQP client alone (vs the bare loop) | "
+            f"{publisher.rate(CLIENT):,.0f} | {publisher.rate(BARE):,.0f} | "
+            f"{publisher.ratio_of(CLIENT, BARE):.2f}x | | |"
         )
         lines.append(
             f"| Journal bytes on disk per trigger (database + WAL) | "
@@ -273,51 +301,171 @@ def _summary(
                 f"{ratio(peer_cpu, tower_cpu):.2f}x | | |"
             )
     if idle is not None:
-        budget = idle.budget(IDLE_TARGET)
+        measured = idle.measured
+        budget = measured.budget(IDLE_TARGET)
         lines.append(
-            f"| Idle CPU s in {idle.seconds:.0f} s | {idle.cpu_seconds:.2f} | | | "
-            f"< {budget:.3f} | {verdict(idle.cpu_seconds < budget)} |"
+            f"| Idle CPU s in {measured.seconds:.0f} s, {measured.plugins} idle plugins | "
+            f"{measured.cpu_seconds:.2f} | | | "
+            f"< {budget:.3f} | {verdict(measured.cpu_seconds < budget)} |"
         )
     return lines
 
 
+def _micro(value: float | None) -> str:
+    return "" if value is None else f"{value * 1e6:.0f}"
+
+
 def _publisher_section(result: PublisherResult) -> list[str]:
-    rounds = len(result.tower_rounds)
+    rounds = len(result.rounds)
+    tower = TOWER_PUBLISHER
 
-    def each(rounds: tuple[Round, ...]) -> str:
-        return ", ".join(f"{round_.rate:,.0f}" for round_ in rounds)
+    def row(side: str) -> str:
+        loop = result.loop_cpu(side)
+        workers = None if loop is None else result.cpu(side) - loop
+        each = ", ".join(f"{run.rate:,.0f}" for run in result.runs(side))
+        return (
+            f"| {side} | {result.rate(side):,.0f} | {result.cpu(side) * 1e6:.0f} | "
+            f"{_micro(workers)} | {_micro(result.broker_cpu(side))} | {each} |"
+        )
 
-    return [
+    lowest = result.lowest_ratio(tower, AIO_PIKA)
+    ceiling = result.ratio_of(tower, BARE)
+    client = result.ratio_of(CLIENT, BARE)
+    journal_cpu = result.cpu(tower) - result.cpu(CLIENT)
+    tower_loop, client_loop = result.loop_cpu(tower), result.loop_cpu(CLIENT)
+    lines = [
         "",
         "## Publisher throughput",
         "",
         f"{result.messages:,} triggers (JSON bodies of {result.body_bytes} bytes on average), "
         "persistent, to a durable topic exchange with a durable queue bound to it, publisher "
-        f"confirms on; aio-pika keeps at most {result.in_flight} unconfirmed, tower-trio "
-        f"runs with {result.tower_window_text}. The clock runs from the first "
-        "message handed over to the last confirm; connecting, declaring and serializing the "
-        f"bodies happen before it. Median of {rounds} rounds, the two sides alternating. CPU "
-        "is the publishing process's own (all its threads) while the clock ran.",
+        f"confirms on, mandatory; aio-pika keeps at most {result.in_flight} unconfirmed, the "
+        f"other three run with {result.tower_window_text} (the tower's). The clock runs "
+        "from the first message handed over to the last confirm; connecting, declaring and "
+        "serializing the bodies happen before it. Every side runs once as a warm-up (not "
+        f"counted), then {rounds} rounds, the order of the sides rotating from round to "
+        "round; every timed run starts from a collected heap, and the inputs are frozen out "
+        "of the collector's sight. CPU is the publishing process's own (all its threads) "
+        "while the clock ran; the broker's is RabbitMQ's Erlang VM's over the same time.",
         "",
-        "- **tower-trio**: `Publisher.serve` fed through a trio memory channel, as the HTTP "
-        "API and the plugins feed it: each trigger is committed to the journal (SQLite, "
-        "fsynced) and then published on the project's own AMQP client. Its confirm window is "
-        "a setting of the tower (`TOWER_CONFIRM_WINDOW`); the figures are for the tower as "
-        "shipped unless the report says otherwise.",
+        "- **tower-trio**: `Publisher.serve` fed through a trio memory channel, one "
+        "`send` per trigger, as the HTTP API and the plugins feed it: each trigger is "
+        "committed to the journal (SQLite, fsynced) and then published on the project's "
+        "own AMQP client, and each confirm is recorded in the journal. Its confirm window "
+        "is a setting of the tower (`TOWER_CONFIRM_WINDOW`); the figures are for the tower "
+        "as shipped unless the report says otherwise.",
         f"- **aio-pika**: {result.in_flight} coroutines, each publishing and awaiting its "
         "confirm on one confirm-mode channel; no journal.",
+        f"- **{CLIENT}**: the project's AMQP client (`tower_trio.amqp`) publishing the "
+        "same triggers as the publisher does (its property templates, its window, "
+        "mandatory) and awaiting the last confirm: the tower without the journal, the "
+        "hand-over from the sources and the publisher's bookkeeping.",
+        f"- **{BARE}** (`bench/_bare_amqp.py`): the ceiling. One trio task on one socket, "
+        "a minimal handshake, one confirm-mode channel; it writes as many messages as the "
+        "window has room for in one `send_all` and counts the broker's acks. Its frames "
+        "are marshalled by pamqp before the clock starts (pamqp's encoding of the "
+        "properties alone costs more CPU than the tower's whole client), so while the clock "
+        "runs it only writes bytes and counts acks. It keeps no journal, has no "
+        "per-message outcomes (it stops at anything but an ack), no heartbeats, no flow "
+        "control, no reconnects.",
         "",
-        "| Publisher | msgs/s (median) | CPU µs/msg (median) | msgs/s each round |",
-        "| --- | ---: | ---: | --- |",
-        f"| tower-trio | {result.tower:,.0f} | {result.tower_cpu * 1e6:.0f} | "
-        f"{each(result.tower_rounds)} |",
-        f"| aio-pika | {result.aio_pika:,.0f} | {result.aio_pika_cpu * 1e6:.0f} | "
-        f"{each(result.aio_pika_rounds)} |",
-        "",
-        f"tower-trio / aio-pika: **{result.ratio:.2f}x** msgs/s (target ≥ "
-        f"{PUBLISHER_TARGET:.1f}x: {verdict(result.ratio >= PUBLISHER_TARGET)}). Every "
-        "round's queue held every confirmed message.",
+        "| Publisher | msgs/s (median) | CPU µs/msg (median) | of which worker threads "
+        "| broker CPU µs/msg | msgs/s each round |",
+        "| --- | ---: | ---: | ---: | ---: | --- |",
     ]
+    lines.extend(row(side) for side in SIDES)
+    lines.extend(
+        [
+            "",
+            "| Round | order | tower-trio / aio-pika | tower-trio / bare loop | "
+            "client / bare loop |",
+            "| ---: | --- | ---: | ---: | ---: |",
+        ]
+    )
+    for index, round_ in enumerate(result.rounds):
+        order = ", ".join(_SHORT[side] for side in result.orders[index]) if result.orders else ""
+        lines.append(
+            f"| {index + 1} | {order} | "
+            f"{ratio(round_[tower].rate, round_[AIO_PIKA].rate):.2f}x | "
+            f"{ratio(round_[tower].rate, round_[BARE].rate):.2f}x | "
+            f"{ratio(round_[CLIENT].rate, round_[BARE].rate):.2f}x |"
+        )
+    lines.extend(
+        [
+            "",
+            "Every run, with what the machine did meanwhile: the broker's CPU per message "
+            "(it serves other clients too, if any), and how many cores the rest of the "
+            "machine kept busy (other programs, the kernel's own work, a hypervisor's steal).",
+            "",
+            "| Round | publisher | msgs/s | CPU µs/msg | broker CPU µs/msg | other cores busy |",
+            "| ---: | --- | ---: | ---: | ---: | ---: |",
+        ]
+    )
+    for index, round_ in enumerate(result.rounds):
+        sides = result.orders[index] if result.orders else tuple(round_)
+        lines.extend(
+            f"| {index + 1} | {side} | {round_[side].rate:,.0f} | "
+            f"{round_[side].cpu_per_message * 1e6:.0f} | "
+            f"{_micro(round_[side].broker_cpu_per_message)} | "
+            f"{'' if round_[side].other_cores is None else f'{round_[side].other_cores:.2f}'} |"
+            for side in sides
+        )
+    weakest = min(
+        range(rounds),
+        key=lambda index: ratio(
+            result.rounds[index][tower].rate, result.rounds[index][AIO_PIKA].rate
+        ),
+    )
+    lines.extend(
+        [
+            "",
+            f"- tower-trio / aio-pika: **{lowest:.2f}x** msgs/s in the weakest round, round "
+            f"{weakest + 1} (median {result.ratio:.2f}x; target ≥ {PUBLISHER_TARGET:.1f}x in "
+            f"every round: {verdict(lowest >= PUBLISHER_TARGET)}).{_weakest(result, weakest)}",
+            f"- tower-trio / bare trio + pamqp loop: **{ceiling:.2f}x** msgs/s (target ≥ "
+            f"{CEILING_TARGET:.1f}x: {verdict(ceiling >= CEILING_TARGET)}). The AMQP client "
+            f"alone reaches {client:.2f}x of the loop, and tower-trio "
+            f"{result.ratio_of(tower, CLIENT):.2f}x of the client: the rest of the tower "
+            f"costs {journal_cpu * 1e6:.0f} µs of CPU per message more than the client"
+            + (
+                ""
+                if tower_loop is None or client_loop is None
+                else f" ({(result.cpu(tower) - tower_loop) * 1e6:.0f} µs in the journal's "
+                "worker threads, SQLite's inserts, updates and commits; "
+                f"{(tower_loop - client_loop) * 1e6:.0f} µs more in the event loop's thread: "
+                "the hand-over from the sources, one scheduler pass per trigger, and the "
+                "publisher's bookkeeping)"
+            )
+            + ".",
+            f"- On {result.cores} cores the broker and the publisher share the CPU: what a "
+            "side spends per message, the broker cannot, so a side's rate follows its CPU "
+            "per message plus the broker's, and falls when the rest of the machine is busy.",
+            "- Every run's queue held every confirmed message.",
+        ]
+    )
+    return lines
+
+
+def _weakest(result: PublisherResult, index: int) -> str:
+    """What the machine did during the weakest round's tower-trio run, against the others."""
+    runs = result.runs(TOWER_PUBLISHER)
+    run = runs[index]
+    said = []
+    if run.other_cores is not None and all(r.other_cores is not None for r in runs):
+        usual = median([r.other_cores or 0.0 for r in runs])
+        said.append(f"{run.other_cores:.2f} other cores busy (median of its runs {usual:.2f})")
+    broker = run.broker_cpu_per_message
+    if broker is not None and (usual_broker := result.broker_cpu(TOWER_PUBLISHER)) is not None:
+        said.append(
+            f"the broker at {broker * 1e6:.0f} µs of CPU per message (median "
+            f"{usual_broker * 1e6:.0f})"
+        )
+    if not said:
+        return ""
+    return f" Its tower-trio run had {' and '.join(said)}."
+
+
+_SHORT = {TOWER_PUBLISHER: "tower", AIO_PIKA: "aio-pika", CLIENT: "client", BARE: "bare"}
 
 
 def _http_row(result: HttpResult, contender: Contender) -> str:
@@ -400,20 +548,34 @@ def _http_section(result: HttpResult, machine: Machine) -> list[str]:
 
 
 def _idle_section(result: IdleResult) -> list[str]:
-    budget = result.budget(IDLE_TARGET)
-    fine = (
-        ""
-        if result.cpu_seconds_fine is None
-        else f" (scheduler counters: {result.cpu_seconds_fine:.4f} s)"
-    )
-    return [
+    measured = result.measured
+    budget = measured.budget(IDLE_TARGET)
+    lines = [
         "",
         "## Idle CPU",
         "",
-        "`tower-trio run` with no plugins and the broker connected, measured from the moment "
-        f"`/readyz` answered 200, for {result.seconds:.1f} s with no traffic: user + system "
-        "CPU time of the process from `/proc/<pid>/stat`.",
+        "`tower-trio run` with the broker connected and no traffic, measured from the moment "
+        "`/readyz` answered 200 and every plugin ran: user + system CPU time of the process "
+        f"from `/proc/<pid>/stat`, over {measured.seconds:.1f} s. Twice: with no plugins, and "
+        f"with {measured.plugins} plugins that have nothing to do, as a lab's tower spends most "
+        f"of its time: {FOLDER_WATCHERS} folder watchers on empty folders (inotify, the "
+        f"default) and {SCHEDULES} schedules whose one entry fires once a year, each a copy of "
+        "the built-in under a name and configuration of its own.",
         "",
-        f"**{result.cpu_seconds:.2f} s** of CPU{fine}; target < {budget:.3f} s: "
-        f"{verdict(result.cpu_seconds < budget)}.",
+        "| Plugins | CPU s | scheduler counters, s |",
+        "| ---: | ---: | ---: |",
     ]
+    lines.extend(
+        f"| {run.plugins} | {run.cpu_seconds:.2f} | "
+        f"{'' if run.cpu_seconds_fine is None else f'{run.cpu_seconds_fine:.4f}'} |"
+        for run in result.runs
+    )
+    lines.extend(
+        [
+            "",
+            f"With {measured.plugins} idle plugins: **{measured.cpu_seconds:.2f} s** of CPU in "
+            f"{measured.seconds:.1f} s; target < {budget:.3f} s: "
+            f"{verdict(measured.cpu_seconds < budget)}.",
+        ]
+    )
+    return lines

@@ -558,6 +558,36 @@ class TestPrune:
         assert journal.prune(retention=50) == 0
         assert journal.pending_count() == 1
 
+    async def test_new_triggers_are_stored_between_two_batches_of_a_prune(
+        self, tmp_path: Path
+    ) -> None:
+        """A long prune holds the writer one batch at a time: ingest never waits for all of it."""
+        clock = Clock()
+        journal = open_journal(tmp_path, clock=clock)
+        storage = SQLiteStorage(journal, prune_batch=10)
+        try:
+            seqs = accepted(journal.append([entry(trigger(n)) for n in range(400)]))
+            journal.settle(Settlement(seq, "published", 1, None, clock.now) for seq in seqs)
+            clock.now += 100
+            finished: list[str] = []
+
+            async def prune() -> None:
+                assert await storage.prune(retention=50) == 400
+                finished.append("prune")
+
+            async def append() -> None:
+                await storage.append([entry(trigger(1000))])
+                finished.append("append")
+
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(prune)
+                await trio.testing.wait_all_tasks_blocked()
+                nursery.start_soon(append)
+            assert finished == ["append", "prune"]
+            assert journal.pending_count() == 1
+        finally:
+            storage.close()
+
 
 def one_answered(tmp_path: Path, status: str) -> tuple[Journal, Clock, Outgoing]:
     """A journal on a clock of its own, holding one trigger the broker nacked just now."""

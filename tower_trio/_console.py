@@ -208,7 +208,7 @@ class Console:
     async def sign_in(self) -> Response:
         if self.guard.api is None:
             return _redirect("/console", 303)
-        if (reason := cross_site()) is not None:
+        if (reason := _cross_site_of_request()) is not None:
             return await self.page(login_error=f"Refused: {reason}.", status=403)
         form = await request.form
         client = request.remote_addr or ""
@@ -238,7 +238,7 @@ class Console:
         return response
 
     async def sign_out(self) -> Response:
-        if (reason := cross_site()) is not None:
+        if (reason := _cross_site_of_request()) is not None:
             return _json({"error": "cross-site request refused", "details": [reason]}, 403)
         if (signed_in := self._session()) is not None:
             self.sessions.close(signed_in[0])
@@ -314,20 +314,23 @@ async def _take_until(subscription: Subscription, deadline: float) -> tuple[list
     return [], False
 
 
-def cross_site() -> str | None:
-    """Why this request looks sent by another site's page, or None.
+def cross_site(site: str | None, origin: str | None, host: str | None) -> str | None:
+    """Why a request with these headers looks sent by another site's page, or None.
 
     Browsers say where a request comes from (``Sec-Fetch-Site``, ``Origin``);
     other clients send neither and are not affected. Without it, a page on
     any site could make a browser on the lab's network POST here.
     """
-    site = request.headers.get("Sec-Fetch-Site")
     if site is not None and site not in ("same-origin", "none"):
         return f"a {site} request from a browser"
-    origin = request.headers.get("Origin")
-    if origin is not None and urlsplit(origin).netloc != request.host:
+    if origin is not None and urlsplit(origin).netloc != host:
         return f"a request from the page of another origin ({origin[:100]})"
     return None
+
+
+def _cross_site_of_request() -> str | None:
+    headers = request.headers
+    return cross_site(headers.get("Sec-Fetch-Site"), headers.get("Origin"), request.host)
 
 
 def _over_tls() -> bool:

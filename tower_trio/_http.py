@@ -26,6 +26,15 @@ from ._channel import Intake, Submission
 from ._config import Settings
 from ._console import Console, ConsoleSources, cross_site, is_public
 from ._errors import JournalError
+from ._exchange import (
+    Answer,
+    AsgiIncoming,
+    BodyRefused,
+    ClientGone,
+    Incoming,
+    QuartIncoming,
+    send_answer,
+)
 from ._logging import get_logger
 from ._models import FieldError, InvalidTriggerError
 from ._openapi import openapi_document
@@ -69,31 +78,31 @@ _SAFE_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
 _POST_PARAMETERS = frozenset({"wait"})
 
 
-def _json(body: bytes, status: int = 200, **headers: str) -> Response:
-    return Response(body, status=status, content_type="application/json", headers=headers)
+def _json(body: bytes, status: int = 200, **headers: str) -> Answer:
+    return Answer(status, body, headers)
 
 
-def _error(status: int, error: str, details: Sequence[Any] = (), **headers: str) -> Response:
-    return _json(dumps({"error": error, "details": list(details)}), status, **headers)
+def _error(status: int, error: str, details: Sequence[Any] = (), **headers: str) -> Answer:
+    return Answer(status, dumps({"error": error, "details": list(details)}), headers)
 
 
-def _closing(response: Response) -> Response:
-    """``response``, closing the connection if the request's body was not read.
+def _closing(answer: Answer, incoming: Incoming) -> Answer:
+    """``answer``, closing the connection if the request's body was not read.
 
     Hypercorn's HTTP/1.1 keep-alive can stall the next request on a
     connection whose request body the app never read; an early answer (auth,
     bad parameters, 405) closes the connection instead of keeping it.
     """
-    if request.content_length or "Transfer-Encoding" in request.headers:
-        response.headers["Connection"] = "close"
-    return response
+    if incoming.content_length or incoming.header("transfer-encoding") is not None:
+        answer.headers["Connection"] = "close"
+    return answer
 
 
 def _field_details(errors: Sequence[FieldError]) -> list[dict[str, str]]:
     return [{"field": e.field, "message": e.message} for e in errors]
 
 
-def _bad_parameter(name: str, message: str) -> Response:
+def _bad_parameter(name: str, message: str) -> Answer:
     return _error(400, "invalid query parameter", [{"field": name, "message": message}])
 
 
@@ -123,7 +132,7 @@ def _timestamp(value: float | None) -> str | None:
     return format_datetime(datetime.fromtimestamp(value, UTC))
 
 
-def _unknown_parameters(args: Mapping[str, str], allowed: frozenset[str]) -> Response | None:
+def _unknown_parameters(args: Mapping[str, str], allowed: frozenset[str]) -> Answer | None:
     for name in args:
         if name not in allowed:
             return _bad_parameter(
@@ -152,27 +161,75 @@ class _Api:
     def _retry_after(self) -> dict[str, str]:
         return {"Retry-After": str(max(1, round(self.settings.publish_timeout)))}
 
-    def _shutting_down(self) -> Response:
+    def _shutting_down(self, incoming: Incoming) -> Answer:
         return _closing(
             _error(
                 503,
                 "shutting down",
                 ["the tower is draining; retry later or on another instance"],
                 **self._retry_after,
-            )
+            ),
+            incoming,
         )
 
-    async def post_trigger(self) -> Response:
-        if (refusal := _cross_site_refusal()) is not None:
+    async def serve_post_trigger(
+        self, scope: dict[str, Any], receive: Any, send: Any
+    ) -> None:  # pragma: no mutate block
+        """``POST /triggers`` straight from ASGI: the same answers as a route, for less."""
+        incoming = AsgiIncoming(
+            scope,
+            receive,
+            max_bytes=self.settings.max_body_bytes,
+            timeout=self.settings.http_read_timeout,
+            refused=self._body_refused,
+        )
+        try:
+            answer = await self.admit(incoming) if self.guard.active else None
+            if answer is None:
+                answer = await self.post_trigger(incoming)
+        except BodyRefused as refused:
+            answer = refused.answer
+        except ClientGone:
+            return
+        except Exception:
+            answer = self._unexpected(incoming)
+        await send_answer(send, answer)
+
+    def _body_refused(self, status: int) -> Answer:
+        # As Quart answers the other routes (see http_error), the connection closed.
+        if status == 413:
+            answer = self._too_large()
+        else:
+            answer = _error(
+                408,
+                "request timeout",
+                [
+                    f"the body did not arrive within {self.settings.http_read_timeout:g} s "
+                    "(TOWER_HTTP_READ_TIMEOUT)"
+                ],
+            )
+        answer.headers["Connection"] = "close"
+        return answer
+
+    def _too_large(self) -> Answer:
+        limit = self.settings.max_body_bytes
+        return _error(
+            413,
+            "request body too large",
+            [f"the body may be {limit} bytes at most (TOWER_MAX_BODY_BYTES)"],
+        )
+
+    async def post_trigger(self, incoming: Incoming) -> Answer:
+        if (refusal := _cross_site_refusal(incoming)) is not None:
             return refusal
         if self.draining():
-            return self._shutting_down()
-        if problem := _unknown_parameters(request.args, _POST_PARAMETERS):
-            return _closing(problem)
-        wait = request.args.get("wait")
+            return self._shutting_down(incoming)
+        if problem := _unknown_parameters(incoming.args, _POST_PARAMETERS):
+            return _closing(problem, incoming)
+        wait = incoming.args.get("wait")
         if wait not in (None, DeliveryStatus.PUBLISHED):
-            return _closing(_bad_parameter("wait", "must be 'published' (or left out)"))
-        key = request.headers.get("Idempotency-Key")
+            return _closing(_bad_parameter("wait", "must be 'published' (or left out)"), incoming)
+        key = incoming.header("idempotency-key")
         if key is not None and not (
             0 < len(key) <= MAX_KEY_LENGTH and key.isascii() and key.isprintable()
         ):
@@ -181,9 +238,10 @@ class _Api:
                     400,
                     "invalid Idempotency-Key",
                     [f"must be 1 to {MAX_KEY_LENGTH} printable ASCII characters"],
-                )
+                ),
+                incoming,
             )
-        content_type = request.mimetype
+        content_type = incoming.mimetype
         if content_type not in _JSON_TYPES and not content_type.endswith("+json"):
             sent = content_type or "no content type"
             return _closing(
@@ -191,12 +249,13 @@ class _Api:
                     415,
                     "unsupported media type",
                     [f"send the trigger as application/json, not {sent}"],
-                )
+                ),
+                incoming,
             )
         if not wait:
-            return await self._accept(key, wait_published=False)
+            return await self._accept(incoming, key, wait_published=False)
         # Reserved before the body is read, so a refused request costs nothing.
-        held = request.content_length or self.settings.max_body_bytes
+        held = incoming.content_length or self.settings.max_body_bytes
         if self._waiting_bytes + held > self.settings.wait_max_bytes:
             return _closing(
                 _error(
@@ -208,27 +267,30 @@ class _Api:
                         "(TOWER_WAIT_MAX_BYTES); retry later, or send without ?wait=published"
                     ],
                     **self._retry_after,
-                )
+                ),
+                incoming,
             )
         self._waiting_bytes += held
         try:
-            return await self._accept(key, wait_published=True)
+            return await self._accept(incoming, key, wait_published=True)
         finally:
             self._waiting_bytes -= held
 
-    async def _accept(self, key: str | None, *, wait_published: bool) -> Response:
-        submission = await self._submission(key, wait_published=wait_published)
-        if isinstance(submission, Response):
+    async def _accept(self, incoming: Incoming, key: str | None, *, wait_published: bool) -> Answer:
+        submission = await self._submission(incoming, key, wait_published=wait_published)
+        if isinstance(submission, Answer):
             return submission
         return await self._submit(submission, key)
 
-    async def _submission(self, key: str | None, *, wait_published: bool) -> Submission | Response:
+    async def _submission(
+        self, incoming: Incoming, key: str | None, *, wait_published: bool
+    ) -> Submission | Answer:
         """The request's trigger, or the answer that refuses it.
 
         The request's bytes and decoded JSON go out of scope when this
         returns: a request that waits holds only its published body.
         """
-        body = await request.get_data(cache=False)
+        body = await incoming.body()
         try:
             wire = json.loads(body)
         except ValueError as err:
@@ -248,7 +310,7 @@ class _Api:
             wait_published=wait_published,
         )
 
-    async def _submit(self, submission: Submission, key: str | None) -> Response:
+    async def _submit(self, submission: Submission, key: str | None) -> Answer:
         timeout = self.settings.publish_timeout
         deadline = trio.current_time() + timeout
         with trio.move_on_at(deadline):
@@ -264,7 +326,7 @@ class _Api:
                 await submission.wait_settled()
         return self._answer(submission, key)
 
-    def _answer(self, submission: Submission, key: str | None) -> Response:
+    def _answer(self, submission: Submission, key: str | None) -> Answer:
         timeout = self.settings.publish_timeout
         location = f"/triggers/{submission.trigger.uuid}"
         if submission.withdrawn:
@@ -335,7 +397,7 @@ class _Api:
             )
         return _json(_status_json(submission.status.value, submission), 202, Location=location)
 
-    async def get_trigger(self, uuid: str) -> Response:
+    async def get_trigger(self, uuid: str) -> Answer:
         record = await self.lookup.get(uuid) if len(uuid) == 32 else None
         if record is None:
             return _error(
@@ -345,7 +407,7 @@ class _Api:
             )
         return _json(_record_json(record))
 
-    async def list_triggers(self) -> Response:
+    async def list_triggers(self) -> Answer:
         args = request.args
         if problem := _unknown_parameters(args, _LIST_PARAMETERS):
             return problem
@@ -381,11 +443,11 @@ class _Api:
         items = b",".join(_record_json(record) for record in records)
         return _json(b'{"items":[' + items + b'],"next":' + dumps(next_cursor) + b"}")
 
-    async def retry_trigger(self, uuid: str) -> Response:
-        if (refusal := _cross_site_refusal()) is not None:
+    async def retry_trigger(self, incoming: Incoming, uuid: str) -> Answer:
+        if (refusal := _cross_site_refusal(incoming)) is not None:
             return refusal
         if self.draining():
-            return self._shutting_down()
+            return self._shutting_down(incoming)
         assert self.retry is not None  # the route exists only with it
         try:
             result = await self.retry(uuid) if len(uuid) == 32 else None
@@ -412,7 +474,7 @@ class _Api:
                 api_version=record.api_version,
                 protocol=record.protocol,
                 retries=record.retries,
-                client=request.remote_addr,
+                client=incoming.remote_addr,
             )
             return _json(_record_json(record), 202, Location=location)
         if record.status is DeliveryStatus.PENDING:
@@ -428,80 +490,84 @@ class _Api:
             Location=location,
         )
 
-    async def protocols(self) -> Response:
+    async def protocols(self) -> Answer:
         return _json(self.schemas.listing)
 
-    async def openapi_json(self) -> Response:
+    async def openapi_json(self) -> Answer:
         return _json(self.openapi)
 
-    async def authorize(self) -> Response | None:
+    async def admit(self, incoming: Incoming) -> Answer | None:
         """Runs before every route when tokens or a rate limit are configured."""
-        path = request.path
+        path = incoming.path
         if is_public(path):
             return None
-        authorization = request.headers.get("Authorization")
-        cookie = request.cookies.get(SESSION_COOKIE) if authorization is None else None
+        authorization = incoming.header("authorization")
+        cookie = incoming.cookie(SESSION_COOKIE) if authorization is None else None
         if cookie and (session := self.sessions.get(cookie)) is not None:
             # A signed-in console. Its cookie goes with every request the
             # browser sends here, whoever's page asks: changes need the CSRF
             # token only the console's own page holds.
-            if request.method not in _SAFE_METHODS and not same_secret(
-                request.headers.get("X-CSRF-Token", ""), session.csrf
+            if incoming.method not in _SAFE_METHODS and not same_secret(
+                incoming.header("x-csrf-token") or "", session.csrf
             ):
-                _log.info("http.denied", status=403, path=path, client=request.remote_addr)
+                _log.info("http.denied", status=403, path=path, client=incoming.remote_addr)
                 return _closing(
                     _error(
                         403,
                         "forbidden",
                         ["the X-CSRF-Token header is missing or wrong; reload the console"],
-                    )
+                    ),
+                    incoming,
                 )
             denial = self.guard.spend_as(session.token)
         else:
-            denial = self.guard.check(path, authorization, request.remote_addr or "")
+            denial = self.guard.check(path, authorization, incoming.remote_addr)
         if denial is None:
             return None
         # Never the presented token: only what was refused, where, and for whom.
-        _log.info(
-            "http.denied", status=denial.status, path=request.path, client=request.remote_addr
+        _log.info("http.denied", status=denial.status, path=path, client=incoming.remote_addr)
+        return _closing(
+            _error(denial.status, denial.error, [denial.detail], **denial.headers), incoming
         )
-        return _closing(_error(denial.status, denial.error, [denial.detail], **denial.headers))
 
-    async def plugins(self) -> Response:
+    async def authorize(self) -> Response | None:
+        answer = await self.admit(QuartIncoming())
+        return None if answer is None else answer.to_response()
+
+    async def plugins(self) -> Answer:
         return _json(dumps({"plugins": self.plugins_view()}))
 
-    async def healthz(self) -> Response:
+    async def healthz(self) -> Answer:
         return _json(b'{"status":"ok"}')
 
-    async def readyz(self) -> Response:
+    async def readyz(self) -> Answer:
         reasons = list(self.readiness())
         if reasons:
             return _error(503, "not ready", reasons, **self._retry_after)
         return _json(b'{"status":"ready"}')
 
     async def http_error(self, error: HTTPException) -> Response:
+        incoming = QuartIncoming()
         status = error.code or 500
         if status == 413:
-            limit = self.settings.max_body_bytes
-            return _closing(
-                _error(
-                    413,
-                    "request body too large",
-                    [f"the body may be {limit} bytes at most (TOWER_MAX_BODY_BYTES)"],
-                )
-            )
+            return _closing(self._too_large(), incoming).to_response()
         headers = {}
         if status == 405 and error.valid_methods:  # type: ignore[attr-defined]
             headers["Allow"] = ", ".join(error.valid_methods)  # type: ignore[attr-defined]
-        return _closing(
-            _error(status, (error.name or "error").lower(), [error.description or ""], **headers)
+        answer = _error(
+            status, (error.name or "error").lower(), [error.description or ""], **headers
         )
+        return _closing(answer, incoming).to_response()
 
     async def unexpected_error(self, error: Exception) -> Response:
+        return self._unexpected(QuartIncoming()).to_response()
+
+    def _unexpected(self, incoming: Incoming) -> Answer:
         # A bug of ours: the operator gets the traceback, the client never does.
-        _log.exception("http.unexpected_error", path=request.path)
+        _log.exception("http.unexpected_error", path=incoming.path)
         return _closing(
-            _error(500, "internal error", ["the tower hit an unexpected error; see its log"])
+            _error(500, "internal error", ["the tower hit an unexpected error; see its log"]),
+            incoming,
         )
 
 
@@ -538,40 +604,76 @@ def create_app(
         retry,
     )
     # No static folder: every route the tower serves is one of ours, and documented.
-    app = QuartTrio("tower_trio", static_folder=None, template_folder="console/templates")
+    app = _TowerApp("tower_trio", static_folder=None, template_folder="console/templates")
+    app.api = api
     app.config["MAX_CONTENT_LENGTH"] = settings.max_body_bytes
     app.config["BODY_TIMEOUT"] = settings.http_read_timeout
     if api.guard.active:
         # Registered only when needed: an open tower pays nothing per request.
         app.before_request(api.authorize)
-    app.add_url_rule("/triggers", view_func=api.post_trigger, methods=["POST"])
-    app.add_url_rule("/triggers", view_func=api.list_triggers, methods=["GET"])
-    app.add_url_rule("/triggers/<uuid>", view_func=api.get_trigger, methods=["GET"])
+    app.add_url_rule(
+        "/triggers",
+        "post_trigger",
+        _route(lambda: api.post_trigger(QuartIncoming())),
+        methods=["POST"],
+    )
+    app.add_url_rule("/triggers", view_func=_route(api.list_triggers), methods=["GET"])
+    app.add_url_rule("/triggers/<uuid>", view_func=_route(api.get_trigger), methods=["GET"])
     if retry is not None:
-        app.add_url_rule("/triggers/<uuid>/retry", view_func=api.retry_trigger, methods=["POST"])
+        app.add_url_rule(
+            "/triggers/<uuid>/retry",
+            "retry_trigger",
+            _route(lambda uuid: api.retry_trigger(QuartIncoming(), uuid)),
+            methods=["POST"],
+        )
     if console is not None:
         Console(console, lookup, api.guard, api.sessions, draining).install(app)
-    app.add_url_rule("/plugins", view_func=api.plugins, methods=["GET"])
-    app.add_url_rule("/healthz", view_func=api.healthz, methods=["GET"])
-    app.add_url_rule("/readyz", view_func=api.readyz, methods=["GET"])
-    app.add_url_rule("/protocols", view_func=api.protocols, methods=["GET"])
-    app.add_url_rule("/openapi.json", view_func=api.openapi_json, methods=["GET"])
+    app.add_url_rule("/plugins", view_func=_route(api.plugins), methods=["GET"])
+    app.add_url_rule("/healthz", view_func=_route(api.healthz), methods=["GET"])
+    app.add_url_rule("/readyz", view_func=_route(api.readyz), methods=["GET"])
+    app.add_url_rule("/protocols", view_func=_route(api.protocols), methods=["GET"])
+    app.add_url_rule("/openapi.json", view_func=_route(api.openapi_json), methods=["GET"])
     app.register_error_handler(HTTPException, api.http_error)
     app.register_error_handler(Exception, api.unexpected_error)
     return app
 
 
-def _cross_site_refusal() -> Response | None:
-    reason = cross_site()
+def _route(handler: Callable[..., Awaitable[Answer]]) -> Callable[..., Awaitable[Response]]:
+    """A Quart view function answering what ``handler`` answers."""
+
+    async def view(**arguments: str) -> Response:
+        return (await handler(**arguments)).to_response()
+
+    view.__name__ = getattr(handler, "__name__", "view")
+    return view
+
+
+class _TowerApp(QuartTrio):
+    """The API app; ``POST /triggers`` skips Quart's per-request machinery (see _exchange)."""
+
+    api: _Api
+
+    async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
+        if scope["type"] == "http" and scope["method"] == "POST" and scope["path"] == "/triggers":
+            await self.api.serve_post_trigger(scope, receive, send)
+            return
+        await super().__call__(scope, receive, send)
+
+
+def _cross_site_refusal(incoming: Incoming) -> Answer | None:
+    reason = cross_site(
+        incoming.header("sec-fetch-site"), incoming.header("origin"), incoming.header("host")
+    )
     if reason is None:
         return None
-    _log.info("http.denied", status=403, path=request.path, client=request.remote_addr)
+    _log.info("http.denied", status=403, path=incoming.path, client=incoming.remote_addr)
     return _closing(
         _error(
             403,
             "cross-site request refused",
             [f"{reason}; send it from the console or from a client that is not a browser"],
-        )
+        ),
+        incoming,
     )
 
 

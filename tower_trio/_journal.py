@@ -87,6 +87,8 @@ _MIGRATIONS = {
 }
 
 FILE_NAME = "journal.sqlite3"
+PRUNE_BATCH = 5000
+"""Triggers deleted per transaction when pruning: each holds the writer for a moment only."""
 
 
 _RECORD_COLUMNS = (
@@ -128,7 +130,7 @@ class Journal:
         clock: Callable[[], float] = time.time,
     ) -> None:
         self.path = path
-        self._clock = clock
+        self.clock = clock
         self._writer_lock = threading.Lock()
         self._max_bytes = max_bytes
         try:
@@ -317,7 +319,7 @@ class Journal:
                     "UPDATE triggers SET status = 'pending', attempts = 0, settled_at = NULL, "
                     "last_error = NULL, retries = retries + 1, retried_at = ? "
                     "WHERE uuid = ? AND status IN ('failed', 'unroutable')",
-                    (self._clock(), uuid),
+                    (self.clock(), uuid),
                 )
                 row = self._writer.execute(
                     f"SELECT {_RECORD_COLUMNS} FROM triggers WHERE uuid = ?", (uuid,)
@@ -357,22 +359,24 @@ class Journal:
         (seq,) = self._writer.execute("SELECT coalesce(max(seq), 0) FROM triggers").fetchone()
         return int(seq)
 
-    @_writes
-    def prune(self, retention: float, batch: int = 5000) -> int:
+    def prune(self, retention: float, batch: int = PRUNE_BATCH) -> int:
         """Delete settled triggers older than ``retention`` seconds; returns how many."""
-        cutoff = self._clock() - retention
+        cutoff = self.clock() - retention
         deleted = 0
-        while True:
-            # Small transactions, so the publisher's writes never wait long.
-            with self._transaction():
-                cursor = self._writer.execute(
-                    "DELETE FROM triggers WHERE seq IN (SELECT seq FROM triggers "
-                    "WHERE status != 'pending' AND settled_at < ? LIMIT ?)",
-                    (cutoff, batch),
-                )
-            deleted += cursor.rowcount
-            if cursor.rowcount < batch:
-                return deleted
+        while (count := self.prune_batch(cutoff, batch)) == batch:
+            deleted += count
+        return deleted + count
+
+    @_writes
+    def prune_batch(self, cutoff: float, batch: int = PRUNE_BATCH) -> int:
+        """Delete at most ``batch`` triggers settled before ``cutoff``, in one transaction."""
+        with self._transaction():
+            cursor = self._writer.execute(
+                "DELETE FROM triggers WHERE seq IN (SELECT seq FROM triggers "
+                "WHERE status != 'pending' AND settled_at < ? LIMIT ?)",
+                (cutoff, batch),
+            )
+        return int(cursor.rowcount)
 
     # -- plugin state (writer connection) -------------------------------------
 
@@ -564,8 +568,9 @@ class SQLiteStorage:
     limiter and connection, so they never wait for a batch commit.
     """
 
-    def __init__(self, journal: Journal) -> None:
+    def __init__(self, journal: Journal, *, prune_batch: int = PRUNE_BATCH) -> None:
         self.journal = journal
+        self.prune_batch = prune_batch
         self._write_lock = trio.CapacityLimiter(1)
         self._read_lock = trio.CapacityLimiter(1)
 
@@ -598,7 +603,16 @@ class SQLiteStorage:
         return await self._write(self.journal.last_seq)
 
     async def prune(self, retention: float) -> int:
-        return await self._write(self.journal.prune, retention)
+        # One transaction per call: batches of new triggers and broker answers
+        # take their turn between two, so pruning a large journal never
+        # holds up ingest for longer than one batch.
+        cutoff = self.journal.clock() - retention
+        deleted = 0
+        while (count := await self._write(self.journal.prune_batch, cutoff, self.prune_batch)) == (
+            self.prune_batch
+        ):
+            deleted += count
+        return deleted + count
 
     async def room(self) -> int:
         return await self._write(self.journal.room)
