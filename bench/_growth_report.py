@@ -19,6 +19,8 @@ mpl.use("Agg")
 import matplotlib.pyplot as plt  # (after choosing the backend)
 from matplotlib import ticker
 
+from tower_trio._journal import PRUNE_BATCH
+
 from ._growth import LAB_SCALE, LAB_TRIGGERS_PER_DAY, Curve
 from ._growth_journal import PROBE_INTERVAL, JournalGrowth, PruneResult
 
@@ -97,6 +99,7 @@ def _plot_curve(curve: Curve, path: Path) -> Path:
         # A log axis within one decade would show no labelled tick at all.
         if curve.log_y and min(values) > 0 and max(values) / min(values) >= 10:
             ax.set_yscale("log")
+            ax.yaxis.set_major_locator(ticker.LogLocator(base=10, subs=(1.0, 2.0, 5.0)))
             ax.yaxis.set_major_formatter(ticker.FuncFormatter(_plain))
             ax.yaxis.set_minor_formatter(ticker.NullFormatter())
         else:
@@ -302,9 +305,7 @@ def _prune_lines(prune: PruneResult, sub: str) -> list[str]:
     after_p50 = after_ms[len(after_ms) // 2] * 1e3 if after_ms else 0.0
     rate = prune.alone_deleted / prune.alone_seconds if prune.alone_seconds else 0.0
     hourly = LAB_TRIGGERS_PER_DAY / 24
-    statuses = ", ".join(
-        f"{count} answered {status}" for status, count in prune.statuses_during().items()
-    )
+    statuses = ", ".join(f"{status}: {count}" for status, count in prune.statuses_during().items())
     lines = [
         "",
         f"{sub} {_prune_title(prune)}",
@@ -325,13 +326,15 @@ def _prune_lines(prune: PruneResult, sub: str) -> list[str]:
         f"| Prune in the tower | {prune.tower_deleted:,} rows deleted, ended "
         f"{prune.prune_ended:.1f} s after `/healthz` answered |",
         f"| POSTs sent during the prune | {len(during)}: longest wait "
-        f"{prune.longest_wait:.2f} s; answers {statuses or 'none'} |",
+        f"{prune.longest_wait:.2f} s; statuses {statuses or 'none'} |",
         f"| POSTs after it | {len(after)}, p50 {after_p50:.1f} ms |",
         f"| Journal on disk after | {prune.file_bytes_after / 1e6:,.0f} MB |",
         "",
         f"![{_prune_title(prune)}]({PLOTS}/{PRUNE_PLOT}.png)",
         "",
     ]
+    during_ms = sorted(s.latency for s in during)
+    during_p50 = during_ms[len(during_ms) // 2] * 1e3 if during_ms else 0.0
     if not during:
         lines.append(
             "**Not measured:** the prune was over before the tower answered `/healthz`, so "
@@ -339,27 +342,29 @@ def _prune_lines(prune: PruneResult, sub: str) -> list[str]:
         )
     elif _stalls(prune):
         lines.append(
-            "**Ingest stalls for the whole prune.** `Journal.prune` deletes in transactions "
-            "of 5,000 rows so that writers need not wait long, but it holds the journal's "
-            "writer lock, and `SQLiteStorage` its one write slot, across all of them: the "
-            "ingest's next batch commit waits for the last transaction. A POST still in the "
-            "channel after `TOWER_PUBLISH_TIMEOUT` gets 503 `journal did not answer in time` "
-            "(not stored); one already in the waiting batch gets 504 `journal outcome "
-            "unknown` after twice that (stored once the prune ends, and published). Releasing "
-            "the lock and the slot between transactions would let the ingest's batches "
-            "commit in between."
+            f"**Ingest waits for the prune.** POSTs sent while it ran waited up to "
+            f"{prune.longest_wait:.1f} s (p50 {during_p50:,.0f} ms, against {after_p50:.1f} ms "
+            "after it). A POST not stored within `TOWER_PUBLISH_TIMEOUT` gets 503 `journal did "
+            "not answer in time` (not stored); one already in a batch the journal is writing "
+            "gets 504 `journal outcome unknown` after twice that (stored once the write ends, "
+            "and published)."
         )
-        if rate:
-            lines.append(
-                f"At lab scale the hourly prune deletes about {hourly:,.0f} rows: about "
-                f"{hourly / rate * 1e3:,.0f} ms at this rate, a pause no client notices. A "
-                "prune this large comes only when `TOWER_RETENTION` is lowered, or at the "
-                "first start after a long stop; then ingest is refused for its length."
-            )
     else:
         lines.append(
-            "**Ingest goes on while the journal is pruned.** At lab scale the hourly prune "
-            f"deletes about {hourly:,.0f} rows."
+            "**Ingest goes on while the journal is pruned.** The prune deletes "
+            f"{PRUNE_BATCH:,} rows a transaction and takes its turn with the ingest's batches "
+            "for the journal's one writer, so a POST waits for one such transaction at most: "
+            f"the longest wait was {prune.longest_wait * 1e3:,.0f} ms (p50 {during_p50:.1f} ms "
+            f"during the prune, {after_p50:.1f} ms after it)."
+        )
+    if during and rate:
+        lines.extend(
+            [
+                "",
+                f"At lab scale the hourly prune deletes about {hourly:,.0f} rows, about "
+                f"{hourly / rate * 1e3:,.0f} ms of work at this rate. A prune this large comes "
+                "only when `TOWER_RETENTION` is lowered, or at the first start after a long stop.",
+            ]
         )
     lines.extend(
         [
