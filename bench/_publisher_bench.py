@@ -22,11 +22,12 @@ the clock starts on every side.
 Fairness and stability: every side runs once as a warm-up (not counted);
 the inputs are built before the first round and then frozen out of the
 garbage collector's sight (``gc.freeze``), so that no side's collections
-scan another's data; each timed run starts from a collected heap; and the
-order of the sides rotates from round to round, so that a drift of the
-machine favours none. Each round also records what the broker and the rest
-of the machine did while the clock ran, since on a shared machine that is
-what makes a round weak.
+scan another's data; each timed run starts from a collected heap. A round
+publishes its messages in ``SLICES`` runs per side, the sides taking turns
+run by run and each taking each place in turn, so that a change in the
+machine's load (on a shared machine, what makes a round weak) falls on all
+of them alike rather than on whichever side ran then. Each run also records
+what the broker and the rest of the machine did while its clock ran.
 """
 
 from __future__ import annotations
@@ -82,6 +83,11 @@ SIDES = (TOWER, AIO_PIKA, CLIENT, BARE)
 
 WARM_UP_MESSAGES = 5000
 """Messages each side publishes in its warm-up run (at most the round's)."""
+SLICES = 2
+"""Runs per side and round: a round's messages are published in this many runs per
+side, the sides taking turns run by run, so that all of them see the same machine.
+More would average the machine's load better, but each run has a start and an end
+where the pipeline is not full, which costs the tower's (journal, then broker) most."""
 
 _API_VERSIONS = ("OT-2/v1alpha1", "TecanSpark/v1alpha1/Spark2", "Hamilton-STAR/v2beta1")
 _BROKER_PROCESS = b"beam.smp"
@@ -101,6 +107,24 @@ class Round:
     other_cores: float | None = None
     """Cores busy, on average while the clock ran, with anything but this process and
     the broker (other programs, the kernel's own work, a hypervisor's steal)."""
+
+    @classmethod
+    def total(cls, runs: Sequence[Round]) -> Round:
+        """Several runs of one side taken together, as one run of all their messages."""
+        seconds = sum(run.seconds for run in runs)
+        loops = [run.loop_cpu_seconds for run in runs]
+        brokers = [run.broker_cpu_seconds for run in runs]
+        others = [run.other_cores for run in runs]
+        return cls(
+            sum(run.messages for run in runs),
+            seconds,
+            sum(run.cpu_seconds for run in runs),
+            loop_cpu_seconds=None if None in loops else sum(value or 0.0 for value in loops),
+            broker_cpu_seconds=None if None in brokers else sum(v or 0.0 for v in brokers),
+            other_cores=None
+            if None in others
+            else sum((run.other_cores or 0.0) * run.seconds for run in runs) / seconds,
+        )
 
     @property
     def rate(self) -> float:
@@ -130,13 +154,14 @@ class PublisherResult:
     in_flight: int
     tower_window: int
     rounds: tuple[dict[str, Round], ...]
-    """Each measured round, every side's run in it (the warm-up is left out)."""
-    orders: tuple[tuple[str, ...], ...] = ()
-    """The order the sides ran in, each round."""
+    """Each measured round, every side's slices in it taken together (no warm-up)."""
+    slices: int = 1
+    """Runs each side made per round, the sides interleaved run by run."""
     cores: int = 0
 
     journal_bytes_per_trigger: float = 0.0
-    """The journal's size on disk (database and WAL) after a round, per trigger."""
+    """The journal's size on disk (database and WAL) after publishing a round's triggers
+    in one run, per trigger."""
 
     @property
     def tower_window_text(self) -> str:
@@ -331,6 +356,78 @@ def _broker_pid() -> int | None:
     return found[0] if len(found) == 1 else None
 
 
+class _Contest:
+    """The four sides, their inputs and queues, ready to run any slice of the triggers."""
+
+    def __init__(
+        self, vhost: Vhost, triggers: Sequence[Trigger], settings: Settings, in_flight: int
+    ) -> None:
+        self._vhost = vhost
+        self._triggers = triggers
+        self._settings = settings
+        self._in_flight = in_flight
+        suffix = settings.exchange.rpartition(".")[2]
+        # Queues and exchanges are separate namespaces: each queue takes its exchange's name.
+        self._exchanges = {
+            TOWER: settings.exchange,
+            AIO_PIKA: f"bench.publisher.aio-pika.{suffix}",
+            CLIENT: f"bench.publisher.client.{suffix}",
+            BARE: f"bench.publisher.bare.{suffix}",
+        }
+        for exchange in self._exchanges.values():
+            declare_bound_queue(vhost.url, exchange, exchange)
+        self.prepared = [_Prepared.of(trigger) for trigger in triggers]
+        self._outgoing = _outgoing(triggers)
+        self._broker = _broker_pid()
+        self.journal_bytes_per_trigger = 0.0
+        """After the last tower-trio run: its journal's size on disk, per trigger."""
+
+    def run(self, name: str, start: int, stop: int) -> Round:
+        """Time one run of ``name`` publishing triggers ``start`` to ``stop``."""
+        gc.collect()
+        clock = _Clock(self._broker)
+        url, exchange, window = (
+            self._vhost.url,
+            self._exchanges[name],
+            self._settings.confirm_window,
+        )
+        if name == TOWER:
+            size = trio.run(_tower_round, self._settings, self._triggers[start:stop], clock)
+            self.journal_bytes_per_trigger = size / (stop - start)
+        elif name == AIO_PIKA:
+            prepared = self.prepared[start:stop]
+            asyncio.run(_aio_pika_round(url, exchange, prepared, self._in_flight, clock))
+        elif name == CLIENT:
+            trio.run(_client_round, url, exchange, self._outgoing[start:stop], window, clock)
+        else:
+            trio.run(_bare_round, self._vhost, exchange, self._outgoing[start:stop], window, clock)
+        return clock.round(stop - start)
+
+    def check_stored(self, name: str, count: int, label: str) -> None:
+        """Empty ``name``'s queue, which must hold ``count`` messages."""
+        stored = purge_queue(self._vhost.url, self._exchanges[name])
+        if stored != count:
+            raise BenchError(
+                f"{name} {label}: the queue held {stored} messages after {count} were confirmed"
+            )
+
+    def round(self, index: int, messages: int) -> dict[str, Round]:
+        """Every side publishes ``messages`` triggers in ``SLICES`` runs, taking turns."""
+        runs: dict[str, list[Round]] = {name: [] for name in SIDES}
+        size = -(-messages // SLICES)
+        for number, start in enumerate(range(0, messages, size)):
+            # Every side runs every slice, each taking each place in turn: a
+            # change in the machine's load hits all of them alike. The queues
+            # are emptied only after the round, so the broker holds as many
+            # messages as after one run of all of them.
+            shift = (index * SLICES + number) % len(SIDES)
+            for name in SIDES[shift:] + SIDES[:shift]:
+                runs[name].append(self.run(name, start, min(start + size, messages)))
+        for name in SIDES:
+            self.check_stored(name, messages, f"round {index + 1}")
+        return {name: Round.total(runs[name]) for name in SIDES}
+
+
 def run_publisher_bench(
     vhost: Vhost,
     *,
@@ -341,102 +438,54 @@ def run_publisher_bench(
     report: Callable[[str], None],
 ) -> PublisherResult:
     """Run every side once to warm up, then ``rounds`` rounds, checking every message was stored."""
-    triggers = make_triggers(messages)
-    suffix = uuid.uuid4().hex[:8]
     settings = Settings.from_environ(
         {
             "TOWER_AMQP_URL": vhost.url,
-            "TOWER_EXCHANGE": f"bench.publisher.tower.{suffix}",
+            "TOWER_EXCHANGE": f"bench.publisher.tower.{uuid.uuid4().hex[:8]}",
             # The tower runs as shipped (its default window) unless told otherwise;
             # aio-pika keeps `in_flight` unconfirmed, as the comparison asks.
             **({} if tower_window is None else {"TOWER_CONFIRM_WINDOW": str(tower_window)}),
         }
     )
-    window = settings.confirm_window
-    # Queues and exchanges are separate namespaces, so each queue takes its exchange's name.
-    exchanges = {
-        TOWER: settings.exchange,
-        AIO_PIKA: f"bench.publisher.aio-pika.{suffix}",
-        CLIENT: f"bench.publisher.client.{suffix}",
-        BARE: f"bench.publisher.bare.{suffix}",
-    }
-    for exchange in exchanges.values():
-        declare_bound_queue(vhost.url, exchange, exchange)
-    prepared = [_Prepared.of(trigger) for trigger in triggers]
-    outgoing = _outgoing(triggers)
-    journal_bytes: list[int] = []
-
-    def tower(count: int, clock: _Clock) -> None:
-        size = trio.run(_tower_round, settings, triggers[:count], clock)
-        if count == messages:
-            journal_bytes.append(size)
-
-    def pika(count: int, clock: _Clock) -> None:
-        asyncio.run(
-            _aio_pika_round(vhost.url, exchanges[AIO_PIKA], prepared[:count], in_flight, clock)
-        )
-
-    def client(count: int, clock: _Clock) -> None:
-        trio.run(_client_round, vhost.url, exchanges[CLIENT], outgoing[:count], window, clock)
-
-    def bare(count: int, clock: _Clock) -> None:
-        trio.run(_bare_round, vhost, exchanges[BARE], outgoing[:count], window, clock)
-
-    sides: dict[str, Callable[[int, _Clock], None]] = {
-        TOWER: tower,
-        AIO_PIKA: pika,
-        CLIENT: client,
-        BARE: bare,
-    }
-    broker = _broker_pid()
+    contest = _Contest(vhost, make_triggers(messages), settings, in_flight)
     # Everything built so far lives to the end: out of the collector's sight, no
     # side's collections pay for scanning it.
     gc.collect()
     gc.freeze()
-
-    def run(name: str, count: int, label: str) -> Round:
-        gc.collect()
-        clock = _Clock(broker)
-        sides[name](count, clock)
-        stored = purge_queue(vhost.url, exchanges[name])
-        if stored != count:
-            raise BenchError(
-                f"{name} {label}: the queue held {stored} messages after {count} were confirmed"
-            )
-        result = clock.round(count)
-        report(f"  {label}: {name:<34} {_describe(result)}")
-        return result
-
-    warm_up = min(messages, WARM_UP_MESSAGES)
-    for name in SIDES:
-        run(name, warm_up, "warm-up")
     results: list[dict[str, Round]] = []
-    orders: list[tuple[str, ...]] = []
     try:
+        warm_up = min(messages, WARM_UP_MESSAGES)
+        for name in SIDES:
+            result = contest.run(name, 0, warm_up)
+            contest.check_stored(name, warm_up, "warm-up")
+            report(f"  warm-up: {name:<34} {_describe(result)}")
         for index in range(rounds):
-            # Each side takes each place in turn: a machine that slows down or
-            # speeds up over the run favours none of them.
-            order = SIDES[index % len(SIDES) :] + SIDES[: index % len(SIDES)]
-            orders.append(order)
-            results.append({name: run(name, messages, f"round {index + 1}") for name in order})
+            results.append(contest.round(index, messages))
+            label = f"round {index + 1}"
+            for name in SIDES:
+                report(f"  {label}: {name:<34} {_describe(results[-1][name])}")
             report(
-                f"  round {index + 1}: tower-trio / aio-pika "
+                f"  {label}: tower-trio / aio-pika "
                 f"{ratio(results[-1][TOWER].rate, results[-1][AIO_PIKA].rate):.2f}x, "
                 f"/ bare loop {ratio(results[-1][TOWER].rate, results[-1][BARE].rate):.2f}x, "
                 f"client / bare loop "
                 f"{ratio(results[-1][CLIENT].rate, results[-1][BARE].rate):.2f}x"
             )
+        # The journal's size after one run of all of a round's triggers (untimed).
+        contest.run(TOWER, 0, messages)
+        contest.check_stored(TOWER, messages, "the journal's size run")
     finally:
         gc.unfreeze()
+    prepared = contest.prepared
     return PublisherResult(
         messages=messages,
         body_bytes=round(sum(len(item.body) for item in prepared) / len(prepared)),
         in_flight=in_flight,
-        tower_window=window,
+        tower_window=settings.confirm_window,
         rounds=tuple(results),
-        orders=tuple(orders),
+        slices=SLICES,
         cores=os.cpu_count() or 0,
-        journal_bytes_per_trigger=median([float(size) for size in journal_bytes]) / messages,
+        journal_bytes_per_trigger=contest.journal_bytes_per_trigger,
     )
 
 

@@ -343,10 +343,15 @@ def _publisher_section(result: PublisherResult) -> list[str]:
         f"other three run with {result.tower_window_text} (the tower's). The clock runs "
         "from the first message handed over to the last confirm; connecting, declaring and "
         "serializing the bodies happen before it. Every side runs once as a warm-up (not "
-        f"counted), then {rounds} rounds, the order of the sides rotating from round to "
-        "round; every timed run starts from a collected heap, and the inputs are frozen out "
-        "of the collector's sight. CPU is the publishing process's own (all its threads) "
-        "while the clock ran; the broker's is RabbitMQ's Erlang VM's over the same time.",
+        f"counted), then {rounds} rounds; a round publishes the {result.messages:,} "
+        f"triggers in {result.slices} runs per side, the sides taking turns run by run "
+        "(each taking each place in turn), so that a change in the machine's load falls on "
+        "all of them alike; the queues are emptied after the round, so the broker holds as "
+        "many messages at the end as after one run of them all. Every timed run starts from "
+        "a collected heap, and the inputs are "
+        "frozen out of the collector's sight. CPU is the publishing process's own (all its "
+        "threads) while the clock ran; the broker's is RabbitMQ's Erlang VM's over the same "
+        "time.",
         "",
         "- **tower-trio**: `Publisher.serve` fed through a trio memory channel, one "
         "`send` per trigger, as the HTTP API and the plugins feed it: each trigger is "
@@ -377,15 +382,13 @@ def _publisher_section(result: PublisherResult) -> list[str]:
     lines.extend(
         [
             "",
-            "| Round | order | tower-trio / aio-pika | tower-trio / bare loop | "
-            "client / bare loop |",
-            "| ---: | --- | ---: | ---: | ---: |",
+            "| Round | tower-trio / aio-pika | tower-trio / bare loop | client / bare loop |",
+            "| ---: | ---: | ---: | ---: |",
         ]
     )
     for index, round_ in enumerate(result.rounds):
-        order = ", ".join(_SHORT[side] for side in result.orders[index]) if result.orders else ""
         lines.append(
-            f"| {index + 1} | {order} | "
+            f"| {index + 1} | "
             f"{ratio(round_[tower].rate, round_[AIO_PIKA].rate):.2f}x | "
             f"{ratio(round_[tower].rate, round_[BARE].rate):.2f}x | "
             f"{ratio(round_[CLIENT].rate, round_[BARE].rate):.2f}x |"
@@ -393,22 +396,21 @@ def _publisher_section(result: PublisherResult) -> list[str]:
     lines.extend(
         [
             "",
-            "Every run, with what the machine did meanwhile: the broker's CPU per message "
-            "(it serves other clients too, if any), and how many cores the rest of the "
-            "machine kept busy (other programs, the kernel's own work, a hypervisor's steal).",
+            "Every round of every side (its runs taken together), with what the machine did "
+            "meanwhile: the broker's CPU per message (it serves other clients too, if any), "
+            "and how many cores the other processes kept busy on average.",
             "",
             "| Round | publisher | msgs/s | CPU µs/msg | broker CPU µs/msg | other cores busy |",
             "| ---: | --- | ---: | ---: | ---: | ---: |",
         ]
     )
     for index, round_ in enumerate(result.rounds):
-        sides = result.orders[index] if result.orders else tuple(round_)
         lines.extend(
             f"| {index + 1} | {side} | {round_[side].rate:,.0f} | "
             f"{round_[side].cpu_per_message * 1e6:.0f} | "
             f"{_micro(round_[side].broker_cpu_per_message)} | "
             f"{'' if round_[side].other_cores is None else f'{round_[side].other_cores:.2f}'} |"
-            for side in sides
+            for side in SIDES
         )
     weakest = min(
         range(rounds),
@@ -440,32 +442,31 @@ def _publisher_section(result: PublisherResult) -> list[str]:
             f"- On {result.cores} cores the broker and the publisher share the CPU: what a "
             "side spends per message, the broker cannot, so a side's rate follows its CPU "
             "per message plus the broker's, and falls when the rest of the machine is busy.",
-            "- Every run's queue held every confirmed message.",
+            "- Every queue held every confirmed message.",
         ]
     )
     return lines
 
 
 def _weakest(result: PublisherResult, index: int) -> str:
-    """What the machine did during the weakest round's tower-trio run, against the others."""
+    """What tower-trio and the machine did in the weakest round, against its other rounds."""
     runs = result.runs(TOWER_PUBLISHER)
     run = runs[index]
-    said = []
+    own = (
+        f" In that round tower-trio spent {run.cpu_per_message * 1e6:.0f} µs of CPU per "
+        f"message (median of its rounds {result.cpu(TOWER_PUBLISHER) * 1e6:.0f})"
+    )
+    machine = []
     if run.other_cores is not None and all(r.other_cores is not None for r in runs):
         usual = median([r.other_cores or 0.0 for r in runs])
-        said.append(f"{run.other_cores:.2f} other cores busy (median of its runs {usual:.2f})")
+        machine.append(f"{run.other_cores:.2f} other cores busy (median {usual:.2f})")
     broker = run.broker_cpu_per_message
     if broker is not None and (usual_broker := result.broker_cpu(TOWER_PUBLISHER)) is not None:
-        said.append(
+        machine.append(
             f"the broker at {broker * 1e6:.0f} µs of CPU per message (median "
             f"{usual_broker * 1e6:.0f})"
         )
-    if not said:
-        return ""
-    return f" Its tower-trio run had {' and '.join(said)}."
-
-
-_SHORT = {TOWER_PUBLISHER: "tower", AIO_PIKA: "aio-pika", CLIENT: "client", BARE: "bare"}
+    return own + (f"; the machine had {' and '.join(machine)}." if machine else ".")
 
 
 def _http_row(result: HttpResult, contender: Contender) -> str:
