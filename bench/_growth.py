@@ -4,10 +4,10 @@ A ``Curve`` is one run of a measurement at a few sizes of the work (body
 bytes, journal rows, open connections...): its table columns, which of them
 to plot, and which one is the *cost* whose growth gets a verdict. The
 verdict is the slope on log-log axes fitted over all the points (about 0
-is flat, about 1 linear, above that worse); the last step's slope is shown
-beside it, and named when it is steeper, since fixed costs hide at the
-small end how a cost grows. A curve with a documented bound (a cache cap)
-is judged below and past it separately.
+is flat, about 1 linear, above that worse); the last step's own slope is
+shown beside it for reference, noisier than the fit since each point is
+one run. A curve with a documented bound (a cache cap) is judged below and
+past it separately.
 
 Also here: the request bodies of a given size that every part sends, and
 the resident memory of a process.
@@ -93,24 +93,23 @@ class Verdict:
 
     @property
     def tail_growth(self) -> str:
-        """The class of the last step alone, where fixed costs weigh least."""
+        """The class of the last step alone: shown for reference, noisier than the fit."""
         return _growth_class(self.tail)
 
     @property
     def worse_than_linear(self) -> bool:
-        return WORSE in (self.growth, self.tail_growth)
+        return self.growth == WORSE
 
     def text(self) -> str:
         if self.slope is None or self.tail is None:
             return f"{self.growth} ({self.scope})"
-        text = f"{self.growth} ({self.scope}: log-log slope {self.slope:.2f}, last step "
-        if _ORDER.index(self.tail_growth) > _ORDER.index(self.growth):
-            return text + f"{self.tail:.2f}: {self.tail_growth} at the large end)"
-        return text + f"{self.tail:.2f})"
+        return (
+            f"{self.growth} ({self.scope}: log-log slope {self.slope:.2f}; "
+            f"last step alone {self.tail:.2f})"
+        )
 
 
 WORSE = "worse than linear"
-_ORDER = ("falls", "flat", "sub-linear", "linear", WORSE)
 
 
 def _growth_class(slope: float | None) -> str:

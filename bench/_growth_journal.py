@@ -53,7 +53,7 @@ if TYPE_CHECKING:
     from ._broker import Vhost
     from ._servers import RunningServer
 
-__all__ = ["JournalGrowth", "PruneResult", "run_journal_growth"]
+__all__ = ["JournalGrowth", "ProbeSample", "PruneResult", "run_journal_growth"]
 
 BATCH = 10_000
 SPAN_DAYS = 70

@@ -79,7 +79,8 @@ def run_publisher_growth(
         window_rates.append(rate)
         window_cpu.append(cpu)
         report(f"  window {window:>5}: {rate:9,.0f} msgs/s  CPU {cpu:5.0f} µs/msg")
-    default_window = Settings.from_environ({}).confirm_window
+    defaults = Settings.from_environ({})
+    default_window = defaults.confirm_window
     size_rates: list[float] = []
     size_cpu: list[float] = []
     counts: list[int] = []
@@ -155,7 +156,17 @@ def run_publisher_growth(
         method=(
             f"The tower's default window ({default_window:,}); per size, "
             f"{size_text(size_budget)} of bodies (between {min_messages:,} and {messages:,} "
-            "messages), each a plate run padded to the exact published size. " + common
+            "messages), each a plate run padded to the exact published size. "
+            + (
+                "Every round's bodies fit in `TOWER_CACHE_MAX_BYTES` "
+                f"({size_text(defaults.cache_max_bytes)}), so none is read back from the "
+                "journal before it is published (a larger burst has the bodies past the cap "
+                "read back from it first). "
+                if max(c * s for c, s in zip(counts, sizes, strict=True))
+                <= defaults.cache_max_bytes
+                else ""
+            )
+            + common
         ),
         reading=(
             f"The cost judged is the time per message beyond a {size_text(sizes[0])} message's: "

@@ -22,7 +22,7 @@ from matplotlib import ticker
 from tower_trio._journal import PRUNE_BATCH
 
 from ._growth import LAB_SCALE, LAB_TRIGGERS_PER_DAY, Curve
-from ._growth_journal import PROBE_INTERVAL, JournalGrowth, PruneResult
+from ._growth_journal import PROBE_INTERVAL, JournalGrowth, ProbeSample, PruneResult
 
 if TYPE_CHECKING:
     from pathlib import Path
@@ -208,8 +208,8 @@ def growth_section(
         "curves show is how each cost grows. Each verdict is the slope of the cost fitted "
         "on log-log axes over all the points: within 0.15 of 0 is flat, within 0.15 of 1 "
         "linear, above 1.15 worse than linear. The slope of the last step alone is given "
-        "beside it, and named when it is steeper: fixed costs hide at the small end how a "
-        "cost grows. Where the fixed part was measured in the same run (the smallest "
+        "beside it for reference; with one run per point it is noisier than the fit. Where "
+        "the fixed part was measured in the same run (the smallest "
         "request's, a baseline's memory), the cost judged is what lies beyond it; the tables "
         "show both. A curve with a documented bound is judged below and past it.",
         "",
@@ -284,7 +284,13 @@ def _prune_title(prune: PruneResult) -> str:
 
 
 def _stalls(prune: PruneResult) -> bool:
-    return prune.longest_wait > 1.0
+    """Whether ingest stopped: POSTs sent during the prune were refused."""
+    return prune.refused_during > 0
+
+
+def _p50(samples: list[ProbeSample]) -> float:
+    ordered = sorted(s.latency for s in samples)
+    return ordered[len(ordered) // 2] if ordered else 0.0
 
 
 def _prune_verdict(prune: PruneResult) -> str:
@@ -295,7 +301,11 @@ def _prune_verdict(prune: PruneResult) -> str:
             f"ingest stalls: POSTs waited up to {prune.longest_wait:.1f} s, "
             f"{prune.refused_during} of {len(prune.during)} not 202"
         )
-    return f"ingest goes on (longest wait {prune.longest_wait * 1e3:.0f} ms)"
+    return (
+        f"ingest goes on, slower: p50 {_p50(prune.during) * 1e3:,.0f} ms during it against "
+        f"{_p50(prune.after) * 1e3:,.1f} ms after, longest {prune.longest_wait:.1f} s, none "
+        "refused"
+    )
 
 
 def _prune_lines(prune: PruneResult, sub: str) -> list[str]:
@@ -342,7 +352,7 @@ def _prune_lines(prune: PruneResult, sub: str) -> list[str]:
         )
     elif _stalls(prune):
         lines.append(
-            f"**Ingest waits for the prune.** POSTs sent while it ran waited up to "
+            f"**Ingest stalls while the journal is pruned.** POSTs sent meanwhile waited up to "
             f"{prune.longest_wait:.1f} s (p50 {during_p50:,.0f} ms, against {after_p50:.1f} ms "
             "after it). A POST not stored within `TOWER_PUBLISH_TIMEOUT` gets 503 `journal did "
             "not answer in time` (not stored); one already in a batch the journal is writing "
@@ -351,11 +361,12 @@ def _prune_lines(prune: PruneResult, sub: str) -> list[str]:
         )
     else:
         lines.append(
-            "**Ingest goes on while the journal is pruned.** The prune deletes "
+            "**Ingest goes on while the journal is pruned, slower.** The prune deletes "
             f"{PRUNE_BATCH:,} rows a transaction and takes its turn with the ingest's batches "
-            "for the journal's one writer, so a POST waits for one such transaction at most: "
-            f"the longest wait was {prune.longest_wait * 1e3:,.0f} ms (p50 {during_p50:.1f} ms "
-            f"during the prune, {after_p50:.1f} ms after it)."
+            "for the journal's one writer, so a POST waits for the transaction under way, "
+            f"and no more: p50 {during_p50:,.0f} ms during the prune against "
+            f"{after_p50:.1f} ms after it, the longest {prune.longest_wait:.2f} s; none was "
+            "refused."
         )
     if during and rate:
         lines.extend(

@@ -54,9 +54,10 @@ class GrowthPlan:
     windows: tuple[int, ...] = (64, 256, 1024, 4096)
     window_messages: int = 20_000
     message_sizes: tuple[int, ...] = (250, 4096, 65536, 524288)
-    message_budget: int = 32 << 20
-    """Bytes of bodies per message-size round (between min_messages and window_messages)."""
-    min_messages: int = 200
+    message_budget: int = 48 << 20
+    """Bytes of bodies per message-size round (between min_messages and window_messages):
+    under the tower's TOWER_CACHE_MAX_BYTES, so that no body is read back from the journal."""
+    min_messages: int = 50
     idle_connections: tuple[int, ...] = (100, 300, 1000)
     pending: tuple[int, ...] = (1000, 2000, 4000, 8000, 16000, 24000, 32000)
     pending_body: int = 4096

@@ -60,12 +60,20 @@ class TestJudge:
         """A cost that moves by a few percent over two decades is flat."""
         assert judge([(10, 2.0), (100, 2.1), (1000, 2.05)], "all").growth == "flat"
 
-    def test_a_fixed_cost_hides_the_growth_the_last_step_shows(self) -> None:
-        """cost = 100 + x: sub-linear overall, and the text names the linear last step."""
+    def test_a_fixed_cost_makes_growth_sub_linear(self) -> None:
+        """cost = 100 + x: sub-linear over all points, though the last step is linear."""
         verdict = judge([(1, 101), (10, 110), (1000, 1100), (100_000, 100_100)], "all")
         assert verdict.growth == "sub-linear"
         assert verdict.tail_growth == "linear"
-        assert "linear at the large end" in verdict.text()
+        assert not verdict.worse_than_linear
+
+    def test_one_noisy_last_step_does_not_make_a_curve_worse_than_linear(self) -> None:
+        """The verdict is the fit over all points; a steep last step alone is only shown."""
+        verdict = judge([(10, 3.0), (100, 17.0), (1000, 264.0)], "all")
+        assert verdict.tail is not None
+        assert verdict.tail > 1.15
+        assert verdict.growth == "linear"
+        assert "last step alone 1.19" in verdict.text()
 
     def test_one_point_is_not_judged(self) -> None:
         """With a single usable point there is no slope to fit."""
