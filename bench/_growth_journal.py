@@ -291,7 +291,7 @@ def run_journal_growth(
                 ".2f",
             ),
         ),
-        panels=((0, 1),),
+        panels=((0, 1, 3),),
         cost=3,
         method=fill + f" The page of `GET /triggers?apiVersion={RARE_API}&limit={PAGE}`, whose "
         f"{RARE_ROWS} rows are the oldest in the journal (a device that last ran long ago), "
