@@ -21,7 +21,7 @@ from ._broker import declare_bound_queue, purge_queue
 from ._common import BenchError, process_cpu_seconds
 from ._growth import LAB_TRIGGERS_PER_DAY, Curve, Series, nearest, post_body, size_text
 from ._load import generator_name, run_load
-from ._servers import pick_port, run_server, tower_command, tower_environ
+from ._servers import pick_port, run_tower, tower_environ
 
 if TYPE_CHECKING:
     from collections.abc import Callable, Sequence
@@ -76,14 +76,8 @@ def run_body_sizes(
         port = pick_port()
         environ = tower_environ(vhost.url, exchange, port, workdir)
         environ["TOWER_MAX_BODY_BYTES"] = str(max_body)
-        with run_server(
-            "tower-trio",
-            tower_command(),
-            port=port,
-            ready_path="/readyz",
-            log_path=workdir / f"{exchange}.log",
-            environ=environ,
-            report=report,
+        with run_tower(
+            port=port, environ=environ, log_path=workdir / f"{exchange}.log", report=report
         ) as server:
             url = server.base_url + "/triggers"
             run_load(url, body, connections=connections, duration=warmup)

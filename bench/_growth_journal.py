@@ -45,7 +45,7 @@ from tower_trio._vocabulary import DeliveryStatus
 from ._broker import declare_bound_queue, purge_queue
 from ._common import BenchError
 from ._growth import LAB_ROWS, Curve, Series, nearest, post_body
-from ._servers import HOST, pick_port, run_server, tower_command, tower_environ
+from ._servers import HOST, pick_port, run_tower, tower_environ
 
 if TYPE_CHECKING:
     from collections.abc import Callable, Iterator, Sequence
@@ -349,14 +349,8 @@ def _tower(
     environ.update(TOWER_DATA_DIR=str(data_dir), TOWER_RETENTION=retention)
     log_path = workdir / f"{exchange}.log"
     try:
-        with run_server(
-            "tower-trio",
-            tower_command(),
-            port=port,
-            ready_path=ready_path,
-            log_path=log_path,
-            environ=environ,
-            report=report,
+        with run_tower(
+            port=port, environ=environ, log_path=log_path, report=report, ready_path=ready_path
         ) as server:
             yield server, log_path
     finally:

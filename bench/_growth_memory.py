@@ -24,7 +24,7 @@ from typing import TYPE_CHECKING
 from ._common import BenchError
 from ._growth import LAB_PLUGINS, Curve, Series, post_body, resident_bytes, size_text
 from ._load import run_load
-from ._servers import HOST, pick_port, run_server, tower_command, tower_environ
+from ._servers import HOST, pick_port, run_tower, tower_environ
 
 if TYPE_CHECKING:
     from collections.abc import Callable, Sequence
@@ -89,14 +89,8 @@ def run_idle_connections(
         TOWER_HTTP_READ_TIMEOUT="600",
     )
     rss: list[float] = []
-    with run_server(
-        "tower-trio",
-        tower_command(),
-        port=port,
-        ready_path="/readyz",
-        log_path=workdir / f"{exchange}.log",
-        environ=environ,
-        report=report,
+    with run_tower(
+        port=port, environ=environ, log_path=workdir / f"{exchange}.log", report=report
     ) as server:
         warm = http.client.HTTPConnection(HOST, port, timeout=30)
         try:
@@ -182,14 +176,12 @@ def run_pending(
     environ.update(TOWER_CACHE_MAX_BYTES=str(cache_bytes), TOWER_SHUTDOWN_GRACE="1")
     pending: list[float] = []
     rss: list[float] = []
-    with run_server(
-        "tower-trio",
-        tower_command(),
+    with run_tower(
         port=port,
-        ready_path="/healthz",
-        log_path=workdir / f"{exchange}.log",
         environ=environ,
+        log_path=workdir / f"{exchange}.log",
         report=report,
+        ready_path="/healthz",
     ) as server:
         control = http.client.HTTPConnection(HOST, port, timeout=30)
         try:

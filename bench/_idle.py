@@ -30,7 +30,7 @@ from typing import TYPE_CHECKING
 import attrs
 
 from ._common import REPO_ROOT, BenchError, process_cpu_seconds
-from ._servers import pick_port, run_server, tower_command, tower_environ
+from ._servers import pick_port, run_tower, tower_environ
 
 if TYPE_CHECKING:
     from collections.abc import Callable
@@ -150,14 +150,8 @@ def _measure(
     environ = tower_environ(vhost.url, exchange, port, workdir)
     if plugins:
         environ["TOWER_PLUGINS_DIR"] = str(_idle_plugins(workdir, environ))
-    with run_server(
-        "tower-trio",
-        tower_command(),
-        port=port,
-        ready_path="/readyz",
-        log_path=workdir / f"{exchange}.log",
-        environ=environ,
-        report=report,
+    with run_tower(
+        port=port, environ=environ, log_path=workdir / f"{exchange}.log", report=report
     ) as server:
         _wait_running(server.base_url, plugins)
         time.sleep(SETTLE)

@@ -175,3 +175,23 @@ def _tail(log_path: Path) -> str:
     except OSError:
         return "(no log)"
     return text[-_LOG_TAIL:].strip() or "(empty log)"
+
+
+def run_tower(
+    *,
+    port: int,
+    environ: Mapping[str, str],
+    log_path: Path,
+    report: Callable[[str], None] | None = None,
+    ready_path: str = "/readyz",
+) -> contextlib.AbstractContextManager[RunningServer]:
+    """``tower-trio run`` with ``environ`` (see ``tower_environ``), until the block ends."""
+    return run_server(
+        "tower-trio",
+        tower_command(),
+        port=port,
+        ready_path=ready_path,
+        log_path=log_path,
+        environ=environ,
+        report=report,
+    )
