@@ -16,7 +16,7 @@ from tower_trio._channel import Intake, Submission
 from tower_trio._config import Settings
 from tower_trio._journal import SQLiteStorage, open_storage
 from tower_trio._outbox import BATCH, Outbox
-from tower_trio._storage import Settlement
+from tower_trio._storage import Outgoing, Settlement
 from tower_trio._vocabulary import DeliveryStatus
 
 if TYPE_CHECKING:
@@ -112,6 +112,19 @@ class TestIngest:
         assert outbox.pending == len(uuids)
 
 
+async def settle_and_retry(
+    storage: SQLiteStorage, outbox: Outbox, outgoing: Outgoing, status: DeliveryStatus
+) -> None:
+    """The broker settles ``outgoing`` as ``status``; then an operator retries it."""
+    await storage.settle([Settlement(outgoing.seq, status, 1, "x", 1.0)])
+    outbox.settled(outgoing)
+    result = await storage.retry(outgoing.uuid)
+    assert result is not None
+    record, again = result
+    assert again is not None
+    outbox.retried(again, record.retries, 2.0)
+
+
 class TestRetried:
     async def test_a_retry_behind_the_cursor_goes_out_once_without_moving_it(
         self, storage: SQLiteStorage
@@ -121,13 +134,7 @@ class TestRetried:
         batch = await outbox.next_batch(0)
         assert batch is not None
         rows, cursor = batch
-        await storage.settle([Settlement(rows[1].seq, DeliveryStatus.UNROUTABLE, 1, "x", 1.0)])
-        outbox.settled(rows[1])
-        result = await storage.retry(uuids[1])
-        assert result is not None
-        record, outgoing = result
-        assert outgoing is not None
-        outbox.retried(outgoing, record.retries, 2.0)
+        await settle_and_retry(storage, outbox, rows[1], DeliveryStatus.UNROUTABLE)
         assert outbox.pending == 3
         again = await outbox.next_batch(cursor)
         assert again is not None
@@ -142,12 +149,7 @@ class TestRetried:
         batch = await outbox.next_batch(0)
         assert batch is not None
         rows, _ = batch
-        await storage.settle([Settlement(rows[0].seq, DeliveryStatus.FAILED, 5, "x", 1.0)])
-        outbox.settled(rows[0])
-        result = await storage.retry(uuids[0])
-        assert result is not None
-        assert result[1] is not None
-        outbox.retried(result[1], 1, 2.0)
+        await settle_and_retry(storage, outbox, rows[0], DeliveryStatus.FAILED)
         handed: list[str] = []
         cursor = 0
         while (batch := await outbox.next_batch(cursor)) is not None:
