@@ -273,6 +273,21 @@ def _bare_config(**values: Any) -> hypercorn.config.Config:
     return config
 
 
+async def _ask_patient_server(
+    nursery: trio.Nursery, app: Any, shutdown: trio.Event
+) -> trio.SocketStream:
+    """A connection to ``app`` served with long timeouts, a GET sent on it."""
+    config = _bare_config(keep_alive_timeout=60.0, graceful_timeout=60.0)
+    urls = await nursery.start(
+        lambda task_status: serve_asgi(
+            app, config, max_connections=10, shutdown=shutdown, task_status=task_status
+        )
+    )
+    stream = await _connect(urls[0])
+    await stream.send_all(HEALTHZ)
+    return stream
+
+
 def _records(caplog: pytest.LogCaptureFixture, event: str) -> list[logging.LogRecord]:
     return [record for record in caplog.records if record.msg == event]
 
@@ -410,6 +425,47 @@ class TestIdleConnections:
                 with trio.fail_after(5):
                     assert await _read_to_end(stream) == b""
 
+    async def test_idle_connection_closes_when_the_server_stops(
+        self, nursery: trio.Nursery
+    ) -> None:
+        """Stopping closes an idle keep-alive connection at once, not after its timeout."""
+        shutdown = trio.Event()
+        stream = await _ask_patient_server(nursery, _hello, shutdown)
+        async with stream:
+            with trio.fail_after(5):
+                assert (await _read_answer(stream)).endswith(b"hello")
+            # Idle, with its keep-alive timer armed (a stop noticed while the
+            # answer is being finished closes it there, which is not the case).
+            await trio.testing.wait_all_tasks_blocked()
+            shutdown.set()
+            with trio.fail_after(5):
+                assert await _read_to_end(stream) == b""
+
+    async def test_busy_connection_answers_then_closes_when_the_server_stops(
+        self, nursery: trio.Nursery
+    ) -> None:
+        """A request served as the server stops gets its answer, then the connection closes."""
+        shutdown = trio.Event()
+        inside, release = trio.Event(), trio.Event()
+
+        async def slow(scope: dict[str, Any], receive: Any, send: Any) -> None:
+            if scope["type"] == "lifespan":
+                await complete_lifespan(receive, send)
+                return
+            inside.set()
+            await release.wait()
+            await send_response(send, 200, b"hello", [(b"content-length", b"5")])
+
+        stream = await _ask_patient_server(nursery, slow, shutdown)
+        async with stream:
+            with trio.fail_after(5):
+                await inside.wait()
+            shutdown.set()
+            await trio.testing.wait_all_tasks_blocked()
+            release.set()
+            with trio.fail_after(5):
+                assert (await _read_to_end(stream)).endswith(b"hello")
+
     async def test_early_answer_closes_without_the_clients_help(
         self, amqp_url: str, unique: str, tmp_path: Path
     ) -> None:
@@ -525,6 +581,10 @@ class TestHypercornSeams:
         assert "self.protocol = ProtocolWrapper(" in run
         assert "await self._read_data()" in run
         assert "self.idle_task" in inspect.getsource(TCPServer.__init__)
+        assert inspect.iscoroutinefunction(TCPServer._initiate_server_close)
+        # The keep-alive timer is moved on these two events alone.
+        assert "Updated(idle=True)" in inspect.getsource(H11Protocol._maybe_recycle)
+        assert "Updated(idle=False)" in inspect.getsource(H11Protocol._handle_events)
         assert "self.send_lock" in inspect.getsource(TCPServer.protocol_send)
         assert "self.stream.send_eof()" in inspect.getsource(TCPServer._close)
         for method in (TCPServer.protocol_send, TCPServer._read_data):
