@@ -11,7 +11,6 @@ import attrs
 import pytest
 
 from tests.test_cli_commands import restore_logging  # noqa: F401 (a fixture)
-from tower_trio import amqp
 from tower_trio._cli import _secrets, main
 from tower_trio._config import Settings
 from tower_trio._logging import configure_logging, get_logger
@@ -121,9 +120,9 @@ class TestEveryPlaceAgrees:
         assert main(["config", "--json"], environ) == 0
         shown = json.loads(capsys.readouterr().out)
         stream = io.StringIO()
-        url = amqp.URL.parse(Settings.from_environ(environ).amqp_url)
+        urls = Settings.from_environ(environ).broker_urls()
         configure_logging(
-            "INFO", "json", secrets=_secrets(url, discovered.values(), environ), stream=stream
+            "INFO", "json", secrets=_secrets(urls, discovered.values(), environ), stream=stream
         )
         get_logger("tower_trio.test").info("values", text=" ".join(VALUES.values()))
         logged = stream.getvalue()
