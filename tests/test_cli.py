@@ -65,6 +65,11 @@ class TestStartUpErrors:
                 id="url-scheme",
             ),
             pytest.param(
+                {"TOWER_AMQP_URL": "amqp://rabbit-1/,http://lab:s3cret@rabbit-2/"},
+                "TOWER_AMQP_URL (URL 2 of 2) is invalid",
+                id="url-scheme-second-node",
+            ),
+            pytest.param(
                 {"TOWER_PLUGINS": "example"},
                 "PLUGIN_EXAMPLE_PATH is not set; the example plugin needs it",
                 id="plugin-config",

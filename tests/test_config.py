@@ -370,3 +370,124 @@ class TestSettingDocs:
         for variable, _, description in setting_docs():
             assert description.endswith("."), variable
             assert len(description) > 20, variable
+
+
+class TestBrokerURLs:
+    """TOWER_AMQP_URL with one URL per broker node, separated by commas."""
+
+    def test_one_url_is_one_node(self) -> None:
+        """One URL (the default) is one node, parsed as it always was."""
+        (url,) = Settings().broker_urls()
+        assert url.redacted() == "amqp://guest:***@localhost:5672/%2F"
+
+    def test_several_urls_in_order(self) -> None:
+        """Each URL keeps its own host, port, credentials, vhost and options, in order."""
+        settings = Settings.from_environ(
+            {
+                "TOWER_AMQP_URL": " amqp://a:pa@rabbit-1:5672/lab , "
+                "amqp://b:pb@rabbit-2:5673/other?connection_timeout=2,amqp://[::1]/"
+            }
+        )
+        urls = settings.broker_urls()
+        assert [(u.host, u.port, u.username, u.password, u.vhost) for u in urls] == [
+            ("rabbit-1", 5672, "a", "pa", "lab"),
+            ("rabbit-2", 5673, "b", "pb", "other"),
+            ("::1", 5672, "guest", "guest", "/"),
+        ]
+        assert urls[1].connect_timeout == 2.0
+
+    @pytest.mark.parametrize(
+        ("raw", "message"),
+        [
+            pytest.param(
+                "amqp://rabbit-1/,http://lab:s3cret-pw@rabbit-2/",
+                "TOWER_AMQP_URL (URL 2 of 2) is invalid: invalid AMQP URL: the scheme must be "
+                "amqp:// or amqps:// (AMQP over TLS) (the URLs are separated by commas: write "
+                "a comma in a user name or password as %2C)",
+                id="scheme",
+            ),
+            pytest.param(
+                "amqp://lab:s3cret/pw@rabbit-1/,amqp://rabbit-2/",
+                "TOWER_AMQP_URL (URL 1 of 2) is invalid: invalid AMQP URL: an '@' after the host",
+                id="password-with-slash",
+            ),
+            pytest.param(
+                "amqp://lab:s3cret,pw@rabbit-1/,amqp://rabbit-2/",
+                "TOWER_AMQP_URL (URL 1 of 3) is invalid: invalid AMQP URL: the port must be",
+                id="password-with-comma",
+            ),
+            pytest.param(
+                "amqp://rabbit-1/,,amqp://rabbit-2/",
+                "TOWER_AMQP_URL (URL 2 of 3) is empty; separate the URLs with single commas",
+                id="empty",
+            ),
+            pytest.param(
+                "amqp://rabbit-1/,",
+                "TOWER_AMQP_URL (URL 2 of 2) is empty",
+                id="trailing-comma",
+            ),
+            pytest.param(
+                "amqp://rabbit-1/,amqp://x:s3cret-pw@rabbit-2/,amqp://RABBIT-1:5672/other",
+                "TOWER_AMQP_URL is invalid: URLs 1 and 3 of 3 both point at rabbit-1:5672; "
+                "list each node once",
+                id="same-node-twice",
+            ),
+        ],
+    )
+    def test_bad_url_named_by_position(self, raw: str, message: str) -> None:
+        """A bad URL is a ConfigError naming TOWER_AMQP_URL and its position, never the password."""
+        settings = Settings.from_environ({"TOWER_AMQP_URL": raw})
+        with pytest.raises(ConfigError) as info:
+            settings.broker_urls()
+        assert str(info.value).startswith(message)
+        for piece in ("s3cret", "pw@", "-pw"):
+            assert piece not in str(info.value)
+        assert info.value.__cause__ is None or "s3cret" not in str(info.value.__cause__)
+
+    def test_one_bad_url_reads_as_before(self) -> None:
+        """With one URL, the error is worded as it always was: no position."""
+        with pytest.raises(ConfigError) as info:
+            Settings.from_environ({"TOWER_AMQP_URL": "http://rabbit/"}).broker_urls()
+        assert str(info.value) == (
+            "TOWER_AMQP_URL is invalid: invalid AMQP URL: the scheme must be amqp:// or "
+            "amqps:// (AMQP over TLS)"
+        )
+
+    def test_tls_and_plain_urls_do_not_mix(self) -> None:
+        """amqps:// and amqp:// nodes together are refused: a failover would drop TLS."""
+        with pytest.raises(ConfigError) as info:
+            Settings.from_environ({"TOWER_AMQP_URL": "amqps://rabbit-1/,amqp://rabbit-2/"})
+        assert str(info.value) == (
+            "TOWER_AMQP_URL mixes amqps:// and amqp:// URLs (URL 2 of 2 is not amqps://); "
+            "use amqps:// for every node, or amqp:// for all"
+        )
+
+    def test_tls_files_need_every_url_amqps(self, tls: TLSFiles) -> None:
+        """TLS files with a cluster whose URL 2 is amqp:// are refused, naming URL 2."""
+        with pytest.raises(ConfigError) as info:
+            Settings.from_environ(
+                {
+                    "TOWER_AMQP_URL": "amqps://rabbit-1/,amqp://rabbit-2/",
+                    "TOWER_AMQP_CA_FILE": str(tls.ca),
+                }
+            )
+        assert str(info.value) == (
+            "TOWER_AMQP_CA_FILE is set, but URL 2 of 2 in TOWER_AMQP_URL is not an amqps:// "
+            "URL; use amqps:// (port 5671 by default) to publish over TLS"
+        )
+
+    def test_tls_cluster(self, tls: TLSFiles) -> None:
+        """Every node over amqps:// takes the TLS files, and one context serves them all."""
+        settings = Settings.from_environ(
+            {
+                "TOWER_AMQP_URL": "amqps://rabbit-1/,amqps://rabbit-2:5676/",
+                "TOWER_AMQP_CA_FILE": str(tls.ca),
+            }
+        )
+        assert [url.port for url in settings.broker_urls()] == [5671, 5676]
+        assert settings.amqp_ssl_context() is not None
+
+    def test_plain_cluster_has_no_tls_context(self) -> None:
+        """A cluster of amqp:// nodes connects without TLS."""
+        settings = Settings.from_environ({"TOWER_AMQP_URL": "amqp://rabbit-1/,amqp://rabbit-2/"})
+        assert settings.amqp_ssl_context() is None

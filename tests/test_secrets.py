@@ -11,7 +11,6 @@ import attrs
 import pytest
 
 from tests.test_cli_commands import restore_logging  # noqa: F401 (a fixture)
-from tower_trio import amqp
 from tower_trio._cli import _secrets, main
 from tower_trio._config import Settings
 from tower_trio._logging import configure_logging, get_logger
@@ -121,9 +120,9 @@ class TestEveryPlaceAgrees:
         assert main(["config", "--json"], environ) == 0
         shown = json.loads(capsys.readouterr().out)
         stream = io.StringIO()
-        url = amqp.URL.parse(Settings.from_environ(environ).amqp_url)
+        urls = Settings.from_environ(environ).broker_urls()
         configure_logging(
-            "INFO", "json", secrets=_secrets(url, discovered.values(), environ), stream=stream
+            "INFO", "json", secrets=_secrets(urls, discovered.values(), environ), stream=stream
         )
         get_logger("tower_trio.test").info("values", text=" ".join(VALUES.values()))
         logged = stream.getvalue()
@@ -149,3 +148,16 @@ class TestEveryPlaceAgrees:
         get_logger("tower_trio.test").info("x", api_token="tok-9", routing_key="OT-2/v1")
         line = json.loads(stream.getvalue())
         assert (line["api_token"], line["routing_key"]) == ("***", "OT-2/v1")
+
+    def test_every_broker_node_password_is_masked(self, capsys: pytest.CaptureFixture[str]) -> None:
+        """With several broker URLs, each one's password is kept out of the logs and `config`."""
+        environ = {"TOWER_AMQP_URL": "amqp://a:first-pw-1@rabbit-1/,amqp://b:second%2Cpw@rabbit-2/"}
+        stream = io.StringIO()
+        urls = Settings.from_environ(environ).broker_urls()
+        configure_logging("INFO", "json", secrets=_secrets(urls, [], environ), stream=stream)
+        get_logger("tower_trio.test").info("x", text="first-pw-1 second,pw second%2Cpw")
+        assert main(["config", "--json"], environ) == 0
+        shown = json.loads(capsys.readouterr().out)["TOWER_AMQP_URL"]["value"]
+        assert "first-pw-1" not in stream.getvalue()
+        assert "second" not in stream.getvalue()
+        assert shown == "amqp://a:***@rabbit-1:5672/%2F,amqp://b:***@rabbit-2:5672/%2F"

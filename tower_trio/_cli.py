@@ -24,12 +24,13 @@ import attrs
 import trio
 
 from . import amqp
-from ._broker_advice import describe_broker_error, invalid_broker_setting
+from ._broker_advice import describe_broker_error
 from ._client import Answer, TowerClient, TowerUnreachableError, default_url, encode
 from ._config import Settings
 from ._errors import JournalError, PluginError, TowerError
 from ._logging import configure_logging
 from ._models import InvalidTriggerError
+from ._nodes import split_urls
 from ._plugins import DiscoveredPlugin, build_config, discover_plugins, select_plugins
 from ._schemas import ProtocolSchemas, load_schemas
 from ._secrets import REDACTED, is_secret
@@ -157,13 +158,13 @@ def _parser() -> argparse.ArgumentParser:
 
 def _run(environ: Mapping[str, str]) -> int:
     settings = Settings.from_environ(environ)
-    url = _parse_amqp_url(settings)
+    urls = settings.broker_urls()
     discovered = discover_plugins(settings.plugins_dir)
     plugins, skipped = select_plugins(discovered, settings.plugins, environ)
     configure_logging(
         settings.log_level,
         settings.log_format,
-        secrets=_secrets(url, discovered.values(), environ),
+        secrets=_secrets(urls, discovered.values(), environ),
     )
     try:
         return trio.run(run_tower, settings, plugins, skipped)
@@ -181,20 +182,13 @@ def _first_leaf(group: BaseExceptionGroup[JournalError]) -> JournalError:
     return leaf
 
 
-def _parse_amqp_url(settings: Settings) -> amqp.URL:
-    try:
-        return amqp.URL.parse(settings.amqp_url)
-    except amqp.AMQPConfigError as err:
-        raise TowerError(invalid_broker_setting("TOWER_AMQP_URL", err)) from err
-
-
 def _secrets(
-    url: amqp.URL,
+    urls: Iterable[amqp.URL],
     plugins: Iterable[DiscoveredPlugin],
     environ: Mapping[str, str],
 ) -> list[str]:
     """Every secret value the logs must never show."""
-    secrets = [url.password, quote(url.password, safe="")]
+    secrets = [shown for url in urls for shown in (url.password, quote(url.password, safe=""))]
     for field in attrs.fields(Settings):
         raw = environ.get(field.metadata["variable"])
         if raw and is_secret(field):
@@ -547,12 +541,7 @@ def _shown(field: attrs.Attribute[Any], value: Any) -> str:
     if value is None:
         return "(unset)"
     if field.name == "amqp_url":
-        try:
-            return amqp.URL.parse(value).redacted()
-        except amqp.AMQPConfigError as err:
-            # An unparsable URL may have its password anywhere; the parser's
-            # message never quotes it, so it alone says what is wrong.
-            return f"(invalid URL, not shown: {err})"
+        return ",".join(_shown_url(url) for url in split_urls(value))
     if is_secret(field):
         return REDACTED
     if isinstance(value, tuple):
@@ -560,6 +549,15 @@ def _shown(field: attrs.Attribute[Any], value: Any) -> str:
     if isinstance(value, float):
         return f"{value:g}"
     return str(value)
+
+
+def _shown_url(url: str) -> str:
+    try:
+        return amqp.URL.parse(url).redacted()
+    except amqp.AMQPConfigError as err:
+        # An unparsable URL may have its password anywhere; the parser's
+        # message never quotes it, so it alone says what is wrong.
+        return f"(invalid URL, not shown: {err})"
 
 
 # -- main ------------------------------------------------------------------------------

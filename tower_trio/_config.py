@@ -22,6 +22,7 @@ from ._auth import Tokens, parse_rate, parse_tokens
 from ._broker_advice import invalid_broker_setting
 from ._environ import from_environ
 from ._errors import ConfigError
+from ._nodes import node_address, split_urls
 from ._secrets import SECRET
 
 if TYPE_CHECKING:
@@ -80,8 +81,12 @@ def _readable_file(raw: str) -> Path:
     return path
 
 
+def _scheme(url: str) -> str:
+    return url.partition(":")[0].strip().lower()
+
+
 def _is_amqps(url: str) -> bool:
-    return url.partition(":")[0].strip().lower() == "amqps"
+    return _scheme(url) == "amqps"
 
 
 _DURATION_UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}
@@ -175,7 +180,9 @@ class Settings:
         "TOWER_AMQP_URL",
         "amqp://guest:guest@localhost:5672/%2F",
         _text,
-        "Broker to publish to: `amqp://user:password@host:port/vhost` (vhost `%2F` is `/`).",
+        "Broker to publish to: `amqp://user:password@host:port/vhost` (vhost `%2F` is `/`). "
+        "For a RabbitMQ cluster, one URL per node, separated by commas: the tower connects "
+        "to the first that answers and fails over to the next.",
     )
     amqp_ca_file: Path | None = _setting(
         "TOWER_AMQP_CA_FILE",
@@ -439,16 +446,28 @@ class Settings:
             "TOWER_AMQP_KEY_FILE": self.amqp_key_file,
         }
         given = [variable for variable, path in tls_files.items() if path is not None]
-        if not given:
-            return
-        if not _is_amqps(self.amqp_url):
+        urls = split_urls(self.amqp_url)
+        plain = [n for n, url in enumerate(urls, 1) if not _is_amqps(url)]
+        clear = [n for n, url in enumerate(urls, 1) if _scheme(url) == "amqp"]
+        if given and plain:
             # Ignoring them would publish in clear text while the operator
             # believes the connection is encrypted.
+            where = "TOWER_AMQP_URL is not an amqps:// URL"
+            if len(urls) > 1:
+                where = f"URL {plain[0]} of {len(urls)} in TOWER_AMQP_URL is not an amqps:// URL"
             raise ConfigError(
                 f"{' and '.join(given)} {'is' if len(given) == 1 else 'are'} set, but "
-                "TOWER_AMQP_URL is not an amqps:// URL; use amqps:// (port 5671 by "
-                "default) to publish over TLS"
+                f"{where}; use amqps:// (port 5671 by default) to publish over TLS"
             )
+        if clear and len(plain) < len(urls):
+            # A failover from a TLS node to a plain one would send the password
+            # and the triggers in clear text, without anyone having chosen that.
+            raise ConfigError(
+                f"TOWER_AMQP_URL mixes amqps:// and amqp:// URLs (URL {clear[0]} of "
+                f"{len(urls)} is not amqps://); use amqps:// for every node, or amqp:// for all"
+            )
+        if not given:
+            return
         if self.amqp_key_file is not None and self.amqp_cert_file is None:
             raise ConfigError(
                 "TOWER_AMQP_KEY_FILE is set without TOWER_AMQP_CERT_FILE; set the client "
@@ -468,13 +487,48 @@ class Settings:
             except amqp.AMQPConfigError as err:
                 raise ConfigError(invalid_broker_setting(variables, err)) from err
 
+    def broker_urls(self) -> tuple[amqp.URL, ...]:
+        """The URLs of ``TOWER_AMQP_URL``, one per broker node, in order.
+
+        Raises ``ConfigError`` naming the position of a URL that does not
+        parse, without quoting any of it (a password may be anywhere in it).
+        """
+        texts = split_urls(self.amqp_url)
+        if len(texts) == 1:
+            try:
+                return (amqp.URL.parse(texts[0]),)
+            except amqp.AMQPConfigError as err:
+                raise ConfigError(invalid_broker_setting("TOWER_AMQP_URL", err)) from err
+        urls: list[amqp.URL] = []
+        seen: dict[str, int] = {}
+        for position, text in enumerate(texts, 1):
+            which = f"TOWER_AMQP_URL (URL {position} of {len(texts)})"
+            if not text:
+                raise ConfigError(f"{which} is empty; separate the URLs with single commas")
+            try:
+                url = amqp.URL.parse(text)
+            except amqp.AMQPConfigError as err:
+                raise ConfigError(
+                    f"{invalid_broker_setting(which, err)} (the URLs are separated by commas: "
+                    "write a comma in a user name or password as %2C)"
+                ) from err
+            address = node_address(url)
+            if address in seen:
+                raise ConfigError(
+                    f"TOWER_AMQP_URL is invalid: URLs {seen[address]} and {position} of "
+                    f"{len(texts)} both point at {address}; list each node once"
+                )
+            seen[address] = position
+            urls.append(url)
+        return tuple(urls)
+
     def amqp_ssl_context(self) -> ssl.SSLContext | None:
-        """The TLS context for an ``amqps://`` URL; None for ``amqp://``.
+        """The TLS context for ``amqps://`` URLs (one for every node); None for ``amqp://``.
 
         The files are read on every call, so a renewed certificate is used
         from the next connection on. Reading blocks: call it in a thread.
         """
-        if not _is_amqps(self.amqp_url):
+        if not _is_amqps(split_urls(self.amqp_url)[0]):
             return None
         return amqp.create_ssl_context(
             ca_file=self.amqp_ca_file, cert_file=self.amqp_cert_file, key_file=self.amqp_key_file

@@ -164,6 +164,15 @@ class _StateCollector(Collector):
         yield GaugeMetricFamily(
             "tower_broker_blocked", "1 while the broker blocks publishing.", value=stats.blocked
         )
+        # One series per node of TOWER_AMQP_URL: a closed set, fixed at start-up.
+        node = GaugeMetricFamily(
+            "tower_broker_node",
+            "1 for the broker node (host:port) the connection is open to, 0 for the others.",
+            labels=["node"],
+        )
+        for address in stats.nodes:
+            node.add_metric([address], address == stats.node)
+        yield node
         sent = CounterMetricFamily(
             "tower_plugin_triggers_sent", "Triggers sent by each plugin.", labels=["plugin"]
         )

@@ -10,13 +10,15 @@ and delivers::
     ├── Settlements.serve          broker answers → storage, in batches
     ├── Outbox.serve_pruning       settled triggers deleted after TOWER_RETENTION
     ├── Outbox.serve_room_checks   room for one more trigger? (/readyz)
-    └── _deliver                   (re)connects with capped, jittered backoff
+    └── _deliver                   (re)connects, node after node, with capped, jittered backoff
         └── _serve_connection      one connection, one confirm-mode channel
             ├── _publish_pending   every pending trigger, in order, many in flight
             └── _settle_confirms   confirms in publish order → settlements
 
 After a reconnect (or a restart) delivery starts again from the oldest
-unconfirmed trigger. It returns when every source has closed its end of
+unconfirmed trigger. With several broker nodes (``tower_trio._nodes``) a
+lost connection moves to the next node at once, and what was unconfirmed
+is published there. It returns when every source has closed its end of
 the channel and storage holds nothing pending.
 
 One concept, kept whole although past 400 lines: the broker side of delivery,
@@ -40,6 +42,7 @@ from ._errors import JournalError, PublishError
 from ._feed import Feed
 from ._logging import get_logger
 from ._message import PropertyTemplates
+from ._nodes import Nodes, node_address
 from ._outbox import Outbox
 from ._settlements import Settlements
 from ._storage import Outgoing
@@ -89,6 +92,10 @@ class PublisherStatistics:
     """Why the journal cannot take another trigger now, if it cannot."""
     journal_room: int | None = None
     """Bytes the journal could still grow by at the last check."""
+    node: str | None = None
+    """``host:port`` of the broker node connected to; None while disconnected."""
+    nodes: tuple[str, ...] = ()
+    """``host:port`` of every node of ``TOWER_AMQP_URL``, in order."""
 
 
 @attrs.define(eq=False)
@@ -104,7 +111,9 @@ class Publisher:
 
     def __init__(self, settings: Settings, storage: Storage) -> None:  # pragma: no mutate block
         self._settings = settings
-        self._url = amqp.URL.parse(settings.amqp_url)
+        self._nodes = Nodes(settings.broker_urls())
+        self._node: amqp.URL | None = None
+        self._last_node: amqp.URL | None = None
         self._exchange = settings.exchange
         self.feed = Feed()
         """What happens to triggers, for the console's live view."""
@@ -129,8 +138,13 @@ class Publisher:
         self._last_error: str | None = None
 
     @property
-    def url(self) -> amqp.URL:
-        return self._url
+    def nodes(self) -> Nodes:
+        return self._nodes
+
+    def redacted_url(self) -> str:
+        """The URL of the node connected to, or all of them while disconnected; no password."""
+        node = self._node
+        return self._nodes.redacted() if node is None else node.redacted()
 
     def statistics(self) -> PublisherStatistics:  # pragma: no mutate block
         connection = self._connection
@@ -151,6 +165,8 @@ class Publisher:
             cached_bytes=self.outbox.cached_bytes,
             journal_problem=self.outbox.problem,
             journal_room=self.outbox.room,
+            node=None if self._node is None else node_address(self._node),
+            nodes=self._nodes.addresses,
         )
 
     def unrecorded(self) -> int:
@@ -221,29 +237,42 @@ class Publisher:
 
     async def _deliver(self, task_status: trio.TaskStatus[None]) -> None:  # pragma: no mutate block
         backoff = self._reconnect_backoff
+        nodes = self._nodes
         while True:
+            url = nodes.next
             try:
-                await self._serve_connection(task_status)
+                await self._serve_connection(url, task_status)
                 return
             except* (amqp.AMQPError, PublishError, OSError) as group:
                 error = _first_leaf(group)
-                self._last_error = describe_broker_error(error)
+                self._last_error = self._describe(error, url)
                 log = _log.error if _is_permanent(error) else _log.warning
                 log(
                     "broker.disconnected",
                     error=self._last_error,
                     pending=self.outbox.pending,
-                    url=self._url.redacted(),
+                    url=url.redacted(),
+                    node=node_address(url),
                 )
             finally:
                 self._connection = None
+                self._node = None
                 self._inflight.clear()
                 self._retries_waiting = 0
-            self._report_started(task_status)
+            # Started once every node was tried: a dead first node must not
+            # make the tower report "not connected" while the second answers.
+            round_over = nodes.failed()
+            if round_over:
+                self._report_started(task_status)
             if self.outbox.drained:
+                self._report_started(task_status)
                 return
+            if not round_over:
+                # Another node may answer now: fail over without waiting.
+                _log.info("broker.reconnecting", delay="0.00s", node=node_address(nodes.next))
+                continue
             delay = backoff.next_delay()
-            _log.info("broker.reconnecting", delay=f"{delay:.2f}s")
+            _log.info("broker.reconnecting", delay=f"{delay:.2f}s", node=node_address(nodes.next))
             with trio.move_on_after(delay):
                 # A shutdown with nothing left to publish need not wait for the broker.
                 while not self.outbox.drained:
@@ -257,12 +286,20 @@ class Publisher:
             self._started = True
             task_status.started()
 
+    def _describe(self, error: BaseException, url: amqp.URL) -> str:  # pragma: no mutate block
+        described = describe_broker_error(error)
+        address = node_address(url)
+        if len(self._nodes.urls) == 1 or address in described:
+            return described
+        # With several nodes, /readyz and the status say which one failed.
+        return f"node {address}: {described}"
+
     async def _serve_connection(
-        self, task_status: trio.TaskStatus[None]
+        self, url: amqp.URL, task_status: trio.TaskStatus[None]
     ) -> None:  # pragma: no mutate block
         async with (
             amqp.open_connection(
-                self._url,
+                url,
                 # Read at every connection, so that a renewed certificate is taken up.
                 ssl_context=await trio.to_thread.run_sync(self._settings.amqp_ssl_context),
                 client_properties=_client_properties(),
@@ -274,10 +311,21 @@ class Publisher:
             self._connections += 1
             # A healthy connection starts the next outage's backoff from the beginning.
             self._reconnect_backoff.reset()
+            self._nodes.connected()
             self._last_error = None
+            self._node = url
+            if self._last_node is not None and self._last_node != url:
+                _log.warning(
+                    "broker.failed_over",
+                    from_node=node_address(self._last_node),
+                    to_node=node_address(url),
+                    pending=self.outbox.pending,
+                )
+            self._last_node = url
             _log.info(
                 "broker.connected",
-                url=self._url.redacted(),
+                url=url.redacted(),
+                node=node_address(url),
                 exchange=self._exchange,
                 frame_max=connection.frame_max,
                 heartbeat=connection.heartbeat,

@@ -87,6 +87,8 @@ def status_report(
             "state": broker[0],
             "health": broker[1],
             "url": broker_url,
+            "node": stats.node,
+            "nodes": list(stats.nodes),
             "exchange": settings.exchange,
             "reconnects": stats.reconnects,
             "unconfirmed": stats.unconfirmed,

@@ -140,7 +140,7 @@ async def _serve_with_storage(
             readiness(),
             plugins_report(statuses, plugins),
             skipped,
-            broker_url=publisher.url.redacted(),
+            broker_url=publisher.redacted_url(),
         )
 
     def make_app(send_channel: trio.MemorySendChannel[Submission]) -> ASGIApp:
@@ -178,7 +178,7 @@ async def _serve_with_storage(
             "tower.started",
             version=__version__,
             http=",".join(http_urls),
-            broker=publisher.url.redacted(),
+            broker=publisher.nodes.redacted(),
             exchange=settings.exchange,
             journal=storage.location,
             plugins=",".join(statuses) or "none",
@@ -215,7 +215,7 @@ def _summary_rows(
     rows = [
         ("HTTP API", ", ".join(http_urls)),
         ("auth", "bearer tokens" if settings.api_tokens else "off (no TOWER_API_TOKENS)"),
-        ("broker", publisher.url.redacted()),
+        ("broker", ", ".join(url.redacted() for url in publisher.nodes.urls)),
         ("exchange", settings.exchange),
         ("journal", storage.location),
     ]
