@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import gc
 import io
 import json
 import logging
@@ -21,7 +22,7 @@ from tests._helpers import VALID, Broker, Tower, run_tower, tower_settings, unus
 from tests._rabbitmq import rabbitmqctl
 from tests._towers import open_tower_process
 from tower_trio._auth import Tokens
-from tower_trio._cli import _parser, _Progress, main
+from tower_trio._cli import _parser, _Progress, _tune_collector, main
 from tower_trio._logging import configure_logging, get_logger, print_summary
 from tower_trio._openapi import openapi_document
 from tower_trio._vocabulary import DeliveryStatus
@@ -812,3 +813,16 @@ class TestUsage:
             main(["send"], {})
         assert excinfo.value.code == 2
         assert "the following arguments are required: FILE" in capsys.readouterr().err
+
+
+class TestCollector:
+    def test_run_freezes_start_up_and_collects_less_often(self) -> None:
+        """`run` leaves start-up objects to no collection and the youngest generation to fewer."""
+        thresholds = gc.get_threshold()
+        try:
+            _tune_collector()
+            assert gc.get_freeze_count() > 0
+            assert gc.get_threshold()[0] >= 5 * thresholds[0]
+        finally:
+            gc.unfreeze()
+            gc.set_threshold(*thresholds)
