@@ -52,12 +52,12 @@ fmt: _venv
     {{bin}}/ruff check --fix .
 
 # Measure throughput against peers in one run; writes docs/benchmarks.md.
-bench *args: _venv
+bench *args: _venv _wrk
     {{bin}}/python -m bench {{args}}
 
 # Measure how each cost grows with the work and plot it; writes docs/growth.md
 # and docs/growth/*.png.
-bench-growth *args: _venv
+bench-growth *args: _venv _wrk
     {{bin}}/python -m bench.growth {{args}}
 
 # Mutation-test the modules that carry the guarantees (about an hour on two
@@ -96,6 +96,22 @@ _chromium:
     if (( EUID != 0 )); then sudo="sudo"; fi
     $sudo apt-get update -qq
     DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq chromium
+
+# Debian's wrk, the benchmarks' HTTP load generator: written in C, it leaves
+# the CPU to the servers it measures (without it the bench falls back to a
+# Python generator that competes with them). Installed with apt-get when missing.
+_wrk:
+    #!/usr/bin/env bash
+    set -euo pipefail
+    if command -v wrk >/dev/null; then exit 0; fi
+    if ! command -v apt-get >/dev/null; then
+        echo "wrk not found: the HTTP benchmark uses its slower Python load generator" >&2
+        exit 0
+    fi
+    sudo=""
+    if (( EUID != 0 )); then sudo="sudo"; fi
+    $sudo apt-get update -qq
+    DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq wrk
 
 # Create plugins/NAME/ with a watcher, a README and a test to start from.
 new-plugin name: _venv
