@@ -216,8 +216,8 @@ def render_markdown(
             "own and deletes it at the end. The HTTP part uses `wrk` when it is on PATH "
             "(`just bench` installs Debian's `wrk` when it is missing), else a trio + h11 "
             "generator that competes with the servers for CPU; the peer runs on uvloop + "
-            "httptools when they are installed (`uvicorn[standard]`), else on asyncio + h11 (`--peer-plain` forces that). The "
-            "machine table says which were used. `python -m bench --quick` is a smoke check; "
+            "httptools when they are installed (`uvicorn[standard]`), else on asyncio + h11 "
+            "(`--peer-plain` forces that). The machine table says which were used. `python -m bench --quick` is a smoke check; "
             "`--only publisher|http|idle` runs one part; `--help` lists the rest.",
             "",
         ]
