@@ -213,12 +213,12 @@ def render_markdown(
             "",
             "Run `just bench` from the repository root with RabbitMQ running locally "
             "(`rabbitmqctl` on PATH, guest/guest on 127.0.0.1:5672). It creates a vhost of its "
-            "own and deletes it at the end. The HTTP part uses `wrk` when it is on PATH "
-            "(`just bench` installs Debian's `wrk` when it is missing), else a trio + h11 "
-            "generator that competes with the servers for CPU; the peer runs on uvloop + "
-            "httptools when they are installed (`uvicorn[standard]`), else on asyncio + h11 "
-            "(`--peer-plain` forces that). The machine table says which were used. `python -m bench --quick` is a smoke check; "
-            "`--only publisher|http|idle` runs one part; `--help` lists the rest.",
+            "own and deletes it at the end. The HTTP part uses `wrk` when it is on PATH (`just "
+            "bench` installs Debian's `wrk` when it is missing), else a trio + h11 generator that"
+            " competes with the servers for CPU; the peer runs on uvloop + httptools when they "
+            "are installed (`uvicorn[standard]`), else on asyncio + h11 (`--peer-plain` forces "
+            "that). The machine table says which were used. `python -m bench --quick` is a smoke "
+            "check; `--only publisher|http|idle` runs one part; `--help` lists the rest.",
             "",
         ]
     )
