@@ -265,6 +265,18 @@ class TestPrune:
         assert await storage.get(waiting.uuid) is not None
         assert await storage.pending_count() == 1
 
+    async def test_seqs_keep_growing_after_everything_is_pruned(self, opened: Any) -> None:
+        """``last_seq`` is the highest seq ever stored: pruning lowers neither it nor the next."""
+        clock = Clock()
+        storage: Storage = await opened(clock=clock)
+        seqs = await store(storage, trigger(0), trigger(1))
+        await storage.settle(answer(seq, DeliveryStatus.PUBLISHED, at=clock.now) for seq in seqs)
+        clock.now += 100
+        assert await storage.prune(10) == 2
+        assert await storage.last_seq() == seqs[-1]
+        (later,) = await store(storage, trigger(2))
+        assert later > seqs[-1]
+
 
 class TestPage:
     async def test_newest_first_filtered_and_in_pages(self, storage: Storage) -> None:

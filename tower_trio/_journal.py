@@ -353,7 +353,11 @@ class Journal:
 
     @_writes
     def last_seq(self) -> int:
-        (seq,) = self._writer.execute("SELECT coalesce(max(seq), 0) FROM triggers").fetchone()
+        # AUTOINCREMENT keeps the highest seq ever used in sqlite_sequence, where
+        # pruning every row does not lower it (max(seq) would).
+        (seq,) = self._writer.execute(
+            "SELECT coalesce(max(seq), 0) FROM sqlite_sequence WHERE name = 'triggers'"
+        ).fetchone()
         return int(seq)
 
     def prune(self, retention: float, batch: int = PRUNE_BATCH) -> int:
