@@ -144,11 +144,9 @@ class PostgresJournal:
                 session.forget_if_broken()
                 advice = ""
                 if isinstance(err, psycopg.OperationalError):
-                    advice = (
-                        "; check that PostgreSQL is up and reachable as TOWER_JOURNAL_URL says "
-                        "(the next call connects again)"
-                    )
-                reason = str(err).strip() or type(err).__name__
+                    advice = "; check that PostgreSQL is up and that TOWER_JOURNAL_URL names it"
+                # libpq's messages span lines; a journal error is one line of a log.
+                reason = " ".join(str(err).split()) or type(err).__name__
                 raise JournalError(
                     f"cannot {doing} the journal {self.location}: {reason}{advice}"
                 ) from err
