@@ -6,10 +6,13 @@ PostgreSQL too. Each test here works in a schema of its own (tests/_postgres.py)
 
 from __future__ import annotations
 
+import json
+import re
 import subprocess
 import sys
 import uuid
 from typing import TYPE_CHECKING
+from urllib.parse import quote
 
 import httpx
 import pytest
@@ -19,6 +22,7 @@ from tests._helpers import VALID, Broker
 from tests._postgres import admin, open_schema, schema_url
 from tests._towers import open_tower_process, tower_environ
 from tests.test_storage import entry, trigger
+from tower_trio._cli import main
 from tower_trio._config import Settings
 from tower_trio._errors import ConfigError, JournalError
 from tower_trio._journal import SQLiteStorage
@@ -90,6 +94,33 @@ class TestTheUrl:
         assert PASSWORD not in repr(settings)
         assert (url.password, url.schema) == (PASSWORD, "tower_a")
         assert url.conninfo == f"postgresql://tower:{PASSWORD}@db:5433/lab"
+
+    @pytest.mark.parametrize(
+        "password",
+        ["s3cret/pw-tail", "s3cret?pw-tail", "s3cret#pw-tail", "s3cret@pw-tail", "4567/s3cret"],
+    )
+    def test_config_never_shows_the_password(
+        self, password: str, capsys: pytest.CaptureFixture[str]
+    ) -> None:
+        """A password that would show in pieces is refused; percent-encoded, it is left out."""
+        environ = {"TOWER_JOURNAL_URL": f"postgresql://lab:{password}@db:5432/tower"}
+        assert main(["config", "--json"], environ) == 2
+        out, err = capsys.readouterr()
+        pieces = {piece for piece in re.split(r"[/?#@]", password) if len(piece) >= 3}
+        for piece in {password, *pieces}:
+            assert piece not in out + err
+        assert "TOWER_JOURNAL_URL" in err
+        assert "percent-encode" in err
+        encoded = quote(password, safe="")
+        assert (
+            main(
+                ["config", "--json"],
+                {"TOWER_JOURNAL_URL": environ["TOWER_JOURNAL_URL"].replace(password, encoded)},
+            )
+            == 0
+        )
+        shown = json.loads(capsys.readouterr().out)["TOWER_JOURNAL_URL"]["value"]
+        assert shown == "postgresql://lab@db:5432/tower"
 
     async def test_a_sqlite_path_opens_the_journal_there(self, tmp_path: Path) -> None:
         """A file path (or sqlite:// and one) puts the SQLite journal at that path."""

@@ -28,6 +28,7 @@ from ._broker_advice import describe_broker_error, invalid_broker_setting
 from ._client import Answer, TowerClient, TowerUnreachableError, default_url, encode
 from ._config import Settings
 from ._errors import JournalError, PluginError, TowerError
+from ._journal_url import PostgresURL
 from ._logging import configure_logging
 from ._models import InvalidTriggerError
 from ._plugins import DiscoveredPlugin, build_config, discover_plugins, select_plugins
@@ -163,7 +164,7 @@ def _run(environ: Mapping[str, str]) -> int:
     configure_logging(
         settings.log_level,
         settings.log_format,
-        secrets=_secrets(url, discovered.values(), environ),
+        secrets=_secrets(url, discovered.values(), environ, journal=settings.journal_url),
     )
     try:
         return trio.run(run_tower, settings, plugins, skipped)
@@ -192,9 +193,13 @@ def _secrets(
     url: amqp.URL,
     plugins: Iterable[DiscoveredPlugin],
     environ: Mapping[str, str],
+    *,
+    journal: Path | PostgresURL | None = None,
 ) -> list[str]:
     """Every secret value the logs must never show."""
     secrets = [url.password, quote(url.password, safe="")]
+    if isinstance(journal, PostgresURL) and journal.password:
+        secrets.extend([journal.password, quote(journal.password, safe="")])
     for field in attrs.fields(Settings):
         raw = environ.get(field.metadata["variable"])
         if raw and is_secret(field):

@@ -30,6 +30,8 @@ _SCHEMA_PARAMETER = "schema"
 # schema an operator types in psql is the one the tower uses.
 _SCHEMA_NAME = re.compile(r"[a-z_][a-z0-9_]{0,62}")
 _EXAMPLE = "postgresql://user:password@host:5432/database"
+_ENCODE = "percent-encode an @, /, ? or # in the user name or password (%40, %2F, %3F, %23)"
+_QUOTED = re.compile(r"([\"'])(.*?)\1")
 
 
 @attrs.frozen
@@ -71,12 +73,17 @@ def parse_journal_url(raw: str) -> Path | PostgresURL | None:
 
 
 def _postgres(text: str) -> PostgresURL:
+    # Where a password holds a character that ends the host part, the rest of
+    # it lands in the port or the path; it must not be shown from there.
     try:
         split = urlsplit(text)
         if "," not in split.netloc:
             _ = split.port  # a port that is not a number raises here
-    except ValueError as err:
-        raise _invalid(str(err)) from None
+    except ValueError:
+        raise _invalid(f"the port is not a number; {_ENCODE}") from None
+    # libpq ends the user name and password at the first @, Python at the last.
+    if split.netloc.count("@") > 1 or "@" in text[len(split.scheme) + 3 + len(split.netloc) :]:
+        raise _invalid(f"it has an @ that does not end the user name and password; {_ENCODE}")
     password = None if split.password is None else unquote(split.password)
     query = parse_qsl(split.query, keep_blank_values=True)
     schemas = [value for name, value in query if name == _SCHEMA_PARAMETER]
@@ -91,7 +98,7 @@ def _postgres(text: str) -> PostgresURL:
     passed = [(name, value) for name, value in query if name != _SCHEMA_PARAMETER]
     password = password or next((v for n, v in passed if n == "password"), None)
     conninfo = urlunsplit(split._replace(query=urlencode(passed, quote_via=quote)))
-    _check_with_libpq(conninfo, password)
+    _check_with_libpq(conninfo, {name for name, _ in query})
     netloc = split.netloc.rpartition("@")[2]
     if split.username is not None:
         netloc = f"{split.username}@{netloc}"
@@ -100,8 +107,12 @@ def _postgres(text: str) -> PostgresURL:
     return PostgresURL(conninfo, schema, shown, password)
 
 
-def _check_with_libpq(conninfo: str, password: str | None) -> None:
-    """Let libpq parse the URL now, so that a bad one stops the start, not the first write."""
+def _check_with_libpq(conninfo: str, parameters: set[str]) -> None:
+    """Let libpq parse the URL now, so that a bad one stops the start, not the first write.
+
+    Its message quotes what it could not read; only the names of URL
+    parameters are kept, anything else quoted might be part of a password.
+    """
     try:
         # Imported here: psycopg is an optional dependency.
         import psycopg  # noqa: PLC0415
@@ -114,9 +125,10 @@ def _check_with_libpq(conninfo: str, password: str | None) -> None:
     try:
         conninfo_to_dict(conninfo)
     except psycopg.Error as err:
-        reason = str(err).strip()
-        if password:
-            reason = reason.replace(password, "***")
+        reason = _QUOTED.sub(
+            lambda quoted: quoted[0] if quoted[2] in parameters else "(not shown)",
+            " ".join(str(err).split()),
+        )
         raise _invalid(reason) from None
 
 
