@@ -39,11 +39,11 @@ from ._storage import (
     Outgoing,
     PageQuery,
     Settlement,
-    ThreadedStorage,
     entry_values,
     new_record,
     settlement_updates,
 )
+from ._threaded import ThreadedStorage
 
 if TYPE_CHECKING:
     from collections.abc import Callable, Iterable, Sequence
