@@ -20,7 +20,7 @@ run: _venv
 # Lint, then test. With no arguments: the whole suite against the local
 # RabbitMQ, under branch coverage and its gate. Arguments go to pytest and run
 # that part alone, without the gate, which a part of the suite cannot meet:
-# `just test -m "not broker and not subprocess"` runs the pure tests.
+# `just test -m "not broker and not subprocess and not postgres"` runs the pure tests.
 [positional-arguments]
 test *args: lint _chromium
     #!/usr/bin/env bash

@@ -13,8 +13,10 @@ import os
 import socket
 import subprocess
 import uuid
+from functools import partial
 from typing import TYPE_CHECKING, Any
 
+import psycopg
 import pytest
 import trio
 from hypothesis import HealthCheck, settings
@@ -60,7 +62,7 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
 
 @pytest.fixture(autouse=True)
 def _marks_hold(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> None:
-    """Refuse a process or a broker connection to a test whose marks do not say it needs one.
+    """Refuse a process, a broker or a database to a test whose marks do not say it needs one.
 
     The pure selection is only as true as the marks; this keeps them true as
     tests are added. A refused connection looks like a broker that is down,
@@ -86,6 +88,15 @@ def _marks_hold(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch)
             connect(self, address)
 
         monkeypatch.setattr(socket.socket, "connect", no_broker)
+    if "postgres" not in marks:
+        # libpq opens its own sockets: the driver's entry point is where to refuse.
+        def no_database(cls: type[psycopg.Connection[Any]], *_: Any, **__: Any) -> None:
+            raise psycopg.OperationalError(
+                "this test reaches PostgreSQL: mark it @pytest.mark.postgres"
+            )
+
+        monkeypatch.setattr(psycopg.Connection, "connect", classmethod(no_database))
+        monkeypatch.setattr(psycopg, "connect", partial(no_database, psycopg.Connection))
 
 
 @pytest.fixture(scope="session")

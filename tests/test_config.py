@@ -35,6 +35,7 @@ VARIABLES = [
     "TOWER_CHANNEL_SIZE",
     "TOWER_CONFIRM_WINDOW",
     "TOWER_DATA_DIR",
+    "TOWER_JOURNAL_URL",
     "TOWER_JOURNAL_MAX_BYTES",
     "TOWER_RETENTION",
     "TOWER_CONFIRM_TIMEOUT",
@@ -87,6 +88,7 @@ class TestDefaults:
             pytest.param("schemas_dir", None, id="schemas-dir"),
             pytest.param("schemas_strict", False, id="schemas-strict"),
             pytest.param("data_dir", Path("var"), id="data-dir"),
+            pytest.param("journal_url", None, id="journal-url"),
             pytest.param("journal_max_bytes", None, id="journal-max-bytes"),
             pytest.param("retention", 7 * 86400.0, id="retention"),
             pytest.param("confirm_timeout", 30.0, id="confirm-timeout"),
@@ -208,6 +210,7 @@ class TestValidValues:
             "TOWER_HTTP_MAX_CONNECTIONS": "17",
             "TOWER_SCHEMAS_DIR": "s",
             "TOWER_SCHEMAS_STRICT": "true",
+            "TOWER_JOURNAL_URL": "j/journal.sqlite3",
         }
         assert sorted(environ) == sorted(VARIABLES)
         assert Settings.from_environ(environ) == Settings(
@@ -232,6 +235,7 @@ class TestValidValues:
             log_level="ERROR",
             log_format="json",
             data_dir=Path("d"),
+            journal_url=Path("j/journal.sqlite3"),
             journal_max_bytes=8,
             retention=9.0,
             confirm_timeout=10.0,

@@ -8,13 +8,16 @@ does (WAL, fsync, its file) is tested in tests/test_journal.py.
 
 from __future__ import annotations
 
+from contextlib import asynccontextmanager
 from typing import TYPE_CHECKING, Any
 
 import pytest
 import trio
 
+from tests._postgres import open_schema
 from tower_trio import Trigger
 from tower_trio._journal import open_storage
+from tower_trio._postgres import open_postgres_storage
 from tower_trio._serialization import dump_trigger
 from tower_trio._storage import (
     Accepted,
@@ -29,8 +32,10 @@ from tower_trio._storage import (
 from tower_trio._vocabulary import DeliveryStatus
 
 if TYPE_CHECKING:
-    from collections.abc import AsyncIterator
+    from collections.abc import AsyncIterator, Awaitable, Callable
     from pathlib import Path
+
+    Opener = Callable[..., Awaitable[Storage]]
 
 
 class Clock:
@@ -41,33 +46,51 @@ class Clock:
         return self.now
 
 
-async def _sqlite(
-    tmp_path: Path, *, clock: Clock | None = None, max_bytes: int | None = None
-) -> Storage:
-    return await open_storage(
-        tmp_path / "journal", max_bytes=max_bytes, **({"clock": clock} if clock else {})
-    )
+def _options(clock: Clock | None, max_bytes: int | None) -> dict[str, Any]:
+    return {"max_bytes": max_bytes, **({"clock": clock} if clock else {})}
 
 
-BACKENDS = {"sqlite": _sqlite}
+@asynccontextmanager
+async def _sqlite(tmp_path: Path) -> AsyncIterator[Opener]:
+    async def open_one(*, clock: Clock | None = None, max_bytes: int | None = None) -> Storage:
+        return await open_storage(tmp_path / "journal", **_options(clock, max_bytes))
+
+    yield open_one
 
 
-@pytest.fixture(params=sorted(BACKENDS))
-async def opened(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[Any]:
-    """Opens stores of one backend in ``tmp_path`` (reopening finds the same data)."""
-    opener = BACKENDS[request.param]
-    stores: list[Storage] = []
+@asynccontextmanager
+async def _postgres(tmp_path: Path) -> AsyncIterator[Opener]:
+    async with open_schema() as url:
 
-    async def open_one(**options: Any) -> Storage:
-        store = await opener(tmp_path, **options)
-        stores.append(store)
-        return store
+        async def open_one(*, clock: Clock | None = None, max_bytes: int | None = None) -> Storage:
+            return await open_postgres_storage(url, **_options(clock, max_bytes))
 
-    try:
         yield open_one
-    finally:
-        for store in stores:
-            store.close()
+
+
+BACKENDS = {"sqlite": _sqlite, "postgres": _postgres}
+"""Each store's opener: given a test's own folder, opens stores in a place of the test's own."""
+_MARKS = {"postgres": [pytest.mark.postgres]}
+
+
+@pytest.fixture(
+    params=[pytest.param(name, marks=_MARKS.get(name, [])) for name in sorted(BACKENDS)]
+)
+async def opened(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[Any]:
+    """Opens stores of one backend in a place of the test's own (reopening finds the same data)."""
+    stores: list[Storage] = []
+    async with BACKENDS[request.param](tmp_path) as opener:
+
+        async def open_one(**options: Any) -> Storage:
+            store = await opener(**options)
+            stores.append(store)
+            return store
+
+        try:
+            yield open_one
+        finally:
+            for store in stores:
+                store.close()
 
 
 @pytest.fixture
@@ -241,6 +264,18 @@ class TestPrune:
         assert await storage.prune(60) == 1
         assert await storage.get(waiting.uuid) is not None
         assert await storage.pending_count() == 1
+
+    async def test_seqs_keep_growing_after_everything_is_pruned(self, opened: Any) -> None:
+        """``last_seq`` is the highest seq ever stored: pruning lowers neither it nor the next."""
+        clock = Clock()
+        storage: Storage = await opened(clock=clock)
+        seqs = await store(storage, trigger(0), trigger(1))
+        await storage.settle(answer(seq, DeliveryStatus.PUBLISHED, at=clock.now) for seq in seqs)
+        clock.now += 100
+        assert await storage.prune(10) == 2
+        assert await storage.last_seq() == seqs[-1]
+        (later,) = await store(storage, trigger(2))
+        assert later > seqs[-1]
 
 
 class TestPage:

@@ -29,6 +29,7 @@ from ._broker_advice import describe_broker_error
 from ._client import Answer, TowerClient, TowerUnreachableError, default_url, encode
 from ._config import Settings
 from ._errors import JournalError, PluginError, TowerError
+from ._journal_url import PostgresURL
 from ._logging import configure_logging
 from ._models import InvalidTriggerError
 from ._nodes import split_urls
@@ -165,7 +166,7 @@ def _run(environ: Mapping[str, str]) -> int:
     configure_logging(
         settings.log_level,
         settings.log_format,
-        secrets=_secrets(urls, discovered.values(), environ),
+        secrets=_secrets(urls, discovered.values(), environ, journal=settings.journal_url),
     )
     _tune_collector()
     try:
@@ -203,9 +204,13 @@ def _secrets(
     urls: Iterable[amqp.URL],
     plugins: Iterable[DiscoveredPlugin],
     environ: Mapping[str, str],
+    *,
+    journal: Path | PostgresURL | None = None,
 ) -> list[str]:
     """Every secret value the logs must never show."""
     secrets = [shown for url in urls for shown in (url.password, quote(url.password, safe=""))]
+    if isinstance(journal, PostgresURL) and journal.password:
+        secrets.extend([journal.password, quote(journal.password, safe="")])
     for field in attrs.fields(Settings):
         raw = environ.get(field.metadata["variable"])
         if raw and is_secret(field):

@@ -22,6 +22,7 @@ from ._auth import Tokens, parse_rate, parse_tokens
 from ._broker_advice import invalid_broker_setting
 from ._environ import from_environ
 from ._errors import ConfigError
+from ._journal_url import PostgresURL, parse_journal_url
 from ._nodes import node_address, split_urls
 from ._secrets import SECRET
 
@@ -297,12 +298,22 @@ class Settings:
         "it holds every trigger not yet confirmed by the broker.",
         shown="`var` (or systemd's `$STATE_DIRECTORY`)",
     )
+    journal_url: Path | PostgresURL | None = _setting(
+        "TOWER_JOURNAL_URL",
+        None,
+        parse_journal_url,
+        "Where the journal lives instead: the path of a SQLite file, or "
+        "`postgresql://user:password@host:5432/database` (or `postgres://`; add "
+        "`?schema=name` for a schema of its own) to keep it in PostgreSQL, which needs "
+        "`pip install tower-trio[postgres]` (see the storage page). The password is never shown.",
+        shown="(unset: `journal.sqlite3` in `TOWER_DATA_DIR`)",
+    )
     journal_max_bytes: int | None = _setting(
         "TOWER_JOURNAL_MAX_BYTES",
         None,
         _positive_int,
-        "Cap on the journal's size; when it is reached, `POST /triggers` answers 503 "
-        "until pruning makes room. Unset: limited by the disk only.",
+        "Cap on the journal's size (in PostgreSQL: its tables' size); when it is reached, "
+        "`POST /triggers` answers 503 until pruning makes room. Unset: limited by the disk only.",
         shown="(unset)",
     )
     retention: float = _setting(

@@ -6,8 +6,9 @@ journal's writer lock, whoever calls (the publisher's batches and broker
 answers, plugins saving their state): two writers can never interleave
 their transactions. HTTP lookups read through a second connection, which
 WAL lets run beside the writer. Every method of ``Journal`` blocks;
-``SQLiteStorage`` is the tower's ``Storage`` on it, running each call in a
-worker thread, writes one at a time in the order they were called.
+``SQLiteStorage`` is the tower's ``Storage`` on it (``ThreadedStorage``:
+each call in a worker thread, writes one at a time in the order they were
+called).
 
 A trigger's row is its delivery record: ``pending`` until the broker
 confirms it, then ``published``, ``unroutable`` or ``failed``. Rows that
@@ -30,17 +31,27 @@ from typing import TYPE_CHECKING, Any, Concatenate, ParamSpec, TypeVar
 import trio
 
 from ._errors import JournalError
-from ._storage import Accepted, Duplicate, JournalRecord, Outgoing, PageQuery, Settlement
-from ._vocabulary import DeliveryStatus
+from ._storage import (
+    PRUNE_BATCH,
+    Accepted,
+    Duplicate,
+    JournalRecord,
+    Outgoing,
+    PageQuery,
+    Settlement,
+    entry_values,
+    new_record,
+    settlement_updates,
+)
+from ._threaded import ThreadedStorage
 
 if TYPE_CHECKING:
     from collections.abc import Callable, Iterable, Sequence
     from pathlib import Path
 
-    from ._models import Trigger
     from ._storage import Entry
 
-__all__ = ["Journal", "SQLiteStorage", "open_journal", "open_storage"]
+__all__ = ["PRUNE_BATCH", "Journal", "SQLiteStorage", "open_journal", "open_storage"]
 
 _T = TypeVar("_T")
 _P = ParamSpec("_P")
@@ -87,8 +98,6 @@ _MIGRATIONS = {
 }
 
 FILE_NAME = "journal.sqlite3"
-PRUNE_BATCH = 5000
-"""Triggers deleted per transaction when pruning: each holds the writer for a moment only."""
 
 
 _RECORD_COLUMNS = (
@@ -177,7 +186,7 @@ class Journal:
                 raise JournalError(
                     f"the journal {self.path} was written by a newer tower-trio (schema "
                     f"version {version}, this one knows {SCHEMA_VERSION}); run that version, "
-                    "or point TOWER_DATA_DIR elsewhere"
+                    "or point TOWER_DATA_DIR (or TOWER_JOURNAL_URL) elsewhere"
                 )
             for step in range(version, SCHEMA_VERSION):
                 for statement in _MIGRATIONS[step]:
@@ -190,6 +199,10 @@ class Journal:
                 "ON CONFLICT (key) DO UPDATE SET value = excluded.value",
                 (str(SCHEMA_VERSION),),
             )
+
+    @property
+    def location(self) -> str:
+        return str(self.path)
 
     @_writes
     def close(self) -> None:
@@ -233,7 +246,7 @@ class Journal:
                     continue
             fresh.append(len(results))
             results.append(None)
-            rows.append(_row(trigger, body, key, fingerprint))
+            rows.append(entry_values(trigger, body, key, fingerprint))
         # One executemany instead of a statement per trigger (a repeated uuid
         # fails it with an IntegrityError). With AUTOINCREMENT and the write
         # lock held (BEGIN IMMEDIATE), the rows get consecutive seqs ending at
@@ -256,7 +269,7 @@ class Journal:
             return Duplicate(JournalRecord(*stored), same_request=True)
         if key is not None and (duplicate := self._first_with(key, fingerprint)):
             return duplicate
-        row = _row(trigger, body, key, fingerprint)
+        row = entry_values(trigger, body, key, fingerprint)
         cursor = self._writer.execute(_INSERT, row)
         assert cursor.lastrowid is not None  # set by every INSERT
         return _accepted(cursor.lastrowid, row)
@@ -273,26 +286,10 @@ class Journal:
     def settle(self, settlements: Iterable[Settlement]) -> None:
         """Record the broker's answers (and retries) for a batch of triggers.
 
-        Confirms arrive for runs of consecutive triggers with the same
-        outcome (one multiple-ack covers a whole run), so each run becomes one
-        ranged UPDATE rather than one per trigger; a run's time is its latest
-        answer's.
+        Each run of consecutive answers alike becomes one ranged UPDATE; a
+        run's time is its latest answer's.
         """
-        rows = []
-        for run in _runs(sorted(settlements, key=lambda s: s.seq)):
-            first, last = run[0], run[-1]
-            at = max(s.at for s in run)
-            rows.append(
-                (
-                    first.status,
-                    first.attempts,
-                    first.last_error,
-                    at if first.status is DeliveryStatus.PUBLISHED else None,
-                    at if first.status.settled else None,
-                    first.seq,
-                    last.seq,
-                )
-            )
+        rows = settlement_updates(settlements)
         try:
             with self._transaction():
                 self._writer.executemany(
@@ -356,7 +353,11 @@ class Journal:
 
     @_writes
     def last_seq(self) -> int:
-        (seq,) = self._writer.execute("SELECT coalesce(max(seq), 0) FROM triggers").fetchone()
+        # AUTOINCREMENT keeps the highest seq ever used in sqlite_sequence, where
+        # pruning every row does not lower it (max(seq) would).
+        (seq,) = self._writer.execute(
+            "SELECT coalesce(max(seq), 0) FROM sqlite_sequence WHERE name = 'triggers'"
+        ).fetchone()
         return int(seq)
 
     def prune(self, retention: float, batch: int = PRUNE_BATCH) -> int:
@@ -507,43 +508,8 @@ _INSERT = (
 )
 
 
-def _row(
-    trigger: Trigger, body: bytes, key: str | None, fingerprint: str | None
-) -> tuple[Any, ...]:
-    """The values of ``_INSERT`` for one trigger."""
-    return (
-        trigger.uuid,
-        trigger.api_version,
-        trigger.protocol,
-        trigger.metadata.source,
-        body,
-        trigger.created_at.timestamp(),
-        key,
-        fingerprint,
-    )
-
-
 def _accepted(seq: int, row: tuple[Any, ...]) -> Accepted:
-    uuid, api_version, protocol, source, body, created_at, _, _ = row
-    return Accepted(Outgoing(seq, uuid, api_version, protocol, source, body, created_at, 0))
-
-
-def _runs(settlements: list[Settlement]) -> list[list[Settlement]]:
-    """Consecutive seqs with the same outcome, grouped; input sorted by seq."""
-    runs: list[list[Settlement]] = []
-    for settlement in settlements:
-        if runs:
-            previous = runs[-1][-1]
-            if (
-                settlement.seq == previous.seq + 1
-                and settlement.status == previous.status
-                and settlement.attempts == previous.attempts
-                and settlement.last_error == previous.last_error
-            ):
-                runs[-1].append(settlement)
-                continue
-        runs.append([settlement])
-    return runs
+    return Accepted(new_record(seq, row).outgoing())
 
 
 def _rollback(db: sqlite3.Connection) -> None:
@@ -553,91 +519,31 @@ def _rollback(db: sqlite3.Connection) -> None:
 
 
 def open_journal(
-    data_dir: Path, *, max_bytes: int | None = None, clock: Callable[[], float] = time.time
+    data_dir: Path,
+    *,
+    max_bytes: int | None = None,
+    clock: Callable[[], float] = time.time,
+    file_name: str = FILE_NAME,
 ) -> Journal:
-    """The journal in ``data_dir``, created if missing. Blocking."""
-    return Journal(data_dir / FILE_NAME, max_bytes=max_bytes, clock=clock)
+    """The journal ``file_name`` in ``data_dir``, created if missing. Blocking."""
+    return Journal(data_dir / file_name, max_bytes=max_bytes, clock=clock)
 
 
-class SQLiteStorage:
-    """The tower's ``Storage`` on the SQLite journal (the default, for one tower).
-
-    Each call runs a ``Journal`` method in a worker thread. Writes pass one
-    at a time, in the order they were called (a FIFO limiter of one), and are
-    not abandoned when their caller is cancelled; lookups have their own
-    limiter and connection, so they never wait for a batch commit.
-    """
-
-    def __init__(self, journal: Journal, *, prune_batch: int = PRUNE_BATCH) -> None:
-        self.journal = journal
-        self.prune_batch = prune_batch
-        self._write_lock = trio.CapacityLimiter(1)
-        self._read_lock = trio.CapacityLimiter(1)
-
-    @property
-    def location(self) -> str:
-        return str(self.journal.path)
-
-    async def _write(self, function: Callable[..., _T], *args: Any) -> _T:
-        return await trio.to_thread.run_sync(function, *args, limiter=self._write_lock)
-
-    async def _read(self, function: Callable[..., _T], *args: Any) -> _T:
-        return await trio.to_thread.run_sync(function, *args, limiter=self._read_lock)
-
-    async def append(self, entries: Sequence[Entry]) -> list[Accepted | Duplicate]:
-        return await self._write(self.journal.append, entries)
-
-    async def settle(self, settlements: Iterable[Settlement]) -> None:
-        await self._write(self.journal.settle, settlements)
-
-    async def retry(self, uuid: str) -> tuple[JournalRecord, Outgoing | None] | None:
-        return await self._write(self.journal.retry, uuid)
-
-    async def pending(self, after_seq: int, up_to_seq: int, limit: int) -> list[Outgoing]:
-        return await self._write(self.journal.pending, after_seq, up_to_seq, limit)
-
-    async def pending_count(self) -> int:
-        return await self._write(self.journal.pending_count)
-
-    async def last_seq(self) -> int:
-        return await self._write(self.journal.last_seq)
-
-    async def prune(self, retention: float) -> int:
-        # One transaction per call: batches of new triggers and broker answers
-        # take their turn between two, so pruning a large journal never
-        # holds up ingest for longer than one batch.
-        cutoff = self.journal.clock() - retention
-        deleted = 0
-        while (count := await self._write(self.journal.prune_batch, cutoff, self.prune_batch)) == (
-            self.prune_batch
-        ):
-            deleted += count
-        return deleted + count
-
-    async def room(self) -> int:
-        return await self._write(self.journal.room)
-
-    async def get(self, uuid: str) -> JournalRecord | None:
-        return await self._read(self.journal.get, uuid)
-
-    async def page(self, query: PageQuery) -> tuple[list[JournalRecord], bool]:
-        return await self._read(self.journal.page, query)
-
-    async def load_plugin_state(self, plugin: str) -> dict[str, Any]:
-        return await self._write(self.journal.load_plugin_state, plugin)
-
-    async def save_plugin_state(self, plugin: str, key: str, value: Any | None) -> None:
-        await self._write(self.journal.save_plugin_state, plugin, key, value)
-
-    def close(self) -> None:
-        self.journal.close()
+class SQLiteStorage(ThreadedStorage[Journal]):
+    """The tower's ``Storage`` on the SQLite journal (the default, for one tower)."""
 
 
 async def open_storage(
-    data_dir: Path, *, max_bytes: int | None = None, clock: Callable[[], float] = time.time
+    data_dir: Path,
+    *,
+    max_bytes: int | None = None,
+    clock: Callable[[], float] = time.time,
+    file_name: str = FILE_NAME,
 ) -> SQLiteStorage:
-    """The journal in ``data_dir`` (created if missing) as the tower's storage."""
+    """The journal ``file_name`` in ``data_dir`` (created if missing) as the tower's storage."""
     journal = await trio.to_thread.run_sync(
-        functools.partial(open_journal, data_dir, max_bytes=max_bytes, clock=clock)
+        functools.partial(
+            open_journal, data_dir, max_bytes=max_bytes, clock=clock, file_name=file_name
+        )
     )
     return SQLiteStorage(journal)

@@ -15,6 +15,9 @@ reader of ``pending`` never sees a row whose answer is being written.
 A write, once started, finishes even if its caller is cancelled: a
 cancelled caller never leaves a half-written batch. Lookups (``get``,
 ``page``) may run beside the writer and see only committed data.
+
+Both stores are blocking libraries (sqlite3, psycopg) made into a
+``Storage`` the same way, by ``tower_trio._threaded``.
 """
 
 from __future__ import annotations
@@ -33,6 +36,7 @@ if TYPE_CHECKING:
     from ._models import Trigger
 
 __all__ = [
+    "PRUNE_BATCH",
     "Accepted",
     "Duplicate",
     "Entry",
@@ -41,8 +45,14 @@ __all__ = [
     "PageQuery",
     "Settlement",
     "Storage",
+    "entry_values",
+    "new_record",
     "request_fingerprint",
+    "settlement_updates",
 ]
+
+PRUNE_BATCH = 5000
+"""Triggers deleted per transaction when pruning: each holds the writer for a moment only."""
 
 Entry: TypeAlias = "tuple[Trigger, bytes, str | None, str | None]"
 """A trigger to store: the trigger, its body as published, its idempotency key
@@ -221,3 +231,76 @@ class Storage(Protocol):
     def close(self) -> None:
         """Release the store's connections; nothing is called after this."""
         ...
+
+
+def entry_values(
+    trigger: Trigger, body: bytes, key: str | None, fingerprint: str | None
+) -> tuple[Any, ...]:
+    """What a store inserts for one entry, in this order.
+
+    uuid, api_version, protocol, source, body, created_at (seconds since the
+    epoch), idempotency key, fingerprint.
+    """
+    return (
+        trigger.uuid,
+        trigger.api_version,
+        trigger.protocol,
+        trigger.metadata.source,
+        body,
+        trigger.created_at.timestamp(),
+        key,
+        fingerprint,
+    )
+
+
+def new_record(seq: int, values: tuple[Any, ...]) -> JournalRecord:
+    """The record of a trigger just stored with ``values`` (``entry_values``) as ``seq``."""
+    uuid, api_version, protocol, source, body, created_at, _, _ = values
+    return JournalRecord(
+        seq, uuid, api_version, protocol, source, body, "pending", created_at, None, 0, None
+    )
+
+
+def settlement_updates(settlements: Iterable[Settlement]) -> list[tuple[Any, ...]]:
+    """The ranged updates that record ``settlements``, one per run of alike answers.
+
+    Each is (status, attempts, last error, published at or None, settled at
+    or None, first seq, last seq); a run's time is its latest answer's.
+    Confirms arrive for runs of consecutive triggers with the same outcome
+    (one multiple-ack covers a whole run), so a store writes each run as one
+    ranged update rather than one per trigger.
+    """
+    updates = []
+    for run in _runs(settlements):
+        first, last = run[0], run[-1]
+        at = max(s.at for s in run)
+        updates.append(
+            (
+                str(first.status),
+                first.attempts,
+                first.last_error,
+                at if first.status is DeliveryStatus.PUBLISHED else None,
+                at if first.status.settled else None,
+                first.seq,
+                last.seq,
+            )
+        )
+    return updates
+
+
+def _runs(settlements: Iterable[Settlement]) -> list[list[Settlement]]:
+    """Consecutive seqs with the same outcome, grouped, in seq order."""
+    runs: list[list[Settlement]] = []
+    for settlement in sorted(settlements, key=lambda s: s.seq):
+        if runs:
+            previous = runs[-1][-1]
+            if (
+                settlement.seq == previous.seq + 1
+                and settlement.status == previous.status
+                and settlement.attempts == previous.attempts
+                and settlement.last_error == previous.last_error
+            ):
+                runs[-1].append(settlement)
+                continue
+        runs.append([settlement])
+    return runs

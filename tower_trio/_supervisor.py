@@ -27,7 +27,6 @@ from ._auth import check_exposure
 from ._channel import Submission
 from ._console import ConsoleSources
 from ._http import create_app
-from ._journal import open_storage
 from ._logging import get_logger, print_summary
 from ._metrics import ASGIApp, TowerMetrics, instrument
 from ._plugins import ConfiguredPlugin, SkippedPlugin, plugins_report, serve_plugin
@@ -37,6 +36,7 @@ from ._schemas import ProtocolSchemas, read_schemas
 from ._server import serve_http
 from ._status import status_report
 from ._storage import Storage
+from ._stores import open_storage_from
 from ._version import __version__
 
 if TYPE_CHECKING:
@@ -78,7 +78,7 @@ async def serve_tower(
     check_exposure(settings)
     if schemas is None:
         schemas = await read_schemas(settings)
-    storage = await open_storage(settings.data_dir, max_bytes=settings.journal_max_bytes)
+    storage = await open_storage_from(settings)
     try:
         await _serve_with_storage(
             settings,

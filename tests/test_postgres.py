@@ -1,0 +1,293 @@
+"""What only the PostgreSQL journal does: its URL, its migrations, reconnecting.
+
+Everything a store must do is in tests/test_storage.py, which runs on
+PostgreSQL too. Each test here works in a schema of its own (tests/_postgres.py).
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import subprocess
+import sys
+import uuid
+from typing import TYPE_CHECKING
+from urllib.parse import quote
+
+import httpx
+import pytest
+import trio
+
+from tests._helpers import VALID, Broker
+from tests._postgres import admin, open_schema, schema_url
+from tests._towers import open_tower_process, tower_environ
+from tests.test_storage import entry, trigger
+from tower_trio._cli import main
+from tower_trio._config import Settings
+from tower_trio._errors import ConfigError, JournalError
+from tower_trio._journal import SQLiteStorage
+from tower_trio._journal_url import PostgresURL, parse_journal_url
+from tower_trio._postgres import open_postgres_storage
+from tower_trio._postgres_schema import SCHEMA_VERSION
+from tower_trio._serialization import load_trigger
+from tower_trio._storage import PageQuery
+from tower_trio._stores import open_storage_from
+from tower_trio._vocabulary import DeliveryStatus
+
+if TYPE_CHECKING:
+    from pathlib import Path
+
+    from tower_trio._storage import Storage
+
+PASSWORD = "pw-never-shown-4711"
+
+
+def url_of(schema: PostgresURL, **parameters: str) -> PostgresURL:
+    """``schema``'s URL with more parameters."""
+    assert schema.schema is not None
+    url = parse_journal_url(schema_url(schema.schema, **parameters))
+    assert isinstance(url, PostgresURL)
+    return url
+
+
+def with_password(url: str) -> str:
+    """``url`` with ``PASSWORD`` after its user (trust authentication ignores it)."""
+    scheme, _, rest = url.partition("://")
+    user, _, host = rest.rpartition("@")
+    return f"{scheme}://{user or 'postgres'}:{PASSWORD}@{host}"
+
+
+class TestTheUrl:
+    """TOWER_JOURNAL_URL is read at start-up; a bad one stops it with one clear line."""
+
+    @pytest.mark.parametrize(
+        "value",
+        [
+            pytest.param(f"postgresql://u:{PASSWORD}@db:port/tower", id="bad-port"),
+            pytest.param(f"postgres://u:{PASSWORD}@db/tower?nonsense=1", id="unknown-parameter"),
+            pytest.param(f"postgresql://u:{PASSWORD}@db/tower?schema=Tower", id="bad-schema"),
+            pytest.param(f"mysql://u:{PASSWORD}@db/tower", id="other-scheme"),
+        ],
+    )
+    def test_a_bad_url_names_the_variable_never_the_password(self, value: str) -> None:
+        """A URL that cannot work is a ConfigError naming TOWER_JOURNAL_URL, without its value."""
+        with pytest.raises(ConfigError, match="TOWER_JOURNAL_URL") as caught:
+            Settings.from_environ({"TOWER_JOURNAL_URL": value})
+        assert PASSWORD not in str(caught.value)
+
+    def test_without_psycopg_the_error_says_what_to_install(
+        self, monkeypatch: pytest.MonkeyPatch
+    ) -> None:
+        """A PostgreSQL URL on an install without the driver names the extra to install."""
+        monkeypatch.setitem(sys.modules, "psycopg", None)
+        with pytest.raises(ConfigError, match=r"pip install tower-trio\[postgres\]"):
+            Settings.from_environ({"TOWER_JOURNAL_URL": "postgresql://db/tower"})
+
+    def test_the_password_is_kept_out_of_what_is_shown(self) -> None:
+        """The URL prints without its password, which libpq still gets; ``schema`` is ours."""
+        settings = Settings.from_environ(
+            {"TOWER_JOURNAL_URL": f"postgresql://tower:{PASSWORD}@db:5433/lab?schema=tower_a"}
+        )
+        url = settings.journal_url
+        assert isinstance(url, PostgresURL)
+        assert str(url) == "postgresql://tower@db:5433/lab?schema=tower_a"
+        assert PASSWORD not in repr(settings)
+        assert (url.password, url.schema) == (PASSWORD, "tower_a")
+        assert url.conninfo == f"postgresql://tower:{PASSWORD}@db:5433/lab"
+
+    @pytest.mark.parametrize(
+        "password",
+        ["s3cret/pw-tail", "s3cret?pw-tail", "s3cret#pw-tail", "s3cret@pw-tail", "4567/s3cret"],
+    )
+    def test_config_never_shows_the_password(
+        self, password: str, capsys: pytest.CaptureFixture[str]
+    ) -> None:
+        """A password that would show in pieces is refused; percent-encoded, it is left out."""
+        environ = {"TOWER_JOURNAL_URL": f"postgresql://lab:{password}@db:5432/tower"}
+        assert main(["config", "--json"], environ) == 2
+        out, err = capsys.readouterr()
+        pieces = {piece for piece in re.split(r"[/?#@]", password) if len(piece) >= 3}
+        for piece in {password, *pieces}:
+            assert piece not in out + err
+        assert "TOWER_JOURNAL_URL" in err
+        assert "percent-encode" in err
+        encoded = quote(password, safe="")
+        assert (
+            main(
+                ["config", "--json"],
+                {"TOWER_JOURNAL_URL": environ["TOWER_JOURNAL_URL"].replace(password, encoded)},
+            )
+            == 0
+        )
+        shown = json.loads(capsys.readouterr().out)["TOWER_JOURNAL_URL"]["value"]
+        assert shown == "postgresql://lab@db:5432/tower"
+
+    async def test_a_sqlite_path_opens_the_journal_there(self, tmp_path: Path) -> None:
+        """A file path (or sqlite:// and one) puts the SQLite journal at that path."""
+        for value, file in (
+            (str(tmp_path / "a.sqlite3"), tmp_path / "a.sqlite3"),
+            (f"sqlite://{tmp_path}/b.sqlite3", tmp_path / "b.sqlite3"),
+        ):
+            settings = Settings.from_environ(
+                {"TOWER_JOURNAL_URL": value, "TOWER_DATA_DIR": str(tmp_path / "unused")}
+            )
+            storage = await open_storage_from(settings)
+            try:
+                assert isinstance(storage, SQLiteStorage)
+                assert storage.location == str(file)
+            finally:
+                storage.close()
+        assert file.exists()
+        assert not (tmp_path / "unused").exists()
+
+
+@pytest.mark.postgres
+class TestOpening:
+    async def test_towers_starting_at_once_migrate_once(self) -> None:
+        """Several stores opening a fresh database together create the schema once, all fine."""
+        stores: list[Storage] = []
+        async with open_schema() as url:
+            try:
+                with trio.fail_after(30):
+                    async with trio.open_nursery() as nursery:
+                        for _ in range(6):
+                            nursery.start_soon(_append_opened, stores, url)
+                assert len(stores) == 6
+                rows = await trio.to_thread.run_sync(
+                    admin, f"SELECT version FROM {url.schema}.schema_version"
+                )
+                assert rows == [(version,) for version in range(1, SCHEMA_VERSION + 1)]
+                (store, *_) = stores
+                assert await store.pending_count() == 6
+            finally:
+                for store in stores:
+                    store.close()
+
+    async def test_a_newer_schema_is_refused(self) -> None:
+        """A database a newer tower-trio has migrated is not written to; the error says so."""
+        async with open_schema() as url:
+            (await open_postgres_storage(url)).close()
+            await trio.to_thread.run_sync(
+                admin, f"INSERT INTO {url.schema}.schema_version (version) VALUES (99)"
+            )
+            with pytest.raises(JournalError, match=r"newer tower-trio.*TOWER_JOURNAL_URL"):
+                await open_postgres_storage(url)
+
+    async def test_the_location_never_shows_the_password(self) -> None:
+        """The store's location, and its errors, show the URL without the password."""
+        async with open_schema() as url:
+            with_pw = parse_journal_url(with_password(schema_url(str(url.schema))))
+            assert isinstance(with_pw, PostgresURL)
+            assert with_pw.password == PASSWORD
+            storage = await open_postgres_storage(with_pw)
+            try:
+                assert PASSWORD not in storage.location
+                assert storage.location.startswith("postgresql://postgres@")
+            finally:
+                storage.close()
+            unreachable = parse_journal_url(f"postgresql://postgres:{PASSWORD}@127.0.0.1:1/test")
+            assert isinstance(unreachable, PostgresURL)
+            with pytest.raises(JournalError) as caught:
+                await open_postgres_storage(unreachable)
+            assert PASSWORD not in str(caught.value)
+            assert "cannot open the journal postgresql://postgres@127.0.0.1:1/test" in str(
+                caught.value
+            )
+
+
+async def _append_opened(stores: list[Storage], url: PostgresURL) -> None:
+    store = await open_postgres_storage(url)
+    stores.append(store)
+    await store.append([entry(trigger(len(stores)))])
+
+
+@pytest.mark.postgres
+class TestReconnecting:
+    async def test_a_terminated_backend_fails_one_call_then_the_store_goes_on(self) -> None:
+        """After its connections are killed, a store's next call fails; the one after works."""
+        name = f"tower-test-{uuid.uuid4().hex[:8]}"
+        async with open_schema() as schema:
+            storage = await open_postgres_storage(url_of(schema, application_name=name))
+            try:
+                with trio.fail_after(20):
+                    first = trigger(1)
+                    await storage.append([entry(first, "http:k")])
+                    assert await storage.get(first.uuid) is not None
+                    killed = await trio.to_thread.run_sync(
+                        admin,
+                        "SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
+                        "WHERE application_name = %s",
+                        name,
+                    )
+                    assert killed == [(True,), (True,)]  # the writer and the reader
+                    with pytest.raises(JournalError, match="check that PostgreSQL is up"):
+                        await storage.append([entry(trigger(2))])
+                    with pytest.raises(JournalError):
+                        await storage.page(PageQuery(limit=10))
+                    (again,) = await storage.append([entry(trigger(1), "http:k")])
+                    assert getattr(again, "record", None) is not None  # a Duplicate of the first
+                    record = await storage.get(first.uuid)
+                    assert record is not None
+                    assert record.status is DeliveryStatus.PENDING
+                    assert await storage.pending_count() == 1
+            finally:
+                storage.close()
+
+
+@pytest.mark.postgres
+@pytest.mark.subprocess
+class TestTowerOnPostgres:
+    async def test_a_posted_trigger_is_stored_in_postgres_and_published(
+        self, amqp_url: str, broker: Broker, tmp_path: Path
+    ) -> None:
+        """`tower-trio run` with a PostgreSQL URL takes a POST, journals it there, publishes it."""
+        queue = await broker.bind("OT-2/v1alpha1")
+        async with open_schema() as schema:
+            environ = tower_environ(
+                TOWER_AMQP_URL=amqp_url,
+                TOWER_EXCHANGE=broker.exchange,
+                TOWER_DATA_DIR=str(tmp_path / "data"),
+                TOWER_PLUGINS_DIR=str(tmp_path),
+                TOWER_JOURNAL_URL=with_password(schema_url(str(schema.schema))),
+            )
+            async with open_tower_process(environ) as tower:
+                with trio.fail_after(30):
+                    started = await tower.wait_for("tower.started")
+                    assert started["journal"] == f"{schema_url(str(schema.schema))}"
+                    url = started["http"].split(",")[0]
+                    async with httpx.AsyncClient(base_url=url) as client:
+                        response = await client.post("/triggers?wait=published", json=VALID)
+                    assert response.status_code == 202, response.text
+                    assert response.json()["status"] == "published"
+                    (message,) = await broker.take(queue, 1)
+                    assert load_trigger(message.body).uuid == response.json()["uuid"]
+                    assert await tower.terminate() == 0
+            assert PASSWORD not in tower.log
+            rows = await trio.to_thread.run_sync(
+                admin, f"SELECT uuid, status FROM {schema.schema}.triggers"
+            )
+            assert rows == [(response.json()["uuid"], "published")]
+            assert not (tmp_path / "data" / "journal.sqlite3").exists()
+
+    def test_an_unreachable_database_stops_the_start_in_one_line(self, tmp_path: Path) -> None:
+        """A database that cannot be reached exits 2 with one line, the URL without its password."""
+        environ = tower_environ(
+            TOWER_DATA_DIR=str(tmp_path),
+            TOWER_PLUGINS_DIR=str(tmp_path),
+            TOWER_JOURNAL_URL=f"postgresql://postgres:{PASSWORD}@127.0.0.1:1/test",
+        )
+        result = subprocess.run(
+            [sys.executable, "-m", "tower_trio", "run"],
+            env=environ,
+            capture_output=True,
+            text=True,
+            timeout=60,
+            check=False,
+        )
+        assert result.returncode == 2, result.stderr
+        lines = result.stderr.strip().splitlines()
+        assert len(lines) == 1, result.stderr
+        assert lines[0].startswith(
+            "tower-trio: error: cannot open the journal postgresql://postgres@127.0.0.1:1/test"
+        )
+        assert PASSWORD not in result.stderr

@@ -1,0 +1,375 @@
+"""The journal in PostgreSQL: the same delivery records as SQLite, in a database server.
+
+Chosen with a ``postgresql://`` ``TOWER_JOURNAL_URL``. psycopg is a blocking
+driver, so ``PostgresJournal`` is kept like the SQLite journal: every write
+uses one writer connection under the journal's writer lock, lookups use a
+second connection beside it, and ``PostgresStorage`` runs each call in a
+worker thread (``ThreadedStorage``). A connection that breaks (a restarted
+server, a terminated backend) fails the call that finds it broken with
+``JournalError`` and is opened again by the next call.
+
+The schema (``_postgres_schema``) is created or brought up to date when the
+journal opens. Appends take the row lock of ``journal_state`` first, so
+seqs are handed out in commit order even if several towers write, and that
+row keeps the highest seq ever stored, which pruning never lowers.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from contextlib import contextmanager
+from typing import TYPE_CHECKING, Any
+
+import psycopg
+import trio
+from psycopg.types.json import Jsonb
+
+from ._errors import JournalError
+from ._postgres_schema import connect, migrate
+from ._storage import (
+    PRUNE_BATCH,
+    Accepted,
+    Duplicate,
+    JournalRecord,
+    Outgoing,
+    PageQuery,
+    Settlement,
+    entry_values,
+    new_record,
+    settlement_updates,
+)
+from ._threaded import ThreadedStorage
+
+if TYPE_CHECKING:
+    from collections.abc import Callable, Iterable, Iterator, Sequence
+
+    from ._journal_url import PostgresURL
+    from ._storage import Entry
+
+__all__ = ["UNCAPPED_ROOM", "PostgresJournal", "PostgresStorage", "open_postgres_storage"]
+
+UNCAPPED_ROOM = 2**50
+"""``room()`` without ``TOWER_JOURNAL_MAX_BYTES`` (1 PiB): PostgreSQL does not
+tell a client how much disk it has left."""
+
+_RECORD_COLUMNS = (
+    "seq, uuid, api_version, protocol, source, body, status, created_at, "
+    "published_at, attempts, last_error, retries, retried_at"
+)
+_INSERT = (
+    "INSERT INTO triggers (uuid, api_version, protocol, source, body, created_at, "
+    "idem_key, fingerprint) VALUES (%s, %s, %s, %s, %s, %s, %s, %s) RETURNING seq"
+)
+# Newest first, with the running total of the bodies: the first row that
+# would take the page past max_bytes comes back without its body, which
+# ends the page, and none after it, so a page of large triggers never
+# crosses the wire whole. The first row always keeps its body.
+_PAGE = """
+SELECT seq, uuid, api_version, protocol, source,
+       CASE WHEN n = 1 OR running <= %(max_bytes)s THEN body END,
+       status, created_at, published_at, attempts, last_error, retries, retried_at
+FROM (
+    SELECT {columns},
+           row_number() OVER newest AS n,
+           sum(octet_length(body)) OVER newest AS running
+    FROM triggers {where}
+    WINDOW newest AS (ORDER BY seq DESC)
+    ORDER BY seq DESC
+    LIMIT %(limit)s
+) page
+WHERE n <= 2 OR running - octet_length(body) <= %(max_bytes)s
+ORDER BY seq DESC
+"""
+_NO_BYTE_BOUND = 2**62
+
+
+class _Session:
+    """One connection of the journal's, opened again by the call after it broke."""
+
+    def __init__(self, url: PostgresURL) -> None:
+        self.url = url
+        self.lock = threading.Lock()
+        self._db: psycopg.Connection[Any] | None = None
+
+    def connection(self) -> psycopg.Connection[Any]:
+        if self._db is None or self._db.closed:
+            self._db = connect(self.url)
+        return self._db
+
+    def forget_if_broken(self) -> None:
+        if self._db is not None and (self._db.closed or self._db.broken):
+            self._db.close()
+            self._db = None
+
+    def close(self) -> None:
+        if self._db is not None:
+            self._db.close()
+            self._db = None
+
+
+class PostgresJournal:
+    """The journal in PostgreSQL. Blocking; see the module docstring."""
+
+    def __init__(
+        self,
+        url: PostgresURL,
+        *,
+        max_bytes: int | None = None,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self.url = url
+        self.clock = clock
+        self._max_bytes = max_bytes
+        self._writer = _Session(url)
+        self._reader = _Session(url)
+        try:
+            with self._using(self._writer, "open") as db:
+                migrate(db, url)
+        except BaseException:
+            self.close()
+            raise
+
+    @property
+    def location(self) -> str:
+        return self.url.shown
+
+    @contextmanager
+    def _using(self, session: _Session, doing: str) -> Iterator[psycopg.Connection[Any]]:
+        """``session``'s connection, alone; a driver error becomes a ``JournalError``."""
+        with session.lock:
+            try:
+                yield session.connection()
+            except psycopg.Error as err:
+                session.forget_if_broken()
+                advice = ""
+                if isinstance(err, psycopg.OperationalError):
+                    advice = "; check that PostgreSQL is up and that TOWER_JOURNAL_URL names it"
+                # libpq's messages span lines; a journal error is one line of a log.
+                reason = " ".join(str(err).split()) or type(err).__name__
+                raise JournalError(
+                    f"cannot {doing} the journal {self.location}: {reason}{advice}"
+                ) from err
+
+    def close(self) -> None:
+        with self._writer.lock, self._reader.lock:
+            self._reader.close()
+            self._writer.close()
+
+    # -- the publisher's side (writer connection) ------------------------------
+
+    def append(self, entries: Sequence[Entry]) -> list[Accepted | Duplicate]:
+        """Store a batch in one transaction; a known uuid or key is a Duplicate of the first."""
+        with self._using(self._writer, "write to") as db, db.transaction():
+            db.execute("SELECT last_seq FROM journal_state FOR UPDATE")
+            found = db.execute(
+                f"SELECT {_RECORD_COLUMNS}, idem_key, fingerprint FROM triggers "
+                "WHERE uuid = ANY(%s::text[]) OR idem_key = ANY(%s::text[])",
+                (
+                    [trigger.uuid for trigger, _, _, _ in entries],
+                    [key for _, _, key, _ in entries if key is not None],
+                ),
+            ).fetchall()
+            plan, fresh = _plan(entries, found)
+            seqs: list[int] = []
+            if fresh:
+                cursor = db.cursor()
+                cursor.executemany(
+                    _INSERT, [entry_values(*entry) for entry in fresh], returning=True
+                )
+                seqs = [row[0] for _ in cursor.results() for row in cursor.fetchall()]
+                db.execute(
+                    "UPDATE journal_state SET last_seq = greatest(last_seq, %s)", (seqs[-1],)
+                )
+        results: list[Accepted | Duplicate] = []
+        for step in plan:
+            if isinstance(step, Duplicate):
+                results.append(step)
+            elif isinstance(step, int):
+                results.append(
+                    Accepted(new_record(seqs[step], entry_values(*fresh[step])).outgoing())
+                )
+            else:
+                first, same_request = step
+                results.append(
+                    Duplicate(new_record(seqs[first], entry_values(*fresh[first])), same_request)
+                )
+        return results
+
+    def settle(self, settlements: Iterable[Settlement]) -> None:
+        """Record the broker's answers (and retries); each run of alike answers is one UPDATE."""
+        rows = settlement_updates(settlements)
+        if not rows:
+            return
+        with self._using(self._writer, "write to") as db, db.transaction():
+            db.cursor().executemany(
+                "UPDATE triggers SET status = %s, attempts = %s, last_error = %s, "
+                "published_at = COALESCE(%s, published_at), settled_at = %s "
+                "WHERE seq BETWEEN %s AND %s",
+                rows,
+            )
+
+    def retry(self, uuid: str) -> tuple[JournalRecord, Outgoing | None] | None:
+        """Make a failed or unroutable trigger pending again; see ``Storage.retry``."""
+        with self._using(self._writer, "write to") as db, db.transaction():
+            changed = db.execute(
+                "UPDATE triggers SET status = 'pending', attempts = 0, settled_at = NULL, "
+                "last_error = NULL, retries = retries + 1, retried_at = %s "
+                "WHERE uuid = %s AND status IN ('failed', 'unroutable')",
+                (self.clock(), uuid),
+            ).rowcount
+            row = db.execute(
+                f"SELECT {_RECORD_COLUMNS} FROM triggers WHERE uuid = %s", (uuid,)
+            ).fetchone()
+        if row is None:
+            return None
+        record = JournalRecord(*row)
+        return record, (record.outgoing() if changed else None)
+
+    def pending(self, after_seq: int, up_to_seq: int, limit: int) -> list[Outgoing]:
+        with self._using(self._writer, "read") as db:
+            rows = db.execute(
+                "SELECT seq, uuid, api_version, protocol, source, body, created_at, attempts "
+                "FROM triggers WHERE status = 'pending' AND seq > %s AND seq <= %s "
+                "ORDER BY seq LIMIT %s",
+                (after_seq, up_to_seq, limit),
+            ).fetchall()
+        return [Outgoing(*row) for row in rows]
+
+    def pending_count(self) -> int:
+        with self._using(self._writer, "read") as db:
+            row = db.execute("SELECT count(*) FROM triggers WHERE status = 'pending'").fetchone()
+        return int(row[0]) if row else 0
+
+    def last_seq(self) -> int:
+        with self._using(self._writer, "read") as db:
+            row = db.execute("SELECT last_seq FROM journal_state").fetchone()
+        return int(row[0]) if row else 0
+
+    def prune_batch(self, cutoff: float, batch: int = PRUNE_BATCH) -> int:
+        """Delete at most ``batch`` triggers settled before ``cutoff``, in one transaction."""
+        with self._using(self._writer, "prune") as db, db.transaction():
+            return db.execute(
+                "DELETE FROM triggers WHERE seq IN (SELECT seq FROM triggers "
+                "WHERE status <> 'pending' AND settled_at < %s LIMIT %s)",
+                (cutoff, batch),
+            ).rowcount
+
+    def room(self) -> int:
+        """Bytes left under ``TOWER_JOURNAL_MAX_BYTES``: the cap less the tables' size."""
+        if self._max_bytes is None:
+            return UNCAPPED_ROOM
+        with self._using(self._writer, "measure") as db:
+            row = db.execute(
+                "SELECT pg_total_relation_size('triggers') + pg_total_relation_size('plugin_state')"
+            ).fetchone()
+        used = int(row[0]) if row else 0
+        return max(0, self._max_bytes - used)
+
+    # -- plugin state (writer connection) -------------------------------------
+
+    def load_plugin_state(self, plugin: str) -> dict[str, Any]:
+        with self._using(self._writer, "read") as db:
+            rows = db.execute(
+                "SELECT key, value FROM plugin_state WHERE plugin = %s", (plugin,)
+            ).fetchall()
+        return dict(rows)
+
+    def save_plugin_state(self, plugin: str, key: str, value: Any | None) -> None:
+        with self._using(self._writer, "write to") as db:
+            if value is None:
+                db.execute("DELETE FROM plugin_state WHERE plugin = %s AND key = %s", (plugin, key))
+            else:
+                db.execute(
+                    "INSERT INTO plugin_state (plugin, key, value) VALUES (%s, %s, %s) "
+                    "ON CONFLICT (plugin, key) DO UPDATE SET value = excluded.value",
+                    (plugin, key, Jsonb(value)),
+                )
+
+    # -- lookups (reader connection) -------------------------------------------
+
+    def get(self, uuid: str) -> JournalRecord | None:
+        with self._using(self._reader, "read") as db:
+            row = db.execute(
+                f"SELECT {_RECORD_COLUMNS} FROM triggers WHERE uuid = %s", (uuid,)
+            ).fetchone()
+        return None if row is None else JournalRecord(*row)
+
+    def page(self, query: PageQuery) -> tuple[list[JournalRecord], bool]:
+        """Newest first, as ``query`` asks; also says whether more records may follow."""
+        clauses: list[str] = []
+        values: dict[str, Any] = {
+            "limit": query.limit,
+            "max_bytes": _NO_BYTE_BOUND if query.max_bytes is None else query.max_bytes,
+        }
+        for column, value in (
+            ("status", query.status),
+            ("api_version", query.api_version),
+            ("protocol", query.protocol),
+            ("source", query.source),
+            ("idem_key", query.key),
+            ("before", query.before),
+        ):
+            if value is not None:
+                clauses.append(
+                    "seq < %(before)s" if column == "before" else f"{column} = %({column})s"
+                )
+                values[column] = str(value) if column == "status" else value
+        where = f"WHERE {' AND '.join(clauses)}" if clauses else ""
+        with self._using(self._reader, "read") as db:
+            rows = db.execute(_PAGE.format(columns=_RECORD_COLUMNS, where=where), values).fetchall()
+        records = [JournalRecord(*row) for row in rows if row[5] is not None]
+        return records, len(records) < len(rows) or len(records) == query.limit
+
+
+_Step = Duplicate | int | tuple[int, bool]
+"""What ``append`` does with one entry: answer a stored Duplicate, insert it
+(its index among the fresh entries), or answer it as a copy of a fresh entry
+(that index, and whether it is the same request)."""
+
+
+def _plan(
+    entries: Sequence[Entry], found: list[tuple[Any, ...]]
+) -> tuple[list[_Step], list[Entry]]:
+    """Sort a batch into duplicates of stored rows, fresh entries, and copies of those.
+
+    A uuid is looked for first, then the idempotency key; either matches a
+    stored row or an earlier entry of the same batch, as in SQLite.
+    """
+    stored_uuid = {row[1]: row for row in found}
+    stored_key = {row[-2]: row for row in found if row[-2] is not None}
+    batch_uuid: dict[str, int] = {}
+    batch_key: dict[str, int] = {}
+    plan: list[_Step] = []
+    fresh: list[Entry] = []
+    for entry in entries:
+        trigger, _, key, fingerprint = entry
+        if (row := stored_uuid.get(trigger.uuid)) is not None:
+            plan.append(Duplicate(JournalRecord(*row[:-2]), same_request=True))
+        elif (first := batch_uuid.get(trigger.uuid)) is not None:
+            plan.append((first, True))
+        elif key is not None and (row := stored_key.get(key)) is not None:
+            plan.append(Duplicate(JournalRecord(*row[:-2]), same_request=row[-1] == fingerprint))
+        elif key is not None and (first := batch_key.get(key)) is not None:
+            plan.append((first, fresh[first][3] == fingerprint))
+        else:
+            batch_uuid[trigger.uuid] = len(fresh)
+            if key is not None:
+                batch_key[key] = len(fresh)
+            plan.append(len(fresh))
+            fresh.append(entry)
+    return plan, fresh
+
+
+class PostgresStorage(ThreadedStorage[PostgresJournal]):
+    """The tower's ``Storage`` on the PostgreSQL journal."""
+
+
+async def open_postgres_storage(
+    url: PostgresURL, *, max_bytes: int | None = None, clock: Callable[[], float] = time.time
+) -> PostgresStorage:
+    """The journal in the database ``url`` names, its schema brought up to date."""
+    journal = await trio.to_thread.run_sync(
+        lambda: PostgresJournal(url, max_bytes=max_bytes, clock=clock)
+    )
+    return PostgresStorage(journal)

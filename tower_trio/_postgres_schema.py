@@ -1,0 +1,131 @@
+"""The PostgreSQL journal's tables, and the migrations that bring a database up to date.
+
+``schema_version`` holds one row per migration applied. ``migrate`` runs at
+every start, inside one transaction that first takes a transaction-level
+advisory lock: towers starting at once against one database migrate one
+after the other, and the later ones find nothing left to do. A database
+written by a newer tower-trio is refused rather than guessed at.
+
+A later migration adds what several towers sharing the database need
+(leases, a term column on the rows each leader writes) as a new entry at
+the end of ``_MIGRATIONS``; entries are never edited once released.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+import psycopg
+from psycopg import sql
+from psycopg.conninfo import conninfo_to_dict
+
+from ._errors import JournalError
+
+if TYPE_CHECKING:
+    from ._journal_url import PostgresURL
+
+__all__ = ["SCHEMA_VERSION", "connect", "migrate"]
+
+_MIGRATION_LOCK = 0x746F776572
+"""The advisory lock key of migrations, one per database ("tower" in ASCII)."""
+CONNECT_TIMEOUT = 10
+"""Seconds to wait for a connection, unless the URL says (``connect_timeout``)."""
+
+_VERSIONS = """
+CREATE TABLE IF NOT EXISTS schema_version (
+    version    integer PRIMARY KEY,
+    applied_at timestamptz NOT NULL DEFAULT now()
+)
+"""
+
+# Times are seconds since the epoch (double precision), as the SQLite journal
+# and the Storage interface keep them: a stored time reads back exactly.
+_MIGRATIONS: tuple[tuple[str, ...], ...] = (
+    # 1: the journal as SQLite's schema version 2 has it.
+    (
+        """
+        CREATE TABLE triggers (
+            seq          bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
+            uuid         text NOT NULL UNIQUE,
+            api_version  text NOT NULL,
+            protocol     text NOT NULL,
+            source       text NOT NULL,
+            body         bytea NOT NULL,
+            status       text NOT NULL DEFAULT 'pending',
+            created_at   double precision NOT NULL,
+            published_at double precision,
+            settled_at   double precision,
+            attempts     integer NOT NULL DEFAULT 0,
+            last_error   text,
+            idem_key     text UNIQUE,
+            fingerprint  text,
+            retries      integer NOT NULL DEFAULT 0,
+            retried_at   double precision
+        )
+        """,
+        "CREATE INDEX triggers_pending ON triggers (seq) WHERE status = 'pending'",
+        "CREATE INDEX triggers_settled ON triggers (settled_at) WHERE status <> 'pending'",
+        # What GET /triggers filters by, newest first.
+        "CREATE INDEX triggers_status ON triggers (status, seq DESC)",
+        "CREATE INDEX triggers_api_version ON triggers (api_version, seq DESC)",
+        "CREATE INDEX triggers_protocol ON triggers (protocol, seq DESC)",
+        "CREATE INDEX triggers_source ON triggers (source, seq DESC)",
+        """
+        CREATE TABLE plugin_state (
+            plugin text NOT NULL,
+            key    text NOT NULL,
+            value  jsonb NOT NULL,
+            PRIMARY KEY (plugin, key)
+        )
+        """,
+        # One row: the highest seq ever stored, which pruning never lowers, and
+        # whose row lock orders the appends of every tower.
+        """
+        CREATE TABLE journal_state (
+            only_row boolean PRIMARY KEY DEFAULT true CHECK (only_row),
+            last_seq bigint NOT NULL
+        )
+        """,
+        "INSERT INTO journal_state (last_seq) VALUES (0)",
+    ),
+)
+SCHEMA_VERSION = len(_MIGRATIONS)
+
+
+def connect(url: PostgresURL) -> psycopg.Connection[Any]:
+    """A connection in autocommit mode (transactions are explicit), in the URL's schema."""
+    options: dict[str, Any] = {}
+    given = conninfo_to_dict(url.conninfo)
+    if "connect_timeout" not in given:
+        options["connect_timeout"] = CONNECT_TIMEOUT
+    if "application_name" not in given:
+        options["application_name"] = "tower-trio"
+    db = psycopg.connect(url.conninfo, autocommit=True, **options)
+    if url.schema is not None:
+        try:
+            db.execute(sql.SQL("SET search_path TO {}").format(sql.Identifier(url.schema)))
+        except BaseException:
+            db.close()
+            raise
+    return db
+
+
+def migrate(db: psycopg.Connection[Any], url: PostgresURL) -> None:
+    """Create the schema and its tables, or bring them up to this version's."""
+    with db.transaction():
+        db.execute("SELECT pg_advisory_xact_lock(%s)", (_MIGRATION_LOCK,))
+        if url.schema is not None:
+            db.execute(sql.SQL("CREATE SCHEMA IF NOT EXISTS {}").format(sql.Identifier(url.schema)))
+        db.execute(_VERSIONS)
+        row = db.execute("SELECT coalesce(max(version), 0) FROM schema_version").fetchone()
+        version = int(row[0]) if row else 0
+        if version > SCHEMA_VERSION:
+            raise JournalError(
+                f"the journal {url.shown} was written by a newer tower-trio (schema version "
+                f"{version}, this one knows {SCHEMA_VERSION}); run that version, or point "
+                "TOWER_JOURNAL_URL elsewhere"
+            )
+        for step in range(version, SCHEMA_VERSION):
+            for statement in _MIGRATIONS[step]:
+                db.execute(statement)
+            db.execute("INSERT INTO schema_version (version) VALUES (%s)", (step + 1,))
