@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+import socket
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -21,6 +23,7 @@ VARIABLES = [
     "TOWER_AMQP_CA_FILE",
     "TOWER_AMQP_CERT_FILE",
     "TOWER_AMQP_KEY_FILE",
+    "TOWER_INSTANCE",
     "TOWER_EXCHANGE",
     "TOWER_HTTP_HOST",
     "TOWER_HTTP_PORT",
@@ -178,6 +181,7 @@ class TestValidValues:
             "TOWER_AMQP_CA_FILE": str(tls.ca),
             "TOWER_AMQP_CERT_FILE": str(tls.client_cert),
             "TOWER_AMQP_KEY_FILE": str(tls.client_key),
+            "TOWER_INSTANCE": "tower-a",
             "TOWER_EXCHANGE": "x",
             "TOWER_HTTP_HOST": "::1",
             "TOWER_HTTP_PORT": "1",
@@ -218,6 +222,7 @@ class TestValidValues:
             amqp_ca_file=tls.ca,
             amqp_cert_file=tls.client_cert,
             amqp_key_file=tls.client_key,
+            instance="tower-a",
             exchange="x",
             http_host="::1",
             http_port=1,
@@ -260,6 +265,21 @@ class TestInvalidValues:
         [
             pytest.param("TOWER_AMQP_URL", "", "must not be empty", id="url-empty"),
             pytest.param("TOWER_EXCHANGE", "  ", "must not be empty", id="exchange-blank"),
+            pytest.param(
+                "TOWER_INSTANCE", "tower a", "must not contain spaces", id="instance-space"
+            ),
+            pytest.param(
+                "TOWER_INSTANCE",
+                "x" * 65,
+                "must be 1 to 64 printable ASCII characters",
+                id="instance-long",
+            ),
+            pytest.param(
+                "TOWER_INSTANCE",
+                "tür",
+                "must be 1 to 64 printable ASCII characters",
+                id="instance-utf",
+            ),
             pytest.param("TOWER_HTTP_HOST", "", "must not be empty", id="host-empty"),
             pytest.param("TOWER_HTTP_PORT", "http", "is not a number", id="port-word"),
             pytest.param("TOWER_HTTP_PORT", "", "is not a number", id="port-empty"),
@@ -495,3 +515,13 @@ class TestBrokerURLs:
         """A cluster of amqp:// nodes connects without TLS."""
         settings = Settings.from_environ({"TOWER_AMQP_URL": "amqp://rabbit-1/,amqp://rabbit-2/"})
         assert settings.amqp_ssl_context() is None
+
+
+class TestInstance:
+    def test_default_names_the_host_and_the_process(self) -> None:
+        """Unset, each process gets its own name: the host name and its process id."""
+        instance = Settings.from_environ({}).instance
+        assert instance == f"{socket.gethostname()}-{os.getpid()}"[:64]
+
+    def test_set(self) -> None:
+        assert Settings.from_environ({"TOWER_INSTANCE": " tower-b "}).instance == "tower-b"

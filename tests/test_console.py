@@ -18,6 +18,7 @@ import trio
 
 from tests._helpers import VALID, Broker, run_tower, tower_settings, watching
 from tower_trio._auth import Sessions, parse_tokens
+from tower_trio._config import default_instance
 from tower_trio._console import MAX_STREAMS
 from tower_trio._feed import Change, Feed
 from tower_trio._storage import Outgoing
@@ -277,6 +278,7 @@ class TestStatus:
     async def test_parts_and_health(self, tower: Tower) -> None:
         status = (await tower.client.get("/console/api/status")).json()
         assert (status["health"], status["ready"], status["reasons"]) == ("green", True, [])
+        assert status["instance"] == default_instance()
         assert status["broker"]["state"] == "connected"
         assert "guest:guest" not in status["broker"]["url"]
         assert status["journal"]["pending"] == 0

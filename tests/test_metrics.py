@@ -11,6 +11,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from tests._helpers import VALID, Broker, run_tower, tower_settings
 from tower_trio._auth import Tokens
 from tower_trio._metrics import method_of, route_of, status_of
+from tower_trio._version import __version__
 
 SCRAPE_TOKEN = "scrape-token-0123456789"
 API_TOKEN = "api-token-0123456789abcdef"
@@ -129,7 +130,8 @@ class TestMetrics:
     ) -> None:
         """Published, unroutable and rejected triggers, requests and latency are all counted."""
         await broker.bind("OT-2/v1alpha1")
-        async with run_tower(tower_settings(amqp_url, broker.exchange, tmp_path)) as tower:
+        settings = tower_settings(amqp_url, broker.exchange, tmp_path, instance="tower-a")
+        async with run_tower(settings) as tower:
             for _ in range(3):
                 await tower.client.post("/triggers?wait=published", json=VALID)
             await tower.client.post(
@@ -153,6 +155,8 @@ class TestMetrics:
         lookups = frozenset({("route", "/triggers/{uuid}"), ("method", "GET"), ("status", "404")})
         assert found[("tower_http_requests_total", lookups)] == 1
         assert found[("tower_publish_latency_seconds_count", frozenset())] == 3
+        this = frozenset({("instance", "tower-a"), ("version", __version__)})
+        assert found[("tower_info", this)] == 1
 
     async def test_token_protects_the_scrape(
         self, amqp_url: str, broker: Broker, tmp_path: Path

@@ -17,6 +17,7 @@ import trio
 import trio.testing
 
 from tests._helpers import VALID, Broker, Tower, run_tower, spec_of, tower_settings, unused_port
+from tower_trio._config import default_instance
 from tower_trio._plugins import discover_plugins, select_plugins
 from tower_trio._serialization import load_trigger
 
@@ -281,7 +282,7 @@ class TestProbes:
         assert (await tower.client.get("/healthz")).status_code == 200
         response = await tower.client.get("/readyz")
         assert response.status_code == 200
-        assert response.json() == {"status": "ready"}
+        assert response.json() == {"status": "ready", "instance": default_instance()}
 
     async def test_broker_down_means_not_ready_but_still_accepting(
         self,

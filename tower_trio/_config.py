@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import math
 import os
+import socket
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -41,6 +42,23 @@ def _text(raw: str) -> str:
     if not raw.strip():
         raise ValueError("must not be empty")
     return raw.strip()
+
+
+_INSTANCE_MAX = 64
+
+
+def _instance(raw: str) -> str:
+    name = raw.strip()
+    if not (0 < len(name) <= _INSTANCE_MAX and name.isascii() and name.isprintable()):
+        raise ValueError(f"must be 1 to {_INSTANCE_MAX} printable ASCII characters")
+    if " " in name:
+        raise ValueError("must not contain spaces")
+    return name
+
+
+def default_instance() -> str:
+    """This process's name among replicas when ``TOWER_INSTANCE`` is not set."""
+    return f"{socket.gethostname()}-{os.getpid()}"[:_INSTANCE_MAX]
 
 
 def _port(raw: str) -> int:
@@ -207,6 +225,14 @@ class Settings:
         _readable_file,
         "Unencrypted private key (PEM) of `TOWER_AMQP_CERT_FILE`, unless it is in that file.",
         shown="(unset)",
+    )
+    instance: str = _setting(
+        "TOWER_INSTANCE",
+        attrs.Factory(default_instance),
+        _instance,
+        "This tower's name among replicas sharing one PostgreSQL journal: in logs, "
+        "`/readyz`, metrics, the console and the leader of each plugin.",
+        shown="the host name and process id (`lab-pc-4242`)",
     )
     exchange: str = _setting(
         "TOWER_EXCHANGE",

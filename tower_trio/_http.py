@@ -544,7 +544,7 @@ class _Api:
         reasons = list(self.readiness())
         if reasons:
             return _error(503, "not ready", reasons, **self._retry_after)
-        return _json(b'{"status":"ready"}')
+        return _json(dumps({"status": "ready", "instance": self.settings.instance}))
 
     async def http_error(self, error: HTTPException) -> Response:
         incoming = QuartIncoming()

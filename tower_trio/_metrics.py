@@ -26,13 +26,14 @@ import time
 from collections.abc import Callable, Iterator, Mapping
 from typing import TYPE_CHECKING, Any
 
-from prometheus_client import CollectorRegistry, Counter, Histogram
+from prometheus_client import CollectorRegistry, Counter, Histogram, Info
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.exposition import CONTENT_TYPE_LATEST, generate_latest
 from prometheus_client.registry import Collector
 
 from ._openapi import openapi_document
 from ._runtime import PluginState
+from ._version import __version__
 
 if TYPE_CHECKING:
     from prometheus_client.metrics_core import Metric
@@ -200,9 +201,14 @@ class TowerMetrics:
         publisher: Callable[[], PublisherStatistics],
         plugins: Mapping[str, PluginStatus],
         channel: Callable[[], int],
+        *,
+        instance: str = "",
     ) -> None:
         self.registry = CollectorRegistry()
         self.registry.register(_StateCollector(publisher, plugins, channel))
+        Info(
+            "tower", "This tower: its version and its name among replicas.", registry=self.registry
+        ).info({"version": __version__, "instance": instance})
         self.requests = Counter(
             "tower_http_requests",
             "HTTP requests by route, method and status.",

@@ -493,8 +493,14 @@ def _paths() -> dict[str, Any]:
                         "content": _json_content(
                             {
                                 "type": "object",
-                                "required": ["status"],
-                                "properties": {"status": {"const": "ready"}},
+                                "required": ["status", "instance"],
+                                "properties": {
+                                    "status": {"const": "ready"},
+                                    "instance": {
+                                        "type": "string",
+                                        "description": "This tower's name (TOWER_INSTANCE).",
+                                    },
+                                },
                             }
                         ),
                     },

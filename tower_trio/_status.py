@@ -80,6 +80,7 @@ def status_report(
     healths = [broker[1], journal_health, *(p["health"] for p in panel if p["health"] != "off")]
     return {
         "version": __version__,
+        "instance": settings.instance,
         "ready": not reasons,
         "reasons": list(reasons),
         "health": max(healths, key=_RANK.__getitem__),

@@ -130,6 +130,7 @@ async def _serve_with_storage(
         publisher.statistics,
         statuses,
         lambda: receive_channel.statistics().current_buffer_used,
+        instance=settings.instance,
     )
     publisher.on_published = metrics.observe_published
 
@@ -177,6 +178,7 @@ async def _serve_with_storage(
         _log.info(
             "tower.started",
             version=__version__,
+            instance=settings.instance,
             http=",".join(http_urls),
             broker=publisher.nodes.redacted(),
             exchange=settings.exchange,
@@ -213,6 +215,7 @@ def _summary_rows(
 ) -> list[tuple[str, str]]:
     """The start-up screen: what runs where, and what was left out and why."""
     rows = [
+        ("instance", settings.instance),
         ("HTTP API", ", ".join(http_urls)),
         ("auth", "bearer tokens" if settings.api_tokens else "off (no TOWER_API_TOKENS)"),
         ("broker", ", ".join(url.redacted() for url in publisher.nodes.urls)),
