@@ -507,9 +507,9 @@ class TestState:
             for name in ("load_plugin_state", "save_plugin_state"):
                 blocking = getattr(journal, name)
 
-                def noted(*args: object, blocking: Any = blocking) -> Any:
+                def noted(*args: object, blocking: Any = blocking, **kwargs: object) -> Any:
                     calls.append(threading.get_ident())
-                    return blocking(*args)
+                    return blocking(*args, **kwargs)
 
                 monkeypatch.setattr(journal, name, noted)
             state = await State.load("p", SQLiteStorage(journal))

@@ -42,6 +42,7 @@ from tests.test_http_boundary import _connect, _read_to_end
 from tests.test_recovery import _fields, _named
 from tests.test_security import OTHER, TOKEN, FakeClock
 from tower_trio import Trigger, amqp
+from tower_trio import _leadership as leadership
 from tower_trio import _supervisor as supervisor
 from tower_trio._auth import Guard, RateLimiter, Tokens
 from tower_trio._channel import Intake, Submission, TriggerSendChannel
@@ -805,7 +806,7 @@ class TestGetReadyz:
             await serve_plugin(*args, **kwargs)
 
         monkeypatch.setattr(supervisor, "serve_http", serve_http_noted)
-        monkeypatch.setattr(supervisor, "serve_plugin", held_plugin)
+        monkeypatch.setattr(leadership, "serve_plugin", held_plugin)
         settings = tower_settings(amqp_url, broker.exchange, tmp_path)
         shutdown, started = trio.Event(), trio.Event()
         with trio.fail_after(15):

@@ -10,6 +10,8 @@ refused it), and, if its source waits for that, when the broker confirmed.
 A plugin's ``send`` returns only after the first report: once it returns,
 the trigger is on disk, so the plugin may mark its source item done; if
 the journal refused it, ``send`` raises and the item stays to be retried.
+When several towers share the journal, the channel also stamps each trigger
+with the leadership term its plugin runs under, which the store checks.
 """
 
 from __future__ import annotations
@@ -156,11 +158,16 @@ class TriggerSendChannel(trio.abc.SendChannel[Trigger]):
         source: str,
         on_send: Callable[[Trigger], None] | None = None,
         check: Callable[[Trigger], Sequence[FieldError]] | None = None,
+        *,
+        term: int | None = None,
+        on_refused: Callable[[], None] | None = None,
     ) -> None:
         self._inner = inner
         self._source = source
         self._on_send = on_send
         self._check = check
+        self._term = term
+        self._on_refused = on_refused
 
     def _submission(self, trigger: Trigger) -> Submission:
         if not isinstance(trigger, Trigger):
@@ -172,7 +179,7 @@ class TriggerSendChannel(trio.abc.SendChannel[Trigger]):
             # Raised to the plugin, in its own task: a robot never sees this trigger.
             raise InvalidTriggerError(errors)
         key = None if trigger.key is None else f"plugin:{self._source}:{trigger.key}"
-        return Submission.of(trigger.with_source(self._source), key=key)
+        return Submission.of(trigger.with_source(self._source, term=self._term), key=key)
 
     def _sent(self, trigger: Trigger) -> None:
         if self._on_send is not None:
@@ -196,6 +203,9 @@ class TriggerSendChannel(trio.abc.SendChannel[Trigger]):
         submission = self._submission(value)
         await self._inner.send(submission)
         if await submission.wait_committed() is Intake.REJECTED:
+            if self._on_refused is not None:
+                # Perhaps a stale leadership term: whoever runs the plugin checks its lease.
+                self._on_refused()
             raise JournalError(
                 f"the journal could not store trigger {value.uuid}, so it will not be "
                 f"published: {submission.error}; the plugin should retry this item later"
@@ -203,7 +213,14 @@ class TriggerSendChannel(trio.abc.SendChannel[Trigger]):
         self._sent(value)
 
     def clone(self) -> TriggerSendChannel:
-        return TriggerSendChannel(self._inner.clone(), self._source, self._on_send, self._check)
+        return TriggerSendChannel(
+            self._inner.clone(),
+            self._source,
+            self._on_send,
+            self._check,
+            term=self._term,
+            on_refused=self._on_refused,
+        )
 
     def close(self) -> None:
         self._inner.close()

@@ -342,6 +342,15 @@ class Settings:
         "`POST /triggers` answers 503 until pruning makes room. Unset: limited by the disk only.",
         shown="(unset)",
     )
+    lease_ttl: float = _setting(
+        "TOWER_LEASE_TTL",
+        10.0,
+        _seconds,
+        "With several towers on one PostgreSQL journal: how long a tower's lease on a "
+        "plugin lasts without renewal (renewed every third of it). A successor takes "
+        "over a plugin whose leader died or lost the database within about 1.33 times "
+        "this; see docs/replicas.md.",
+    )
     retention: float = _setting(
         "TOWER_RETENTION",
         7 * 86400.0,

@@ -389,7 +389,10 @@ class Journal:
         return {key: json.loads(value) for key, value in rows}
 
     @_writes
-    def save_plugin_state(self, plugin: str, key: str, value: Any | None) -> None:
+    def save_plugin_state(
+        self, plugin: str, key: str, value: Any | None, *, term: int | None = None
+    ) -> None:
+        # One tower per SQLite journal: it leads every plugin, so any term is current.
         try:
             with self._transaction():
                 if value is None:

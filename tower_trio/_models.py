@@ -123,6 +123,10 @@ class Trigger:
     """A plugin's idempotency key (e.g. ``riffyn:<runId>``): a second trigger with
     the same key, from the same plugin, within the retention period, is dropped.
     Not part of the published message."""
+    term: int | None = attrs.field(default=None, eq=False, repr=False, kw_only=True)
+    """The leadership term of the plugin run that sent it, stamped by the tower
+    (whatever a plugin sets is replaced): a store shared by several towers
+    refuses a trigger whose term is no longer its plugin's. Not published."""
 
     def __attrs_post_init__(self) -> None:
         if errors := check_trigger(self):
@@ -133,11 +137,11 @@ class Trigger:
         """The AMQP routing key: the apiVersion, exactly."""
         return self.api_version
 
-    def with_source(self, source: str) -> Trigger:
-        """This trigger as it enters the tower through ``source``."""
-        if self.metadata.source == source:
+    def with_source(self, source: str, *, term: int | None = None) -> Trigger:
+        """This trigger as it enters the tower through ``source``, sent under ``term``."""
+        if self.metadata.source == source and self.term == term:
             return self
-        return attrs.evolve(self, metadata=attrs.evolve(self.metadata, source=source))
+        return attrs.evolve(self, metadata=attrs.evolve(self.metadata, source=source), term=term)
 
 
 def check_plate(rows: object, columns: object, prefix: str = "plate.") -> list[FieldError]:

@@ -206,6 +206,9 @@ def plugins_report(
                 "errors": status.errors,
                 "lastError": last_error,
                 "lastTriggerAt": _rfc3339(status.last_trigger_at),
+                "leader": None
+                if status.leader is None
+                else {"instance": status.leader.instance, "term": status.leader.term},
                 "config": plugin.public_config(),
             }
         )
@@ -397,6 +400,8 @@ async def serve_plugin(
     check: Callable[[Trigger], Sequence[FieldError]] | None = None,
     backoff: Backoff | None = None,
     wall_clock: Callable[[], datetime] | None = None,
+    term: int | None = None,
+    on_refused: Callable[[], None] | None = None,
     task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED,
 ) -> None:
     """Run one plugin, restarting it with backoff whenever it raises.
@@ -407,7 +412,8 @@ async def serve_plugin(
     sent before the bad value each time. Cancellation is never caught: it is
     how the supervisor stops plugins. Its state is (re)loaded from
     ``state_backend`` at every start; without one it lives in memory and is
-    lost when the tower stops.
+    lost when the tower stops. ``term`` and ``on_refused`` are the
+    leadership's (``run_plugin_once``).
     """
     backoff = backoff or Backoff(initial=1.0, cap=60.0)
     state_backend = state_backend if state_backend is not None else MemoryStateBackend()
@@ -422,6 +428,8 @@ async def serve_plugin(
                 state_backend=state_backend,
                 check=check,
                 wall_clock=wall_clock,
+                term=term,
+                on_refused=on_refused,
             )
             if ended.outcome is not Outcome.CRASHED or ended.error is None:
                 return

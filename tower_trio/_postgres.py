@@ -25,7 +25,7 @@ import psycopg
 import trio
 from psycopg.types.json import Jsonb
 
-from ._errors import JournalError
+from ._errors import FencedError, JournalError
 from ._postgres_schema import connect, migrate
 from ._storage import (
     PRUNE_BATCH,
@@ -82,6 +82,17 @@ WHERE n <= 2 OR running - octet_length(body) <= %(max_bytes)s
 ORDER BY seq DESC
 """
 _NO_BYTE_BOUND = 2**62
+# Inside the transaction that writes for a plugin: its lease is still held by
+# this tower, in the term the write was made under. FOR SHARE keeps a
+# successor from taking the lease until the write has committed, and a row
+# changed while this waited for that lock is judged as changed.
+# clock_timestamp(), not now(): the transaction may have waited for the
+# journal's row lock since it began.
+_FENCE = (
+    "SELECT 1 FROM leases WHERE plugin = %(plugin)s AND term = %(term)s "
+    "AND (%(holder)s::text IS NULL OR holder = %(holder)s) "
+    "AND expires_at > clock_timestamp() FOR SHARE"
+)
 
 
 class _Session:
@@ -117,9 +128,12 @@ class PostgresJournal:
         *,
         max_bytes: int | None = None,
         clock: Callable[[], float] = time.time,
+        instance: str | None = None,
     ) -> None:
         self.url = url
         self.clock = clock
+        self.instance = instance
+        """The tower whose plugins' writes must hold its leases (None: any holder)."""
         self._max_bytes = max_bytes
         self._writer = _Session(url)
         self._reader = _Session(url)
@@ -162,6 +176,11 @@ class PostgresJournal:
         """Store a batch in one transaction; a known uuid or key is a Duplicate of the first."""
         with self._using(self._writer, "write to") as db, db.transaction():
             db.execute("SELECT last_seq FROM journal_state FOR UPDATE")
+            # A batch is all or nothing: one stale trigger refuses the batch.
+            for plugin, term in sorted(
+                {(t.metadata.source, t.term) for t, _, _, _ in entries if t.term is not None}
+            ):
+                self._fence(db, plugin, term, "trigger")
             found = db.execute(
                 f"SELECT {_RECORD_COLUMNS}, idem_key, fingerprint FROM triggers "
                 "WHERE uuid = ANY(%s::text[]) OR idem_key = ANY(%s::text[])",
@@ -275,8 +294,12 @@ class PostgresJournal:
             ).fetchall()
         return dict(rows)
 
-    def save_plugin_state(self, plugin: str, key: str, value: Any | None) -> None:
-        with self._using(self._writer, "write to") as db:
+    def save_plugin_state(
+        self, plugin: str, key: str, value: Any | None, *, term: int | None = None
+    ) -> None:
+        with self._using(self._writer, "write to") as db, db.transaction():
+            if term is not None:
+                self._fence(db, plugin, term, f"state[{key!r}]")
             if value is None:
                 db.execute("DELETE FROM plugin_state WHERE plugin = %s AND key = %s", (plugin, key))
             else:
@@ -285,6 +308,19 @@ class PostgresJournal:
                     "ON CONFLICT (plugin, key) DO UPDATE SET value = excluded.value",
                     (plugin, key, Jsonb(value)),
                 )
+
+    def _fence(self, db: psycopg.Connection[Any], plugin: str, term: int, what: str) -> None:
+        """Raise ``FencedError`` unless ``term`` is the plugin's live term (held by us)."""
+        held = db.execute(
+            _FENCE, {"plugin": plugin, "term": term, "holder": self.instance}
+        ).fetchone()
+        if held is None:
+            raise FencedError(
+                f"refused the {what} of plugin {plugin!r} from leadership term {term}: "
+                f"{self.instance or 'this tower'} no longer holds that term of its lease "
+                "(it expired, or another tower took it over); the plugin stops here and "
+                "runs again only once this tower wins its lease back"
+            )
 
     # -- lookups (reader connection) -------------------------------------------
 
@@ -366,10 +402,18 @@ class PostgresStorage(ThreadedStorage[PostgresJournal]):
 
 
 async def open_postgres_storage(
-    url: PostgresURL, *, max_bytes: int | None = None, clock: Callable[[], float] = time.time
+    url: PostgresURL,
+    *,
+    max_bytes: int | None = None,
+    clock: Callable[[], float] = time.time,
+    instance: str | None = None,
 ) -> PostgresStorage:
-    """The journal in the database ``url`` names, its schema brought up to date."""
+    """The journal in the database ``url`` names, its schema brought up to date.
+
+    ``instance`` is the tower whose plugins write through it: their writes
+    are fenced by its leases (``tower_trio._postgres_leases``).
+    """
     journal = await trio.to_thread.run_sync(
-        lambda: PostgresJournal(url, max_bytes=max_bytes, clock=clock)
+        lambda: PostgresJournal(url, max_bytes=max_bytes, clock=clock, instance=instance)
     )
     return PostgresStorage(journal)

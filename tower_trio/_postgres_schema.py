@@ -88,6 +88,19 @@ _MIGRATIONS: tuple[tuple[str, ...], ...] = (
         """,
         "INSERT INTO journal_state (last_seq) VALUES (0)",
     ),
+    # 2: one lease per plugin, for towers sharing the journal (tower_trio._postgres_leases).
+    # A row is never deleted, so a plugin's term only grows; expires_at is set by
+    # the database's clock, the only one every tower reads alike.
+    (
+        """
+        CREATE TABLE leases (
+            plugin     text PRIMARY KEY,
+            holder     text NOT NULL,
+            term       bigint NOT NULL CHECK (term > 0),
+            expires_at timestamptz NOT NULL
+        )
+        """,
+    ),
 )
 SCHEMA_VERSION = len(_MIGRATIONS)
 

@@ -24,6 +24,8 @@ import attrs
 import trio
 
 from ._channel import Submission, TriggerSendChannel
+from ._errors import FencedError
+from ._leases import Leader
 from ._logging import get_logger
 
 if TYPE_CHECKING:
@@ -61,6 +63,9 @@ class PluginState(enum.Enum):
     FAILED = "failed"
     """``run()`` ended because it sent something that is not a Trigger; not restarted
     until the tower is, as a restart would repeat the bug and re-send what it sent."""
+    STANDBY = "standby"
+    """Another tower sharing the journal leads this plugin (or none does yet, and
+    this one is campaigning): it runs here only while this tower holds its lease."""
 
 
 @attrs.define
@@ -74,6 +79,8 @@ class PluginStatus:
     last_trigger_at: float | None = None
     errors: int = 0
     """Bad items reported with ``tower_trio.plugin.report_item_error``."""
+    leader: Leader | None = None
+    """Who holds the plugin's lease, as this tower last learnt (None: no one)."""
 
     def count_sent(self, trigger: Trigger) -> None:
         self.triggers_sent += 1
@@ -102,8 +109,15 @@ class StateBackend(Protocol):
         """Every key and value saved for ``plugin``."""
         ...
 
-    async def save_plugin_state(self, plugin: str, key: str, value: Any | None) -> None:
-        """Save one value durably; ``None`` deletes the key."""
+    async def save_plugin_state(
+        self, plugin: str, key: str, value: Any | None, *, term: int | None = None
+    ) -> None:
+        """Save one value durably; ``None`` deletes the key.
+
+        ``term`` is the leadership term the plugin runs under (None: not led
+        through leases); a store shared by several towers raises
+        ``FencedError`` when it is not the plugin's current term.
+        """
         ...
 
 
@@ -123,7 +137,9 @@ class MemoryStateBackend:
     async def load_plugin_state(self, plugin: str) -> dict[str, Any]:
         return self.snapshot(plugin)
 
-    async def save_plugin_state(self, plugin: str, key: str, value: Any | None) -> None:
+    async def save_plugin_state(
+        self, plugin: str, key: str, value: Any | None, *, term: int | None = None
+    ) -> None:
         values = self._plugins.setdefault(plugin, {})
         if value is None:
             values.pop(key, None)
@@ -155,16 +171,34 @@ class State:
     after sending and trust it after a restart.
     """
 
-    def __init__(self, plugin: str, backend: StateBackend, values: Mapping[str, Any]) -> None:
+    def __init__(
+        self,
+        plugin: str,
+        backend: StateBackend,
+        values: Mapping[str, Any],
+        *,
+        term: int | None = None,
+        on_fenced: Callable[[], None] | None = None,
+    ) -> None:
         self._plugin = plugin
         self._backend = backend
         self._values = dict(values)
         self._lock = trio.Lock()
+        self._term = term
+        self._on_fenced = on_fenced
 
     @classmethod
-    async def load(cls, plugin: str, backend: StateBackend) -> State:
-        """The plugin's state as last saved."""
-        return cls(plugin, backend, await backend.load_plugin_state(plugin))
+    async def load(
+        cls,
+        plugin: str,
+        backend: StateBackend,
+        *,
+        term: int | None = None,
+        on_fenced: Callable[[], None] | None = None,
+    ) -> State:
+        """The plugin's state as last saved; its writes are made under ``term``."""
+        values = await backend.load_plugin_state(plugin)
+        return cls(plugin, backend, values, term=term, on_fenced=on_fenced)
 
     async def get(self, key: str, default: Any = None) -> Any:
         """The value stored under ``key`` (a copy), or ``default``."""
@@ -180,7 +214,13 @@ class State:
         stored = None if value is None else _json_copy(key, value)
         async with self._lock:
             # Saved before it is visible, so memory never claims what the journal lacks.
-            await self._backend.save_plugin_state(self._plugin, key, stored)
+            try:
+                await self._backend.save_plugin_state(self._plugin, key, stored, term=self._term)
+            except FencedError:
+                # Told here, not left to the plugin: it may catch and retry errors.
+                if self._on_fenced is not None:
+                    self._on_fenced()
+                raise
             if stored is None:
                 self._values.pop(key, None)
             else:
@@ -268,13 +308,18 @@ async def run_plugin_once(
     wall_clock: Callable[[], datetime] | None = None,
     on_send: Callable[[Trigger], None] | None = None,
     on_item_error: Callable[[str, str], None] | None = None,
+    term: int | None = None,
+    on_refused: Callable[[], None] | None = None,
 ) -> RunResult:
     """Run ``plugin`` until its ``run()`` returns or raises, and record how it ended.
 
     ``send_channel`` is cloned, not closed. ``check`` refuses triggers (the
     protocol schemas); ``wall_clock`` is what ``utc_now()`` reads. ``status``
     counts what the plugin sends and reports, then ``on_send`` and
-    ``on_item_error`` hear of it too. Cancellation passes through untouched.
+    ``on_item_error`` hear of it too. ``term`` is the leadership term the
+    run holds, carried by its state writes and triggers; ``on_refused`` hears
+    when the store fenced a state write or refused a trigger, so that the
+    caller checks its lease at once. Cancellation passes through untouched.
     """
 
     def sent(trigger: Trigger) -> None:
@@ -296,9 +341,17 @@ async def run_plugin_once(
     misuse: list[TypeError] = []
     token = _context.set(context)
     try:
-        state = await State.load(plugin.name, state_backend) if plugin.wants_state else None
+        state = None
+        if plugin.wants_state:
+            state = await State.load(plugin.name, state_backend, term=term, on_fenced=on_refused)
         async with _PluginSendChannel(
-            send_channel.clone(), plugin.name, sent, check, misuse=misuse
+            send_channel.clone(),
+            plugin.name,
+            sent,
+            check,
+            misuse=misuse,
+            term=term,
+            on_refused=on_refused,
         ) as plugin_channel:
             await plugin.invoke(plugin_channel, state)
     except Exception as err:
@@ -334,8 +387,10 @@ class _PluginSendChannel(TriggerSendChannel):
         check: Callable[[Trigger], Sequence[FieldError]] | None,
         *,
         misuse: list[TypeError],
+        term: int | None = None,
+        on_refused: Callable[[], None] | None = None,
     ) -> None:
-        super().__init__(inner, source, on_send, check)
+        super().__init__(inner, source, on_send, check, term=term, on_refused=on_refused)
         self._misuse = misuse
 
     def _submission(self, trigger: Trigger) -> Submission:
@@ -347,7 +402,13 @@ class _PluginSendChannel(TriggerSendChannel):
 
     def clone(self) -> _PluginSendChannel:
         return _PluginSendChannel(
-            self._inner.clone(), self._source, self._on_send, self._check, misuse=self._misuse
+            self._inner.clone(),
+            self._source,
+            self._on_send,
+            self._check,
+            misuse=self._misuse,
+            term=self._term,
+            on_refused=self._on_refused,
         )
 
 

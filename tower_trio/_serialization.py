@@ -79,6 +79,7 @@ def _make_converter() -> cattrs.Converter:  # pragma: no mutate block
             created_at=override(omit=True),
             plate=override(omit_if_default=True),
             key=override(omit=True),
+            term=override(omit=True),
         ),
     )
     return converter

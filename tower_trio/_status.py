@@ -29,9 +29,17 @@ _PLUGIN_HEALTH = {
     "starting": "amber",
     "backing-off": "amber",
     "failed": "red",
+    # Another tower runs it. Amber only while no tower leads it (_plugin_health).
+    "standby": "green",
 }
 _LOW_ROOM = 10
 """Room for fewer than this many of the largest triggers is amber."""
+
+
+def _plugin_health(plugin: dict[str, Any]) -> str:
+    if plugin["state"] == "standby" and plugin.get("leader") is None:
+        return "amber"
+    return _PLUGIN_HEALTH.get(plugin["state"], "amber")
 
 
 def status_report(
@@ -57,10 +65,7 @@ def status_report(
         journal_health = "amber"
     else:
         journal_health = "green"
-    panel = [
-        {**plugin, "reason": None, "health": _PLUGIN_HEALTH.get(plugin["state"], "amber")}
-        for plugin in plugins
-    ]
+    panel = [{**plugin, "reason": None, "health": _plugin_health(plugin)} for plugin in plugins]
     panel.extend(
         {
             "name": skip.name,
@@ -70,6 +75,7 @@ def status_report(
             "errors": 0,
             "lastError": None,
             "lastTriggerAt": None,
+            "leader": None,
             "reason": skip.reason,
             # Not asked for (left out of TOWER_PLUGINS, or not configured):
             # shown with its reason, but nothing is wrong with the tower.

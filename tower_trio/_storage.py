@@ -224,8 +224,17 @@ class Storage(Protocol):
         """Every key and value saved for ``plugin``."""
         ...
 
-    async def save_plugin_state(self, plugin: str, key: str, value: Any | None) -> None:
-        """Save one value durably; ``None`` deletes the key."""
+    async def save_plugin_state(
+        self, plugin: str, key: str, value: Any | None, *, term: int | None = None
+    ) -> None:
+        """Save one value durably; ``None`` deletes the key.
+
+        ``term`` is the leadership term the plugin writes under. A store
+        shared by several towers raises ``FencedError`` (and writes nothing)
+        unless it is the plugin's live term, held by this tower; a store of
+        one tower accepts any. The same goes for triggers carrying a
+        ``term`` in ``append``: a batch holding a stale one is refused whole.
+        """
         ...
 
     def close(self) -> None:

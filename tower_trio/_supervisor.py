@@ -6,7 +6,8 @@ Task tree (every long-lived task is started with ``nursery.start``)::
     └── serve_tower
         ├── Publisher.serve        owns the broker connection; drains the channel
         ├── serve_http             Hypercorn + Quart-Trio, one send-channel clone
-        └── _serve_plugins         one serve_plugin task per plugin, a clone each
+        └── _serve_plugins         one serve_led_plugin task per plugin, a clone each
+            └── serve_plugin       while this tower holds the plugin's lease
 
 Shutdown: the HTTP server stops accepting and finishes its requests, the
 plugins are cancelled, and the publisher keeps publishing until every
@@ -27,16 +28,18 @@ from ._auth import check_exposure
 from ._channel import Submission
 from ._console import ConsoleSources
 from ._http import create_app
+from ._leadership import serve_led_plugin
+from ._leases import Leases
 from ._logging import get_logger, print_summary
 from ._metrics import ASGIApp, TowerMetrics, instrument
-from ._plugins import ConfiguredPlugin, SkippedPlugin, plugins_report, serve_plugin
+from ._plugins import ConfiguredPlugin, SkippedPlugin, plugins_report
 from ._publisher import Publisher
 from ._runtime import PluginState, PluginStatus
 from ._schemas import ProtocolSchemas, read_schemas
 from ._server import serve_http
 from ._status import status_report
 from ._storage import Storage
-from ._stores import open_storage_from
+from ._stores import open_leases_from, open_storage_from
 from ._version import __version__
 
 if TYPE_CHECKING:
@@ -79,30 +82,41 @@ async def serve_tower(
     if schemas is None:
         schemas = await read_schemas(settings)
     storage = await open_storage_from(settings)
+    leases = open_leases_from(settings)
     try:
         await _serve_with_storage(
             settings,
             plugins,
-            storage,
+            _Journal(storage, leases),
             shutdown=shutdown,
             skipped=skipped,
             schemas=schemas,
             task_status=task_status,
         )
     finally:
+        leases.close()
         storage.close()
+
+
+@attrs.frozen
+class _Journal:
+    """The store, and the plugin leases kept in it."""
+
+    storage: Storage
+    leases: Leases
 
 
 async def _serve_with_storage(
     settings: Settings,
     plugins: Sequence[ConfiguredPlugin],
-    storage: Storage,
+    journal: _Journal,
     *,
     shutdown: trio.Event,
     skipped: Sequence[SkippedPlugin],
     schemas: ProtocolSchemas,
     task_status: trio.TaskStatus[RunningTower],
 ) -> None:
+    storage = journal.storage
     publisher = Publisher(settings, storage)
     statuses = {plugin.name: PluginStatus(plugin.name) for plugin in plugins}
     draining = False
@@ -168,11 +182,11 @@ async def _serve_with_storage(
                 serve_http, settings, make_app, send_channel.clone(), http_shutdown
             )
             await nursery.start(
-                partial(_serve_plugins, check=schemas.check),
+                partial(_serve_plugins, check=schemas.check, ttl=settings.lease_ttl),
                 plugins,
                 send_channel,
                 statuses,
-                storage,
+                journal,
                 plugins_scope,
             )
         _log.info(
@@ -246,9 +260,10 @@ async def _serve_plugins(
     plugins: Sequence[ConfiguredPlugin],
     send_channel: trio.MemorySendChannel[Submission],
     statuses: dict[str, PluginStatus],
-    storage: Storage,
+    journal: _Journal,
     scope: trio.CancelScope,
     *,
+    ttl: float,
     check: Callable[[Trigger], Sequence[FieldError]] | None = None,
     task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED,
 ) -> None:
@@ -257,11 +272,13 @@ async def _serve_plugins(
             for plugin in plugins:
                 await nursery.start(
                     partial(
-                        serve_plugin,
+                        serve_led_plugin,
                         plugin,
                         send_channel.clone(),
                         statuses[plugin.name],
-                        state_backend=storage,
+                        journal.leases,
+                        ttl=ttl,
+                        state_backend=journal.storage,
                         check=check,
                     )
                 )

@@ -9,6 +9,7 @@ abandoned once started; lookups beside them.
 
 from __future__ import annotations
 
+from functools import partial
 from typing import TYPE_CHECKING, Any, Generic, Protocol, TypeVar
 
 import trio
@@ -69,7 +70,9 @@ class BlockingStore(Protocol):
 
     def load_plugin_state(self, plugin: str) -> dict[str, Any]: ...
 
-    def save_plugin_state(self, plugin: str, key: str, value: Any | None) -> None: ...
+    def save_plugin_state(
+        self, plugin: str, key: str, value: Any | None, *, term: int | None = None
+    ) -> None: ...
 
     def close(self) -> None: ...
 
@@ -147,8 +150,10 @@ class ThreadedStorage(Generic[_Store]):
     async def load_plugin_state(self, plugin: str) -> dict[str, Any]:
         return await self._write(self.journal.load_plugin_state, plugin)
 
-    async def save_plugin_state(self, plugin: str, key: str, value: Any | None) -> None:
-        await self._write(self.journal.save_plugin_state, plugin, key, value)
+    async def save_plugin_state(
+        self, plugin: str, key: str, value: Any | None, *, term: int | None = None
+    ) -> None:
+        await self._write(partial(self.journal.save_plugin_state, term=term), plugin, key, value)
 
     def close(self) -> None:
         self.journal.close()
