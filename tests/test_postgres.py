@@ -10,6 +10,7 @@ import json
 import re
 import subprocess
 import sys
+import time
 import uuid
 from typing import TYPE_CHECKING
 from urllib.parse import quote
@@ -24,19 +25,22 @@ from tests._towers import open_tower_process, tower_environ
 from tests.test_storage import entry, trigger
 from tower_trio._cli import main
 from tower_trio._config import Settings
-from tower_trio._errors import ConfigError, JournalError
+from tower_trio._errors import ConfigError, FencedError, JournalError
 from tower_trio._journal import SQLiteStorage
 from tower_trio._journal_url import PostgresURL, parse_journal_url
+from tower_trio._leases import Leader
 from tower_trio._postgres import open_postgres_storage
+from tower_trio._postgres_leases import PostgresLeases
 from tower_trio._postgres_schema import SCHEMA_VERSION
 from tower_trio._serialization import load_trigger
-from tower_trio._storage import PageQuery
+from tower_trio._storage import Accepted, PageQuery
 from tower_trio._stores import open_storage_from
 from tower_trio._vocabulary import DeliveryStatus
 
 if TYPE_CHECKING:
     from pathlib import Path
 
+    from tower_trio import Trigger
     from tower_trio._storage import Storage
 
 PASSWORD = "pw-never-shown-4711"
@@ -291,3 +295,126 @@ class TestTowerOnPostgres:
             "tower-trio: error: cannot open the journal postgresql://postgres@127.0.0.1:1/test"
         )
         assert PASSWORD not in result.stderr
+
+
+def _plugin_trigger(n: int, plugin: str, term: int | None) -> Trigger:
+    return trigger(n).with_source(plugin, term=term)
+
+
+@pytest.mark.postgres
+class TestLeasesAndFencing:
+    async def test_terms_only_grow_and_a_live_lease_is_not_taken(self) -> None:
+        """A free lease is won in a new term, renewed in the same, and taken over only expired."""
+        async with open_schema() as url:
+            storage = await open_postgres_storage(url)
+            a = PostgresLeases(url, "tower-a", timeout=10)
+            b = PostgresLeases(url, "tower-b", timeout=10)
+            try:
+                with trio.fail_after(20):
+                    assert await a.campaign("p", 30) == Leader("tower-a", 1)
+                    assert await a.campaign("p", 30) == Leader("tower-a", 1)
+                    assert await b.campaign("p", 30) == Leader("tower-a", 1)
+                    await a.release("p", 1)
+                    assert await b.campaign("p", 30) == Leader("tower-b", 2)
+                    # Expired (by the database's clock): taken over, one term on.
+                    assert await b.campaign("p", 0.001) == Leader("tower-b", 2)
+                    await trio.sleep(0.05)
+                    assert await a.campaign("p", 30) == Leader("tower-a", 3)
+                    # A renewal after its own lease expired starts a new term too.
+                    assert await a.campaign("p", 0.001) == Leader("tower-a", 3)
+                    await trio.sleep(0.05)
+                    assert await a.campaign("p", 30) == Leader("tower-a", 4)
+                    # A stale release changes nothing.
+                    await a.release("p", 3)
+                    assert await b.campaign("p", 30) == Leader("tower-a", 4)
+            finally:
+                a.close()
+                b.close()
+                storage.close()
+
+    async def test_state_writes_are_accepted_only_in_the_current_term(self) -> None:
+        """The holder's current term writes; an older term, or another tower, is refused."""
+        async with open_schema() as url:
+            storage = await open_postgres_storage(url, instance="tower-a")
+            other = await open_postgres_storage(url, instance="tower-b")
+            a = PostgresLeases(url, "tower-a", timeout=10)
+            b = PostgresLeases(url, "tower-b", timeout=10)
+            try:
+                with trio.fail_after(20):
+                    assert await a.campaign("p", 30) == Leader("tower-a", 1)
+                    await storage.save_plugin_state("p", "k", "one", term=1)
+                    with pytest.raises(FencedError, match="leadership term 1"):
+                        await other.save_plugin_state("p", "k", "b", term=1)
+                    await a.release("p", 1)
+                    with pytest.raises(FencedError, match="no longer holds that term"):
+                        await storage.save_plugin_state("p", "k", "stale", term=1)
+                    assert await b.campaign("p", 30) == Leader("tower-b", 2)
+                    await other.save_plugin_state("p", "k", "two", term=2)
+                    with pytest.raises(FencedError):
+                        await storage.save_plugin_state("p", "k", None, term=1)
+                    with pytest.raises(FencedError):
+                        await storage.save_plugin_state("p", "k", "future", term=3)
+                    assert await storage.load_plugin_state("p") == {"k": "two"}
+            finally:
+                a.close()
+                b.close()
+                other.close()
+                storage.close()
+
+    async def test_a_trigger_of_a_stale_term_is_not_stored(self) -> None:
+        """A batch with a trigger of a stale term is refused whole; the current term stores."""
+        async with open_schema() as url:
+            storage = await open_postgres_storage(url, instance="tower-a")
+            a = PostgresLeases(url, "tower-a", timeout=10)
+            try:
+                with trio.fail_after(20):
+                    assert await a.campaign("p", 30) == Leader("tower-a", 1)
+                    current = _plugin_trigger(1, "p", 1)
+                    (accepted,) = await storage.append([entry(current, "plugin:p:1")])
+                    assert isinstance(accepted, Accepted)
+                    await a.release("p", 1)
+                    assert await a.campaign("p", 30) == Leader("tower-a", 2)
+                    stale = _plugin_trigger(2, "p", 1)
+                    http = trigger(3)
+                    with pytest.raises(FencedError, match="trigger of plugin 'p'"):
+                        await storage.append([entry(http), entry(stale, "plugin:p:2")])
+                    assert await storage.get(stale.uuid) is None
+                    assert await storage.get(http.uuid) is None
+                    assert await storage.last_seq() == accepted.outgoing.seq
+                    fresh = _plugin_trigger(2, "p", 2)
+                    (stored,) = await storage.append([entry(fresh, "plugin:p:2")])
+                    assert isinstance(stored, Accepted)
+                    # Without a term (HTTP, or a store of one tower) nothing is fenced.
+                    (unfenced,) = await storage.append([entry(trigger(4))])
+                    assert isinstance(unfenced, Accepted)
+            finally:
+                a.close()
+                storage.close()
+
+    async def test_a_write_holds_off_a_takeover_until_it_commits(self) -> None:
+        """While a fenced write's transaction is open, no other tower can take the lease."""
+        async with open_schema() as url:
+            storage = await open_postgres_storage(url, instance="tower-a")
+            a = PostgresLeases(url, "tower-a", timeout=10)
+            b = PostgresLeases(url, "tower-b", timeout=10)
+            try:
+                with trio.fail_after(20):
+                    assert await a.campaign("p", 0.5) == Leader("tower-a", 1)
+                    journal = storage.journal
+
+                    def slow_write() -> None:
+                        with journal._using(journal._writer, "write to") as db, db.transaction():
+                            journal._fence(db, "p", 1, "state")
+                            time.sleep(1.0)  # the lease expires meanwhile
+
+                    async with trio.open_nursery() as nursery:
+                        nursery.start_soon(trio.to_thread.run_sync, slow_write)
+                        await trio.sleep(0.7)
+                        started = trio.current_time()
+                        assert await b.campaign("p", 30) == Leader("tower-b", 2)
+                        # It waited for the write's row lock to go.
+                        assert trio.current_time() - started > 0.1
+            finally:
+                a.close()
+                b.close()
+                storage.close()

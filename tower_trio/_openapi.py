@@ -15,6 +15,7 @@ import json
 import sys
 from typing import Any
 
+from ._runtime import PluginState
 from ._vocabulary import (
     API_VERSION,
     DEFAULT_LIST_LIMIT,
@@ -407,7 +408,7 @@ def _paths() -> dict[str, Any]:
                                 "type": "object",
                                 "required": ["plugins"],
                                 "properties": {
-                                    "plugins": {"type": "array", "items": {"type": "object"}}
+                                    "plugins": {"type": "array", "items": _PLUGIN}
                                 },
                             }
                         ),
@@ -526,6 +527,26 @@ def _paths() -> dict[str, Any]:
             }
         },
     }
+
+
+_PLUGIN = {
+    "type": "object",
+    "required": ["name", "state", "leader"],
+    "properties": {
+        "name": {"type": "string"},
+        "state": {"type": "string", "enum": [state.value for state in PluginState]},
+        "leader": {
+            "description": "The tower holding the plugin's lease, and its term; null when "
+            "none does. A tower alone on its journal leads every plugin in term 1.",
+            "type": ["object", "null"],
+            "required": ["instance", "term"],
+            "properties": {
+                "instance": {"type": "string"},
+                "term": {"type": "integer", "minimum": 1},
+            },
+        },
+    },
+}
 
 
 def openapi_document() -> dict[str, Any]:
