@@ -131,10 +131,17 @@ class _Candidate:
         """Run the plugin and renew the lease until it is lost or runs out locally."""
         keep = self.ttl * (1 - MARGIN)
         check_now = trio.Event()
+        fenced_at: list[float] = []
 
         def refused() -> None:
-            # A write of this run was refused: perhaps the term is stale; ask now.
+            # A trigger of this run was refused: perhaps the term is stale; ask now.
             check_now.set()
+
+        def fenced() -> None:
+            # The store says this term is over: stop at once, then campaign again.
+            _log.warning("lease.fenced", plugin=self.name, term=leader.term)
+            fenced_at.append(trio.current_time())
+            lease_scope.cancel()
 
         with trio.CancelScope(deadline=sent_at + keep) as lease_scope:
             async with trio.open_nursery() as nursery:
@@ -145,6 +152,7 @@ class _Candidate:
                         self.status,
                         term=leader.term,
                         on_refused=refused,
+                        on_fenced=fenced,
                     )
                 )
                 while True:
@@ -163,5 +171,5 @@ class _Candidate:
                         nursery.cancel_scope.cancel()
                         return
                     lease_scope.deadline = sent_at + keep
-        if lease_scope.cancelled_caught:
+        if lease_scope.cancelled_caught and not fenced_at:
             _log.warning("lease.expired_locally", plugin=self.name, term=leader.term)

@@ -407,9 +407,7 @@ def _paths() -> dict[str, Any]:
                             {
                                 "type": "object",
                                 "required": ["plugins"],
-                                "properties": {
-                                    "plugins": {"type": "array", "items": _PLUGIN}
-                                },
+                                "properties": {"plugins": {"type": "array", "items": _PLUGIN}},
                             }
                         ),
                     },

@@ -402,6 +402,7 @@ async def serve_plugin(
     wall_clock: Callable[[], datetime] | None = None,
     term: int | None = None,
     on_refused: Callable[[], None] | None = None,
+    on_fenced: Callable[[], None] | None = None,
     task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED,
 ) -> None:
     """Run one plugin, restarting it with backoff whenever it raises.
@@ -412,8 +413,8 @@ async def serve_plugin(
     sent before the bad value each time. Cancellation is never caught: it is
     how the supervisor stops plugins. Its state is (re)loaded from
     ``state_backend`` at every start; without one it lives in memory and is
-    lost when the tower stops. ``term`` and ``on_refused`` are the
-    leadership's (``run_plugin_once``).
+    lost when the tower stops. ``term``, ``on_refused`` and ``on_fenced``
+    are the leadership's (``run_plugin_once``).
     """
     backoff = backoff or Backoff(initial=1.0, cap=60.0)
     state_backend = state_backend if state_backend is not None else MemoryStateBackend()
@@ -430,6 +431,7 @@ async def serve_plugin(
                 wall_clock=wall_clock,
                 term=term,
                 on_refused=on_refused,
+                on_fenced=on_fenced,
             )
             if ended.outcome is not Outcome.CRASHED or ended.error is None:
                 return

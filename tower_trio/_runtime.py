@@ -310,6 +310,7 @@ async def run_plugin_once(
     on_item_error: Callable[[str, str], None] | None = None,
     term: int | None = None,
     on_refused: Callable[[], None] | None = None,
+    on_fenced: Callable[[], None] | None = None,
 ) -> RunResult:
     """Run ``plugin`` until its ``run()`` returns or raises, and record how it ended.
 
@@ -317,9 +318,10 @@ async def run_plugin_once(
     protocol schemas); ``wall_clock`` is what ``utc_now()`` reads. ``status``
     counts what the plugin sends and reports, then ``on_send`` and
     ``on_item_error`` hear of it too. ``term`` is the leadership term the
-    run holds, carried by its state writes and triggers; ``on_refused`` hears
-    when the store fenced a state write or refused a trigger, so that the
-    caller checks its lease at once. Cancellation passes through untouched.
+    run holds, carried by its state writes and triggers; ``on_fenced`` hears
+    when the store refused a state write of that term (the run must stop),
+    ``on_refused`` when it refused a trigger (for that or another reason:
+    the caller checks its lease at once). Cancellation passes through untouched.
     """
 
     def sent(trigger: Trigger) -> None:
@@ -343,7 +345,7 @@ async def run_plugin_once(
     try:
         state = None
         if plugin.wants_state:
-            state = await State.load(plugin.name, state_backend, term=term, on_fenced=on_refused)
+            state = await State.load(plugin.name, state_backend, term=term, on_fenced=on_fenced)
         async with _PluginSendChannel(
             send_channel.clone(),
             plugin.name,

@@ -1,0 +1,267 @@
+"""Leadership in one process, on virtual time: campaigns, local deadlines, fencing, release.
+
+The leases here are a table in memory judged by trio's clock, standing in
+for PostgreSQL's (whose SQL is tested in tests/test_postgres.py, and the
+whole in real processes in tests/test_replicas.py). A tower cut off from
+the table waits for an answer until its lease calls time out, as a tower
+whose network to PostgreSQL stops does.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from typing import Any
+
+import attrs
+import trio
+import trio.lowlevel
+import trio.testing
+
+from tower_trio._channel import Submission
+from tower_trio._errors import FencedError, JournalError
+from tower_trio._leadership import MARGIN, serve_led_plugin
+from tower_trio._leases import Leader, SoleLeases
+from tower_trio._plugins import ConfiguredPlugin, DiscoveredPlugin
+from tower_trio._runtime import MemoryStateBackend, PluginState, PluginStatus, State
+
+TTL = 9.0
+
+
+@attrs.define
+class Table:
+    """The ``leases`` table: plugin → (holder, term, expiry by the table's clock)."""
+
+    rows: dict[str, tuple[str, int, float]] = attrs.Factory(dict)
+    unreachable: set[str] = attrs.Factory(set)
+
+
+@attrs.define
+class FakeLeases:
+    """One tower's ``Leases`` on the shared table."""
+
+    table: Table
+    instance: str
+    timeout: float = TTL / 3
+    shared: bool = True
+    released: list[int] = attrs.Factory(list)
+
+    async def _reach(self) -> None:
+        if self.instance in self.table.unreachable:
+            await trio.sleep(self.timeout)
+            raise JournalError("no answer")
+        await trio.lowlevel.checkpoint()
+
+    async def campaign(self, plugin: str, ttl: float) -> Leader | None:
+        await self._reach()
+        now = trio.current_time()
+        holder, term, expires = self.table.rows.get(plugin, ("", 0, now))
+        if holder == self.instance and expires > now:
+            self.table.rows[plugin] = (holder, term, now + ttl)
+        elif expires <= now:
+            self.table.rows[plugin] = (self.instance, term + 1, now + ttl)
+        holder, term, _ = self.table.rows[plugin]
+        return Leader(holder, term)
+
+    async def release(self, plugin: str, term: int) -> None:
+        await self._reach()
+        holder, held, _ = self.table.rows[plugin]
+        if (holder, held) == (self.instance, term):
+            self.table.rows[plugin] = (holder, held, trio.current_time())
+            self.released.append(term)
+
+    def live(self, plugin: str, term: int) -> bool:
+        holder, held, expires = self.table.rows[plugin]
+        return (holder, held) == (self.instance, term) and expires > trio.current_time()
+
+    def close(self) -> None:
+        pass
+
+
+@attrs.define
+class Runs:
+    """When each tower ran the plugin: (instance, term, start, end)."""
+
+    spans: list[tuple[str, int | None, float, float]] = attrs.Factory(list)
+
+
+def _plugin(runs: Runs, instance: str, table: Table | None = None) -> ConfiguredPlugin:
+    async def run(send_channel: Any, state: State) -> None:
+        start = trio.current_time()
+        term = None if table is None else table.rows["p"][1]
+        try:
+            await trio.sleep_forever()
+        finally:
+            runs.spans.append((instance, term, start, trio.current_time()))
+
+    return ConfiguredPlugin(DiscoveredPlugin("p", "test", run, None, False, True), None)
+
+
+def _state(status: PluginStatus) -> PluginState:
+    """The state now (a call, so that a type checker does not keep an earlier one)."""
+    return status.state
+
+
+async def _drain(receive: trio.MemoryReceiveChannel[Submission]) -> None:
+    async for submission in receive:
+        submission.accepted()
+
+
+class FencingBackend(MemoryStateBackend):
+    """State whose writes are refused unless the writer's term is live in the table."""
+
+    def __init__(self, leases: FakeLeases) -> None:
+        super().__init__()
+        self.leases = leases
+
+    async def save_plugin_state(
+        self, plugin: str, key: str, value: Any | None, *, term: int | None = None
+    ) -> None:
+        if term is None or not self.leases.live(plugin, term):
+            raise FencedError(f"term {term} is over")
+        await super().save_plugin_state(plugin, key, value, term=term)
+
+
+class TestLeadership:
+    async def test_a_tower_cut_off_stops_its_plugin_before_another_starts_it(
+        self, autojump_clock: trio.testing.MockClock
+    ) -> None:
+        """The leader's renewals stop answering: its plugin stops before its lease
+        expires, and the other tower starts it after that, in the next term."""
+        table, runs = Table(), Runs()
+        send, receive = trio.open_memory_channel[Submission](10)
+        statuses = {name: PluginStatus("p") for name in ("a", "b")}
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(_drain, receive)
+            for name in ("a", "b"):
+                await nursery.start(
+                    lambda task_status, name=name: serve_led_plugin(
+                        _plugin(runs, name, table),
+                        send.clone(),
+                        statuses[name],
+                        FakeLeases(table, name),
+                        ttl=TTL,
+                        state_backend=MemoryStateBackend(),
+                        task_status=task_status,
+                    )
+                )
+                await trio.sleep(0.5)
+            # Not a multiple of TTL / 3: no renewal is under way when the cut comes.
+            await trio.sleep(19.9)
+            assert statuses["a"].state is PluginState.RUNNING
+            assert statuses["b"].state is PluginState.STANDBY
+            assert statuses["b"].leader == Leader("a", 1)
+            table.unreachable.add("a")
+            cut_at = trio.current_time()
+            _, _, expires = table.rows["p"]
+            await trio.sleep(3 * TTL)
+            assert _state(statuses["a"]) is PluginState.STANDBY
+            assert _state(statuses["b"]) is PluginState.RUNNING
+            assert statuses["b"].leader == Leader("b", 2)
+            nursery.cancel_scope.cancel()
+        (first, second) = sorted(runs.spans, key=lambda span: span[2])
+        assert first[:2] == ("a", 1)
+        assert second[:2] == ("b", 2)
+        assert first[3] <= expires - MARGIN * TTL + 0.01
+        assert second[2] >= expires
+        # Takeover within the TTL and one campaign interval of the last renewal.
+        assert second[2] - cut_at <= TTL + TTL / 3 + 0.01
+
+    async def test_a_fenced_state_write_stops_the_run_at_once(
+        self, autojump_clock: trio.testing.MockClock
+    ) -> None:
+        """When the store refuses a state write, the run stops and the tower campaigns again."""
+        table = Table()
+        leases = FakeLeases(table, "a")
+        status = PluginStatus("p")
+        starts: list[int | None] = []
+        ends: list[float] = []
+
+        async def run(send_channel: Any, state: State) -> None:
+            starts.append(table.rows["p"][1])
+            if len(starts) == 1:
+                # Another tower took the lease behind this one's back.
+                table.rows["p"] = ("b", 2, trio.current_time() + 1.0)
+            try:
+                # A plugin that swallows the error is stopped all the same, at once.
+                with contextlib.suppress(JournalError):
+                    await state.set("k", len(starts))
+                await trio.sleep_forever()
+            finally:
+                ends.append(trio.current_time())
+
+        plugin = ConfiguredPlugin(DiscoveredPlugin("p", "test", run, None, False, True), None)
+        send, receive = trio.open_memory_channel[Submission](10)
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(_drain, receive)
+            await nursery.start(
+                lambda task_status: serve_led_plugin(
+                    plugin,
+                    send,
+                    status,
+                    leases,
+                    ttl=TTL,
+                    state_backend=FencingBackend(leases),
+                    task_status=task_status,
+                )
+            )
+            await trio.sleep(TTL)
+            nursery.cancel_scope.cancel()
+        assert starts == [1, 3]
+        assert ends[0] == 0.0
+        assert table.rows["p"][:2] == ("a", 3)
+        assert leases.released == [3]
+
+    async def test_the_lease_is_released_on_the_way_out(
+        self, autojump_clock: trio.testing.MockClock
+    ) -> None:
+        """A tower that stops gives its lease up, so another takes it over at its next campaign."""
+        table, runs = Table(), Runs()
+        send, receive = trio.open_memory_channel[Submission](10)
+        status = PluginStatus("p")
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(_drain, receive)
+            with trio.CancelScope() as leading:
+                nursery.start_soon(
+                    lambda: serve_led_plugin(
+                        _plugin(runs, "a", table),
+                        send.clone(),
+                        status,
+                        FakeLeases(table, "a"),
+                        ttl=TTL,
+                        state_backend=MemoryStateBackend(),
+                    )
+                )
+                await trio.sleep(1)
+                leading.cancel()
+            await trio.lowlevel.checkpoint()
+            nursery.cancel_scope.cancel()
+        holder, term, expires = table.rows["p"]
+        assert (holder, term) == ("a", 1)
+        assert expires <= trio.current_time()
+        assert status.leader is None
+
+
+class TestSoleTower:
+    async def test_a_tower_alone_leads_every_plugin_in_the_first_term(self) -> None:
+        """On a journal of its own, the plugin runs at once, in term 1, led by this tower."""
+        runs = Runs()
+        status = PluginStatus("p")
+        send, receive = trio.open_memory_channel[Submission](10)
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(_drain, receive)
+            await nursery.start(
+                lambda task_status: serve_led_plugin(
+                    _plugin(runs, "a"),
+                    send,
+                    status,
+                    SoleLeases("tower-a"),
+                    ttl=TTL,
+                    state_backend=MemoryStateBackend(),
+                    task_status=task_status,
+                )
+            )
+            await trio.sleep(0.1)
+            assert status.state is PluginState.RUNNING
+            assert status.leader == Leader("tower-a", 1)
+            nursery.cancel_scope.cancel()
+        assert [span[0] for span in runs.spans] == ["a"]
