@@ -622,6 +622,14 @@ class TestPluginState:
         assert journal.load_plugin_state("a") == {}
         assert journal.load_plugin_state("b") == {"seen": 2}
 
+    def test_any_term_is_current_on_a_journal_of_one_tower(self, journal: Journal) -> None:
+        """SQLite has one tower, leading every plugin: state and triggers of any term are taken."""
+        journal.save_plugin_state("a", "seen", 7, term=7)
+        journal.save_plugin_state("a", "seen", 1, term=1)
+        assert journal.load_plugin_state("a") == {"seen": 1}
+        (outgoing,) = stored(journal.append([entry(trigger().with_source("a", term=3))]))
+        assert journal.get(outgoing.uuid) is not None
+
     def test_a_full_journal_refuses_state_with_a_journal_error(self, tmp_path: Path) -> None:
         """State that does not fit raises JournalError; the previous value stays."""
         journal = open_journal(tmp_path, max_bytes=64 * 1024)

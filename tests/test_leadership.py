@@ -23,6 +23,7 @@ from tower_trio._leadership import MARGIN, serve_led_plugin
 from tower_trio._leases import Leader, SoleLeases
 from tower_trio._plugins import ConfiguredPlugin, DiscoveredPlugin
 from tower_trio._runtime import MemoryStateBackend, PluginState, PluginStatus, State
+from tower_trio._status import _plugin_health
 
 TTL = 9.0
 
@@ -265,3 +266,12 @@ class TestSoleTower:
             assert status.leader == Leader("tower-a", 1)
             nursery.cancel_scope.cancel()
         assert [span[0] for span in runs.spans] == ["a"]
+
+
+class TestStatusPanel:
+    def test_standby_is_healthy_while_some_tower_leads(self) -> None:
+        """A plugin led elsewhere is green; one no tower leads yet is amber, never red."""
+        led = {"state": "standby", "leader": {"instance": "tower-b", "term": 2}}
+        assert _plugin_health(led) == "green"
+        assert _plugin_health({"state": "standby", "leader": None}) == "amber"
+        assert _plugin_health({"state": "running", "leader": None}) == "green"

@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit, urlunsplit
 
 import attrs
+import httpx
 import pytest
 import trio
 
@@ -292,7 +293,11 @@ class TestFencing:
                     await cut_off.wait_for("plugin.started")
                     other = await _start(nursery, environ, "tower-other", tmp_path)
                     started.append(other)
-                    await other.wait_for("tower.started")
+                    http = (await other.wait_for("tower.started"))["http"].split(",")[0]
+                    async with httpx.AsyncClient(base_url=http) as client:
+                        await other.wait_for("broker.connected")
+                        ready = await client.get("/readyz")
+                        (standby,) = (await client.get("/plugins")).json()["plugins"]
                     proxy.cut = True
                     stopped = await cut_off.wait_for("lease.expired_locally")
                     taken = await other.wait_for("lease.won")
@@ -302,6 +307,10 @@ class TestFencing:
             finally:
                 await _kill_all(started)
             nursery.cancel_scope.cancel()
+        # The standby is ready without the plugin it does not lead, and names its leader.
+        assert ready.status_code == 200, ready.text
+        assert standby["state"] == "standby"
+        assert standby["leader"] == {"instance": "tower-cut", "term": int(won["term"])}
         assert _at(stopped) < _at(taken), cut_off.log
         assert int(taken["term"]) == int(won["term"]) + 1
         assert rows == [("tower-other", int(taken["term"]))]
