@@ -94,7 +94,7 @@ class TestSecurityPage:
         assert _missing(named) == []
 
 
-PROMISE_PAGES = ("delivery.md", "security.md", "http-api.md")
+PROMISE_PAGES = ("delivery.md", "security.md", "http-api.md", "replicas.md")
 
 
 def _promises() -> str:
