@@ -22,6 +22,7 @@ const PLUGIN_STATES = {
   "backing-off": "backing off after an error",
   finished: "stopped (finished)",
   failed: "stopped (failed)",
+  standby: "standby (another tower runs it)",
   skipped: "skipped",
 };
 
@@ -88,6 +89,10 @@ function pluginCard(plugin) {
     ["State", el("strong", { class: "state", text: PLUGIN_STATES[plugin.state] ?? plugin.state })],
   ];
   if (plugin.reason) pairs.push(["Reason", plugin.reason]);
+  if (plugin.state !== "skipped") {
+    const leader = plugin.leader;
+    pairs.push(["Leader", leader ? `${leader.instance} (term ${leader.term})` : "no tower"]);
+  }
   pairs.push(
     ["Restarts", String(plugin.restarts)],
     ["Triggers sent", String(plugin.triggersSent)],
