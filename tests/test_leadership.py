@@ -167,6 +167,38 @@ class TestLeadership:
         # Takeover within the TTL and one campaign interval of the last renewal.
         assert second[2] - cut_at <= TTL + TTL / 3 + 0.01
 
+    async def test_plugins_stop_while_postgres_is_away_and_resume_when_it_returns(
+        self, autojump_clock: trio.testing.MockClock
+    ) -> None:
+        """A tower alone that loses the database stops its plugin, and runs it again after."""
+        table, runs = Table(), Runs()
+        status = PluginStatus("p")
+        send, receive = trio.open_memory_channel[Submission](10)
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(_drain, receive)
+            await nursery.start(
+                lambda task_status: serve_led_plugin(
+                    _plugin(runs, "a", table),
+                    send,
+                    status,
+                    FakeLeases(table, "a"),
+                    ttl=TTL,
+                    state_backend=MemoryStateBackend(),
+                    task_status=task_status,
+                )
+            )
+            await trio.sleep(10.1)
+            table.unreachable.add("a")
+            await trio.sleep(2 * TTL)
+            assert _state(status) is PluginState.STANDBY
+            assert len(runs.spans) == 1
+            table.unreachable.clear()
+            await trio.sleep(TTL)
+            assert _state(status) is PluginState.RUNNING
+            assert status.leader == Leader("a", 2)
+            nursery.cancel_scope.cancel()
+        assert [span[:2] for span in runs.spans] == [("a", 1), ("a", 2)]
+
     async def test_a_fenced_state_write_stops_the_run_at_once(
         self, autojump_clock: trio.testing.MockClock
     ) -> None:
