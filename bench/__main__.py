@@ -15,6 +15,7 @@ from ._http_bench import NO_JOURNAL, TOWER, TOWER_PUBLISHED, run_http_bench
 from ._idle import IDLE_PLUGINS, run_idle_bench
 from ._publisher_bench import AIO_PIKA, BARE, CLIENT, run_publisher_bench
 from ._publisher_bench import TOWER as TOWER_PUBLISHER
+from ._replicas_bench import run_replicas_bench
 from ._report import (
     CEILING_TARGET,
     CONSOLE_TARGET,
@@ -32,11 +33,13 @@ if TYPE_CHECKING:
     from collections.abc import Sequence
     from types import FrameType
 
+    from ._broker import Vhost
     from ._http_bench import HttpResult
     from ._idle import IdleResult
     from ._publisher_bench import PublisherResult
+    from ._replicas_bench import ReplicasResult
 
-PARTS = ("publisher", "http", "idle")
+PARTS = ("publisher", "http", "idle", "replicas")
 DOCS_PATH = REPO_ROOT / "docs" / "benchmarks.md"
 COMMAND = "just bench"
 
@@ -121,6 +124,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     publisher: PublisherResult | None = None
     http: HttpResult | None = None
     idle: IdleResult | None = None
+    replicas: ReplicasResult | None = None
     try:
         machine = describe_machine(peer_plain=args.peer_plain)
         _say(f"Measuring tower-trio at commit {machine.revision}")
@@ -193,6 +197,8 @@ def main(argv: Sequence[str] | None = None) -> int:
                     f"  with {measured.plugins} plugins: target < {budget:.3f} s: "
                     f"{verdict(measured.cpu_seconds < budget)}"
                 )
+            if "replicas" in parts:
+                replicas = _run_replicas(args, vhost, workdir, duration=duration, warmup=warmup)
     except BenchError as err:
         print(f"bench: error: {err}", file=sys.stderr)
         return 1
@@ -202,10 +208,40 @@ def main(argv: Sequence[str] | None = None) -> int:
         command = "python -m bench " + " ".join(arguments) if arguments else COMMAND
         output.parent.mkdir(parents=True, exist_ok=True)
         output.write_text(
-            render_markdown(machine, command=command, publisher=publisher, http=http, idle=idle)
+            render_markdown(
+                machine,
+                command=command,
+                publisher=publisher,
+                http=http,
+                idle=idle,
+                replicas=replicas,
+            )
         )
         _say(f"\nWrote {output}")
     return 0
+
+
+def _run_replicas(
+    args: argparse.Namespace, vhost: Vhost, workdir: Path, *, duration: float, warmup: float
+) -> ReplicasResult:
+    _say(
+        f"\nReplicas: POST /triggers on SQLite, on PostgreSQL, and on three towers "
+        f"sharing PostgreSQL, {args.connections} connections, {duration:g} s each"
+    )
+    replicas = run_replicas_bench(
+        vhost,
+        connections=args.connections,
+        duration=duration,
+        warmup=warmup,
+        rounds=args.http_rounds,
+        workdir=workdir,
+        report=_say,
+    )
+    _say(
+        f"  PostgreSQL / SQLite {replicas.postgres_ratio:.2f}x req/s; "
+        f"three towers / one {replicas.replicas_ratio:.2f}x req/s"
+    )
+    return replicas
 
 
 def journal_ratio(http: HttpResult) -> float:

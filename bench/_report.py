@@ -29,11 +29,13 @@ from ._load import generator_name
 from ._peer_fastapi import uvicorn_stack
 from ._publisher_bench import AIO_PIKA, BARE, CLIENT, SIDES
 from ._publisher_bench import TOWER as TOWER_PUBLISHER
+from ._replicas_bench import replicas_section
 
 if TYPE_CHECKING:
     from ._http_bench import Contender, HttpResult
     from ._idle import IdleResult
     from ._publisher_bench import PublisherResult
+    from ._replicas_bench import ReplicasResult
 
 __all__ = [
     "CEILING_TARGET",
@@ -167,6 +169,7 @@ def render_markdown(
     publisher: PublisherResult | None,
     http: HttpResult | None,
     idle: IdleResult | None,
+    replicas: ReplicasResult | None = None,
 ) -> str:
     lines = [
         "# Benchmarks",
@@ -198,6 +201,8 @@ def render_markdown(
         lines.extend(_http_section(http, machine))
     if idle is not None:
         lines.extend(_idle_section(idle))
+    if replicas is not None:
+        lines.extend(replicas_section(replicas))
     lines.extend(
         [
             "",
@@ -218,7 +223,7 @@ def render_markdown(
             " competes with the servers for CPU; the peer runs on uvloop + httptools when they "
             "are installed (`uvicorn[standard]`), else on asyncio + h11 (`--peer-plain` forces "
             "that). The machine table says which were used. `python -m bench --quick` is a smoke "
-            "check; `--only publisher|http|idle` runs one part; `--help` lists the rest.",
+            "check; `--only publisher|http|idle|replicas` runs one part; `--help` lists the rest.",
             "",
         ]
     )
