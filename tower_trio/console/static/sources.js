@@ -20,6 +20,7 @@ const PLUGIN_STATES = {
   starting: "starting",
   running: "running",
   "backing-off": "backing off after an error",
+  standby: "standby (another replica leads it)",
   finished: "stopped (finished)",
   failed: "stopped (failed)",
   skipped: "skipped",
@@ -42,6 +43,7 @@ function brokerCard(broker) {
     definitions([
       ["State", el("strong", { class: "state", text: broker.state })],
       ["URL", el("code", { text: broker.url })],
+      ...(broker.nodes?.length > 1 ? [["Node", el("code", { text: broker.node ?? "none" })]] : []),
       ["Exchange", el("code", { text: broker.exchange })],
       ["Reconnects", String(broker.reconnects)],
       ["Unconfirmed", String(broker.unconfirmed)],
@@ -88,6 +90,13 @@ function pluginCard(plugin) {
     ["State", el("strong", { class: "state", text: PLUGIN_STATES[plugin.state] ?? plugin.state })],
   ];
   if (plugin.reason) pairs.push(["Reason", plugin.reason]);
+  // With replicas on one PostgreSQL journal, each plugin runs on one of them.
+  if (plugin.leader !== undefined) {
+    const leader = plugin.leader
+      ? el("span", {}, el("code", { text: plugin.leader.instance }), ` (term ${plugin.leader.term})`)
+      : "no replica holds it";
+    pairs.push(["Leader", leader]);
+  }
   pairs.push(
     ["Restarts", String(plugin.restarts)],
     ["Triggers sent", String(plugin.triggersSent)],
@@ -153,7 +162,8 @@ export class Sources {
 
   setOverall(status) {
     const reasons = status.reasons?.length ? ` — ${status.reasons.join("; ")}` : "";
-    const text = `Tower ${HEALTH_WORDS[status.health] ?? status.health}: ${status.ready ? "ready" : "not ready"}${reasons}`;
+    const name = status.instance ? ` ${status.instance}` : "";
+    const text = `Tower${name} ${HEALTH_WORDS[status.health] ?? status.health}: ${status.ready ? "ready" : "not ready"}${reasons}`;
     if (this.overall.dataset.health !== status.health) this.overall.dataset.health = status.health;
     const icon = this.overall.querySelector(".icon");
     icon.textContent = { green: "✓", amber: "!", red: "✕" }[status.health] ?? "?";
