@@ -23,8 +23,11 @@ from ._report import (
     IDLE_TARGET,
     NO_JOURNAL_TARGET,
     PUBLISHER_TARGET,
+    SERVER_TARGETS,
     describe_machine,
     render_markdown,
+    server_met,
+    server_ratios,
     uncommitted_changes,
     verdict,
 )
@@ -244,6 +247,14 @@ def _run_replicas(
     return replicas
 
 
+_SERVER_SAYINGS = {
+    "rate": "tower-trio / bare Hypercorn, req/s",
+    "cpu": "tower-trio / bare, CPU per request",
+    "p99": "tower-trio / bare, p99 latency",
+    "wait": "?wait=published / 202, req/s",
+}
+
+
 def journal_ratio(http: HttpResult) -> float:
     """The journaled ingest's req/s over the core service's before the journal."""
     return http.median_run(TOWER).load.rate / http.median_run(NO_JOURNAL).load.rate
@@ -267,6 +278,14 @@ def _summarize(
             f"  http        {'console streaming / not':<34} {watched:5.2f}x req/s   "
             f"(target >= {CONSOLE_TARGET:.2f}x: {verdict(watched >= CONSOLE_TARGET)})"
         )
+        for name, (_, _, value) in server_ratios(http).items():
+            label = _SERVER_SAYINGS[name]
+            target = SERVER_TARGETS[name]
+            sign = "<=" if name in ("cpu", "p99") else ">="
+            _say(
+                f"  http        {label:<34} {value:5.2f}x         "
+                f"(target {sign} {target:.2f}x: {verdict(server_met(name, value))})"
+            )
         journal = journal_ratio(http)
         _say(
             f"  http        {'journaled / before the journal':<34} {journal:5.2f}x req/s   "

@@ -44,9 +44,12 @@ __all__ = [
     "IDLE_TARGET",
     "NO_JOURNAL_TARGET",
     "PUBLISHER_TARGET",
+    "SERVER_TARGETS",
     "Machine",
     "describe_machine",
     "render_markdown",
+    "server_met",
+    "server_ratios",
     "uncommitted_changes",
     "verdict",
 ]
@@ -59,6 +62,10 @@ HTTP_TARGET = 1.0
 NO_JOURNAL_TARGET = 0.9
 CONSOLE_TARGET = 0.95
 """Ingest with a console streaming, over ingest without: within 5%."""
+SERVER_TARGETS = {"rate": 0.85, "cpu": 1.25, "p99": 1.5, "wait": 0.9}
+"""tower-trio against the bare app on its own server (Hypercorn), in the same run:
+req/s at least, CPU per request and p99 at most; ``?wait=published`` against
+the journaled 202, at least."""
 IDLE_TARGET = 0.05
 """CPU seconds per 10 s of idleness."""
 
@@ -297,6 +304,7 @@ def _summary(
             f"| Bare ASGI app on Hypercorn (the HTTP server's own ceiling, vs FastAPI) | "
             f"{ceiling:,.0f} | {peer:,.0f} | {http.ratio(CEILING):.2f}x | | |"
         )
+        lines.extend(_server_rows(http))
         peer_cpu = http.median_run(PEER).cpu_per_request
         for contender in (TOWER, TOWER_PUBLISHED):
             tower_cpu = http.median_run(contender).cpu_per_request
@@ -315,6 +323,43 @@ def _summary(
             f"< {budget:.3f} | {verdict(measured.cpu_seconds < budget)} |"
         )
     return lines
+
+
+def server_ratios(http: HttpResult) -> dict[str, tuple[float, float, float]]:
+    """tower-trio against its own server's ceiling: (tower, ceiling, ratio) per measure."""
+    tower, bare = http.median_run(TOWER), http.median_run(CEILING)
+    waited = http.median_run(TOWER_PUBLISHED).load.rate
+    pairs = {
+        "rate": (tower.load.rate, bare.load.rate),
+        "cpu": (tower.cpu_per_request * 1e3, bare.cpu_per_request * 1e3),
+        "p99": (tower.load.p99 * 1e3, bare.load.p99 * 1e3),
+        "wait": (waited, tower.load.rate),
+    }
+    return {name: (mine, theirs, ratio(mine, theirs)) for name, (mine, theirs) in pairs.items()}
+
+
+def server_met(name: str, value: float) -> bool:
+    target = SERVER_TARGETS[name]
+    return value <= target if name in ("cpu", "p99") else value >= target
+
+
+_SERVER_LABELS = {
+    "rate": ("`POST /triggers` req/s (vs the bare app on Hypercorn)", "≥", "{:,.0f}"),
+    "cpu": ("`POST /triggers` server CPU ms/req (vs the bare app on Hypercorn)", "≤", "{:.2f}"),
+    "p99": ("`POST /triggers` p99 ms at the same connections (vs the bare app)", "≤", "{:.1f}"),
+    "wait": ("`?wait=published` req/s (vs the journaled 202)", "≥", "{:,.0f}"),
+}
+
+
+def _server_rows(http: HttpResult) -> list[str]:
+    rows = []
+    for name, (mine, theirs, value) in server_ratios(http).items():
+        label, sign, shape = _SERVER_LABELS[name]
+        rows.append(
+            f"| {label} | {shape.format(mine)} | {shape.format(theirs)} | {value:.2f}x | "
+            f"{sign} {SERVER_TARGETS[name]:.2f}x | {verdict(server_met(name, value))} |"
+        )
+    return rows
 
 
 def _micro(value: float | None) -> str:
