@@ -400,9 +400,9 @@ def _publisher_section(result: PublisherResult) -> list[str]:
         "all of them alike; the queues are emptied after the round, so the broker holds as "
         "many messages at the end as after one run of them all. Every timed run starts from "
         "a collected heap, the inputs are frozen out of the collector's sight, and every "
-        "side collects as often as `tower-trio run` makes the tower collect. CPU is the publishing process's own (all its "
-        "threads) while the clock ran; the broker's is RabbitMQ's Erlang VM's over the same "
-        "time.",
+        "side collects as often as `tower-trio run` makes the tower collect. CPU is the "
+        "publishing process's own (all its threads) while the clock ran; the broker's is "
+        "RabbitMQ's Erlang VM's over the same time.",
         "",
         "- **tower-trio**: `Publisher.serve` fed through a trio memory channel, one "
         "`send` per trigger, as the HTTP API and the plugins feed it: each trigger is "
