@@ -221,6 +221,11 @@ def render_markdown(
             "against the lab scale assumed: [growth.md](growth.md), written by "
             "`just bench-growth` (about 8 minutes; it names its own commit and machine).",
             "",
+            "## Where the time goes",
+            "",
+            "The profile of a `POST /triggers` against the bare app's, and what each change "
+            "to the request path was worth: [performance.md](performance.md).",
+            "",
             "## Reproducing",
             "",
             "Run `just bench` from the repository root with RabbitMQ running locally "
