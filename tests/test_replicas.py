@@ -1,0 +1,242 @@
+"""Several towers on one PostgreSQL journal: who owns a trigger, heartbeats, takeovers.
+
+Each test works in a schema of its own (tests/_postgres.py). The stores
+here stand for towers: each is opened with its own instance name, as
+``TOWER_INSTANCE`` names a tower. A tower's death is its heartbeat's
+expiry, set in the database directly, so no test waits for a clock.
+"""
+
+from __future__ import annotations
+
+from contextlib import asynccontextmanager
+from typing import TYPE_CHECKING
+
+import psycopg
+import pytest
+import trio
+
+from tests._postgres import POSTGRES_URL, admin, open_schema
+from tests.test_storage import answer, entry, store, trigger
+from tower_trio._postgres import PostgresStorage, open_postgres_storage
+from tower_trio._storage import PageQuery
+from tower_trio._vocabulary import DeliveryStatus
+
+if TYPE_CHECKING:
+    from collections.abc import AsyncIterator
+
+    from tower_trio._journal_url import PostgresURL
+
+pytestmark = pytest.mark.postgres
+
+
+@asynccontextmanager
+async def towers(*names: str) -> AsyncIterator[list[PostgresStorage]]:
+    """One store per name on one fresh schema, as towers sharing a journal see it."""
+    async with open_schema() as url:
+        opened: list[PostgresStorage] = []
+        try:
+            for name in names:
+                opened.append(await open_postgres_storage(url, instance=name))
+            with trio.fail_after(30):
+                yield opened
+        finally:
+            for storage in opened:
+                storage.close()
+
+
+async def expire(storage: PostgresStorage) -> None:
+    """Make the tower's heartbeat expired, as if it died ``TOWER_REPLICA_TTL`` ago."""
+    url = storage.journal.url
+    await trio.to_thread.run_sync(
+        admin,
+        f"UPDATE {url.schema}.instances SET expires_at = now() - interval '1 s' WHERE name = %s",
+        storage.membership.instance,
+    )
+
+
+async def owners(url: PostgresURL) -> dict[int, str | None]:
+    rows = await trio.to_thread.run_sync(admin, f"SELECT seq, owner FROM {url.schema}.triggers")
+    return dict(rows)
+
+
+class TestOwnership:
+    async def test_each_tower_hands_out_only_what_it_stored(self) -> None:
+        """pending and pending_count see a tower's own triggers; lookups see everyone's."""
+        async with towers("a", "b") as (a, b):
+            mine = await store(a, trigger(1), trigger(2))
+            theirs = await store(b, trigger(3))
+            more = await store(a, trigger(4))
+            assert [o.seq for o in await a.pending(0, 100, 10)] == [*mine, *more]
+            assert [o.seq for o in await b.pending(0, 100, 10)] == theirs
+            assert (await a.pending_count(), await b.pending_count()) == (3, 1)
+            assert await a.last_seq() == await b.last_seq() == more[-1]
+            records, _ = await b.page(PageQuery(limit=10))
+            assert len(records) == 4
+            first = await a.get(records[-1].uuid)
+            assert first is not None
+            assert await b.get(first.uuid) == first
+
+    async def test_idempotency_keys_are_shared(self) -> None:
+        """A key stored by one tower is a duplicate on another, answered with the first trigger."""
+        async with towers("a", "b") as (a, b):
+            first = trigger(1)
+            await a.append([entry(first, "http:k")])
+            (again,) = await b.append([entry(trigger(1), "http:k")])
+            record = getattr(again, "record", None)
+            assert record is not None
+            assert record.uuid == first.uuid
+            assert getattr(again, "same_request", None) is True
+            assert await b.pending_count() == 0
+
+    async def test_a_retry_makes_the_asking_tower_the_owner(self) -> None:
+        """A failed trigger retried through another tower is published by that one."""
+        async with towers("a", "b") as (a, b):
+            (seq,) = await store(a, trigger(1))
+            await a.settle([answer(seq, DeliveryStatus.FAILED)])
+            record = await a.get((await a.page(PageQuery(limit=1)))[0][0].uuid)
+            assert record is not None
+            result = await b.retry(record.uuid)
+            assert result is not None
+            assert result[1] is not None
+            assert [o.seq for o in await b.pending(0, seq, 10)] == [seq]
+            assert await a.pending(0, seq, 10) == []
+
+
+class TestTakeover:
+    async def test_a_live_towers_triggers_are_left_alone(self) -> None:
+        """Nothing is taken from a tower whose heartbeat has not expired."""
+        async with towers("a", "b") as (a, b):
+            await store(a, trigger(1), trigger(2))
+            assert await b.membership.take_over(10) == []
+            assert await a.membership.heartbeat(10) is True
+            assert await a.pending_count() == 2
+
+    async def test_an_expired_towers_triggers_are_taken_in_order(self) -> None:
+        """A live tower takes a dead one's pending triggers, oldest first, and owns them."""
+        async with towers("a", "b") as (a, b):
+            seqs = await store(a, trigger(1), trigger(2), trigger(3))
+            await a.settle([answer(seqs[0], DeliveryStatus.PUBLISHED)])
+            await store(b, trigger(4))
+            await expire(a)
+            taken = await b.membership.take_over(10)
+            assert [(o.seq, owner) for o, owner in taken] == [(seqs[1], "a"), (seqs[2], "a")]
+            assert await b.membership.take_over(10) == []
+            assert [o.seq for o in await b.pending(0, 100, 10)][:2] == seqs[1:]
+            assert await a.pending_count() == 0
+            assert (await owners(a.journal.url))[seqs[0]] == "a"  # settled: left as it was
+
+    async def test_the_dead_tower_learns_it_lapsed(self) -> None:
+        """A tower whose heartbeat expired is told so by its next heartbeat, then lives again."""
+        async with towers("a", "b") as (a, b):
+            await store(a, trigger(1))
+            await expire(a)
+            assert len(await b.membership.take_over(10)) == 1
+            assert await a.membership.heartbeat(10) is False
+            assert await a.membership.heartbeat(10) is True
+            (seq,) = await store(a, trigger(2))
+            assert await b.membership.take_over(10) == []
+            assert [o.seq for o in await a.pending(0, 100, 10)] == [seq]
+
+    async def test_a_tower_that_left_is_taken_over_at_once(self) -> None:
+        """After leave (a graceful stop), the others take its triggers without waiting."""
+        async with towers("a", "b") as (a, b):
+            await store(a, trigger(1))
+            await a.membership.leave()
+            assert [owner for _, owner in await b.membership.take_over(10)] == ["a"]
+
+    async def test_triggers_stored_before_owners_existed_are_taken(self) -> None:
+        """Triggers from a journal older than ownership (no owner) go to the first live tower."""
+        async with towers("a") as (a,):
+            seqs = await store(a, trigger(1), trigger(2))
+            await trio.to_thread.run_sync(
+                admin, f"UPDATE {a.journal.url.schema}.triggers SET owner = NULL"
+            )
+            assert await a.pending_count() == 0
+            taken = await a.membership.take_over(10)
+            assert [(o.seq, owner) for o, owner in taken] == [(s, None) for s in seqs]
+            assert await a.pending_count() == 2
+
+    async def test_claimers_never_get_the_same_trigger(self) -> None:
+        """Three towers taking over one dead tower's triggers at once split them, no overlap."""
+        async with towers("dead", "b", "c", "d") as (dead, *claimers):
+            stored: list[int] = []
+            for n in range(10):
+                stored += await store(dead, *(trigger(100 * n + i) for i in range(100)))
+            await expire(dead)
+            got: dict[str, list[int]] = {}
+
+            async def claim(storage: PostgresStorage) -> None:
+                mine = got.setdefault(storage.membership.instance, [])
+                while taken := await storage.membership.take_over(37):
+                    mine.extend(o.seq for o, _ in taken)
+                    await trio.lowlevel.checkpoint()
+
+            async with trio.open_nursery() as nursery:
+                for storage in claimers:
+                    nursery.start_soon(claim, storage)
+            every = [seq for seqs in got.values() for seq in seqs]
+            assert sorted(every) == stored  # each once: none lost, none twice
+            assert sum(1 for seqs in got.values() if seqs) >= 2, got  # they did overlap in time
+            table = await owners(dead.journal.url)
+            for name, seqs in got.items():
+                assert {table[seq] for seq in seqs} <= {name}
+
+    async def test_a_locked_trigger_is_skipped_not_waited_for(self) -> None:
+        """A row another transaction holds is skipped; the rest are taken at once."""
+        async with towers("a", "b") as (a, b):
+            seqs = await store(a, trigger(1), trigger(2), trigger(3))
+            await expire(a)
+            locking = f"SELECT seq FROM {a.journal.url.schema}.triggers WHERE seq = {seqs[0]} "
+            async with open_transaction(locking + "FOR UPDATE", commit=False):
+                with trio.fail_after(5):
+                    taken = await b.membership.take_over(10)
+            assert [o.seq for o, _ in taken] == seqs[1:]
+            assert [o.seq for o, _ in await b.membership.take_over(10)] == seqs[:1]
+
+    async def test_a_renewal_racing_a_takeover_never_both_win(self) -> None:
+        """A renewal that waited for a takeover's lock on its row finds the row gone: lapsed."""
+        async with towers("a") as (a,):
+            renewed: list[bool] = []
+
+            async def renew() -> None:
+                renewed.append(await a.membership.heartbeat(10))
+
+            # What take_over's first statement does to an expired row, kept open;
+            # the row is live here, so that the renewal qualifies and waits for it.
+            deleting = f"DELETE FROM {a.journal.url.schema}.instances WHERE name = 'a'"
+            async with (
+                trio.open_nursery() as nursery,
+                open_transaction(deleting, commit=True),
+            ):
+                nursery.start_soon(renew)
+                # The server's lock table has no event to wait on.
+                while not await trio.to_thread.run_sync(  # noqa: ASYNC110
+                    admin,
+                    "SELECT 1 FROM pg_stat_activity WHERE wait_event_type = 'Lock' "
+                    "AND query LIKE 'UPDATE instances%%'",
+                ):
+                    await trio.sleep(0.01)
+                assert renewed == []
+            assert renewed == [False]
+
+
+@asynccontextmanager
+async def open_transaction(statement: str, *, commit: bool) -> AsyncIterator[None]:
+    """``statement`` run in a transaction held open (its locks too) for the block."""
+    holding = trio.Event()
+    release = trio.Event()
+
+    def hold() -> None:
+        with psycopg.connect(POSTGRES_URL, connect_timeout=10) as db:
+            db.execute(statement)
+            trio.from_thread.run_sync(holding.set)
+            trio.from_thread.run(release.wait)
+            db.commit() if commit else db.rollback()
+
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(trio.to_thread.run_sync, hold)
+        await holding.wait()
+        try:
+            yield
+        finally:
+            release.set()
