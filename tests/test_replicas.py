@@ -11,19 +11,26 @@ from __future__ import annotations
 from contextlib import asynccontextmanager
 from typing import TYPE_CHECKING
 
+import httpx
 import psycopg
 import pytest
 import trio
 
-from tests._postgres import POSTGRES_URL, admin, open_schema
+from tests._helpers import VALID
+from tests._postgres import POSTGRES_URL, admin, open_schema, schema_url
+from tests._proxy import open_proxy
+from tests._towers import start_tower_process, tower_environ
 from tests.test_storage import answer, entry, store, trigger
 from tower_trio._postgres import PostgresStorage, open_postgres_storage
 from tower_trio._storage import PageQuery
 from tower_trio._vocabulary import DeliveryStatus
 
 if TYPE_CHECKING:
-    from collections.abc import AsyncIterator
+    from collections.abc import AsyncIterator, Callable
+    from pathlib import Path
 
+    from tests._helpers import Broker
+    from tests._towers import TowerProcess
     from tower_trio._journal_url import PostgresURL
 
 pytestmark = pytest.mark.postgres
@@ -240,3 +247,205 @@ async def open_transaction(statement: str, *, commit: bool) -> AsyncIterator[Non
             yield
         finally:
             release.set()
+
+
+# -- real towers: `tower-trio run` processes sharing one schema and one exchange --------
+
+TTL = 3.0
+"""TOWER_REPLICA_TTL of the towers below: short, so that a takeover fits in a test."""
+TAKEOVER_BOUND = 1.2 * TTL + 1.5
+"""A dead tower's triggers are published within this many seconds of its death:
+the ttl, one look for them (a fifth of it), and time to publish."""
+
+
+async def start_towers(
+    nursery: trio.Nursery, schema: PostgresURL, tmp_path: Path, **environs: dict[str, str]
+) -> dict[str, TowerProcess]:
+    """One tower per name, all on ``schema``; each name's environment adds its own variables."""
+    started = {}
+    for name, extra in environs.items():
+        defaults = {
+            "TOWER_INSTANCE": name,
+            "TOWER_DATA_DIR": str(tmp_path / name),
+            "TOWER_PLUGINS_DIR": str(tmp_path),
+            "TOWER_JOURNAL_URL": schema_url(str(schema.schema)),
+            "TOWER_REPLICA_TTL": str(TTL),
+        }
+        environ = tower_environ(**(defaults | extra))
+        tower = await start_tower_process(nursery, environ)
+        with trio.fail_after(30):
+            tower.url = (await tower.wait_for("tower.started"))["http"].split(",")[0]
+        started[name] = tower
+    return started
+
+
+async def receive_until(
+    broker: Broker, queue: str, wanted: set[str], seen: dict[str, float]
+) -> None:
+    """Consume ``queue`` into ``seen`` (message_id → arrival time) until every wanted id came."""
+    async with broker.channel.consume(queue, no_ack=True) as deliveries:
+        async for message in deliveries:
+            message_id = message.properties.message_id
+            assert message_id is not None
+            seen.setdefault(message_id, trio.current_time())
+            if wanted <= seen.keys():
+                return
+
+
+@pytest.mark.subprocess
+class TestTowers:
+    async def test_a_killed_towers_triggers_are_published_by_another(
+        self, amqp_url: str, broker: Broker, tmp_path: Path
+    ) -> None:
+        """Load on three towers, one killed mid-load: every 202 reaches the queue, its in time."""
+        queue = await broker.bind("OT-2/v1alpha1")
+        # The victim's broker never answers, so whatever it accepts is still
+        # pending when it dies: only a takeover can publish it.
+        victim_env = {"TOWER_AMQP_URL": "amqp://guest:guest@127.0.0.1:1/", "TOWER_EXCHANGE": ""}
+        live_env = {"TOWER_AMQP_URL": amqp_url, "TOWER_EXCHANGE": ""}
+        accepted: dict[str, list[str]] = {}
+        async with open_schema() as schema, trio.open_nursery() as nursery:
+            victim_env["TOWER_EXCHANGE"] = live_env["TOWER_EXCHANGE"] = broker.exchange
+            towers = await start_towers(
+                nursery, schema, tmp_path, t1=live_env, t2=live_env, t3=victim_env
+            )
+            victim_busy, survivors_busy, stop = trio.Event(), trio.Event(), trio.Event()
+            killed_at = 0.0
+
+            async def load(name: str, tower: TowerProcess) -> None:
+                mine = accepted.setdefault(name, [])
+                async with httpx.AsyncClient(base_url=tower.url, timeout=10) as client:
+                    n = 0
+                    while not stop.is_set():
+                        n += 1
+                        body = {**VALID, "spec": {"volume": n}}
+                        try:
+                            response = await client.post("/triggers", json=body)
+                        except httpx.TransportError:
+                            return  # the tower was killed: this one was not accepted
+                        if response.status_code == 202:
+                            mine.append(response.json()["uuid"])
+                        if name == "t3" and len(mine) >= 40:
+                            victim_busy.set()
+                        if killed_at and name != "t3" and len(mine) >= 120:
+                            survivors_busy.set()
+
+            with trio.fail_after(30):
+                async with trio.open_nursery() as clients:
+                    for name, tower in towers.items():
+                        for _ in range(3):
+                            clients.start_soon(load, name, tower)
+                    await victim_busy.wait()
+                    await towers["t3"].kill()
+                    killed_at = trio.current_time()
+                    await survivors_busy.wait()
+                    stop.set()
+            assert all(accepted.get(name) for name in towers), {
+                n: len(u) for n, u in accepted.items()
+            }
+            wanted = {uuid for uuids in accepted.values() for uuid in uuids}
+            seen: dict[str, float] = {}
+            with trio.move_on_after(TAKEOVER_BOUND + 10):
+                await receive_until(broker, queue, wanted, seen)
+            lost = wanted - seen.keys()
+            logs = "\n".join(tower.log for tower in towers.values())
+            assert not lost, f"{len(lost)} accepted triggers never reached the queue\n{logs}"
+            took = max(seen[uuid] for uuid in accepted["t3"]) - killed_at
+            print(f"takeover: {len(accepted['t3'])} triggers published {took:.2f} s after the kill")
+            assert took <= TAKEOVER_BOUND, took
+            taken = [
+                int(fields["triggers"])
+                for name in ("t1", "t2")
+                for fields in towers[name].events("replica.took_over")
+                if fields["previous_owner"] == "t3"
+            ]
+            assert sum(taken) >= len(accepted["t3"])
+            for name in ("t1", "t2"):
+                assert await towers[name].terminate() == 0
+
+    async def test_idempotency_and_lookups_span_the_towers(
+        self, amqp_url: str, broker: Broker, tmp_path: Path
+    ) -> None:
+        """A key used on one tower is known to another; any tower looks up any trigger."""
+        await broker.bind("OT-2/v1alpha1")
+        env = {"TOWER_AMQP_URL": amqp_url, "TOWER_EXCHANGE": broker.exchange}
+        async with open_schema() as schema, trio.open_nursery() as nursery:
+            towers = await start_towers(nursery, schema, tmp_path, t1=env, t2=env)
+            with trio.fail_after(20):
+                async with (
+                    httpx.AsyncClient(base_url=towers["t1"].url) as one,
+                    httpx.AsyncClient(base_url=towers["t2"].url) as two,
+                ):
+                    key = {"Idempotency-Key": "run-42"}
+                    first = await one.post("/triggers?wait=published", json=VALID, headers=key)
+                    assert first.status_code == 202, first.text
+                    uuid = first.json()["uuid"]
+                    again = await two.post("/triggers", json=VALID, headers=key)
+                    assert again.status_code == 200, again.text
+                    assert again.json()["uuid"] == uuid
+                    other = {**VALID, "spec": {"volume": 7}}
+                    conflict = await two.post("/triggers", json=other, headers=key)
+                    assert conflict.status_code == 409
+                    assert uuid in conflict.text
+                    looked_up = await two.get(f"/triggers/{uuid}")
+                    assert looked_up.status_code == 200
+                    assert looked_up.json()["status"] == "published"
+                    listed = await two.get("/triggers", params={"key": "run-42"})
+                    assert [item["uuid"] for item in listed.json()["items"]] == [uuid]
+            for tower in towers.values():
+                assert await tower.terminate() == 0
+            assert sum(len(t.events("trigger.duplicate")) for t in towers.values()) == 2
+
+    async def test_a_tower_cut_off_from_postgres_refuses_then_resumes(
+        self, amqp_url: str, broker: Broker, tmp_path: Path
+    ) -> None:
+        """Without PostgreSQL: 503 with Retry-After, /readyz says why; all resumes after."""
+        queue = await broker.bind("OT-2/v1alpha1")
+        async with (
+            open_schema() as schema,
+            open_proxy("127.0.0.1", 5432) as proxy,
+            trio.open_nursery() as nursery,
+        ):
+            through_proxy = schema_url(str(schema.schema)).replace(":5432/", f":{proxy.port}/")
+            env = {
+                "TOWER_AMQP_URL": amqp_url,
+                "TOWER_EXCHANGE": broker.exchange,
+                "TOWER_JOURNAL_URL": through_proxy,
+                "TOWER_PUBLISH_TIMEOUT": "3",
+            }
+            tower = (await start_towers(nursery, schema, tmp_path, t1=env))["t1"]
+            with trio.fail_after(30):
+                async with httpx.AsyncClient(base_url=tower.url, timeout=10) as client:
+                    before = await client.post("/triggers?wait=published", json=VALID)
+                    assert before.status_code == 202, before.text
+                    proxy.cut()
+                    refused = await client.post("/triggers", json=VALID)
+                    assert refused.status_code == 503, refused.text
+                    assert refused.json()["error"] == "journal unavailable"
+                    assert refused.headers["Retry-After"] == "3"
+                    reasons = await readiness(client, lambda ready: not ready)
+                    assert any(r.startswith("journal unreachable:") for r in reasons), reasons
+                    # Past its safe time it stops publishing, and joins again after.
+                    await tower.wait_for("publisher.paused")
+                    proxy.restore()
+                    await readiness(client, lambda ready: ready)
+                    await tower.wait_for("publisher.resumed")
+                    after = await client.post("/triggers?wait=published", json=VALID)
+                    assert after.status_code == 202, after.text
+                    assert after.json()["status"] == "published"
+                    messages = await broker.take(queue, 2)
+            assert [m.properties.message_id for m in messages] == [
+                before.json()["uuid"],
+                after.json()["uuid"],
+            ]
+            assert await tower.terminate() == 0
+            assert tower.events("replica.heartbeat_failed")
+
+
+async def readiness(client: httpx.AsyncClient, until: Callable[[bool], bool]) -> list[str]:
+    """Ask /readyz until its answer satisfies ``until``; the reasons it gave then."""
+    while True:
+        answer = await client.get("/readyz")
+        if until(answer.status_code == 200):
+            return [] if answer.status_code == 200 else answer.json()["details"]
+        await trio.sleep(0.05)
