@@ -21,8 +21,11 @@ from tests._postgres import POSTGRES_URL, admin, open_schema, schema_url
 from tests._proxy import open_proxy
 from tests._towers import start_tower_process, tower_environ
 from tests.test_storage import answer, entry, store, trigger
+from tower_trio._channel import Submission
+from tower_trio._config import Settings
+from tower_trio._outbox import Outbox
 from tower_trio._postgres import PostgresStorage, open_postgres_storage
-from tower_trio._storage import PageQuery
+from tower_trio._storage import Outgoing, PageQuery
 from tower_trio._vocabulary import DeliveryStatus
 
 if TYPE_CHECKING:
@@ -31,6 +34,7 @@ if TYPE_CHECKING:
 
     from tests._helpers import Broker
     from tests._towers import TowerProcess
+    from tower_trio import Trigger
     from tower_trio._journal_url import PostgresURL
 
 pytestmark = pytest.mark.postgres
@@ -247,6 +251,87 @@ async def open_transaction(statement: str, *, commit: bool) -> AsyncIterator[Non
             yield
         finally:
             release.set()
+
+
+async def ingest(outbox: Outbox, *triggers: Trigger) -> None:
+    """Store ``triggers`` through the outbox, as the HTTP API would."""
+    send, receive = trio.open_memory_channel[Submission](len(triggers))
+    async with send:
+        for t in triggers:
+            send.send_nowait(Submission.of(t))
+    await outbox.serve_ingest(receive)
+
+
+async def hand_out(outbox: Outbox, cursor: int) -> tuple[list[int], int]:
+    """Every seq ``next_batch`` hands out from ``cursor`` until it would wait; the new cursor."""
+    seqs: list[int] = []
+    while True:
+        with trio.move_on_after(0.5) as waited:
+            batch = await outbox.next_batch(cursor)
+        if waited.cancelled_caught or batch is None:
+            return seqs, cursor
+        rows, cursor = batch
+        seqs += [row.seq for row in rows]
+
+
+class TestOutboxAmongReplicas:
+    async def test_others_triggers_are_gaps_crossed_without_reading(
+        self, monkeypatch: pytest.MonkeyPatch
+    ) -> None:
+        """Its own triggers go out once each, in order, from memory, across others' seqs."""
+        async with towers("a", "b") as (a, b):
+            outbox = Outbox(Settings(), a)
+            await outbox.load()
+            reads: list[tuple[int, int]] = []
+            pending = a.pending
+
+            async def counted(after: int, up_to: int, limit: int) -> list[Outgoing]:
+                reads.append((after, up_to))
+                return await pending(after, up_to, limit)
+
+            monkeypatch.setattr(a, "pending", counted)
+            await ingest(outbox, trigger(1), trigger(2))
+            theirs = await store(b, trigger(3), trigger(4))
+            await ingest(outbox, trigger(5))
+            await store(b, trigger(6))
+            await ingest(outbox, trigger(7))
+            seqs, cursor = await hand_out(outbox, 0)
+            assert seqs == [1, 2, 5, 7]
+            assert reads == []
+            # b dies: its triggers behind the cursor go out at once, once.
+            await expire(b)
+            taken = await a.membership.take_over(10)
+            outbox.taken_over([outgoing for outgoing, _ in taken])
+            again, _ = await hand_out(outbox, cursor)
+            assert sorted(again) == [*theirs, 6]
+            assert outbox.pending == 7
+
+    async def test_a_taken_trigger_ahead_of_the_cursor_goes_out_once(self) -> None:
+        """Taken over past the cursor, a trigger is read back when the cursor gets there."""
+        async with towers("a", "b") as (a, b):
+            outbox = Outbox(Settings(), a)
+            await outbox.load()
+            await ingest(outbox, trigger(1))
+            theirs = await store(b, trigger(2), trigger(3))
+            await expire(b)
+            outbox.taken_over([o for o, _ in await a.membership.take_over(10)])
+            await ingest(outbox, trigger(4))
+            seqs, _ = await hand_out(outbox, 0)
+            assert seqs == [1, *theirs, 4]
+
+    async def test_forget_reads_back_only_what_is_still_its_own(self) -> None:
+        """After a fresh start, what another tower took meanwhile is not handed out."""
+        async with towers("a", "b") as (a, b):
+            outbox = Outbox(Settings(), a)
+            await outbox.load()
+            await ingest(outbox, trigger(1), trigger(2))
+            await expire(a)
+            await b.membership.take_over(1)  # b takes the oldest only
+            outbox.forget()
+            await outbox.recount()
+            seqs, _ = await hand_out(outbox, 0)
+            assert seqs == [2]
+            assert outbox.pending == 1
 
 
 # -- real towers: `tower-trio run` processes sharing one schema and one exchange --------
