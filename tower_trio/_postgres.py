@@ -12,6 +12,12 @@ The schema (``_postgres_schema``) is created or brought up to date when the
 journal opens. Appends take the row lock of ``journal_state`` first, so
 seqs are handed out in commit order even if several towers write, and that
 row keeps the highest seq ever stored, which pruning never lowers.
+
+Several towers may share the journal: each row's ``owner`` is the tower
+that stored it, ``pending`` hands out only this tower's, and
+``PostgresMembership`` keeps this tower alive in ``instances`` (heartbeats on
+a third connection) and takes over the pending rows of dead ones
+(docs/replicas.md).
 """
 
 from __future__ import annotations
