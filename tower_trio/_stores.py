@@ -39,4 +39,10 @@ async def open_storage_from(
     # Imported here: psycopg is an optional dependency, and this is the only way to it.
     from ._postgres import open_postgres_storage  # noqa: PLC0415
 
-    return await open_postgres_storage(target, max_bytes=settings.journal_max_bytes, clock=clock)
+    return await open_postgres_storage(
+        target,
+        instance=settings.instance,
+        ttl=settings.replica_ttl,
+        max_bytes=settings.journal_max_bytes,
+        clock=clock,
+    )
