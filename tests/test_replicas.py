@@ -512,9 +512,14 @@ class TestTowers:
                     assert any(r.startswith("journal unreachable:") for r in reasons), reasons
                     # Past its safe time it stops publishing, and joins again after.
                     await tower.wait_for("publisher.paused")
+                    journal = (await client.get("/console/api/status")).json()["journal"]
+                    assert journal["health"] == "red"
+                    assert journal["replica"]["live"] is False
                     proxy.restore()
                     await readiness(client, lambda ready: ready)
                     await tower.wait_for("publisher.resumed")
+                    journal = (await client.get("/console/api/status")).json()["journal"]
+                    assert journal["replica"]["live"] is True
                     after = await client.post("/triggers?wait=published", json=VALID)
                     assert after.status_code == 202, after.text
                     assert after.json()["status"] == "published"

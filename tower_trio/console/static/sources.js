@@ -77,6 +77,16 @@ function journalCard(journal) {
     definitions([
       ["Pending", String(journal.pending)],
       ["Disk used", used],
+      ...(journal.replica
+        ? [
+            [
+              "Replica",
+              journal.replica.live
+                ? `live; took over ${journal.replica.takenOver} triggers of stopped towers`
+                : `not publishing: ${journal.replica.problem ?? "heartbeat not renewed in time"}`,
+            ],
+          ]
+        : []),
       ["Problem", journal.problem],
     ]),
   );
