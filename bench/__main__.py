@@ -15,6 +15,7 @@ from ._http_bench import NO_JOURNAL, TOWER, TOWER_PUBLISHED, run_http_bench
 from ._idle import IDLE_PLUGINS, run_idle_bench
 from ._publisher_bench import AIO_PIKA, BARE, CLIENT, run_publisher_bench
 from ._publisher_bench import TOWER as TOWER_PUBLISHER
+from ._replicas_bench import run_replicas_bench
 from ._report import (
     CEILING_TARGET,
     CONSOLE_TARGET,
@@ -22,8 +23,11 @@ from ._report import (
     IDLE_TARGET,
     NO_JOURNAL_TARGET,
     PUBLISHER_TARGET,
+    SERVER_TARGETS,
     describe_machine,
     render_markdown,
+    server_met,
+    server_ratios,
     uncommitted_changes,
     verdict,
 )
@@ -32,11 +36,13 @@ if TYPE_CHECKING:
     from collections.abc import Sequence
     from types import FrameType
 
+    from ._broker import Vhost
     from ._http_bench import HttpResult
     from ._idle import IdleResult
     from ._publisher_bench import PublisherResult
+    from ._replicas_bench import ReplicasResult
 
-PARTS = ("publisher", "http", "idle")
+PARTS = ("publisher", "http", "idle", "replicas")
 DOCS_PATH = REPO_ROOT / "docs" / "benchmarks.md"
 COMMAND = "just bench"
 
@@ -121,6 +127,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     publisher: PublisherResult | None = None
     http: HttpResult | None = None
     idle: IdleResult | None = None
+    replicas: ReplicasResult | None = None
     try:
         machine = describe_machine(peer_plain=args.peer_plain)
         _say(f"Measuring tower-trio at commit {machine.revision}")
@@ -193,6 +200,8 @@ def main(argv: Sequence[str] | None = None) -> int:
                     f"  with {measured.plugins} plugins: target < {budget:.3f} s: "
                     f"{verdict(measured.cpu_seconds < budget)}"
                 )
+            if "replicas" in parts:
+                replicas = _run_replicas(args, vhost, workdir, duration=duration, warmup=warmup)
     except BenchError as err:
         print(f"bench: error: {err}", file=sys.stderr)
         return 1
@@ -202,10 +211,48 @@ def main(argv: Sequence[str] | None = None) -> int:
         command = "python -m bench " + " ".join(arguments) if arguments else COMMAND
         output.parent.mkdir(parents=True, exist_ok=True)
         output.write_text(
-            render_markdown(machine, command=command, publisher=publisher, http=http, idle=idle)
+            render_markdown(
+                machine,
+                command=command,
+                publisher=publisher,
+                http=http,
+                idle=idle,
+                replicas=replicas,
+            )
         )
         _say(f"\nWrote {output}")
     return 0
+
+
+def _run_replicas(
+    args: argparse.Namespace, vhost: Vhost, workdir: Path, *, duration: float, warmup: float
+) -> ReplicasResult:
+    _say(
+        f"\nReplicas: POST /triggers on SQLite, on PostgreSQL, and on three towers "
+        f"sharing PostgreSQL, {args.connections} connections, {duration:g} s each"
+    )
+    replicas = run_replicas_bench(
+        vhost,
+        connections=args.connections,
+        duration=duration,
+        warmup=warmup,
+        rounds=args.http_rounds,
+        workdir=workdir,
+        report=_say,
+    )
+    _say(
+        f"  PostgreSQL / SQLite {replicas.postgres_ratio:.2f}x req/s; "
+        f"three towers / one {replicas.replicas_ratio:.2f}x req/s"
+    )
+    return replicas
+
+
+_SERVER_SAYINGS = {
+    "rate": "tower-trio / bare Hypercorn, req/s",
+    "cpu": "tower-trio / bare, CPU per request",
+    "p99": "tower-trio / bare, p99 latency",
+    "wait": "?wait=published / 202, req/s",
+}
 
 
 def journal_ratio(http: HttpResult) -> float:
@@ -231,6 +278,14 @@ def _summarize(
             f"  http        {'console streaming / not':<34} {watched:5.2f}x req/s   "
             f"(target >= {CONSOLE_TARGET:.2f}x: {verdict(watched >= CONSOLE_TARGET)})"
         )
+        for name, (_, _, value) in server_ratios(http).items():
+            label = _SERVER_SAYINGS[name]
+            target = SERVER_TARGETS[name]
+            sign = "<=" if name in ("cpu", "p99") else ">="
+            _say(
+                f"  http        {label:<34} {value:5.2f}x         "
+                f"(target {sign} {target:.2f}x: {verdict(server_met(name, value))})"
+            )
         journal = journal_ratio(http)
         _say(
             f"  http        {'journaled / before the journal':<34} {journal:5.2f}x req/s   "

@@ -22,7 +22,8 @@ the clock starts on every side.
 Fairness and stability: every side runs once as a warm-up (not counted);
 the inputs are built before the first round and then frozen out of the
 garbage collector's sight (``gc.freeze``), so that no side's collections
-scan another's data; each timed run starts from a collected heap. A round
+scan another's data; each timed run starts from a collected heap, and every
+side collects as often as ``tower-trio run`` makes the tower collect. A round
 publishes its messages in ``SLICES`` runs per side, the sides taking turns
 run by run and each taking each place in turn, so that a change in the
 machine's load (on a shared machine, what makes a round weak) falls on all
@@ -48,6 +49,7 @@ import trio
 
 from tower_trio import Metadata, Trigger, amqp
 from tower_trio._channel import Submission
+from tower_trio._cli import COLLECTOR_THRESHOLDS
 from tower_trio._config import Settings
 from tower_trio._journal import SQLiteStorage, open_journal
 from tower_trio._message import APP_ID, PropertyTemplates
@@ -449,9 +451,12 @@ def run_publisher_bench(
     )
     contest = _Contest(vhost, make_triggers(messages), settings, in_flight)
     # Everything built so far lives to the end: out of the collector's sight, no
-    # side's collections pay for scanning it.
+    # side's collections pay for scanning it. Every side collects as often as
+    # `tower-trio run` makes the tower collect.
     gc.collect()
     gc.freeze()
+    thresholds = gc.get_threshold()
+    gc.set_threshold(*COLLECTOR_THRESHOLDS)
     results: list[dict[str, Round]] = []
     try:
         warm_up = min(messages, WARM_UP_MESSAGES)
@@ -475,6 +480,7 @@ def run_publisher_bench(
         contest.run(TOWER, 0, messages)
         contest.check_stored(TOWER, messages, "the journal's size run")
     finally:
+        gc.set_threshold(*thresholds)
         gc.unfreeze()
     prepared = contest.prepared
     return PublisherResult(

@@ -29,11 +29,13 @@ from ._load import generator_name
 from ._peer_fastapi import uvicorn_stack
 from ._publisher_bench import AIO_PIKA, BARE, CLIENT, SIDES
 from ._publisher_bench import TOWER as TOWER_PUBLISHER
+from ._replicas_bench import replicas_section
 
 if TYPE_CHECKING:
     from ._http_bench import Contender, HttpResult
     from ._idle import IdleResult
     from ._publisher_bench import PublisherResult
+    from ._replicas_bench import ReplicasResult
 
 __all__ = [
     "CEILING_TARGET",
@@ -42,9 +44,12 @@ __all__ = [
     "IDLE_TARGET",
     "NO_JOURNAL_TARGET",
     "PUBLISHER_TARGET",
+    "SERVER_TARGETS",
     "Machine",
     "describe_machine",
     "render_markdown",
+    "server_met",
+    "server_ratios",
     "uncommitted_changes",
     "verdict",
 ]
@@ -57,6 +62,10 @@ HTTP_TARGET = 1.0
 NO_JOURNAL_TARGET = 0.9
 CONSOLE_TARGET = 0.95
 """Ingest with a console streaming, over ingest without: within 5%."""
+SERVER_TARGETS = {"rate": 0.85, "cpu": 1.25, "p99": 1.5, "wait": 0.9}
+"""tower-trio against the bare app on its own server (Hypercorn), in the same run:
+req/s at least, CPU per request and p99 at most; ``?wait=published`` against
+the journaled 202, at least."""
 IDLE_TARGET = 0.05
 """CPU seconds per 10 s of idleness."""
 
@@ -167,6 +176,7 @@ def render_markdown(
     publisher: PublisherResult | None,
     http: HttpResult | None,
     idle: IdleResult | None,
+    replicas: ReplicasResult | None = None,
 ) -> str:
     lines = [
         "# Benchmarks",
@@ -198,6 +208,8 @@ def render_markdown(
         lines.extend(_http_section(http, machine))
     if idle is not None:
         lines.extend(_idle_section(idle))
+    if replicas is not None:
+        lines.extend(replicas_section(replicas))
     lines.extend(
         [
             "",
@@ -209,6 +221,11 @@ def render_markdown(
             "against the lab scale assumed: [growth.md](growth.md), written by "
             "`just bench-growth` (about 8 minutes; it names its own commit and machine).",
             "",
+            "## Where the time goes",
+            "",
+            "The profile of a `POST /triggers` against the bare app's, and what each change "
+            "to the request path was worth: [performance.md](performance.md).",
+            "",
             "## Reproducing",
             "",
             "Run `just bench` from the repository root with RabbitMQ running locally "
@@ -218,7 +235,7 @@ def render_markdown(
             " competes with the servers for CPU; the peer runs on uvloop + httptools when they "
             "are installed (`uvicorn[standard]`), else on asyncio + h11 (`--peer-plain` forces "
             "that). The machine table says which were used. `python -m bench --quick` is a smoke "
-            "check; `--only publisher|http|idle` runs one part; `--help` lists the rest.",
+            "check; `--only publisher|http|idle|replicas` runs one part; `--help` lists the rest.",
             "",
         ]
     )
@@ -292,6 +309,7 @@ def _summary(
             f"| Bare ASGI app on Hypercorn (the HTTP server's own ceiling, vs FastAPI) | "
             f"{ceiling:,.0f} | {peer:,.0f} | {http.ratio(CEILING):.2f}x | | |"
         )
+        lines.extend(_server_rows(http))
         peer_cpu = http.median_run(PEER).cpu_per_request
         for contender in (TOWER, TOWER_PUBLISHED):
             tower_cpu = http.median_run(contender).cpu_per_request
@@ -310,6 +328,43 @@ def _summary(
             f"< {budget:.3f} | {verdict(measured.cpu_seconds < budget)} |"
         )
     return lines
+
+
+def server_ratios(http: HttpResult) -> dict[str, tuple[float, float, float]]:
+    """tower-trio against its own server's ceiling: (tower, ceiling, ratio) per measure."""
+    tower, bare = http.median_run(TOWER), http.median_run(CEILING)
+    waited = http.median_run(TOWER_PUBLISHED).load.rate
+    pairs = {
+        "rate": (tower.load.rate, bare.load.rate),
+        "cpu": (tower.cpu_per_request * 1e3, bare.cpu_per_request * 1e3),
+        "p99": (tower.load.p99 * 1e3, bare.load.p99 * 1e3),
+        "wait": (waited, tower.load.rate),
+    }
+    return {name: (mine, theirs, ratio(mine, theirs)) for name, (mine, theirs) in pairs.items()}
+
+
+def server_met(name: str, value: float) -> bool:
+    target = SERVER_TARGETS[name]
+    return value <= target if name in ("cpu", "p99") else value >= target
+
+
+_SERVER_LABELS = {
+    "rate": ("`POST /triggers` req/s (vs the bare app on Hypercorn)", "≥", "{:,.0f}"),
+    "cpu": ("`POST /triggers` server CPU ms/req (vs the bare app on Hypercorn)", "≤", "{:.2f}"),
+    "p99": ("`POST /triggers` p99 ms at the same connections (vs the bare app)", "≤", "{:.1f}"),
+    "wait": ("`?wait=published` req/s (vs the journaled 202)", "≥", "{:,.0f}"),
+}
+
+
+def _server_rows(http: HttpResult) -> list[str]:
+    rows = []
+    for name, (mine, theirs, value) in server_ratios(http).items():
+        label, sign, shape = _SERVER_LABELS[name]
+        rows.append(
+            f"| {label} | {shape.format(mine)} | {shape.format(theirs)} | {value:.2f}x | "
+            f"{sign} {SERVER_TARGETS[name]:.2f}x | {verdict(server_met(name, value))} |"
+        )
+    return rows
 
 
 def _micro(value: float | None) -> str:
@@ -349,10 +404,10 @@ def _publisher_section(result: PublisherResult) -> list[str]:
         "(each taking each place in turn), so that a change in the machine's load falls on "
         "all of them alike; the queues are emptied after the round, so the broker holds as "
         "many messages at the end as after one run of them all. Every timed run starts from "
-        "a collected heap, and the inputs are "
-        "frozen out of the collector's sight. CPU is the publishing process's own (all its "
-        "threads) while the clock ran; the broker's is RabbitMQ's Erlang VM's over the same "
-        "time.",
+        "a collected heap, the inputs are frozen out of the collector's sight, and every "
+        "side collects as often as `tower-trio run` makes the tower collect. CPU is the "
+        "publishing process's own (all its threads) while the clock ran; the broker's is "
+        "RabbitMQ's Erlang VM's over the same time.",
         "",
         "- **tower-trio**: `Publisher.serve` fed through a trio memory channel, one "
         "`send` per trigger, as the HTTP API and the plugins feed it: each trigger is "

@@ -178,7 +178,7 @@ def _run(environ: Mapping[str, str]) -> int:
         raise _first_leaf(group) from None
 
 
-_COLLECTOR_THRESHOLDS = (5000, 20, 20)
+COLLECTOR_THRESHOLDS = (5000, 20, 20)
 """Container allocations between collections of the youngest generation, then
 collections of each generation between two of the next (CPython: 700, 10, 10)."""
 
@@ -190,7 +190,7 @@ def _tune_collector() -> None:
     # (modules, settings, plugins) lives as long as the process: frozen, the
     # full collections stop walking it.
     gc.freeze()
-    gc.set_threshold(*_COLLECTOR_THRESHOLDS)
+    gc.set_threshold(*COLLECTOR_THRESHOLDS)
 
 
 def _first_leaf(group: BaseExceptionGroup[JournalError]) -> JournalError:

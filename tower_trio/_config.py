@@ -359,6 +359,14 @@ class Settings:
         "(`7d`, `12h`, `30m` or seconds). Unpublished ones are never pruned.",
         shown="`7d`",
     )
+    replica_ttl: float = _setting(
+        "TOWER_REPLICA_TTL",
+        10.0,
+        _seconds,
+        "With a shared PostgreSQL journal: seconds a tower counts as alive after its last "
+        "heartbeat (one every fifth of this). A tower that cannot renew it stops publishing, "
+        "and another takes its pending triggers over within about 1.2 times this.",
+    )
     confirm_timeout: float = _setting(
         "TOWER_CONFIRM_TIMEOUT",
         30.0,

@@ -174,6 +174,23 @@ class _StateCollector(Collector):
         for address in stats.nodes:
             node.add_metric([address], address == stats.node)
         yield node
+        if (replica := stats.replica) is not None:
+            # Only with a journal several towers share (PostgreSQL).
+            yield CounterMetricFamily(
+                "tower_triggers_taken_over",
+                "Pending triggers of towers whose heartbeat expired, taken over by this one.",
+                value=replica.taken_over,
+            )
+            yield CounterMetricFamily(
+                "tower_replica_lapses",
+                "Times this tower found its heartbeat expired and joined the replicas again.",
+                value=replica.lapses,
+            )
+            yield GaugeMetricFamily(
+                "tower_replica_live",
+                "1 while this tower's heartbeat is sure to be alive, so that it publishes.",
+                value=replica.live,
+            )
         sent = CounterMetricFamily(
             "tower_plugin_triggers_sent", "Triggers sent by each plugin.", labels=["plugin"]
         )

@@ -277,42 +277,58 @@ def json_problem(value: object) -> tuple[str, str] | None:
     reason instead of exhausting the stack; and strictly, so that what is
     accepted is exactly what will be published and read back.
     """
-    stack: list[tuple[str, object, int]] = [("", value, 0)]
+    # Each item carries where it is as a chain of (parent, key) links: the
+    # path is spelled out only for the item that has a problem.
+    stack: list[tuple[object, int, _Where]] = [(value, 0, None)]
     keys = 0
     while stack:
-        path, item, depth = stack.pop()
+        item, depth, where = stack.pop()
         if depth > MAX_JSON_DEPTH:
-            return path, f"is nested more than {MAX_JSON_DEPTH} levels deep"
+            return _path(where), f"is nested more than {MAX_JSON_DEPTH} levels deep"
         if isinstance(item, str):
             if len(item) > MAX_STRING_LENGTH:
-                return path, f"is a string longer than {MAX_STRING_LENGTH} characters"
+                return _path(where), f"is a string longer than {MAX_STRING_LENGTH} characters"
             if not _encodable(item):
-                return path, "holds text that is not valid Unicode (a lone surrogate)"
+                return _path(where), "holds text that is not valid Unicode (a lone surrogate)"
         elif isinstance(item, float):
             if not math.isfinite(item):
-                return path, "holds NaN or Infinity, which JSON cannot carry"
+                return _path(where), "holds NaN or Infinity, which JSON cannot carry"
         elif item is None or isinstance(item, bool | int):
             continue
         elif isinstance(item, dict):
             keys += len(item)
             if keys > MAX_JSON_KEYS:
-                return path, f"has more than {MAX_JSON_KEYS} keys in all"
+                return _path(where), f"has more than {MAX_JSON_KEYS} keys in all"
             for key, child in item.items():
                 if not isinstance(key, str):
-                    return path, f"has a key that is not a string: {key!r}"
+                    return _path(where), f"has a key that is not a string: {key!r}"
                 if len(key) > MAX_STRING_LENGTH:
-                    return path, f"has a key longer than {MAX_STRING_LENGTH} characters"
+                    return _path(where), f"has a key longer than {MAX_STRING_LENGTH} characters"
                 if not _encodable(key):
-                    return path, "has a key that is not valid Unicode"
-                stack.append((f"{path}.{key}", child, depth + 1))
+                    return _path(where), "has a key that is not valid Unicode"
+                stack.append((child, depth + 1, (where, key)))
         elif isinstance(item, list):
-            stack.extend((f"{path}[{i}]", child, depth + 1) for i, child in enumerate(item))
+            stack.extend((child, depth + 1, (where, i)) for i, child in enumerate(item))
         else:
-            return path, f"holds a {type(item).__name__}, which is not a JSON value"
+            return _path(where), f"holds a {type(item).__name__}, which is not a JSON value"
     return None
 
 
+_Where: TypeAlias = "tuple[_Where, str | int] | None"
+
+
+def _path(where: _Where) -> str:
+    """``.key`` and ``[index]`` from the outermost to ``where``."""
+    parts = []
+    while where is not None:
+        where, key = where
+        parts.append(f".{key}" if isinstance(key, str) else f"[{key}]")
+    return "".join(reversed(parts))
+
+
 def _encodable(text: str) -> bool:
+    if text.isascii():
+        return True
     try:
         text.encode()
     except UnicodeEncodeError:
@@ -321,4 +337,4 @@ def _encodable(text: str) -> bool:
 
 
 def _is_hex(value: str) -> bool:
-    return all(c in "0123456789abcdef" for c in value)
+    return not value.strip("0123456789abcdef")

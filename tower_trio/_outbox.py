@@ -10,11 +10,19 @@ rest (after a restart, a reconnect, or a long outage) read back from
 storage. The outbox also keeps storage tidy (pruning settled triggers after
 ``TOWER_RETENTION``) and watches its room, so that ``/readyz`` says when
 the next trigger may not fit.
+
+With a journal several towers share, storage hands out only this tower's
+triggers, whose seqs have gaps (the others' triggers); each trigger in the
+memory copy remembers the seq of the one this tower stored before it, so a
+gap costs no read. Triggers taken over from a dead tower come in like
+retried ones, and ``forget`` drops the memory copy when this tower must
+start again from the journal (``tower_trio._replicas``).
 """
 
 from __future__ import annotations
 
 import collections
+import math
 from typing import TYPE_CHECKING
 
 import trio
@@ -57,9 +65,13 @@ class Outbox:
         """Bytes storage could still grow by at the last check (None before the first)."""
         self._last_stored = 0
         self._done = False
-        self._recent: collections.deque[Outgoing] = collections.deque()
+        self._recent: collections.deque[tuple[int, Outgoing]] = collections.deque()
+        """Recently stored triggers, each after the seq this tower stored before it."""
         self._recent_bytes = 0
         self._retried: list[Outgoing] = []
+        self._ahead: list[int] = []
+        """Seqs of triggers handed back past the cursor: read from storage when it gets there."""
+        self._generation = 0
         self._waiters: dict[int, Submission] = {}
         self._work = trio.Event()  # something new to publish, or the ingest ended
         self._room_check = trio.Event()
@@ -105,6 +117,7 @@ class Outbox:
         # stored"; from here on it waits for the outcome instead.
         batch = [s for s in batch if s.take()]
         entries = [(s.trigger, s.body, s.key, s.fingerprint) for s in batch]
+        generation = self._generation
         try:
             results = await self._storage.append(entries)
         except JournalError as err:
@@ -116,7 +129,7 @@ class Outbox:
             return
         for submission, result in zip(batch, results, strict=True):
             if isinstance(result, Accepted):
-                self._accepted(submission, result.outgoing)
+                self._accepted(submission, result.outgoing, cache=generation == self._generation)
             else:
                 self.duplicates += 1
                 _log.info(
@@ -128,14 +141,15 @@ class Outbox:
                 submission.duplicate_of(result.record, same_request=result.same_request)
         self._work.set()
 
-    def _accepted(self, submission: Submission, outgoing: Outgoing) -> None:
-        self._last_stored = outgoing.seq
+    def _accepted(self, submission: Submission, outgoing: Outgoing, *, cache: bool) -> None:
+        before, self._last_stored = self._last_stored, outgoing.seq
         self.pending += 1
         if submission.wants_settlement:
             self._waiters[outgoing.seq] = submission
         size = len(outgoing.body)
-        if self._recent_bytes + size <= self._settings.cache_max_bytes:
-            self._recent.append(outgoing)
+        # Stored before a fresh start (forget), it may be another tower's by now.
+        if cache and self._recent_bytes + size <= self._settings.cache_max_bytes:
+            self._recent.append((before, outgoing))
             self._recent_bytes += size
         submission.accepted()
         if self._feed.watched:
@@ -150,6 +164,32 @@ class Outbox:
         self._work.set()
         if self._feed.watched:
             self._feed.report(Change(outgoing, DeliveryStatus.PENDING, 0, None, at, retries))
+
+    def taken_over(self, taken: list[Outgoing]) -> None:
+        """Publish triggers this tower has just taken over from a dead one."""
+        self.pending += len(taken)
+        self._retried.extend(taken)
+        # Storage is read up to the last stored seq: theirs may be beyond ours.
+        self._last_stored = max(self._last_stored, *(outgoing.seq for outgoing in taken))
+        self._work.set()
+
+    def forget(self) -> None:
+        """Drop what is held in memory about pending triggers; storage has the truth.
+
+        For a fresh start: the publisher reconnects and reads back from
+        storage whatever is still this tower's, and ``recount`` makes
+        ``pending`` this tower's again.
+        """
+        self._generation += 1
+        self._recent.clear()
+        self._recent_bytes = 0
+        self._retried = []
+        self._ahead = []
+        self._work.set()
+
+    async def recount(self) -> None:
+        """Count again the pending triggers that are this tower's (after ``forget``)."""
+        self.pending = await self._storage.pending_count()
 
     def settled(self, outgoing: Outgoing) -> Submission | None:
         """Count a trigger as settled; returns the source waiting for that, if one is."""
@@ -169,24 +209,37 @@ class Outbox:
                 # Storage made them pending before they were added here: those
                 # past the cursor are read back with the rest when it gets there.
                 retried = [outgoing for outgoing in self._retried if outgoing.seq <= cursor]
+                self._ahead.extend(o.seq for o in self._retried if o.seq > cursor)
                 self._retried = []
                 if retried:
                     return retried, cursor
                 continue
+            self._ahead = [seq for seq in self._ahead if seq > cursor]
+            barrier = min(self._ahead, default=math.inf)
             # Triggers join the cache in seq order, each above every one stored
             # before it, and storage is read only up to the one before the
-            # cache's head: the cursor never passes that head.
+            # cache's head: the cursor never passes that head. A cached trigger
+            # goes out straight after the cursor only if the trigger stored
+            # before it is behind the cursor too, and no trigger handed back
+            # lies between them.
             recent = self._recent
-            if recent and recent[0].seq == cursor + 1:
+            if recent and recent[0][0] <= cursor and recent[0][1].seq < barrier:
                 rows: list[Outgoing] = []
-                while recent and recent[0].seq == cursor + len(rows) + 1 and len(rows) < BATCH:
-                    rows.append(recent.popleft())
+                last = cursor
+                while (
+                    recent
+                    and recent[0][0] <= last
+                    and recent[0][1].seq < barrier
+                    and len(rows) < BATCH
+                ):
+                    rows.append(recent.popleft()[1])
                     self._recent_bytes -= len(rows[-1].body)
-                return rows, rows[-1].seq
+                    last = rows[-1].seq
+                return rows, last
             if cursor < self._last_stored:
                 # Not kept in memory (after a restart, a reconnect, or while the
                 # broker was away): read them back from storage.
-                up_to = recent[0].seq - 1 if recent else self._last_stored
+                up_to = recent[0][1].seq - 1 if recent else self._last_stored
                 rows = await self._storage.pending(cursor, up_to, BATCH)
                 return rows, (up_to if len(rows) < BATCH else rows[-1].seq)
             if self._done:

@@ -12,6 +12,12 @@ The schema (``_postgres_schema``) is created or brought up to date when the
 journal opens. Appends take the row lock of ``journal_state`` first, so
 seqs are handed out in commit order even if several towers write, and that
 row keeps the highest seq ever stored, which pruning never lowers.
+
+Several towers may share the journal: each row's ``owner`` is the tower
+that stored it, ``pending`` hands out only this tower's, and
+``PostgresMembership`` keeps this tower alive in ``instances`` (heartbeats on
+a third connection) and takes over the pending rows of dead ones
+(docs/replicas.md).
 """
 
 from __future__ import annotations
@@ -25,6 +31,7 @@ import psycopg
 import trio
 from psycopg.types.json import Jsonb
 
+from ._config import default_instance
 from ._errors import FencedError, JournalError
 from ._postgres_schema import connect, migrate
 from ._storage import (
@@ -47,7 +54,14 @@ if TYPE_CHECKING:
     from ._journal_url import PostgresURL
     from ._storage import Entry
 
-__all__ = ["UNCAPPED_ROOM", "PostgresJournal", "PostgresStorage", "open_postgres_storage"]
+__all__ = [
+    "DEFAULT_TTL",
+    "UNCAPPED_ROOM",
+    "PostgresJournal",
+    "PostgresMembership",
+    "PostgresStorage",
+    "open_postgres_storage",
+]
 
 UNCAPPED_ROOM = 2**50
 """``room()`` without ``TOWER_JOURNAL_MAX_BYTES`` (1 PiB): PostgreSQL does not
@@ -59,8 +73,40 @@ _RECORD_COLUMNS = (
 )
 _INSERT = (
     "INSERT INTO triggers (uuid, api_version, protocol, source, body, created_at, "
-    "idem_key, fingerprint) VALUES (%s, %s, %s, %s, %s, %s, %s, %s) RETURNING seq"
+    "idem_key, fingerprint, owner) VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s) RETURNING seq"
 )
+_OUTGOING_COLUMNS = "seq, uuid, api_version, protocol, source, body, created_at, attempts"
+_REGISTER = (
+    "INSERT INTO instances (name, expires_at) VALUES (%(me)s, now() + %(ttl)s * interval '1 s') "
+    "ON CONFLICT (name) DO UPDATE SET expires_at = excluded.expires_at, started_at = now()"
+)
+# An instance's row is deleted by the first tower that finds it expired, in
+# the transaction that takes its triggers over. A renewal waiting for that
+# row's lock then finds it gone, so the instance learns it lapsed: a
+# renewal and a takeover never both succeed.
+_RENEW = (
+    "UPDATE instances SET expires_at = now() + %(ttl)s * interval '1 s' "
+    "WHERE name = %(me)s AND expires_at > now()"
+)
+_EXPIRE = "DELETE FROM instances WHERE expires_at <= now() RETURNING name"
+_TAKE_OVER = f"""
+WITH taken AS (
+    SELECT seq, owner FROM triggers
+    WHERE status = 'pending' AND owner IS DISTINCT FROM %(me)s
+      -- The live names as one value, not a join: a row another tower took
+      -- meanwhile is checked again with its new owner, which is live.
+      AND (owner IS NULL OR owner <> ALL (ARRAY(
+          SELECT name FROM instances WHERE expires_at > now()
+      )))
+    ORDER BY seq
+    LIMIT %(limit)s
+    FOR UPDATE SKIP LOCKED
+)
+UPDATE triggers SET owner = %(me)s FROM taken WHERE triggers.seq = taken.seq
+RETURNING {", ".join(f"triggers.{c}" for c in _OUTGOING_COLUMNS.split(", "))}, taken.owner
+"""
+DEFAULT_TTL = 10.0
+"""Seconds an instance stays alive after a heartbeat (``TOWER_REPLICA_TTL``'s default)."""
 # Newest first, with the running total of the bodies: the first row that
 # would take the page past max_bytes comes back without its body, which
 # ends the page, and none after it, so a page of large triggers never
@@ -90,7 +136,7 @@ _NO_BYTE_BOUND = 2**62
 # journal's row lock since it began.
 _FENCE = (
     "SELECT 1 FROM leases WHERE plugin = %(plugin)s AND term = %(term)s "
-    "AND (%(holder)s::text IS NULL OR holder = %(holder)s) "
+    "AND holder = %(holder)s "
     "AND expires_at > clock_timestamp() FOR SHARE"
 )
 
@@ -126,20 +172,26 @@ class PostgresJournal:
         self,
         url: PostgresURL,
         *,
+        instance: str,
+        ttl: float = DEFAULT_TTL,
         max_bytes: int | None = None,
         clock: Callable[[], float] = time.time,
-        instance: str | None = None,
     ) -> None:
         self.url = url
-        self.clock = clock
         self.instance = instance
-        """The tower whose plugins' writes must hold its leases (None: any holder)."""
+        self.clock = clock
         self._max_bytes = max_bytes
         self._writer = _Session(url)
         self._reader = _Session(url)
+        # Heartbeats have a connection of their own: they must not wait
+        # behind a batch commit, nor pass for a sign of life while one hangs.
+        self._beats = _Session(url)
         try:
             with self._using(self._writer, "open") as db:
                 migrate(db, url)
+                # A member before its first trigger is stored, so that no one
+                # takes over what it stores before its heartbeats begin.
+                db.execute(_REGISTER, {"me": instance, "ttl": ttl})
         except BaseException:
             self.close()
             raise
@@ -166,7 +218,8 @@ class PostgresJournal:
                 ) from err
 
     def close(self) -> None:
-        with self._writer.lock, self._reader.lock:
+        with self._writer.lock, self._reader.lock, self._beats.lock:
+            self._beats.close()
             self._reader.close()
             self._writer.close()
 
@@ -194,7 +247,9 @@ class PostgresJournal:
             if fresh:
                 cursor = db.cursor()
                 cursor.executemany(
-                    _INSERT, [entry_values(*entry) for entry in fresh], returning=True
+                    _INSERT,
+                    [(*entry_values(*entry), self.instance) for entry in fresh],
+                    returning=True,
                 )
                 seqs = [row[0] for _ in cursor.results() for row in cursor.fetchall()]
                 db.execute(
@@ -231,11 +286,12 @@ class PostgresJournal:
     def retry(self, uuid: str) -> tuple[JournalRecord, Outgoing | None] | None:
         """Make a failed or unroutable trigger pending again; see ``Storage.retry``."""
         with self._using(self._writer, "write to") as db, db.transaction():
+            # Published again by the tower that was asked to, whoever stored it.
             changed = db.execute(
                 "UPDATE triggers SET status = 'pending', attempts = 0, settled_at = NULL, "
-                "last_error = NULL, retries = retries + 1, retried_at = %s "
+                "last_error = NULL, retries = retries + 1, retried_at = %s, owner = %s "
                 "WHERE uuid = %s AND status IN ('failed', 'unroutable')",
-                (self.clock(), uuid),
+                (self.clock(), self.instance, uuid),
             ).rowcount
             row = db.execute(
                 f"SELECT {_RECORD_COLUMNS} FROM triggers WHERE uuid = %s", (uuid,)
@@ -248,17 +304,44 @@ class PostgresJournal:
     def pending(self, after_seq: int, up_to_seq: int, limit: int) -> list[Outgoing]:
         with self._using(self._writer, "read") as db:
             rows = db.execute(
-                "SELECT seq, uuid, api_version, protocol, source, body, created_at, attempts "
-                "FROM triggers WHERE status = 'pending' AND seq > %s AND seq <= %s "
-                "ORDER BY seq LIMIT %s",
-                (after_seq, up_to_seq, limit),
+                f"SELECT {_OUTGOING_COLUMNS} FROM triggers WHERE status = 'pending' "
+                "AND owner = %s AND seq > %s AND seq <= %s ORDER BY seq LIMIT %s",
+                (self.instance, after_seq, up_to_seq, limit),
             ).fetchall()
         return [Outgoing(*row) for row in rows]
 
     def pending_count(self) -> int:
         with self._using(self._writer, "read") as db:
-            row = db.execute("SELECT count(*) FROM triggers WHERE status = 'pending'").fetchone()
+            row = db.execute(
+                "SELECT count(*) FROM triggers WHERE status = 'pending' AND owner = %s",
+                (self.instance,),
+            ).fetchone()
         return int(row[0]) if row else 0
+
+    # -- membership (heartbeats on their own connection) ------------------------
+
+    def heartbeat(self, ttl: float) -> bool:
+        """Renew this instance for ``ttl`` s; False if it had lapsed (and is registered again)."""
+        values = {"me": self.instance, "ttl": ttl}
+        with self._using(self._beats, "renew the heartbeat in") as db:
+            if db.execute(_RENEW, values).rowcount:
+                return True
+            db.execute(_REGISTER, values)
+            return False
+
+    def take_over(self, limit: int) -> list[tuple[Outgoing, str | None]]:
+        """Own up to ``limit`` pending triggers of dead instances; each with its last owner."""
+        with self._using(self._writer, "take over triggers in") as db, db.transaction():
+            # Deleted first, under their row locks: see _RENEW.
+            db.execute(_EXPIRE)
+            rows = db.execute(_TAKE_OVER, {"me": self.instance, "limit": limit}).fetchall()
+        rows.sort(key=lambda row: row[0])
+        return [(Outgoing(*row[:-1]), row[-1]) for row in rows]
+
+    def leave(self) -> None:
+        """Delete this instance's heartbeat, so that others take its triggers over at once."""
+        with self._using(self._beats, "leave") as db:
+            db.execute("DELETE FROM instances WHERE name = %s", (self.instance,))
 
     def last_seq(self) -> int:
         with self._using(self._writer, "read") as db:
@@ -317,7 +400,7 @@ class PostgresJournal:
         if held is None:
             raise FencedError(
                 f"refused the {what} of plugin {plugin!r} from leadership term {term}: "
-                f"{self.instance or 'this tower'} no longer holds that term of its lease "
+                f"{self.instance} no longer holds that term of its lease "
                 "(it expired, or another tower took it over); the plugin stops here and "
                 "runs again only once this tower wins its lease back"
             )
@@ -397,23 +480,58 @@ def _plan(
     return plan, fresh
 
 
+class PostgresMembership:
+    """``Membership`` on the PostgreSQL journal: heartbeats beside the writer, takeovers by it."""
+
+    def __init__(self, storage: PostgresStorage) -> None:
+        self._storage = storage
+        self._beats = trio.CapacityLimiter(1)
+
+    @property
+    def instance(self) -> str:
+        return self._storage.journal.instance
+
+    async def heartbeat(self, ttl: float) -> bool:
+        return await trio.to_thread.run_sync(
+            self._storage.journal.heartbeat, ttl, limiter=self._beats
+        )
+
+    async def take_over(self, limit: int) -> list[tuple[Outgoing, str | None]]:
+        # A write like any other: it takes its turn with appends and answers.
+        return await self._storage.run_write(self._storage.journal.take_over, limit)
+
+    async def leave(self) -> None:
+        await trio.to_thread.run_sync(self._storage.journal.leave, limiter=self._beats)
+
+
 class PostgresStorage(ThreadedStorage[PostgresJournal]):
-    """The tower's ``Storage`` on the PostgreSQL journal."""
+    """The tower's ``Storage`` on the PostgreSQL journal, shared by several towers."""
+
+    def __init__(self, journal: PostgresJournal) -> None:
+        super().__init__(journal)
+        self._membership = PostgresMembership(self)
+
+    @property
+    def membership(self) -> PostgresMembership:
+        return self._membership
 
 
 async def open_postgres_storage(
     url: PostgresURL,
     *,
+    instance: str | None = None,
+    ttl: float = DEFAULT_TTL,
     max_bytes: int | None = None,
     clock: Callable[[], float] = time.time,
-    instance: str | None = None,
 ) -> PostgresStorage:
     """The journal in the database ``url`` names, its schema brought up to date.
 
-    ``instance`` is the tower whose plugins write through it: their writes
-    are fenced by its leases (``tower_trio._postgres_leases``).
+    ``instance`` names this tower among those sharing the journal
+    (``TOWER_INSTANCE``; by default the host name and process id), alive for
+    ``ttl`` seconds from now, until its heartbeats begin.
     """
+    name = default_instance() if instance is None else instance
     journal = await trio.to_thread.run_sync(
-        lambda: PostgresJournal(url, max_bytes=max_bytes, clock=clock, instance=instance)
+        lambda: PostgresJournal(url, instance=name, ttl=ttl, max_bytes=max_bytes, clock=clock)
     )
     return PostgresStorage(journal)

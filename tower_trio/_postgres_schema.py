@@ -88,7 +88,24 @@ _MIGRATIONS: tuple[tuple[str, ...], ...] = (
         """,
         "INSERT INTO journal_state (last_seq) VALUES (0)",
     ),
-    # 2: one lease per plugin, for towers sharing the journal (tower_trio._postgres_leases).
+    # 2: several towers on one journal. Each trigger is published by its
+    # owner, the tower that stored it (NULL: stored before this migration,
+    # taken over by the first live tower); each tower keeps its row in
+    # instances alive, and a tower whose row expired loses its pending
+    # triggers to the others (docs/replicas.md).
+    (
+        "ALTER TABLE triggers ADD COLUMN owner text",
+        "DROP INDEX triggers_pending",
+        "CREATE INDEX triggers_pending ON triggers (owner, seq) WHERE status = 'pending'",
+        """
+        CREATE TABLE instances (
+            name       text PRIMARY KEY,
+            expires_at timestamptz NOT NULL,
+            started_at timestamptz NOT NULL DEFAULT now()
+        )
+        """,
+    ),
+    # 3: one lease per plugin, for towers sharing the journal (tower_trio._postgres_leases).
     # A row is never deleted, so a plugin's term only grows; expires_at is set by
     # the database's clock, the only one every tower reads alike.
     (

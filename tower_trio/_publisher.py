@@ -10,6 +10,8 @@ and delivers::
     ├── Settlements.serve          broker answers → storage, in batches
     ├── Outbox.serve_pruning       settled triggers deleted after TOWER_RETENTION
     ├── Outbox.serve_room_checks   room for one more trigger? (/readyz)
+    ├── Replica.serve_heartbeats   with a shared journal: this tower is alive
+    ├── Replica.serve_takeovers    with a shared journal: the pending triggers of dead towers
     └── _deliver                   (re)connects, node after node, with capped, jittered backoff
         └── _serve_connection      one connection, one confirm-mode channel
             ├── _publish_pending   every pending trigger, in order, many in flight
@@ -19,7 +21,10 @@ After a reconnect (or a restart) delivery starts again from the oldest
 unconfirmed trigger. With several broker nodes (``tower_trio._nodes``) a
 lost connection moves to the next node at once, and what was unconfirmed
 is published there. It returns when every source has closed its end of
-the channel and storage holds nothing pending.
+the channel and storage holds nothing pending. With a journal several
+towers share, it publishes only while its heartbeat is sure to be alive
+(``tower_trio._replicas``): past that, it closes the connection, and
+starts again from the journal once the heartbeat is renewed.
 
 One concept, kept whole although past 400 lines: the broker side of delivery,
 whose confirm path reads top to bottom in one class.
@@ -44,6 +49,7 @@ from ._logging import get_logger
 from ._message import PropertyTemplates
 from ._nodes import Nodes, node_address
 from ._outbox import Outbox
+from ._replicas import Replica, ReplicaLapsedError, ReplicaStatistics
 from ._settlements import Settlements
 from ._storage import Outgoing
 from ._version import __version__
@@ -96,6 +102,8 @@ class PublisherStatistics:
     """``host:port`` of the broker node connected to; None while disconnected."""
     nodes: tuple[str, ...] = ()
     """``host:port`` of every node of ``TOWER_AMQP_URL``, in order."""
+    replica: ReplicaStatistics | None = None
+    """This tower among the replicas sharing its journal; None when it is the only writer."""
 
 
 @attrs.define(eq=False)
@@ -120,6 +128,19 @@ class Publisher:
         self.outbox = Outbox(settings, storage, self.feed)
         self.settlements = Settlements(storage, self.feed)
         """The broker's answers, and the lookups that see them before storage does."""
+        membership = storage.membership
+        self.replica = (
+            None
+            if membership is None
+            else Replica(
+                membership,
+                settings.replica_ttl,
+                forget=self.outbox.forget,
+                take=self.outbox.taken_over,
+            )
+        )
+        """This tower among the replicas of a shared journal, if it is one."""
+        self._generation = 0
         self._storage = storage
         self.on_published: Callable[[float], None] | None = None
         """Called with the seconds from acceptance to confirm of each published trigger."""
@@ -167,6 +188,7 @@ class Publisher:
             journal_room=self.outbox.room,
             node=None if self._node is None else node_address(self._node),
             nodes=self._nodes.addresses,
+            replica=None if self.replica is None else self.replica.statistics(),
         )
 
     def unrecorded(self) -> int:
@@ -204,10 +226,13 @@ class Publisher:
         attempt is over, whether it succeeded or not: the tower serves (and
         reports not ready) while the broker is away.
         """
-        outbox, settlements = self.outbox, self.settlements
+        outbox, settlements, replica = self.outbox, self.settlements, self.replica
         await outbox.load()
         try:
             async with trio.open_nursery() as nursery:
+                if replica is not None:
+                    await nursery.start(replica.serve_heartbeats)
+                    await nursery.start(replica.serve_takeovers)
                 nursery.start_soon(outbox.serve_ingest, receive_channel)
                 nursery.start_soon(settlements.serve)
                 nursery.start_soon(outbox.serve_pruning)
@@ -220,6 +245,10 @@ class Publisher:
                     await settlements.flush()
                 except JournalError as err:
                     _log.error("journal.write_failed", error=err, settlements=len(settlements))
+                if replica is not None:
+                    # Publishing is over and the answers are written: what is
+                    # left pending goes to the other towers now, not after the ttl.
+                    await replica.leave()
             unrecorded = settlements.unrecorded()
             if outbox.pending or unrecorded:
                 # Storage's own count: triggers the broker took but whose
@@ -239,10 +268,24 @@ class Publisher:
         backoff = self._reconnect_backoff
         nodes = self._nodes
         while True:
+            replica = self.replica
+            if replica is not None and not replica.live_in(self._generation):
+                self._report_started(task_status)
+                if not await self._wait_live():
+                    return
             url = nodes.next
+            lapsed = False
             try:
                 await self._serve_connection(url, task_status)
                 return
+            except* ReplicaLapsedError as group:
+                lapsed = True
+                _log.warning(
+                    "publisher.paused",
+                    reason=str(_first_leaf(group)),
+                    pending=self.outbox.pending,
+                    unconfirmed=len(self._inflight),
+                )
             except* (amqp.AMQPError, PublishError, OSError) as group:
                 error = _first_leaf(group)
                 self._last_error = self._describe(error, url)
@@ -259,6 +302,9 @@ class Publisher:
                 self._node = None
                 self._inflight.clear()
                 self._retries_waiting = 0
+            if lapsed:
+                # The broker is fine: connect again as soon as this tower may publish.
+                continue
             # Started once every node was tried: a dead first node must not
             # make the tower report "not connected" while the second answers.
             round_over = nodes.failed()
@@ -278,6 +324,29 @@ class Publisher:
                 while not self.outbox.drained:
                     await self.outbox.wait_for_work()
                 return
+
+    async def _wait_live(self) -> bool:  # pragma: no mutate block
+        """Wait until this tower may publish again; False if it is done first (shutting down)."""
+        replica = self.replica
+        assert replica is not None
+        self._last_error = (
+            "not publishing: this tower's heartbeat in the journal may have expired "
+            f"({replica.problem or 'not renewed in time'})"
+        )
+        while not replica.live:
+            if self.outbox.drained:
+                return False
+            with trio.move_on_after(replica.every):
+                await replica.wait_live()
+        self._generation = replica.generation
+        try:
+            # Some of what was pending here may have been taken over meanwhile.
+            await self.settlements.flush()
+            await self.outbox.recount()
+        except JournalError as err:
+            _log.error("journal.write_failed", error=err, settlements=len(self.settlements))
+        _log.info("publisher.resumed", pending=self.outbox.pending)
+        return True
 
     def _report_started(
         self, task_status: trio.TaskStatus[None]
@@ -333,10 +402,28 @@ class Publisher:
             )
             self._report_started(task_status)
             self._delivering_done = False
-            async with trio.open_nursery() as nursery:
-                nursery.start_soon(self._settle_confirms, channel, nursery)
-                await self._publish_pending(channel)
+            async with trio.open_nursery() as watching:
+                if self.replica is not None:
+                    watching.start_soon(self._stop_when_lapsed, self.replica, self._generation)
+                async with trio.open_nursery() as nursery:
+                    nursery.start_soon(self._settle_confirms, channel, nursery)
+                    await self._publish_pending(channel)
+                watching.cancel_scope.cancel()
         _log.info("publisher.drained", published=self._published)
+
+    async def _stop_when_lapsed(
+        self, replica: Replica, generation: int
+    ) -> None:  # pragma: no mutate block
+        await replica.wait_lapsed(generation)
+        raise self._lapsed(replica)
+
+    def _lapsed(self, replica: Replica) -> ReplicaLapsedError:  # pragma: no mutate block
+        return ReplicaLapsedError(
+            f"this tower could not renew its heartbeat in the journal within "
+            f"{replica.ttl:g} s (TOWER_REPLICA_TTL) ({replica.problem or 'no answer'}); "
+            "it stopped publishing so that another replica may take its triggers over; "
+            "check that PostgreSQL is reachable from this tower"
+        )
 
     async def _declare(self, channel: amqp.Channel) -> None:  # pragma: no mutate block
         arguments = None
@@ -360,6 +447,10 @@ class Publisher:
         self._inflight_changed.set()
 
     async def _publish(self, channel: amqp.Channel, outgoing: Outgoing, attempts: int) -> None:
+        replica = self.replica
+        if replica is not None and not replica.live_in(self._generation):
+            # Checked before every message: past this point another tower may own it.
+            raise self._lapsed(replica)
         confirmation = await channel.publish(
             self._exchange,
             outgoing.routing_key,

@@ -65,14 +65,25 @@ def parse_datetime(value: str) -> datetime:
 # wire format and of structure_env_value pin what they build.
 
 
+def _as_is(value: Any) -> Any:
+    return value
+
+
 def _make_converter() -> cattrs.Converter:  # pragma: no mutate block
     converter = make_converter()
+    # A trigger's specs were checked to be plain JSON when it was made
+    # (json_problem): encoded as they are, not copied key by key first.
+    converter.register_unstructure_hook(
+        Metadata,
+        make_dict_unstructure_fn(Metadata, converter, spec=override(unstruct_hook=_as_is)),
+    )
     converter.register_unstructure_hook(
         Trigger,
         make_dict_unstructure_fn(
             Trigger,
             converter,
             api_version=override(rename="apiVersion"),
+            spec=override(unstruct_hook=_as_is),
             # ULAS's format has no creation time, and a strict consumer (the
             # Tecan relay: "missing member = error") fails on any extra member.
             # The time travels in the AMQP timestamp and the HTTP answers.
@@ -155,6 +166,7 @@ def trigger_to_wire(trigger: Trigger) -> JSONObject:
 
     ``uuid``, ``apiVersion``, ``protocol``, ``plate`` (plate triggers only),
     ``spec`` and ``metadata`` (``source`` and ``spec``); no ``createdAt``.
+    The specs in it are the trigger's own objects, not copies.
     """
     wire: JSONObject = _converter.unstructure(trigger, Trigger)
     return wire

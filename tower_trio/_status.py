@@ -59,7 +59,7 @@ def status_report(
     else:
         broker = ("connected", "green")
     room, most = stats.journal_room, settings.journal_max_bytes
-    if stats.journal_problem is not None:
+    if stats.journal_problem is not None or (stats.replica and not stats.replica.live):
         journal_health = "red"
     elif room is not None and room < _LOW_ROOM * 2 * settings.max_body_bytes:
         journal_health = "amber"
@@ -108,6 +108,15 @@ def status_report(
             "maxBytes": most,
             "bytes": None if most is None or room is None else max(0, most - room),
             "problem": stats.journal_problem,
+            # Only with a journal several towers share (docs/replicas.md).
+            "replica": None
+            if stats.replica is None
+            else {
+                "live": stats.replica.live,
+                "takenOver": stats.replica.taken_over,
+                "lapses": stats.replica.lapses,
+                "problem": stats.replica.problem,
+            },
         },
         "plugins": panel,
     }

@@ -41,6 +41,7 @@ __all__ = [
     "Duplicate",
     "Entry",
     "JournalRecord",
+    "Membership",
     "Outgoing",
     "PageQuery",
     "Settlement",
@@ -165,12 +166,55 @@ class PageQuery:
     """The page ends before its bodies would exceed this, holding one record at least."""
 
 
+class Membership(Protocol):
+    """A store several towers share: which of them are alive, and who publishes what.
+
+    Each trigger is stored with an owner, the instance that stored it, and
+    ``Storage.pending`` hands out only this instance's. An instance stays a
+    member by renewing its heartbeat; the rows of one whose heartbeat
+    expired are taken over by a live one. Times are the database's, so
+    towers on different machines need not agree on the time of day.
+    """
+
+    @property
+    def instance(self) -> str:
+        """This tower's name (``TOWER_INSTANCE``), the owner of what it stores."""
+        ...
+
+    async def heartbeat(self, ttl: float) -> bool:
+        """Keep this instance alive for ``ttl`` more seconds of the database's clock.
+
+        False when its heartbeat had expired (or was taken) before this call:
+        it is a member again from now on, but others may have taken over some
+        of its triggers, so whatever it holds in memory about them is stale.
+        """
+        ...
+
+    async def take_over(self, limit: int) -> list[tuple[Outgoing, str | None]]:
+        """Make this instance the owner of up to ``limit`` pending triggers of dead ones.
+
+        Dead: whose heartbeat expired, or who never had one. Returns each
+        trigger with its previous owner, oldest first; concurrent callers
+        never get the same trigger.
+        """
+        ...
+
+    async def leave(self) -> None:
+        """End this instance's heartbeat now, so that others take over what it leaves."""
+        ...
+
+
 class Storage(Protocol):
     """Where the tower keeps what it accepted; see the module docstring for the rules."""
 
     @property
     def location(self) -> str:
         """Where the data lives, for logs and the start-up summary (no secrets)."""
+        ...
+
+    @property
+    def membership(self) -> Membership | None:
+        """The instances sharing the store, or None when this tower is its only writer."""
         ...
 
     async def append(self, entries: Sequence[Entry]) -> list[Accepted | Duplicate]:
@@ -192,15 +236,21 @@ class Storage(Protocol):
         Returns None for an unknown uuid, else the record after the call and
         the trigger to publish when it changed (None when it was not failed
         or unroutable: a repeated call queues nothing twice). ``retries``
-        counts the calls that changed it; ``retried_at`` is the latest.
+        counts the calls that changed it; ``retried_at`` is the latest. In a
+        shared store, this instance becomes its owner.
         """
         ...
 
     async def pending(self, after_seq: int, up_to_seq: int, limit: int) -> list[Outgoing]:
-        """Unsettled triggers with ``after_seq < seq <= up_to_seq``, oldest first."""
+        """Unsettled triggers with ``after_seq < seq <= up_to_seq``, oldest first.
+
+        In a shared store (``membership``), only this instance's.
+        """
         ...
 
-    async def pending_count(self) -> int: ...
+    async def pending_count(self) -> int:
+        """Unsettled triggers (in a shared store, this instance's)."""
+        ...
 
     async def last_seq(self) -> int:
         """The highest seq ever stored (0 for an empty store)."""

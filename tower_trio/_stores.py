@@ -43,7 +43,11 @@ async def open_storage_from(
     from ._postgres import open_postgres_storage  # noqa: PLC0415
 
     return await open_postgres_storage(
-        target, max_bytes=settings.journal_max_bytes, clock=clock, instance=settings.instance
+        target,
+        instance=settings.instance,
+        ttl=settings.replica_ttl,
+        max_bytes=settings.journal_max_bytes,
+        clock=clock,
     )
 
 

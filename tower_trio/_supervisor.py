@@ -132,6 +132,8 @@ async def _serve_with_storage(
             reasons.append("broker has blocked publishing (connection.blocked)")
         if stats.journal_problem is not None:
             reasons.append(f"journal cannot take more triggers: {stats.journal_problem}")
+        if stats.replica is not None and stats.replica.problem is not None:
+            reasons.append(f"journal unreachable: {stats.replica.problem}")
         reasons.extend(
             f"plugin {name} has not started"
             for name, status in statuses.items()

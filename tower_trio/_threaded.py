@@ -24,6 +24,7 @@ if TYPE_CHECKING:
         Duplicate,
         Entry,
         JournalRecord,
+        Membership,
         Outgoing,
         PageQuery,
         Settlement,
@@ -99,6 +100,15 @@ class ThreadedStorage(Generic[_Store]):
     @property
     def location(self) -> str:
         return self.journal.location
+
+    @property
+    def membership(self) -> Membership | None:
+        """None: the tower is the store's one writer, unless a subclass says otherwise."""
+        return None
+
+    async def run_write(self, function: Callable[..., _T], *args: Any) -> _T:
+        """Run ``function`` as a write: in turn with the others, never abandoned."""
+        return await self._write(function, *args)
 
     async def _write(self, function: Callable[..., _T], *args: Any) -> _T:
         return await trio.to_thread.run_sync(

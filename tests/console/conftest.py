@@ -167,6 +167,10 @@ def chromium() -> Iterator[Browser]:
             browser.close()
 
 
+CONSOLE_INSTANCE = "tower-a"
+"""The name of the towers the browser tests start."""
+
+
 def start_console(
     portal: Portal,
     amqp_url: str,
@@ -184,6 +188,7 @@ def start_console(
         "TOWER_DATA_DIR": str(data_dir / "data"),
         "TOWER_SCHEMAS_DIR": str(write_schemas(data_dir / "schemas")),
         "TOWER_LOG_FORMAT": "json",
+        "TOWER_INSTANCE": CONSOLE_INSTANCE,
         "PLUGIN_EXAMPLE_PATH": str(inbox),
         "PLUGIN_EXAMPLE_INTERVAL": "0.1",
         **environ,

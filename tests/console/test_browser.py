@@ -19,6 +19,7 @@ import pytest
 from playwright.sync_api import Browser, Locator, Page, expect
 
 from tests.console.conftest import (
+    CONSOLE_INSTANCE,
     DESKTOP,
     PHONE,
     Console,
@@ -314,6 +315,8 @@ class TestSources:
             expect(card.locator(".health")).to_have_text(re.compile("Not running"))
         # A plugin nobody asked for is no problem of the tower's.
         expect(page.locator("#overall")).to_have_attribute("data-health", "green")
+        # Among replicas, the page says which tower it is.
+        expect(page.locator("#overall .text")).to_contain_text(f"Tower {CONSOLE_INSTANCE} ")
 
     def test_the_broker_going_away_shows_red_then_green_when_it_returns(
         self, portal: Portal, amqp_url: str, chromium: Browser, problems: Problems, tmp_path: Path

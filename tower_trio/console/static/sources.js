@@ -20,9 +20,9 @@ const PLUGIN_STATES = {
   starting: "starting",
   running: "running",
   "backing-off": "backing off after an error",
+  standby: "standby (another replica leads it)",
   finished: "stopped (finished)",
   failed: "stopped (failed)",
-  standby: "standby (another tower runs it)",
   skipped: "skipped",
 };
 
@@ -43,6 +43,7 @@ function brokerCard(broker) {
     definitions([
       ["State", el("strong", { class: "state", text: broker.state })],
       ["URL", el("code", { text: broker.url })],
+      ...(broker.nodes?.length > 1 ? [["Node", el("code", { text: broker.node ?? "none" })]] : []),
       ["Exchange", el("code", { text: broker.exchange })],
       ["Reconnects", String(broker.reconnects)],
       ["Unconfirmed", String(broker.unconfirmed)],
@@ -76,6 +77,16 @@ function journalCard(journal) {
     definitions([
       ["Pending", String(journal.pending)],
       ["Disk used", used],
+      ...(journal.replica
+        ? [
+            [
+              "Replica",
+              journal.replica.live
+                ? `live; took over ${journal.replica.takenOver} triggers of stopped towers`
+                : `not publishing: ${journal.replica.problem ?? "heartbeat not renewed in time"}`,
+            ],
+          ]
+        : []),
       ["Problem", journal.problem],
     ]),
   );
@@ -89,9 +100,12 @@ function pluginCard(plugin) {
     ["State", el("strong", { class: "state", text: PLUGIN_STATES[plugin.state] ?? plugin.state })],
   ];
   if (plugin.reason) pairs.push(["Reason", plugin.reason]);
-  if (plugin.state !== "skipped") {
-    const leader = plugin.leader;
-    pairs.push(["Leader", leader ? `${leader.instance} (term ${leader.term})` : "no tower"]);
+  // With replicas on one PostgreSQL journal, each plugin runs on one of them.
+  if (plugin.leader !== undefined) {
+    const leader = plugin.leader
+      ? el("span", {}, el("code", { text: plugin.leader.instance }), ` (term ${plugin.leader.term})`)
+      : "no replica holds it";
+    pairs.push(["Leader", leader]);
   }
   pairs.push(
     ["Restarts", String(plugin.restarts)],
@@ -158,7 +172,8 @@ export class Sources {
 
   setOverall(status) {
     const reasons = status.reasons?.length ? ` — ${status.reasons.join("; ")}` : "";
-    const text = `Tower ${HEALTH_WORDS[status.health] ?? status.health}: ${status.ready ? "ready" : "not ready"}${reasons}`;
+    const name = status.instance ? ` ${status.instance}` : "";
+    const text = `Tower${name} ${HEALTH_WORDS[status.health] ?? status.health}: ${status.ready ? "ready" : "not ready"}${reasons}`;
     if (this.overall.dataset.health !== status.health) this.overall.dataset.health = status.health;
     const icon = this.overall.querySelector(".icon");
     icon.textContent = { green: "✓", amber: "!", red: "✕" }[status.health] ?? "?";
