@@ -17,10 +17,11 @@ import trio
 import trio.lowlevel
 import trio.testing
 
-from tower_trio._channel import Submission
+from tower_trio import Trigger
+from tower_trio._channel import Submission, TriggerSendChannel
 from tower_trio._errors import FencedError, JournalError
 from tower_trio._leadership import MARGIN, serve_led_plugin
-from tower_trio._leases import Leader, SoleLeases
+from tower_trio._leases import HeldTerm, Leader, SoleLeases
 from tower_trio._plugins import ConfiguredPlugin, DiscoveredPlugin
 from tower_trio._runtime import MemoryStateBackend, PluginState, PluginStatus, State
 from tower_trio._status import _plugin_health
@@ -95,6 +96,10 @@ def _plugin(runs: Runs, instance: str, table: Table | None = None) -> Configured
             runs.spans.append((instance, term, start, trio.current_time()))
 
     return ConfiguredPlugin(DiscoveredPlugin("p", "test", run, None, False, True), None)
+
+
+def _trigger() -> Trigger:
+    return Trigger(api_version="OT-2/v1alpha1", protocol="Tick", spec={})
 
 
 def _state(status: PluginStatus) -> PluginState:
@@ -253,8 +258,8 @@ class TestLeadership:
         status = PluginStatus("p")
         async with trio.open_nursery() as nursery:
             nursery.start_soon(_drain, receive)
-            with trio.CancelScope() as leading:
-                nursery.start_soon(
+            async with trio.open_nursery() as leading:
+                leading.start_soon(
                     lambda: serve_led_plugin(
                         _plugin(runs, "a", table),
                         send.clone(),
@@ -265,13 +270,54 @@ class TestLeadership:
                     )
                 )
                 await trio.sleep(1)
-                leading.cancel()
+                leading.cancel_scope.cancel()
             await trio.lowlevel.checkpoint()
             nursery.cancel_scope.cancel()
         holder, term, expires = table.rows["p"]
         assert (holder, term) == ("a", 1)
-        assert expires <= trio.current_time()
+        assert expires == 1.0  # at once, not TTL after the last renewal
         assert status.leader is None
+
+    async def test_the_release_waits_for_a_trigger_still_being_written(
+        self, autojump_clock: trio.testing.MockClock
+    ) -> None:
+        """A tower stopped while its plugin's trigger is in a batch releases the lease only
+        once that batch is written, so the trigger is not refused under an ended term."""
+        table = Table()
+        send, receive = trio.open_memory_channel[Submission](10)
+        committed_at: list[float] = []
+
+        async def run(send_channel: Any) -> None:
+            await send_channel.send(_trigger())
+
+        async def journal() -> None:
+            submission = await receive.receive()
+            assert submission.take()
+            await trio.sleep(1)
+            _, term, _ = table.rows["p"]
+            assert FakeLeases(table, "a").live("p", term)
+            submission.accepted()
+            committed_at.append(trio.current_time())
+
+        plugin = ConfiguredPlugin(DiscoveredPlugin("p", "test", run, None, False), None)
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(journal)
+            async with trio.open_nursery() as leading:
+                leading.start_soon(
+                    lambda: serve_led_plugin(
+                        plugin,
+                        send.clone(),
+                        PluginStatus("p"),
+                        FakeLeases(table, "a"),
+                        ttl=TTL,
+                        state_backend=MemoryStateBackend(),
+                    )
+                )
+                await trio.sleep(0.5)
+                leading.cancel_scope.cancel()
+        _, _, released_at = table.rows["p"]
+        assert committed_at == [1.0]
+        assert released_at == 1.0
 
 
 class TestSoleTower:
@@ -307,3 +353,56 @@ class TestStatusPanel:
         assert _plugin_health(led) == "green"
         assert _plugin_health({"state": "standby", "leader": None}) == "amber"
         assert _plugin_health({"state": "running", "leader": None}) == "green"
+
+
+class TestACancelledLeadersSend:
+    async def test_a_trigger_not_yet_taken_is_withdrawn(
+        self, autojump_clock: trio.testing.MockClock
+    ) -> None:
+        """Cancelled before the journal took it, a leader's trigger is withdrawn, not stored."""
+        send, receive = trio.open_memory_channel[Submission](10)
+        channel = TriggerSendChannel(send, "p", held=HeldTerm(3))
+        with trio.move_on_after(1):
+            await channel.send(_trigger())
+        submission = receive.receive_nowait()
+        assert submission.trigger.term == 3
+        assert submission.withdrawn
+        assert not submission.take()
+
+    async def test_a_taken_trigger_is_left_for_the_release_to_wait_for(
+        self, autojump_clock: trio.testing.MockClock
+    ) -> None:
+        """Cancelled after the journal took it, the send stops at once; its batch's answer is
+        what the tower waits for before it releases the lease."""
+        send, receive = trio.open_memory_channel[Submission](10)
+        held = HeldTerm(3)
+        channel = TriggerSendChannel(send, "p", held=held)
+
+        async def journal() -> None:
+            submission = await receive.receive()
+            assert submission.take()
+            await trio.sleep(5)
+            submission.accepted()
+
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(journal)
+            with trio.move_on_after(1) as scope:
+                await channel.send(_trigger())
+            assert scope.cancelled_caught
+            assert trio.current_time() == 1.0
+            assert len(held.unsettled) == 1
+            await held.settle()
+            assert trio.current_time() == 5.0
+            assert held.unsettled == []
+
+    async def test_without_a_term_the_trigger_stays_queued(
+        self, autojump_clock: trio.testing.MockClock
+    ) -> None:
+        """A tower alone on its journal keeps the old rule: a queued trigger is stored."""
+        send, receive = trio.open_memory_channel[Submission](10)
+        channel = TriggerSendChannel(send, "p")
+        with trio.move_on_after(1):
+            await channel.send(_trigger())
+        submission = receive.receive_nowait()
+        assert submission.trigger.term is None
+        assert submission.take()

@@ -11,7 +11,10 @@ A plugin's ``send`` returns only after the first report: once it returns,
 the trigger is on disk, so the plugin may mark its source item done; if
 the journal refused it, ``send`` raises and the item stays to be retried.
 When several towers share the journal, the channel also stamps each trigger
-with the leadership term its plugin runs under, which the store checks.
+with the leadership term its plugin runs under, which the store checks, and
+a send cancelled before its trigger is stored leaves nothing behind it: the
+trigger is withdrawn, or left for the tower to wait for before it lets the
+lease go.
 """
 
 from __future__ import annotations
@@ -30,6 +33,8 @@ from ._vocabulary import DeliveryStatus
 
 if TYPE_CHECKING:
     from collections.abc import Callable, Sequence
+
+    from ._leases import HeldTerm
 
 __all__ = ["Intake", "Submission", "TriggerSendChannel"]
 
@@ -159,15 +164,13 @@ class TriggerSendChannel(trio.abc.SendChannel[Trigger]):
         on_send: Callable[[Trigger], None] | None = None,
         check: Callable[[Trigger], Sequence[FieldError]] | None = None,
         *,
-        term: int | None = None,
-        on_refused: Callable[[], None] | None = None,
+        held: HeldTerm | None = None,
     ) -> None:
         self._inner = inner
         self._source = source
         self._on_send = on_send
         self._check = check
-        self._term = term
-        self._on_refused = on_refused
+        self._held = held
 
     def _submission(self, trigger: Trigger) -> Submission:
         if not isinstance(trigger, Trigger):
@@ -179,7 +182,8 @@ class TriggerSendChannel(trio.abc.SendChannel[Trigger]):
             # Raised to the plugin, in its own task: a robot never sees this trigger.
             raise InvalidTriggerError(errors)
         key = None if trigger.key is None else f"plugin:{self._source}:{trigger.key}"
-        return Submission.of(trigger.with_source(self._source, term=self._term), key=key)
+        term = None if self._held is None else self._held.term
+        return Submission.of(trigger.with_source(self._source, term=term), key=key)
 
     def _sent(self, trigger: Trigger) -> None:
         if self._on_send is not None:
@@ -202,15 +206,29 @@ class TriggerSendChannel(trio.abc.SendChannel[Trigger]):
         """
         submission = self._submission(value)
         await self._inner.send(submission)
-        if await submission.wait_committed() is Intake.REJECTED:
-            if self._on_refused is not None:
+        if await self._wait_committed(submission) is Intake.REJECTED:
+            if self._held is not None:
                 # Perhaps a stale leadership term: whoever runs the plugin checks its lease.
-                self._on_refused()
+                self._held.refused()
             raise JournalError(
                 f"the journal could not store trigger {value.uuid}, so it will not be "
                 f"published: {submission.error}; the plugin should retry this item later"
             )
         self._sent(value)
+
+    async def _wait_committed(self, submission: Submission) -> Intake:
+        if self._held is None:
+            return await submission.wait_committed()
+        try:
+            return await submission.wait_committed()
+        except trio.Cancelled:
+            # A leader being stopped, whose lease may be released next: its
+            # trigger must not reach the journal after that, under a term that
+            # is over (it would be refused with the batch it is in). Not taken
+            # yet, it is withdrawn; taken, the release waits for its batch.
+            if not submission.withdraw():
+                self._held.unsettled.append(submission.wait_committed)
+            raise
 
     def clone(self) -> TriggerSendChannel:
         return TriggerSendChannel(
@@ -218,8 +236,7 @@ class TriggerSendChannel(trio.abc.SendChannel[Trigger]):
             self._source,
             self._on_send,
             self._check,
-            term=self._term,
-            on_refused=self._on_refused,
+            held=self._held,
         )
 
     def close(self) -> None:

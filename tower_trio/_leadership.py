@@ -29,7 +29,7 @@ import trio
 
 from ._channel import Submission
 from ._errors import JournalError
-from ._leases import Leases
+from ._leases import HeldTerm, Leases
 from ._logging import get_logger
 from ._plugins import serve_plugin
 from ._runtime import PluginState, PluginStatus
@@ -68,10 +68,9 @@ async def serve_led_plugin(
     serve = partial(serve_plugin, plugin, state_backend=state_backend, check=check)
     async with send_channel:
         if not leases.shared:
-            leader = await leases.campaign(plugin.name, ttl)
-            status.leader = leader
-            term = None if leader is None else leader.term
-            await serve(send_channel.clone(), status, term=term, task_status=task_status)
+            # Alone on its journal: shown as leader, but with nothing to fence.
+            status.leader = await leases.campaign(plugin.name, ttl)
+            await serve(send_channel.clone(), status, task_status=task_status)
             return
         status.state = PluginState.STANDBY
         task_status.started()
@@ -91,7 +90,7 @@ class _Candidate:
     ttl: float
 
     async def campaign_for_ever(self) -> None:
-        held: Leader | None = None
+        held: HeldTerm | None = None
         try:
             while True:
                 sent_at = trio.current_time()
@@ -100,9 +99,9 @@ class _Candidate:
                 if leader is None or leader.instance != self.leases.instance:
                     await trio.sleep(self.ttl / 3)
                     continue
-                held = leader
+                held = HeldTerm(leader.term)
                 _log.info("lease.won", plugin=self.name, term=leader.term)
-                await self._lead(leader, sent_at)
+                await self._lead(leader, held, sent_at)
                 held = None
                 self.status.state = PluginState.STANDBY
                 _log.warning("lease.lost", plugin=self.name, term=leader.term)
@@ -118,8 +117,11 @@ class _Candidate:
             _log.warning("lease.unknown", plugin=self.name, error=err)
             return None
 
-    async def _release(self, held: Leader) -> None:
+    async def _release(self, held: HeldTerm) -> None:
         with trio.CancelScope(shield=True), trio.move_on_after(_RELEASE_WITHIN):
+            # A trigger of the run still in a batch commits (or not) under the
+            # term before it ends: released first, it would be refused.
+            await held.settle()
             try:
                 await self.leases.release(self.name, held.term)
                 _log.info("lease.released", plugin=self.name, term=held.term)
@@ -127,7 +129,7 @@ class _Candidate:
                 _log.warning("lease.release_failed", plugin=self.name, error=err)
         self.status.leader = None
 
-    async def _lead(self, leader: Leader, sent_at: float) -> None:
+    async def _lead(self, leader: Leader, held: HeldTerm, sent_at: float) -> None:
         """Run the plugin and renew the lease until it is lost or runs out locally."""
         keep = self.ttl * (1 - MARGIN)
         check_now = trio.Event()
@@ -143,6 +145,8 @@ class _Candidate:
             fenced_at.append(trio.current_time())
             lease_scope.cancel()
 
+        held.on_refused, held.on_fenced = refused, fenced
+
         with trio.CancelScope(deadline=sent_at + keep) as lease_scope:
             async with trio.open_nursery() as nursery:
                 nursery.start_soon(
@@ -150,9 +154,7 @@ class _Candidate:
                         self.serve,
                         self.send_channel.clone(),
                         self.status,
-                        term=leader.term,
-                        on_refused=refused,
-                        on_fenced=fenced,
+                        held=held,
                     )
                 )
                 while True:

@@ -13,12 +13,13 @@ leads every plugin, always in the first term: ``SoleLeases``.
 
 from __future__ import annotations
 
+from collections.abc import Awaitable, Callable
 from typing import Protocol
 
 import attrs
 import trio
 
-__all__ = ["SOLE_TERM", "Leader", "Leases", "SoleLeases"]
+__all__ = ["SOLE_TERM", "HeldTerm", "Leader", "Leases", "SoleLeases"]
 
 SOLE_TERM = 1
 """The term of every plugin of a tower alone on its journal."""
@@ -30,6 +31,37 @@ class Leader:
 
     instance: str
     term: int
+
+
+@attrs.define(eq=False)
+class HeldTerm:
+    """A term of a lease as one run of its plugin holds it.
+
+    The run's state writes and triggers carry ``term``; its channel and
+    state report back what the store refused, and the channel leaves here
+    the triggers a cancelled send left in a batch being written, which the
+    tower waits for before it releases the lease.
+    """
+
+    term: int
+    on_refused: Callable[[], None] | None = None
+    """A trigger of the run was refused (the term may be over, or not)."""
+    on_fenced: Callable[[], None] | None = None
+    """A state write of the run was refused: the term is over."""
+    unsettled: list[Callable[[], Awaitable[object]]] = attrs.Factory(list)
+
+    def refused(self) -> None:
+        if self.on_refused is not None:
+            self.on_refused()
+
+    def fenced(self) -> None:
+        if self.on_fenced is not None:
+            self.on_fenced()
+
+    async def settle(self) -> None:
+        """Wait until every trigger left in a batch has its answer."""
+        while self.unsettled:
+            await self.unsettled.pop()()
 
 
 class Leases(Protocol):

@@ -53,6 +53,7 @@ if TYPE_CHECKING:
     from collections.abc import Mapping, Sequence
 
     from ._channel import Submission, TriggerSendChannel
+    from ._leases import HeldTerm
     from ._models import FieldError, Trigger
     from ._runtime import State, StateBackend
 
@@ -400,9 +401,7 @@ async def serve_plugin(
     check: Callable[[Trigger], Sequence[FieldError]] | None = None,
     backoff: Backoff | None = None,
     wall_clock: Callable[[], datetime] | None = None,
-    term: int | None = None,
-    on_refused: Callable[[], None] | None = None,
-    on_fenced: Callable[[], None] | None = None,
+    held: HeldTerm | None = None,
     task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED,
 ) -> None:
     """Run one plugin, restarting it with backoff whenever it raises.
@@ -413,8 +412,8 @@ async def serve_plugin(
     sent before the bad value each time. Cancellation is never caught: it is
     how the supervisor stops plugins. Its state is (re)loaded from
     ``state_backend`` at every start; without one it lives in memory and is
-    lost when the tower stops. ``term``, ``on_refused`` and ``on_fenced``
-    are the leadership's (``run_plugin_once``).
+    lost when the tower stops. ``held`` is the leadership term it runs
+    under (``run_plugin_once``).
     """
     backoff = backoff or Backoff(initial=1.0, cap=60.0)
     state_backend = state_backend if state_backend is not None else MemoryStateBackend()
@@ -429,9 +428,7 @@ async def serve_plugin(
                 state_backend=state_backend,
                 check=check,
                 wall_clock=wall_clock,
-                term=term,
-                on_refused=on_refused,
-                on_fenced=on_fenced,
+                held=held,
             )
             if ended.outcome is not Outcome.CRASHED or ended.error is None:
                 return

@@ -25,7 +25,7 @@ import trio
 
 from ._channel import Submission, TriggerSendChannel
 from ._errors import FencedError
-from ._leases import Leader
+from ._leases import HeldTerm, Leader
 from ._logging import get_logger
 
 if TYPE_CHECKING:
@@ -177,15 +177,13 @@ class State:
         backend: StateBackend,
         values: Mapping[str, Any],
         *,
-        term: int | None = None,
-        on_fenced: Callable[[], None] | None = None,
+        held: HeldTerm | None = None,
     ) -> None:
         self._plugin = plugin
         self._backend = backend
         self._values = dict(values)
         self._lock = trio.Lock()
-        self._term = term
-        self._on_fenced = on_fenced
+        self._held = held
 
     @classmethod
     async def load(
@@ -193,12 +191,11 @@ class State:
         plugin: str,
         backend: StateBackend,
         *,
-        term: int | None = None,
-        on_fenced: Callable[[], None] | None = None,
+        held: HeldTerm | None = None,
     ) -> State:
-        """The plugin's state as last saved; its writes are made under ``term``."""
+        """The plugin's state as last saved; its writes are made under ``held``'s term."""
         values = await backend.load_plugin_state(plugin)
-        return cls(plugin, backend, values, term=term, on_fenced=on_fenced)
+        return cls(plugin, backend, values, held=held)
 
     async def get(self, key: str, default: Any = None) -> Any:
         """The value stored under ``key`` (a copy), or ``default``."""
@@ -214,12 +211,13 @@ class State:
         stored = None if value is None else _json_copy(key, value)
         async with self._lock:
             # Saved before it is visible, so memory never claims what the journal lacks.
+            term = None if self._held is None else self._held.term
             try:
-                await self._backend.save_plugin_state(self._plugin, key, stored, term=self._term)
+                await self._backend.save_plugin_state(self._plugin, key, stored, term=term)
             except FencedError:
                 # Told here, not left to the plugin: it may catch and retry errors.
-                if self._on_fenced is not None:
-                    self._on_fenced()
+                if self._held is not None:
+                    self._held.fenced()
                 raise
             if stored is None:
                 self._values.pop(key, None)
@@ -308,20 +306,17 @@ async def run_plugin_once(
     wall_clock: Callable[[], datetime] | None = None,
     on_send: Callable[[Trigger], None] | None = None,
     on_item_error: Callable[[str, str], None] | None = None,
-    term: int | None = None,
-    on_refused: Callable[[], None] | None = None,
-    on_fenced: Callable[[], None] | None = None,
+    held: HeldTerm | None = None,
 ) -> RunResult:
     """Run ``plugin`` until its ``run()`` returns or raises, and record how it ended.
 
     ``send_channel`` is cloned, not closed. ``check`` refuses triggers (the
     protocol schemas); ``wall_clock`` is what ``utc_now()`` reads. ``status``
     counts what the plugin sends and reports, then ``on_send`` and
-    ``on_item_error`` hear of it too. ``term`` is the leadership term the
-    run holds, carried by its state writes and triggers; ``on_fenced`` hears
-    when the store refused a state write of that term (the run must stop),
-    ``on_refused`` when it refused a trigger (for that or another reason:
-    the caller checks its lease at once). Cancellation passes through untouched.
+    ``on_item_error`` hear of it too. ``held`` is the leadership term the
+    run holds (None: a tower alone on its journal), carried by its state
+    writes and triggers, and told what the store refused. Cancellation
+    passes through untouched.
     """
 
     def sent(trigger: Trigger) -> None:
@@ -345,15 +340,14 @@ async def run_plugin_once(
     try:
         state = None
         if plugin.wants_state:
-            state = await State.load(plugin.name, state_backend, term=term, on_fenced=on_fenced)
+            state = await State.load(plugin.name, state_backend, held=held)
         async with _PluginSendChannel(
             send_channel.clone(),
             plugin.name,
             sent,
             check,
             misuse=misuse,
-            term=term,
-            on_refused=on_refused,
+            held=held,
         ) as plugin_channel:
             await plugin.invoke(plugin_channel, state)
     except Exception as err:
@@ -389,10 +383,9 @@ class _PluginSendChannel(TriggerSendChannel):
         check: Callable[[Trigger], Sequence[FieldError]] | None,
         *,
         misuse: list[TypeError],
-        term: int | None = None,
-        on_refused: Callable[[], None] | None = None,
+        held: HeldTerm | None = None,
     ) -> None:
-        super().__init__(inner, source, on_send, check, term=term, on_refused=on_refused)
+        super().__init__(inner, source, on_send, check, held=held)
         self._misuse = misuse
 
     def _submission(self, trigger: Trigger) -> Submission:
@@ -409,8 +402,7 @@ class _PluginSendChannel(TriggerSendChannel):
             self._on_send,
             self._check,
             misuse=self._misuse,
-            term=self._term,
-            on_refused=self._on_refused,
+            held=self._held,
         )
 
 
