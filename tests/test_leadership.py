@@ -13,10 +13,12 @@ import contextlib
 from typing import Any
 
 import attrs
+import pytest
 import trio
 import trio.lowlevel
 import trio.testing
 
+from tests._helpers import watching
 from tower_trio import Trigger
 from tower_trio._channel import Submission, TriggerSendChannel
 from tower_trio._errors import FencedError, JournalError
@@ -204,10 +206,12 @@ class TestLeadership:
             nursery.cancel_scope.cancel()
         assert [span[:2] for span in runs.spans] == [("a", 1), ("a", 2)]
 
+    @pytest.mark.parametrize("swallows", [True, False], ids=["swallowed", "raised"])
     async def test_a_fenced_state_write_stops_the_run_at_once(
-        self, autojump_clock: trio.testing.MockClock
+        self, autojump_clock: trio.testing.MockClock, swallows: bool
     ) -> None:
-        """When the store refuses a state write, the run stops and the tower campaigns again."""
+        """When the store refuses a state write, the run stops at once, whatever the plugin
+        does with the error, without a crash logged, and the tower campaigns again."""
         table = Table()
         leases = FakeLeases(table, "a")
         status = PluginStatus("p")
@@ -220,8 +224,7 @@ class TestLeadership:
                 # Another tower took the lease behind this one's back.
                 table.rows["p"] = ("b", 2, trio.current_time() + 1.0)
             try:
-                # A plugin that swallows the error is stopped all the same, at once.
-                with contextlib.suppress(JournalError):
+                with contextlib.suppress(*([JournalError] if swallows else [])):
                     await state.set("k", len(starts))
                 await trio.sleep_forever()
             finally:
@@ -229,23 +232,28 @@ class TestLeadership:
 
         plugin = ConfiguredPlugin(DiscoveredPlugin("p", "test", run, None, False, True), None)
         send, receive = trio.open_memory_channel[Submission](10)
-        async with trio.open_nursery() as nursery:
-            nursery.start_soon(_drain, receive)
-            await nursery.start(
-                lambda task_status: serve_led_plugin(
-                    plugin,
-                    send,
-                    status,
-                    leases,
-                    ttl=TTL,
-                    state_backend=FencingBackend(leases),
-                    task_status=task_status,
+        with (
+            watching("tower_trio._runtime", "plugin.crashed") as crashed,
+            watching("tower_trio._leadership", "lease.fenced") as fenced,
+        ):
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(_drain, receive)
+                await nursery.start(
+                    lambda task_status: serve_led_plugin(
+                        plugin,
+                        send,
+                        status,
+                        leases,
+                        ttl=TTL,
+                        state_backend=FencingBackend(leases),
+                        task_status=task_status,
+                    )
                 )
-            )
-            await trio.sleep(TTL)
-            nursery.cancel_scope.cancel()
+                await trio.sleep(TTL)
+                nursery.cancel_scope.cancel()
         assert starts == [1, 3]
         assert ends[0] == 0.0
+        assert (fenced.count, crashed.count) == (1, 0)
         assert table.rows["p"][:2] == ("a", 3)
         assert leases.released == [3]
 
