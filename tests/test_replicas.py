@@ -16,6 +16,7 @@ import psycopg
 import pytest
 import trio
 
+from tests._faults import post_to_a_tower_that_may_die
 from tests._helpers import VALID
 from tests._postgres import POSTGRES_URL, admin, open_schema, schema_url
 from tests._proxy import open_proxy
@@ -405,7 +406,7 @@ class TestTowers:
                         n += 1
                         body = {**VALID, "spec": {"volume": n}}
                         try:
-                            response = await client.post("/triggers", json=body)
+                            response = await post_to_a_tower_that_may_die(client, "/triggers", body)
                         except httpx.TransportError:
                             return  # the tower was killed: this one was not accepted
                         if response.status_code == 202:
@@ -508,6 +509,10 @@ class TestTowers:
                     assert refused.status_code == 503, refused.text
                     assert refused.json()["error"] == "journal unavailable"
                     assert refused.headers["Retry-After"] == "3"
+                    looked_up = await client.get(f"/triggers/{before.json()['uuid']}")
+                    assert looked_up.status_code == 503, looked_up.text
+                    assert looked_up.json()["error"] == "journal unavailable"
+                    assert looked_up.headers["Retry-After"] == "3"
                     reasons = await readiness(client, lambda ready: not ready)
                     assert any(r.startswith("journal unreachable:") for r in reasons), reasons
                     # Past its safe time it stops publishing, and joins again after.

@@ -559,6 +559,17 @@ class _Api:
         )
         return _closing(answer, incoming).to_response()
 
+    async def journal_unavailable(self, error: JournalError) -> Response:
+        # A lookup or listing while storage cannot answer (PostgreSQL away):
+        # the client's to retry, not a bug to log with a traceback.
+        _log.warning("journal.read_failed", path=request.path, error=str(error))
+        return _error(
+            503,
+            "journal unavailable",
+            [f"the journal could not be read: {error}; retry later"],
+            **self._retry_after,
+        ).to_response()
+
     async def unexpected_error(self, error: Exception) -> Response:
         return self._unexpected(QuartIncoming()).to_response()
 
@@ -634,6 +645,7 @@ def create_app(
     app.add_url_rule("/protocols", view_func=_route(api.protocols), methods=["GET"])
     app.add_url_rule("/openapi.json", view_func=_route(api.openapi_json), methods=["GET"])
     app.register_error_handler(HTTPException, api.http_error)
+    app.register_error_handler(JournalError, api.journal_unavailable)
     app.register_error_handler(Exception, api.unexpected_error)
     return app
 
