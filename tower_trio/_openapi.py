@@ -67,6 +67,10 @@ _FORBIDDEN = _error(
     "another site's page sent, or a console request without its CSRF token."
 )
 _TOO_MANY = _error("Over `TOWER_RATE_LIMIT`.", **{"Retry-After": _RETRY_AFTER})
+_UNREADABLE = _error(
+    "`journal unavailable`: the journal could not be read (a PostgreSQL journal out of reach).",
+    **{"Retry-After": _RETRY_AFTER},
+)
 _GUARDED = {"401": _UNAUTHORIZED, "403": _FORBIDDEN, "429": _TOO_MANY}
 _PROBE_GUARDED = {"401": _UNAUTHORIZED, "403": _FORBIDDEN}
 
@@ -344,6 +348,7 @@ def _paths() -> dict[str, Any]:
                         ),
                     },
                     "400": _error("An unknown or invalid query parameter."),
+                    "503": _UNREADABLE,
                     **_GUARDED,
                 },
             },
@@ -358,6 +363,7 @@ def _paths() -> dict[str, Any]:
                 "responses": {
                     "200": {"description": "The trigger.", "content": _json_content(record)},
                     "404": _error("No such trigger (or pruned after `TOWER_RETENTION`)."),
+                    "503": _UNREADABLE,
                     **_GUARDED,
                 },
             }
