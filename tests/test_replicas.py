@@ -536,6 +536,65 @@ class TestTowers:
             assert await tower.terminate() == 0
             assert tower.events("replica.heartbeat_failed")
 
+    async def test_postgres_away_under_load_loses_nothing(
+        self, amqp_url: str, broker: Broker, tmp_path: Path
+    ) -> None:
+        """Two towers under load lose PostgreSQL and get it back: every 202 is published."""
+        queue = await broker.bind("OT-2/v1alpha1")
+        accepted: list[str] = []
+        refused: list[int] = []
+        async with (
+            open_schema() as schema,
+            open_proxy("127.0.0.1", 5432) as proxy,
+            trio.open_nursery() as nursery,
+        ):
+            through_proxy = schema_url(str(schema.schema)).replace(":5432/", f":{proxy.port}/")
+            env = {
+                "TOWER_AMQP_URL": amqp_url,
+                "TOWER_EXCHANGE": broker.exchange,
+                "TOWER_JOURNAL_URL": through_proxy,
+                "TOWER_PUBLISH_TIMEOUT": "3",
+            }
+            towers = await start_towers(nursery, schema, tmp_path, t1=env, t2=env)
+            warmed, during, after, stop = trio.Event(), trio.Event(), trio.Event(), trio.Event()
+
+            async def load(tower: TowerProcess) -> None:
+                async with httpx.AsyncClient(base_url=tower.url, timeout=10) as client:
+                    n = 0
+                    while not stop.is_set():
+                        n += 1
+                        answer = await client.post("/triggers", json={**VALID, "spec": {"n": n}})
+                        if answer.status_code == 202:
+                            accepted.append(answer.json()["uuid"])
+                            if len(accepted) >= 50:
+                                warmed.set()
+                            if not proxy.cut_off and refused:
+                                after.set()
+                        else:
+                            assert answer.status_code == 503, answer.text
+                            assert "Retry-After" in answer.headers
+                            refused.append(n)
+                            during.set()
+                            await trio.sleep(0.05)
+
+            with trio.fail_after(40):
+                async with trio.open_nursery() as clients:
+                    for tower in towers.values():
+                        for _ in range(2):
+                            clients.start_soon(load, tower)
+                    await warmed.wait()
+                    proxy.cut()
+                    await during.wait()
+                    proxy.restore()
+                    await after.wait()
+                    stop.set()
+                wanted = set(accepted)
+                seen: dict[str, float] = {}
+                await receive_until(broker, queue, wanted, seen)
+            assert wanted <= seen.keys()
+            for tower in towers.values():
+                assert await tower.terminate() == 0
+
 
 async def readiness(client: httpx.AsyncClient, until: Callable[[bool], bool]) -> list[str]:
     """Ask /readyz until its answer satisfies ``until``; the reasons it gave then."""
