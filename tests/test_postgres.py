@@ -33,7 +33,7 @@ from tower_trio._postgres import open_postgres_storage
 from tower_trio._postgres_leases import PostgresLeases
 from tower_trio._postgres_schema import SCHEMA_VERSION
 from tower_trio._serialization import load_trigger
-from tower_trio._storage import Accepted, PageQuery
+from tower_trio._storage import Accepted, PageQuery, Refused
 from tower_trio._stores import open_storage_from
 from tower_trio._vocabulary import DeliveryStatus
 
@@ -362,7 +362,7 @@ class TestLeasesAndFencing:
                 storage.close()
 
     async def test_a_trigger_of_a_stale_term_is_not_stored(self) -> None:
-        """A batch with a trigger of a stale term is refused whole; the current term stores."""
+        """A stale term's trigger is refused alone; the rest of its batch is stored."""
         async with open_schema() as url:
             storage = await open_postgres_storage(url, instance="tower-a")
             a = PostgresLeases(url, "tower-a", timeout=10)
@@ -376,11 +376,13 @@ class TestLeasesAndFencing:
                     assert await a.campaign("p", 30) == Leader("tower-a", 2)
                     stale = _plugin_trigger(2, "p", 1)
                     http = trigger(3)
-                    with pytest.raises(FencedError, match="trigger of plugin 'p'"):
-                        await storage.append([entry(http), entry(stale, "plugin:p:2")])
+                    kept, refused = await storage.append([entry(http), entry(stale, "plugin:p:2")])
+                    # The stale leader's trigger alone is refused; the rest of its batch stored.
+                    assert isinstance(refused, Refused)
+                    assert "trigger of plugin 'p' from leadership term 1" in refused.reason
                     assert await storage.get(stale.uuid) is None
-                    assert await storage.get(http.uuid) is None
-                    assert await storage.last_seq() == accepted.outgoing.seq
+                    assert isinstance(kept, Accepted)
+                    assert await storage.get(http.uuid) is not None
                     fresh = _plugin_trigger(2, "p", 2)
                     (stored,) = await storage.append([entry(fresh, "plugin:p:2")])
                     assert isinstance(stored, Accepted)

@@ -25,6 +25,7 @@ from tower_trio._storage import (
     Entry,
     Outgoing,
     PageQuery,
+    Refused,
     Settlement,
     Storage,
     request_fingerprint,
@@ -109,7 +110,7 @@ def entry(t: Trigger, key: str | None = None) -> Entry:
     return (t, dump_trigger(t), key, None if key is None else request_fingerprint(t))
 
 
-def outgoings(results: list[Accepted | Duplicate]) -> list[Outgoing]:
+def outgoings(results: list[Accepted | Duplicate | Refused]) -> list[Outgoing]:
     stored = []
     for result in results:
         assert isinstance(result, Accepted)

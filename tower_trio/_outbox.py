@@ -30,7 +30,7 @@ import trio
 from ._errors import JournalError
 from ._feed import Change, Feed
 from ._logging import get_logger
-from ._storage import Accepted
+from ._storage import Accepted, Refused
 from ._vocabulary import DeliveryStatus
 
 if TYPE_CHECKING:
@@ -130,6 +130,10 @@ class Outbox:
         for submission, result in zip(batch, results, strict=True):
             if isinstance(result, Accepted):
                 self._accepted(submission, result.outgoing, cache=generation == self._generation)
+            elif isinstance(result, Refused):
+                # A stale leader's trigger: refused alone, the rest of the batch stored.
+                _log.warning("trigger.refused", uuid=submission.trigger.uuid, reason=result.reason)
+                submission.rejected(result.reason)
             else:
                 self.duplicates += 1
                 _log.info(

@@ -41,6 +41,7 @@ from ._storage import (
     JournalRecord,
     Outgoing,
     PageQuery,
+    Refused,
     Settlement,
     entry_values,
     new_record,
@@ -225,36 +226,56 @@ class PostgresJournal:
 
     # -- the publisher's side (writer connection) ------------------------------
 
-    def append(self, entries: Sequence[Entry]) -> list[Accepted | Duplicate]:
-        """Store a batch in one transaction; a known uuid or key is a Duplicate of the first."""
+    def append(self, entries: Sequence[Entry]) -> list[Accepted | Duplicate | Refused]:
+        """Store a batch in one transaction; a known uuid or key is a Duplicate of the first.
+
+        A plugin's trigger of a term that is over is refused alone: the rest
+        of the batch (other plugins', HTTP's) is stored.
+        """
         with self._using(self._writer, "write to") as db, db.transaction():
             db.execute("SELECT last_seq FROM journal_state FOR UPDATE")
-            # A batch is all or nothing: one stale trigger refuses the batch.
-            for plugin, term in sorted(
-                {(t.metadata.source, t.term) for t, _, _, _ in entries if t.term is not None}
-            ):
-                self._fence(db, plugin, term, "trigger")
-            found = db.execute(
-                f"SELECT {_RECORD_COLUMNS}, idem_key, fingerprint FROM triggers "
-                "WHERE uuid = ANY(%s::text[]) OR idem_key = ANY(%s::text[])",
-                (
-                    [trigger.uuid for trigger, _, _, _ in entries],
-                    [key for _, _, key, _ in entries if key is not None],
-                ),
-            ).fetchall()
-            plan, fresh = _plan(entries, found)
-            seqs: list[int] = []
-            if fresh:
-                cursor = db.cursor()
-                cursor.executemany(
-                    _INSERT,
-                    [(*entry_values(*entry), self.instance) for entry in fresh],
-                    returning=True,
+            stale = {
+                (plugin, term): reason
+                for plugin, term in sorted(
+                    {(t.metadata.source, t.term) for t, _, _, _ in entries if t.term is not None}
                 )
-                seqs = [row[0] for _ in cursor.results() for row in cursor.fetchall()]
-                db.execute(
-                    "UPDATE journal_state SET last_seq = greatest(last_seq, %s)", (seqs[-1],)
-                )
+                if (reason := self._stale(db, plugin, term, "trigger")) is not None
+            }
+            refused = {
+                index: Refused(reason)
+                for index, (trigger, _, _, _) in enumerate(entries)
+                if trigger.term is not None
+                and (reason := stale.get((trigger.metadata.source, trigger.term))) is not None
+            }
+            stored = self._insert(db, [e for i, e in enumerate(entries) if i not in refused])
+        kept = iter(stored)
+        return [refused[i] if i in refused else next(kept) for i in range(len(entries))]
+
+    def _insert(
+        self, db: psycopg.Connection[Any], entries: Sequence[Entry]
+    ) -> list[Accepted | Duplicate]:
+        """Store ``entries`` in the open transaction: new rows, or duplicates of stored ones."""
+        if not entries:
+            return []
+        found = db.execute(
+            f"SELECT {_RECORD_COLUMNS}, idem_key, fingerprint FROM triggers "
+            "WHERE uuid = ANY(%s::text[]) OR idem_key = ANY(%s::text[])",
+            (
+                [trigger.uuid for trigger, _, _, _ in entries],
+                [key for _, _, key, _ in entries if key is not None],
+            ),
+        ).fetchall()
+        plan, fresh = _plan(entries, found)
+        seqs: list[int] = []
+        if fresh:
+            cursor = db.cursor()
+            cursor.executemany(
+                _INSERT,
+                [(*entry_values(*entry), self.instance) for entry in fresh],
+                returning=True,
+            )
+            seqs = [row[0] for _ in cursor.results() for row in cursor.fetchall()]
+            db.execute("UPDATE journal_state SET last_seq = greatest(last_seq, %s)", (seqs[-1],))
         results: list[Accepted | Duplicate] = []
         for step in plan:
             if isinstance(step, Duplicate):
@@ -394,16 +415,22 @@ class PostgresJournal:
 
     def _fence(self, db: psycopg.Connection[Any], plugin: str, term: int, what: str) -> None:
         """Raise ``FencedError`` unless ``term`` is the plugin's live term (held by us)."""
+        if (reason := self._stale(db, plugin, term, what)) is not None:
+            raise FencedError(reason)
+
+    def _stale(self, db: psycopg.Connection[Any], plugin: str, term: int, what: str) -> str | None:
+        """Why ``term`` is not the plugin's live term held by this tower, or None if it is."""
         held = db.execute(
             _FENCE, {"plugin": plugin, "term": term, "holder": self.instance}
         ).fetchone()
-        if held is None:
-            raise FencedError(
-                f"refused the {what} of plugin {plugin!r} from leadership term {term}: "
-                f"{self.instance} no longer holds that term of its lease "
-                "(it expired, or another tower took it over); the plugin stops here and "
-                "runs again only once this tower wins its lease back"
-            )
+        if held is not None:
+            return None
+        return (
+            f"refused the {what} of plugin {plugin!r} from leadership term {term}: "
+            f"{self.instance} no longer holds that term of its lease "
+            "(it expired, or another tower took it over); the plugin stops here and "
+            "runs again only once this tower wins its lease back"
+        )
 
     # -- lookups (reader connection) -------------------------------------------
 

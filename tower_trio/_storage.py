@@ -44,6 +44,7 @@ __all__ = [
     "Membership",
     "Outgoing",
     "PageQuery",
+    "Refused",
     "Settlement",
     "Storage",
     "entry_values",
@@ -139,6 +140,13 @@ class Duplicate:
 
 
 @attrs.frozen
+class Refused:
+    """The store refused this trigger alone (a stale leadership term): it was not stored."""
+
+    reason: str
+
+
+@attrs.frozen
 class Settlement:
     """The broker's answer for one trigger, or a retry that keeps it pending."""
 
@@ -217,11 +225,13 @@ class Storage(Protocol):
         """The instances sharing the store, or None when this tower is its only writer."""
         ...
 
-    async def append(self, entries: Sequence[Entry]) -> list[Accepted | Duplicate]:
+    async def append(self, entries: Sequence[Entry]) -> list[Accepted | Duplicate | Refused]:
         """Store a batch in one transaction, all or nothing; one result per entry, in order.
 
         A trigger whose idempotency key, or uuid, is already stored (or
-        appears earlier in the batch) is a ``Duplicate`` of the first.
+        appears earlier in the batch) is a ``Duplicate`` of the first. A
+        plugin's trigger from a leadership term that is over is ``Refused``
+        and not stored, and the rest of the batch is stored as usual.
         Raises ``JournalError`` when nothing could be stored.
         """
         ...

@@ -27,6 +27,7 @@ if TYPE_CHECKING:
         Membership,
         Outgoing,
         PageQuery,
+        Refused,
         Settlement,
     )
 
@@ -47,7 +48,7 @@ class BlockingStore(Protocol):
     @property
     def location(self) -> str: ...
 
-    def append(self, entries: Sequence[Entry]) -> list[Accepted | Duplicate]: ...
+    def append(self, entries: Sequence[Entry]) -> Sequence[Accepted | Duplicate | Refused]: ...
 
     def settle(self, settlements: Iterable[Settlement]) -> None: ...
 
@@ -118,8 +119,8 @@ class ThreadedStorage(Generic[_Store]):
     async def _read(self, function: Callable[..., _T], *args: Any) -> _T:
         return await trio.to_thread.run_sync(function, *args, limiter=self._read_lock)
 
-    async def append(self, entries: Sequence[Entry]) -> list[Accepted | Duplicate]:
-        return await self._write(self.journal.append, entries)
+    async def append(self, entries: Sequence[Entry]) -> list[Accepted | Duplicate | Refused]:
+        return list(await self._write(self.journal.append, entries))
 
     async def settle(self, settlements: Iterable[Settlement]) -> None:
         await self._write(self.journal.settle, settlements)
