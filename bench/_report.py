@@ -404,8 +404,9 @@ def _publisher_section(result: PublisherResult) -> list[str]:
         "(each taking each place in turn), so that a change in the machine's load falls on "
         "all of them alike; the queues are emptied after the round, so the broker holds as "
         "many messages at the end as after one run of them all. Every timed run starts from "
-        "a collected heap, the inputs are frozen out of the collector's sight, and every "
-        "side collects as often as `tower-trio run` makes the tower collect. CPU is the "
+        "a collected heap and the inputs are frozen out of the collector's sight; "
+        "tower-trio's sides collect as `tower-trio run` makes the tower collect, aio-pika "
+        "and the bare loop as Python does by default. CPU is the "
         "publishing process's own (all its threads) while the clock ran; the broker's is "
         "RabbitMQ's Erlang VM's over the same time.",
         "",
