@@ -1,8 +1,11 @@
-"""The settlements on their own: answers that storage refuses are kept and retried.
+"""The settlements on their own: answers that storage refuses are kept and retried,
+and lookups see answers not yet written.
 
 A small in-memory store that refuses ``settle`` stands in for a full disk,
 so that trio's virtual clock can time the retries (a worker thread would
-let the clock jump while the real journal writes).
+let the clock jump while the real journal writes); another holds a read
+open, so that a write commits while it runs, which the real journal does
+only by chance.
 """
 
 from __future__ import annotations
@@ -17,7 +20,7 @@ import trio.testing
 
 from tower_trio import JournalError
 from tower_trio._settlements import Settlements
-from tower_trio._storage import Outgoing, Settlement
+from tower_trio._storage import JournalRecord, Outgoing, Settlement
 from tower_trio._vocabulary import DeliveryStatus
 
 if TYPE_CHECKING:
@@ -64,3 +67,60 @@ class TestRetries:
         for failures, wait in enumerate(waits):
             longest = min(10.0, 0.5 * 2**failures)
             assert 0.8 * longest - 1e-9 <= wait <= longest + 1e-9, (failures, wait)
+
+
+@attrs.define
+class HeldRead:
+    """A store whose one record is read as pending, the read held until ``release``."""
+
+    record: JournalRecord
+    reading: trio.Event = attrs.Factory(trio.Event)
+    release: trio.Event = attrs.Factory(trio.Event)
+
+    async def get(self, uuid: str) -> JournalRecord | None:
+        # What the read saw: the row before the answer's write committed.
+        seen = self.record
+        self.reading.set()
+        await self.release.wait()
+        return seen
+
+    async def settle(self, settlements: Iterable[Settlement]) -> None:
+        (settlement,) = settlements
+        self.record = attrs.evolve(self.record, status=settlement.status)
+
+
+class TestLookups:
+    async def test_an_answer_written_during_a_read_is_not_lost_from_sight(self) -> None:
+        """A lookup that read storage before the answer's write committed still shows it."""
+        store = HeldRead(_PENDING_RECORD)
+        settlements = Settlements(store)  # type: ignore[arg-type]
+        settlements.record(OUTGOING, DeliveryStatus.FAILED, 1, "nacked")
+        looked_up: list[JournalRecord | None] = []
+        with trio.fail_after(5):
+            async with trio.open_nursery() as nursery:
+
+                async def look_up() -> None:
+                    looked_up.append(await settlements.get(OUTGOING.uuid))
+
+                nursery.start_soon(look_up)
+                await store.reading.wait()
+                await settlements.flush()
+                store.release.set()
+        (record,) = looked_up
+        assert record is not None
+        assert record.status is DeliveryStatus.FAILED
+
+
+_PENDING_RECORD = JournalRecord(
+    seq=OUTGOING.seq,
+    uuid=OUTGOING.uuid,
+    api_version=OUTGOING.routing_key,
+    protocol=OUTGOING.protocol,
+    source=OUTGOING.source,
+    body=OUTGOING.body,
+    status=DeliveryStatus.PENDING,
+    created_at=0.0,
+    published_at=None,
+    attempts=0,
+    last_error=None,
+)

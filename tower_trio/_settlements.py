@@ -24,6 +24,8 @@ from ._storage import JournalRecord, Settlement
 from ._vocabulary import DeliveryStatus
 
 if TYPE_CHECKING:
+    from collections.abc import Mapping, Sequence
+
     from ._storage import Outgoing, PageQuery, Storage
 
 __all__ = ["Settlements"]
@@ -111,9 +113,19 @@ class Settlements:
 
     # -- lookups: storage, brought up to date ------------------------------------
 
-    def current(self, record: JournalRecord) -> JournalRecord:
-        """``record`` with the broker's answer that storage has not recorded yet."""
-        settlement = self._waiting.get(record.seq) or self._recording.get(record.seq)
+    def current(
+        self, record: JournalRecord, known: Sequence[Mapping[int, Settlement]] = ()
+    ) -> JournalRecord:
+        """``record`` with the broker's answer that storage has not recorded yet.
+
+        ``known`` are the answers that were waiting when ``record`` was read:
+        a write that committed during the read took them out of this
+        object's sight, but the read may have missed it.
+        """
+        settlement = None
+        for answers in (self._waiting, self._recording, *known):
+            if (settlement := answers.get(record.seq)) is not None:
+                break
         if settlement is None:
             return record
         return attrs.evolve(
@@ -126,8 +138,11 @@ class Settlements:
 
     async def get(self, uuid: str) -> JournalRecord | None:
         """The trigger's record as the tower knows it now."""
+        # flush() replaces these dicts rather than emptying them: kept, they
+        # still hold what it writes while storage is read.
+        known = (self._waiting, self._recording)
         record = await self._storage.get(uuid)
-        return None if record is None else self.current(record)
+        return None if record is None else self.current(record, known)
 
     async def page(self, query: PageQuery) -> tuple[list[JournalRecord], bool]:
         """``Storage.page``, each record brought up to date.
@@ -136,5 +151,6 @@ class Settlements:
         moment ago is listed under ``pending`` until its answer is written,
         shown with its answer.
         """
+        known = (self._waiting, self._recording)
         records, more = await self._storage.page(query)
-        return [self.current(record) for record in records], more
+        return [self.current(record, known) for record in records], more
