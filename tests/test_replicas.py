@@ -19,7 +19,7 @@ import trio
 from tests._faults import post_to_a_tower_that_may_die
 from tests._helpers import VALID
 from tests._postgres import POSTGRES_URL, admin, open_schema, schema_url
-from tests._proxy import open_proxy
+from tests._proxy import Proxy, open_proxy
 from tests._towers import start_tower_process, tower_environ
 from tests.test_storage import answer, entry, store, trigger
 from tower_trio._channel import Submission
@@ -492,13 +492,7 @@ class TestTowers:
             open_proxy("127.0.0.1", 5432) as proxy,
             trio.open_nursery() as nursery,
         ):
-            through_proxy = schema_url(str(schema.schema)).replace(":5432/", f":{proxy.port}/")
-            env = {
-                "TOWER_AMQP_URL": amqp_url,
-                "TOWER_EXCHANGE": broker.exchange,
-                "TOWER_JOURNAL_URL": through_proxy,
-                "TOWER_PUBLISH_TIMEOUT": "3",
-            }
+            env = proxied_environ(schema, proxy, amqp_url, broker)
             tower = (await start_towers(nursery, schema, tmp_path, t1=env))["t1"]
             with trio.fail_after(30):
                 async with httpx.AsyncClient(base_url=tower.url, timeout=10) as client:
@@ -548,13 +542,7 @@ class TestTowers:
             open_proxy("127.0.0.1", 5432) as proxy,
             trio.open_nursery() as nursery,
         ):
-            through_proxy = schema_url(str(schema.schema)).replace(":5432/", f":{proxy.port}/")
-            env = {
-                "TOWER_AMQP_URL": amqp_url,
-                "TOWER_EXCHANGE": broker.exchange,
-                "TOWER_JOURNAL_URL": through_proxy,
-                "TOWER_PUBLISH_TIMEOUT": "3",
-            }
+            env = proxied_environ(schema, proxy, amqp_url, broker)
             towers = await start_towers(nursery, schema, tmp_path, t1=env, t2=env)
             warmed, during, after, stop = trio.Event(), trio.Event(), trio.Event(), trio.Event()
 
@@ -594,6 +582,19 @@ class TestTowers:
             assert wanted <= seen.keys()
             for tower in towers.values():
                 assert await tower.terminate() == 0
+
+
+def proxied_environ(
+    schema: PostgresURL, proxy: Proxy, amqp_url: str, broker: Broker
+) -> dict[str, str]:
+    """A tower's variables with its journal reached through ``proxy`` (which a test can cut)."""
+    through_proxy = schema_url(str(schema.schema)).replace(":5432/", f":{proxy.port}/")
+    return {
+        "TOWER_AMQP_URL": amqp_url,
+        "TOWER_EXCHANGE": broker.exchange,
+        "TOWER_JOURNAL_URL": through_proxy,
+        "TOWER_PUBLISH_TIMEOUT": "3",
+    }
 
 
 async def readiness(client: httpx.AsyncClient, until: Callable[[bool], bool]) -> list[str]:

@@ -424,16 +424,9 @@ class Journal:
         """
         clauses: list[str] = []
         values: list[str | int] = []
-        for column, value in (
-            ("status", query.status),
-            ("api_version", query.api_version),
-            ("protocol", query.protocol),
-            ("source", query.source),
-            ("idem_key", query.key),
-        ):
-            if value is not None:
-                clauses.append(f"{column} = ?")
-                values.append(value)
+        for column, value in query.equal_to():
+            clauses.append(f"{column} = ?")
+            values.append(value)
         if query.before is not None:
             clauses.append("seq < ?")
             values.append(query.before)

@@ -448,19 +448,12 @@ class PostgresJournal:
             "limit": query.limit,
             "max_bytes": _NO_BYTE_BOUND if query.max_bytes is None else query.max_bytes,
         }
-        for column, value in (
-            ("status", query.status),
-            ("api_version", query.api_version),
-            ("protocol", query.protocol),
-            ("source", query.source),
-            ("idem_key", query.key),
-            ("before", query.before),
-        ):
-            if value is not None:
-                clauses.append(
-                    "seq < %(before)s" if column == "before" else f"{column} = %({column})s"
-                )
-                values[column] = str(value) if column == "status" else value
+        for column, value in query.equal_to():
+            clauses.append(f"{column} = %({column})s")
+            values[column] = value
+        if query.before is not None:
+            clauses.append("seq < %(before)s")
+            values["before"] = query.before
         where = f"WHERE {' AND '.join(clauses)}" if clauses else ""
         with self._using(self._reader, "read") as db:
             rows = db.execute(_PAGE.format(columns=_RECORD_COLUMNS, where=where), values).fetchall()

@@ -173,6 +173,17 @@ class PageQuery:
     max_bytes: int | None = None
     """The page ends before its bodies would exceed this, holding one record at least."""
 
+    def equal_to(self) -> list[tuple[str, str]]:
+        """The filters given, as (column, value) pairs every store matches exactly."""
+        given = (
+            ("status", None if self.status is None else str(self.status)),
+            ("api_version", self.api_version),
+            ("protocol", self.protocol),
+            ("source", self.source),
+            ("idem_key", self.key),
+        )
+        return [(column, value) for column, value in given if value is not None]
+
 
 class Membership(Protocol):
     """A store several towers share: which of them are alive, and who publishes what.
