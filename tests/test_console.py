@@ -10,6 +10,7 @@ import contextlib
 import json
 import re
 from contextlib import asynccontextmanager
+from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
 import h11
@@ -19,8 +20,9 @@ import trio
 from tests._helpers import VALID, Broker, run_tower, tower_settings, watching
 from tower_trio._auth import Sessions, parse_tokens
 from tower_trio._config import default_instance
-from tower_trio._console import MAX_STREAMS
+from tower_trio._console import MAX_STREAMS, _row
 from tower_trio._feed import Change, Feed
+from tower_trio._serialization import format_datetime
 from tower_trio._storage import Outgoing
 from tower_trio._vocabulary import DeliveryStatus
 
@@ -272,6 +274,43 @@ class TestFeed:
                 assert taken == []
                 feed.report(self.change(1))
         assert [e.outgoing.seq for e in taken[0][0]] == [1]
+
+
+class TestFeedRows:
+    """The feed spells each row from a template, not through the JSON encoder."""
+
+    @pytest.mark.parametrize(
+        ("status", "last_error", "retries"),
+        [
+            (DeliveryStatus.PENDING, None, None),
+            (DeliveryStatus.PUBLISHED, None, 2),
+            (DeliveryStatus.FAILED, 'broker said "no"\\ \n\t\x00 \u2603 \U0001f9ea', None),
+        ],
+    )
+    def test_a_row_is_the_json_its_fields_make(
+        self, status: DeliveryStatus, last_error: str | None, retries: int | None
+    ) -> None:
+        outgoing = Outgoing(
+            7, "ab" * 16, 'OT-2/"v1"', "Pl\\ate\n", "plugin \u00e9\x1f", b"{}", 1.5, 0
+        )
+        change = Change(outgoing, status, 3, last_error, 1_790_000_000.25, retries)
+        expected = {
+            "seq": 7,
+            "uuid": "ab" * 16,
+            "apiVersion": 'OT-2/"v1"',
+            "protocol": "Pl\\ate\n",
+            "source": "plugin \u00e9\x1f",
+            "status": status.value,
+            "createdAt": format_datetime(datetime.fromtimestamp(1.5, UTC)),
+            "attempts": 3,
+            "lastError": last_error,
+            "publishedAt": "2026-09-21T14:13:20.250000Z"
+            if status is DeliveryStatus.PUBLISHED
+            else None,
+        }
+        if retries is not None:
+            expected["retries"] = retries
+        assert json.loads(_row(change)) == expected
 
 
 class TestStatus:

@@ -20,6 +20,7 @@ from tower_trio._serialization import (
     dump_trigger,
     dumps,
     format_datetime,
+    format_timestamp,
     load_trigger,
     parse_datetime,
     structure_env_value,
@@ -130,6 +131,26 @@ class TestDatetimes:
             else:
                 os.environ["TZ"] = previous
             time.tzset()
+
+    @BOUNDED
+    @given(st.floats(min_value=0, max_value=253_402_300_799))
+    def test_a_unix_time_is_spelled_as_its_datetime(self, seconds: float) -> None:
+        """The fast spelling of a Unix time rounds its microseconds as ``datetime`` does."""
+        expected = format_datetime(datetime.fromtimestamp(seconds, UTC))
+        assert format_timestamp(seconds) == expected
+
+    @pytest.mark.parametrize(
+        ("seconds", "text"),
+        [
+            (0.0, "1970-01-01T00:00:00Z"),
+            (1_790_000_000.0000005, "2026-09-21T14:13:20Z"),
+            (1_790_000_000.9999996, "2026-09-21T14:13:21Z"),
+            (1_790_000_000.123456, "2026-09-21T14:13:20.123456Z"),
+            (-1.5, "1969-12-31T23:59:58.500000Z"),
+        ],
+    )
+    def test_a_unix_time_at_the_edges(self, seconds: float, text: str) -> None:
+        assert format_timestamp(seconds) == text
 
     def test_parse_naive(self) -> None:
         """A timestamp without an offset is refused with an example of a good one."""

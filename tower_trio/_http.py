@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import json
 from collections.abc import Awaitable, Callable, Mapping, Sequence
-from datetime import UTC, datetime
 from typing import Any, Protocol
 
 import attrs
@@ -39,7 +38,7 @@ from ._logging import get_logger
 from ._models import FieldError, InvalidTriggerError
 from ._openapi import openapi_document
 from ._schemas import ProtocolSchemas
-from ._serialization import dumps, format_datetime, trigger_from_wire
+from ._serialization import dumps, format_datetime, format_timestamp, trigger_from_wire
 from ._storage import JournalRecord, PageQuery, request_fingerprint
 from ._vocabulary import DEFAULT_LIST_LIMIT, MAX_KEY_LENGTH, MAX_LIST_LIMIT, DeliveryStatus
 
@@ -116,7 +115,7 @@ def _record_json(record: JournalRecord) -> bytes:
         "retries": record.retries,
         "retriedAt": _timestamp(record.retried_at),
     }
-    created_at = format_datetime(datetime.fromtimestamp(record.created_at, UTC))
+    created_at = format_timestamp(record.created_at)
     return dumps(delivery)[:-1] + b"," + _with_created_at(record.body, created_at)[1:]
 
 
@@ -127,9 +126,7 @@ def _with_created_at(body: bytes, created_at: str) -> bytes:
 
 
 def _timestamp(value: float | None) -> str | None:
-    if value is None:
-        return None
-    return format_datetime(datetime.fromtimestamp(value, UTC))
+    return None if value is None else format_timestamp(value)
 
 
 def _unknown_parameters(args: Mapping[str, str], allowed: frozenset[str]) -> Answer | None:

@@ -28,7 +28,6 @@ import re
 import sys
 import types
 from collections.abc import Awaitable, Callable
-from datetime import UTC, datetime
 from pathlib import Path, PurePath
 from typing import TYPE_CHECKING, Any
 
@@ -47,10 +46,11 @@ from ._runtime import (
     run_plugin_once,
 )
 from ._secrets import REDACTED, is_secret
-from ._serialization import format_datetime
+from ._serialization import format_timestamp
 
 if TYPE_CHECKING:
     from collections.abc import Mapping, Sequence
+    from datetime import datetime
 
     from ._channel import Submission, TriggerSendChannel
     from ._leases import HeldTerm
@@ -180,9 +180,7 @@ class SkippedPlugin:
 
 
 def _rfc3339(timestamp: float | None) -> str | None:
-    if timestamp is None:
-        return None
-    return format_datetime(datetime.fromtimestamp(timestamp, UTC))
+    return None if timestamp is None else format_timestamp(timestamp)
 
 
 def plugins_report(
