@@ -482,6 +482,95 @@ class TestIdleConnections:
         assert answer.startswith(b"HTTP/1.1 405 ")
 
 
+async def _connect_to_hello(
+    nursery: trio.Nursery, shutdown: trio.Event, *, read_timeout: float
+) -> trio.SocketStream:
+    """A connection to a bare server whose keep-alive timeout is far beyond ``read_timeout``."""
+    config = _bare_config(keep_alive_timeout=60.0, read_timeout=read_timeout)
+    urls = await nursery.start(
+        lambda task_status: serve_asgi(
+            _hello, config, max_connections=10, shutdown=shutdown, task_status=task_status
+        )
+    )
+    return await _connect(urls[0])
+
+
+class TestReadTimeout:
+    async def test_a_connection_silent_mid_head_closes_after_the_read_timeout(
+        self, nursery: trio.Nursery
+    ) -> None:
+        """With a long keep-alive, the read timeout still closes a client that went silent."""
+        shutdown = trio.Event()
+        stream = await _connect_to_hello(nursery, shutdown, read_timeout=0.3)
+        async with stream:
+            await stream.send_all(HEALTHZ)
+            with trio.fail_after(5):
+                assert (await _read_answer(stream)).endswith(b"hello")
+            await stream.send_all(b"GET /healthz HTTP/1.1\r\nHost: tow")
+            with trio.fail_after(5):
+                assert await _read_to_end(stream) == b""
+        shutdown.set()
+
+    async def test_reads_that_keep_coming_keep_the_connection(self, nursery: trio.Nursery) -> None:
+        """The read timeout bounds each silence, not the connection's life."""
+        shutdown = trio.Event()
+        stream = await _connect_to_hello(nursery, shutdown, read_timeout=0.5)
+        async with stream:
+            for _ in range(8):
+                await stream.send_all(HEALTHZ)
+                with trio.fail_after(5):
+                    assert (await _read_answer(stream)).endswith(b"hello")
+                await trio.sleep(0.2)
+        shutdown.set()
+
+
+class TestWrites:
+    async def test_an_answer_of_known_length_is_one_write(
+        self, nursery: trio.Nursery, monkeypatch: pytest.MonkeyPatch
+    ) -> None:
+        """Head and body go out together; an empty end is not written."""
+        writes: list[bytes] = []
+        send_all = trio.SocketStream.send_all
+
+        async def counted(self: trio.SocketStream, data: Any) -> None:
+            writes.append(bytes(data))
+            await send_all(self, data)
+
+        monkeypatch.setattr(trio.SocketStream, "send_all", counted)
+        shutdown = trio.Event()
+        stream = await _ask_patient_server(nursery, _hello, shutdown)
+        async with stream:
+            with trio.fail_after(5):
+                answer = await _read_answer(stream)
+        shutdown.set()
+        client_writes = [HEALTHZ]
+        server_writes = [w for w in writes if w not in client_writes]
+        assert server_writes == [answer]
+        assert answer.startswith(b"HTTP/1.1 200 ")
+        assert answer.endswith(b"hello")
+
+    async def test_a_streamed_answer_sends_its_head_at_once(self, nursery: trio.Nursery) -> None:
+        """An answer of unknown length (the console's live feed) is not held back."""
+        shutdown, release = trio.Event(), trio.Event()
+
+        async def stream_later(scope: dict[str, Any], receive: Any, send: Any) -> None:
+            if scope["type"] == "lifespan":
+                await complete_lifespan(receive, send)
+                return
+            await send({"type": "http.response.start", "status": 200, "headers": []})
+            await release.wait()
+            await send({"type": "http.response.body", "body": b"late"})
+
+        stream = await _ask_patient_server(nursery, stream_later, shutdown)
+        async with stream:
+            with trio.fail_after(5):
+                head = await stream.receive_some(65536)
+            assert head.startswith(b"HTTP/1.1 200 ")
+            assert b"transfer-encoding: chunked" in head.lower()
+            release.set()
+        shutdown.set()
+
+
 class TestProtocolErrorDuringAnAnswer:
     async def test_close_while_answering_logs_no_error(
         self, amqp_url: str, unique: str, tmp_path: Path, caplog: pytest.LogCaptureFixture
@@ -594,6 +683,16 @@ class TestHypercornSeams:
         assert "H2CProtocolRequiredError" in check
         assert "await self._check_protocol(event)" in inspect.getsource(H11Protocol._handle_events)
         assert inspect.iscoroutinefunction(H11Protocol._send_h11_event)
+        # HTTP11Connection reads in a loop of its own and _HTTP11Only writes
+        # whole answers: Hypercorn's versions must still be what they replace.
+        read = inspect.getsource(TCPServer._read_data)
+        assert "receive_some(MAX_RECV)" in read
+        assert "await self.protocol.handle(RawData(bytes(data)))" in read
+        assert "self.config.read_timeout" in read
+        send = "".join(inspect.getsource(H11Protocol.stream_send).split())
+        for event in ("h11.Response(", "h11.Data(", "h11.EndOfMessage()"):
+            assert f"awaitself._send_h11_event({event}" in send
+        assert "self.connection.send(event)" in inspect.getsource(H11Protocol._send_h11_event)
 
     async def test_prior_knowledge_preface_gets_400_in_process(self, nursery: trio.Nursery) -> None:
         """The bare server refuses an HTTP/2 preface with a 400 and closes the connection."""

@@ -23,10 +23,12 @@ Hypercorn parses HTTP; this module decides what it runs and what may escape:
   outlived a connection the client had closed, and a response still being
   written when Hypercorn closed the connection raised ``BusyResourceError``;
   ``HTTP11Connection`` repairs each where it happens.
-- **One keep-alive timer per connection.** Hypercorn starts a timer task
-  each time a connection falls idle; ``_KeepAliveTimer`` is one task that a
-  request only tells the time, which saves a tenth of the tower's CPU under
-  load.
+- **One timer per connection.** Hypercorn starts a timer task each time a
+  connection falls idle and gives every read a deadline of its own;
+  ``_ConnectionTimer`` is one task that requests and reads only tell the
+  time, which saves a tenth of the tower's CPU under load.
+- **An answer in one write.** Hypercorn writes a response's head, body and
+  end separately; ``_HTTP11Only`` writes a response of known length whole.
 
 The Hypercorn internals used (``TCPServer`` with its ``protocol``,
 ``_read_data``, ``protocol_send``, ``idle_task`` and ``_initiate_server_close``;
@@ -41,6 +43,7 @@ one step of a connection's life per function.
 from __future__ import annotations
 
 import logging
+import math
 import resource
 import socket
 from functools import partial
@@ -52,7 +55,7 @@ import trio
 from hypercorn.events import Closed, RawData, Updated
 from hypercorn.protocol.h11 import H11Protocol
 from hypercorn.trio.lifespan import Lifespan
-from hypercorn.trio.tcp_server import TCPServer
+from hypercorn.trio.tcp_server import MAX_RECV, TCPServer
 from hypercorn.trio.worker_context import TrioSingleTask, WorkerContext
 from hypercorn.utils import wrap_app
 
@@ -63,7 +66,7 @@ if TYPE_CHECKING:
 
     from hypercorn.events import Event
     from hypercorn.protocol import ProtocolWrapper
-    from hypercorn.typing import AppWrapper
+    from hypercorn.typing import AppWrapper, H11SendableEvent
 
     from ._channel import Submission
     from ._config import Settings
@@ -325,7 +328,14 @@ class HTTP11Connection(TCPServer):
         # Hypercorn's annotation names its TLS stream; a plain socket stream is
         # what it gets without TLS (it tells them apart by do_handshake).
         super().__init__(app, config, context, state, cast("Any", stream))
-        self._keep_alive = _KeepAliveTimer(config.keep_alive_timeout, context, self._close_idle)
+        self._reading = trio.CancelScope()
+        self._keep_alive = _ConnectionTimer(
+            keep_alive=config.keep_alive_timeout,
+            read=config.read_timeout or math.inf,
+            context=context,
+            close_idle=self._close_idle,
+            stop_reading=self._reading.cancel,
+        )
         self.idle_task = self._keep_alive
 
     @property  # type: ignore[override]  # a property in place of Hypercorn's attribute
@@ -347,9 +357,25 @@ class HTTP11Connection(TCPServer):
         )
 
     async def _read_data(self) -> None:
-        await super()._read_data()
-        # The client has gone or the connection is closed: the keep-alive timer
-        # guards nothing any more, yet it would hold this task, and with it the
+        # Hypercorn bounds each read with a deadline of its own: a cancel scope
+        # and a context manager per read, every request. The connection's timer
+        # watches the reads instead and cancels ``_reading`` when one overstays.
+        timer = self._keep_alive
+        with self._reading:
+            while True:
+                timer.read_started()
+                try:
+                    data = await self.stream.receive_some(MAX_RECV)
+                except (trio.ClosedResourceError, trio.BrokenResourceError):
+                    break
+                finally:
+                    timer.read_ended()
+                await self.protocol.handle(RawData(bytes(data)))
+                if not data:
+                    break
+        await self.protocol.handle(Closed())
+        # The client has gone or the connection is closed: the timer guards
+        # nothing any more, yet it would hold this task, and with it the
         # connection's slot under TOWER_HTTP_MAX_CONNECTIONS, until it fires.
         await self.idle_task.stop()
 
@@ -384,29 +410,39 @@ class HTTP11Connection(TCPServer):
             await self._initiate_server_close()
 
 
-class _KeepAliveTimer(TrioSingleTask):
-    """Closes a connection idle for the keep-alive timeout, or idle when the server stops.
+class _ConnectionTimer(TrioSingleTask):
+    """Closes a connection idle for the keep-alive timeout, or silent mid-read for the read timeout.
 
     Hypercorn starts a timer task each time a connection falls idle and
-    cancels it when the next request arrives: two task starts and two lock
-    rounds per request, a tenth of the tower's CPU under load. This is one
-    task per connection, started with it; a request only notes the time,
-    and the task checks when it wakes (at most once per timeout while the
-    connection is busy). It keeps Hypercorn's ``restart``/``stop`` for the
-    two calls Hypercorn makes itself (the connection's start, and ours at
-    its end).
+    cancels it when the next request arrives (two task starts and two lock
+    rounds per request, a tenth of the tower's CPU under load), and gives
+    every read a deadline of its own. This is one task per connection,
+    started with it; requests and reads only note the time, and the task
+    checks when it wakes (at most once per timeout while the connection is
+    busy). It also closes idle connections when the server stops. It keeps
+    Hypercorn's ``restart``/``stop`` for the two calls Hypercorn makes itself
+    (the connection's start, and ours at its end).
     """
 
     def __init__(
-        self, timeout: float, context: WorkerContext, close: Callable[[], Awaitable[None]]
+        self,
+        *,
+        keep_alive: float,
+        read: float,
+        context: WorkerContext,
+        close_idle: Callable[[], Awaitable[None]],
+        stop_reading: Callable[[], None],
     ) -> None:
         super().__init__()
-        self._timeout = timeout
+        self._keep_alive = keep_alive
+        self._read = read
         self._context = context
-        self._close = close
+        self._close_idle = close_idle
+        self._stop_reading = stop_reading
         self._stopping = trio.CancelScope()
         self._idle = False
         self._idle_since = 0.0
+        self._reading_since = math.inf
         self._running = False
         self._stopped = False
 
@@ -418,6 +454,12 @@ class _KeepAliveTimer(TrioSingleTask):
     def disarm(self) -> None:
         """A request arrived: the connection is busy until its answer is sent."""
         self._idle = False
+
+    def read_started(self) -> None:
+        self._reading_since = trio.current_time()
+
+    def read_ended(self) -> None:
+        self._reading_since = math.inf
 
     async def restart(self, task_group: Any, action: Any) -> None:
         if not self._running:
@@ -432,9 +474,16 @@ class _KeepAliveTimer(TrioSingleTask):
 
     async def _watch(self) -> None:
         with self._stopping:
-            while not (self._idle and self._idle_since + self._timeout <= trio.current_time()):
-                wake_at = self._idle_since if self._idle else trio.current_time()
-                with trio.move_on_at(wake_at + self._timeout):
+            while True:
+                now = trio.current_time()
+                if self._reading_since + self._read <= now:
+                    # The read loop ends and closes the connection, then stops this task.
+                    self._stop_reading()
+                    await trio.sleep_forever()
+                idle_until = (self._idle_since if self._idle else now) + self._keep_alive
+                if self._idle and idle_until <= now:
+                    break
+                with trio.move_on_at(min(idle_until, self._reading_since + self._read)):
                     await self._context.terminated.wait()
                     if self._idle:
                         break
@@ -442,7 +491,7 @@ class _KeepAliveTimer(TrioSingleTask):
                     # closes the connection once the answer is out.
                     await trio.sleep_forever()
         if not self._stopped:
-            await self._close()
+            await self._close_idle()
 
 
 class _HTTP2Refused(Exception):
@@ -450,7 +499,31 @@ class _HTTP2Refused(Exception):
 
 
 class _HTTP11Only(H11Protocol):
-    """Hypercorn's HTTP/1.1 protocol without its switches to HTTP/2."""
+    """Hypercorn's HTTP/1.1 protocol without its switches to HTTP/2, writing answers whole.
+
+    Hypercorn writes a response's head, its body and its (empty) end as
+    three writes, each taking the connection's send lock and yielding to
+    the scheduler twice. A response whose length is known has its body in
+    hand, so its head waits for the body and both go out in one write, and
+    an end with nothing to write is not written. A response of unknown
+    length (the console's live feed) has its head written at once.
+    """
+
+    _held = b""
+
+    async def _send_h11_event(self, event: H11SendableEvent) -> None:
+        try:
+            data = self.connection.send(event) or b""
+        except h11.LocalProtocolError:
+            if self.connection.their_state != h11.ERROR:
+                raise
+            return
+        if self._held:
+            data, self._held = self._held + data, b""
+        if isinstance(event, h11.Response) and _has_length(event):
+            self._held = data
+        elif data:
+            await self.send(RawData(data=data))
 
     async def handle(self, event: Event) -> None:
         try:
@@ -510,3 +583,7 @@ def refuse_websockets(app: ASGIApp) -> ASGIApp:
         await send({"type": "websocket.http.response.body", "body": _WEBSOCKETS_REFUSED})
 
     return app_without_websockets
+
+
+def _has_length(response: h11.Response) -> bool:
+    return any(name == b"content-length" for name, _ in response.headers)
