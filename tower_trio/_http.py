@@ -309,18 +309,21 @@ class _Api:
 
     async def _submit(self, submission: Submission, key: str | None) -> Answer:
         timeout = self.settings.publish_timeout
-        deadline = trio.current_time() + timeout
-        with trio.move_on_at(deadline):
-            await self.send_channel.send(submission)
+        with trio.move_on_after(timeout):
+            try:
+                # The request waits for the commit anyway: no need to yield
+                # here as well while the journal's queue has room.
+                self.send_channel.send_nowait(submission)
+            except trio.WouldBlock:
+                await self.send_channel.send(submission)
             await submission.wait_committed()
+            if submission.intake is Intake.ACCEPTED and submission.wants_settlement:
+                await submission.wait_settled()
         if submission.intake is Intake.WAITING and not submission.withdraw():
             # The journal is writing it now: only the commit's outcome can tell
             # the client the truth, so wait for it (a second, equal bound).
             with trio.move_on_after(timeout):
                 await submission.wait_committed()
-        if submission.intake is Intake.ACCEPTED and submission.wants_settlement:
-            with trio.move_on_at(deadline):
-                await submission.wait_settled()
         return self._answer(submission, key)
 
     def _answer(self, submission: Submission, key: str | None) -> Answer:

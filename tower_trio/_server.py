@@ -381,13 +381,7 @@ class HTTP11Connection(TCPServer):
 
     async def protocol_send(self, event: Event) -> None:
         if isinstance(event, RawData):
-            try:
-                await super().protocol_send(event)
-            except trio.BusyResourceError:
-                # Hypercorn half-closes a connection (after a client's protocol
-                # error) without taking its send lock, so a response still being
-                # written finds the socket busy. The connection is closing anyway.
-                await self.protocol.handle(Closed())
+            await self._write(event.data)
             return
         if isinstance(event, Updated):
             # Only moves the keep-alive deadline: no checkpoint, nothing to shield.
@@ -403,6 +397,26 @@ class HTTP11Connection(TCPServer):
         with trio.CancelScope(shield=True) as scope:
             scope.deadline = trio.current_time() + _BOOKKEEPING_TIMEOUT
             await super().protocol_send(event)
+
+    async def _write(self, data: bytes) -> None:
+        # Hypercorn's write, less one scheduler round: an uncontended
+        # ``Lock.acquire`` yields before returning, and the send yields anyway.
+        lock = self.send_lock
+        try:
+            lock.acquire_nowait()
+        except trio.WouldBlock:
+            await lock.acquire()
+        try:
+            # Shielded: the answering task may be cancelled as its last bytes go.
+            with trio.CancelScope(shield=True):
+                await self.stream.send_all(data)
+        except (trio.BrokenResourceError, trio.ClosedResourceError, trio.BusyResourceError):
+            # Busy: Hypercorn half-closes a connection (after a client's
+            # protocol error) without taking the send lock, so an answer still
+            # being written finds the socket busy. It is closing anyway.
+            await self.protocol.handle(Closed())
+        finally:
+            lock.release()
 
     async def _close_idle(self) -> None:
         with trio.CancelScope(shield=True) as scope:
