@@ -11,6 +11,7 @@ from typing import TYPE_CHECKING
 
 from ._broker import open_vhost
 from ._common import REPO_ROOT, BenchError
+from ._console_bench import run_console_bench
 from ._http_bench import NO_JOURNAL, TOWER, TOWER_PUBLISHED, run_http_bench
 from ._idle import IDLE_PLUGINS, run_idle_bench
 from ._publisher_bench import AIO_PIKA, BARE, CLIENT, run_publisher_bench
@@ -37,12 +38,13 @@ if TYPE_CHECKING:
     from types import FrameType
 
     from ._broker import Vhost
+    from ._console_bench import ConsoleResult
     from ._http_bench import HttpResult
     from ._idle import IdleResult
     from ._publisher_bench import PublisherResult
     from ._replicas_bench import ReplicasResult
 
-PARTS = ("publisher", "http", "idle", "replicas")
+PARTS = ("publisher", "http", "console", "idle", "replicas")
 DOCS_PATH = REPO_ROOT / "docs" / "benchmarks.md"
 COMMAND = "just bench"
 
@@ -53,14 +55,18 @@ def _parser() -> argparse.ArgumentParser:
         description=(
             "Measure tower-trio against its peers in one run: publisher throughput against "
             "aio-pika and a bare trio + pamqp loop, POST /triggers against FastAPI + uvicorn + "
-            "aio-pika, and idle CPU with and without 20 idle plugins. "
+            "aio-pika, POST /triggers with a console streaming against without, idle CPU with "
+            "and without 20 idle plugins, and the journal on PostgreSQL and in replicas. "
             "A full run writes docs/benchmarks.md."
         ),
     )
     parser.add_argument(
         "--quick",
         action="store_true",
-        help="small figures for a smoke check (2000 messages, 3 s runs); writes no docs",
+        help=(
+            "small figures for a smoke check (2000 messages, 3 s runs, 3 console pairs of "
+            "2 s); writes no docs"
+        ),
     )
     parser.add_argument("--only", choices=PARTS, help="run one part; writes no docs")
     parser.add_argument("--messages", type=int, help="triggers per publisher round (20000)")
@@ -70,6 +76,14 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--duration", type=float, help="seconds of HTTP load per server (10)")
     parser.add_argument("--http-rounds", type=int, default=3, help="HTTP runs per server (3)")
     parser.add_argument("--connections", type=int, default=32, help="HTTP connections (32)")
+    parser.add_argument(
+        "--console-pairs",
+        type=int,
+        help="pairs of windows with and without a console streaming, on one tower (8)",
+    )
+    parser.add_argument(
+        "--console-window", type=float, help="seconds of load per console window (5)"
+    )
     parser.add_argument(
         "--peer-plain",
         action="store_true",
@@ -126,6 +140,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     publisher: PublisherResult | None = None
     http: HttpResult | None = None
+    console: ConsoleResult | None = None
     idle: IdleResult | None = None
     replicas: ReplicasResult | None = None
     try:
@@ -188,24 +203,16 @@ def main(argv: Sequence[str] | None = None) -> int:
                         f"  {contender.name} / FastAPI peer: {ratio:.2f}x req/s "
                         f"(target >= {HTTP_TARGET:.1f}x: {verdict(ratio >= HTTP_TARGET)})"
                     )
+            if "console" in parts:
+                console = _run_console(args, vhost, workdir, warmup=warmup)
             if "idle" in parts:
-                _say(
-                    f"\nIdle CPU: tower-trio run, no plugins and {IDLE_PLUGINS} idle plugins, "
-                    f"{idle_seconds:g} s each"
-                )
-                idle = run_idle_bench(vhost, seconds=idle_seconds, workdir=workdir, report=_say)
-                measured = idle.measured
-                budget = measured.budget(IDLE_TARGET)
-                _say(
-                    f"  with {measured.plugins} plugins: target < {budget:.3f} s: "
-                    f"{verdict(measured.cpu_seconds < budget)}"
-                )
+                idle = _run_idle(vhost, workdir, seconds=idle_seconds)
             if "replicas" in parts:
                 replicas = _run_replicas(args, vhost, workdir, duration=duration, warmup=warmup)
     except BenchError as err:
         print(f"bench: error: {err}", file=sys.stderr)
         return 1
-    _summarize(publisher, http, idle)
+    _summarize(publisher, http, console, idle)
     if output is not None:
         arguments = list(sys.argv[1:] if argv is None else argv)
         command = "python -m bench " + " ".join(arguments) if arguments else COMMAND
@@ -218,10 +225,62 @@ def main(argv: Sequence[str] | None = None) -> int:
                 http=http,
                 idle=idle,
                 replicas=replicas,
+                console=console,
             )
         )
         _say(f"\nWrote {output}")
     return 0
+
+
+def _run_idle(vhost: Vhost, workdir: Path, *, seconds: float) -> IdleResult:
+    _say(
+        f"\nIdle CPU: tower-trio run, no plugins and {IDLE_PLUGINS} idle plugins, "
+        f"{seconds:g} s each"
+    )
+    idle = run_idle_bench(vhost, seconds=seconds, workdir=workdir, report=_say)
+    measured = idle.measured
+    budget = measured.budget(IDLE_TARGET)
+    _say(
+        f"  with {measured.plugins} plugins: target < {budget:.3f} s: "
+        f"{verdict(measured.cpu_seconds < budget)}"
+    )
+    return idle
+
+
+def _run_console(
+    args: argparse.Namespace, vhost: Vhost, workdir: Path, *, warmup: float
+) -> ConsoleResult:
+    pairs = args.console_pairs or (3 if args.quick else 8)
+    window = args.console_window or (2.0 if args.quick else 5.0)
+    _say(
+        f"\nConsole: POST /triggers on one tower, {args.connections} connections, "
+        f"{pairs} pairs of {window:g} s windows with and without a console streaming "
+        f"(order alternating), after a {warmup:g} s warm-up"
+    )
+    console = run_console_bench(
+        vhost,
+        connections=args.connections,
+        window=window,
+        pairs=pairs,
+        warmup=warmup,
+        workdir=workdir,
+        report=_say,
+    )
+    _say(
+        f"  median: {console.median_rate(streaming=True):,.0f} req/s streaming, "
+        f"{console.median_rate(streaming=False):,.0f} without; CPU per request "
+        f"{console.cpu_ratio:.2f}x (median of the pairs)"
+    )
+    _say(_console_verdict(console, indent="  "))
+    return console
+
+
+def _console_verdict(console: ConsoleResult, *, indent: str) -> str:
+    return (
+        f"{indent}{'console streaming / not':<34} {console.ratio:5.2f}x req/s   "
+        f"(pairs {console.lowest:.2f}x to {console.highest:.2f}x) "
+        f"(target >= {CONSOLE_TARGET:.2f}x: {verdict(console.ratio >= CONSOLE_TARGET)})"
+    )
 
 
 def _run_replicas(
@@ -261,7 +320,10 @@ def journal_ratio(http: HttpResult) -> float:
 
 
 def _summarize(
-    publisher: PublisherResult | None, http: HttpResult | None, idle: IdleResult | None
+    publisher: PublisherResult | None,
+    http: HttpResult | None,
+    console: ConsoleResult | None,
+    idle: IdleResult | None,
 ) -> None:
     _say("\nSummary")
     if publisher is not None:
@@ -273,11 +335,6 @@ def _summarize(
                 f"  http        {contender.name + ' / peer':<34} {ratio:5.2f}x req/s   "
                 f"(target >= {HTTP_TARGET:.1f}x: {verdict(ratio >= HTTP_TARGET)})"
             )
-        watched = http.console_ratio
-        _say(
-            f"  http        {'console streaming / not':<34} {watched:5.2f}x req/s   "
-            f"(target >= {CONSOLE_TARGET:.2f}x: {verdict(watched >= CONSOLE_TARGET)})"
-        )
         for name, (_, _, value) in server_ratios(http).items():
             label = _SERVER_SAYINGS[name]
             target = SERVER_TARGETS[name]
@@ -291,6 +348,8 @@ def _summarize(
             f"  http        {'journaled / before the journal':<34} {journal:5.2f}x req/s   "
             f"(target >= {NO_JOURNAL_TARGET:.1f}x: {verdict(journal >= NO_JOURNAL_TARGET)})"
         )
+    if console is not None:
+        _say(_console_verdict(console, indent="  console     "))
     if idle is not None:
         measured = idle.measured
         budget = measured.budget(IDLE_TARGET)

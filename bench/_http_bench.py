@@ -13,7 +13,6 @@ the number of 202s.
 
 from __future__ import annotations
 
-import contextlib
 import io
 import json
 import subprocess
@@ -27,7 +26,6 @@ import attrs
 
 from ._broker import declare_bound_queue, purge_queue
 from ._common import REPO_ROOT, BenchError, median, process_cpu_seconds, ratio
-from ._console_stream import console_stream
 from ._load import LoadResult, run_load
 from ._servers import peer_command, pick_port, run_server, tower_command, tower_environ
 
@@ -40,7 +38,6 @@ if TYPE_CHECKING:
 __all__ = [
     "CEILING",
     "CONTENDERS",
-    "TOWER_WATCHED",
     "Contender",
     "HttpResult",
     "HttpRun",
@@ -62,12 +59,6 @@ class Contender:
 
 
 TOWER = Contender("tower-trio", "tower", "/triggers", "journaled (the default)")
-TOWER_WATCHED = Contender(
-    "tower-trio, console open",
-    "tower",
-    "/triggers",
-    "journaled, a console streaming the live feed",
-)
 TOWER_PUBLISHED = Contender(
     "tower-trio ?wait=published", "tower", "/triggers?wait=published", "confirmed by the broker"
 )
@@ -85,7 +76,7 @@ NO_JOURNAL = Contender(
     "/triggers",
     "confirmed by the broker (the core service, no journal)",
 )
-CONTENDERS = (TOWER, TOWER_WATCHED, TOWER_PUBLISHED, NO_JOURNAL, PEER, CEILING)
+CONTENDERS = (TOWER, TOWER_PUBLISHED, NO_JOURNAL, PEER, CEILING)
 
 NO_JOURNAL_REVISION = "3d81e2e8139450d1791d4348288af45d97718e38"
 """The last commit of the core service before the journal: its ingest path is
@@ -120,8 +111,6 @@ class HttpRun:
     """Messages in the queue after the measured run and the server's drain."""
     cpu_seconds: float
     """The server process's CPU time during the measured run."""
-    streamed: int = 0
-    """Trigger events a console read from the live feed during the run."""
 
     @property
     def cpu_per_request(self) -> float:
@@ -142,11 +131,6 @@ class HttpResult:
     def ratio(self, contender: Contender) -> float:
         """``contender``'s req/s over the peer's."""
         return ratio(self.median_run(contender).load.rate, self.median_run(PEER).load.rate)
-
-    @property
-    def console_ratio(self) -> float:
-        """req/s with a console streaming the live feed over req/s without."""
-        return ratio(self.median_run(TOWER_WATCHED).load.rate, self.median_run(TOWER).load.rate)
 
     def spread(self, contender: Contender) -> tuple[float, float]:
         """The lowest and highest req/s of ``contender``'s runs."""
@@ -221,18 +205,11 @@ def run_http_bench(
                 run_load(url, body, connections=connections, duration=warmup)
                 time.sleep(_SETTLE)
                 purge_queue(vhost.url, exchange)
-                with contextlib.ExitStack() as stack:
-                    watching = None
-                    if contender == TOWER_WATCHED:
-                        watching = stack.enter_context(console_stream(server.base_url))
-                    cpu_before = process_cpu_seconds(server.pid)
-                    load = run_load(url, body, connections=connections, duration=duration)
-                    cpu_seconds = process_cpu_seconds(server.pid) - cpu_before
-                    if watching is not None:
-                        time.sleep(_SETTLE)
-                streamed = 0 if watching is None else watching.triggers
+                cpu_before = process_cpu_seconds(server.pid)
+                load = run_load(url, body, connections=connections, duration=duration)
+                cpu_seconds = process_cpu_seconds(server.pid) - cpu_before
             stored = purge_queue(vhost.url, exchange)
-            run = HttpRun(contender, load, stored, cpu_seconds, streamed)
+            run = HttpRun(contender, load, stored, cpu_seconds)
             runs.append(run)
             report(describe_run(run))
     return HttpResult(connections=connections, duration=duration, runs=tuple(runs))
@@ -247,6 +224,4 @@ def describe_run(run: HttpRun) -> str:
     )
     if run.contender.publishes and run.stored < load.accepted:
         line += "  (fewer stored than accepted!)"
-    if run.contender == TOWER_WATCHED:
-        line += f"  console read {run.streamed:,} trigger events"
     return line
