@@ -180,7 +180,9 @@ def run_http_bench(
                 environ = tower_environ(vhost.url, exchange, port, workdir)
                 ready_path = "/readyz"
             elif contender.kind == "baseline":
-                command = [sys.executable, "-m", "tower_trio", "run"]
+                # -P: ``-m`` would put the working directory (this checkout)
+                # ahead of PYTHONPATH, and run today's tower in its place.
+                command = [sys.executable, "-P", "-m", "tower_trio", "run"]
                 environ = tower_environ(vhost.url, exchange, port, workdir)
                 environ["PYTHONPATH"] = str(no_journal_source)
                 ready_path = "/readyz"
