@@ -267,6 +267,22 @@ def instrument(app: ASGIApp, metrics: TowerMetrics, *, token: Tokens | None = No
     token.
     """
 
+    # ``labels()`` validates and takes a lock on every call; the label values
+    # come from fixed sets, so each child is looked up once and kept.
+    children: dict[tuple[str, str, str, str | None], tuple[Any, Any, Any]] = {}
+
+    def children_of(route: str, method: str, status: int) -> tuple[Any, Any, Any]:
+        ingest = route == "/triggers" and method == "POST"
+        key = (route, method_of(method), status_of(status), _outcome(status) if ingest else None)
+        if (found := children.get(key)) is None:
+            route_label, method_label, status_label, outcome = key
+            found = children[key] = (
+                metrics.requests.labels(route_label, method_label, status_label),
+                metrics.request_seconds.labels(route_label),
+                None if outcome is None else metrics.received.labels("http", outcome),
+            )
+        return found
+
     async def app_with_metrics(scope: dict[str, Any], receive: Any, send: Any) -> None:
         if scope["type"] != "http":
             await app(scope, receive, send)
@@ -291,11 +307,11 @@ def instrument(app: ASGIApp, metrics: TowerMetrics, *, token: Tokens | None = No
         def count() -> None:
             nonlocal counted
             counted = True
-            route = route_of(path)
-            metrics.requests.labels(route, method_of(scope["method"]), status_of(status)).inc()
-            metrics.request_seconds.labels(route).observe(time.perf_counter() - started)
-            if route == "/triggers" and scope["method"] == "POST":
-                metrics.received.labels("http", _outcome(status)).inc()
+            requests, seconds, received = children_of(route_of(path), scope["method"], status)
+            requests.inc()
+            seconds.observe(time.perf_counter() - started)
+            if received is not None:
+                received.inc()
 
         async def send_and_count(message: dict[str, Any]) -> None:
             nonlocal status
