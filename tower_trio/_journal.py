@@ -40,7 +40,7 @@ from ._storage import (
     PageQuery,
     Settlement,
     entry_values,
-    new_record,
+    new_outgoing,
     settlement_updates,
 )
 from ._threaded import ThreadedStorage
@@ -505,7 +505,7 @@ _INSERT = (
 
 
 def _accepted(seq: int, row: tuple[Any, ...]) -> Accepted:
-    return Accepted(new_record(seq, row).outgoing())
+    return Accepted(new_outgoing(seq, row))
 
 
 def _rollback(db: sqlite3.Connection) -> None:

@@ -44,6 +44,7 @@ from ._storage import (
     Refused,
     Settlement,
     entry_values,
+    new_outgoing,
     new_record,
     settlement_updates,
 )
@@ -281,9 +282,7 @@ class PostgresJournal:
             if isinstance(step, Duplicate):
                 results.append(step)
             elif isinstance(step, int):
-                results.append(
-                    Accepted(new_record(seqs[step], entry_values(*fresh[step])).outgoing())
-                )
+                results.append(Accepted(new_outgoing(seqs[step], entry_values(*fresh[step]))))
             else:
                 first, same_request = step
                 results.append(
