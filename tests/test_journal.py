@@ -190,6 +190,30 @@ class TestOpening:
             assert db.execute("SELECT value FROM meta").fetchall() == [("2",)]
         db.close()
 
+    def test_the_old_pending_index_is_dropped_and_pending_reads_still_search_an_index(
+        self, tmp_path: Path
+    ) -> None:
+        """A journal from a release with ``triggers_pending`` loses it; no pending read scans."""
+        open_journal(tmp_path).close()
+        path = tmp_path / "journal.sqlite3"
+        with sqlite3.connect(path) as db:
+            db.execute("CREATE INDEX triggers_pending ON triggers (seq) WHERE status = 'pending'")
+        db.close()
+        open_journal(tmp_path).close()
+        with sqlite3.connect(path) as db:
+            indexes = {row[0] for row in db.execute("SELECT name FROM sqlite_master")}
+            plans = [
+                " ".join(str(step[-1]) for step in db.execute("EXPLAIN QUERY PLAN " + query))
+                for query in (
+                    "SELECT seq, body FROM triggers WHERE status = 'pending' "
+                    "AND seq > 0 AND seq <= 9 ORDER BY seq LIMIT 5",
+                    "SELECT count(*) FROM triggers WHERE status = 'pending'",
+                )
+            ]
+        db.close()
+        assert "triggers_pending" not in indexes
+        assert all("USING" in plan and "INDEX triggers_status" in plan for plan in plans), plans
+
     def test_a_journal_from_a_newer_release_is_refused(self, tmp_path: Path) -> None:
         """A schema this release does not know is not touched; the error says what to do."""
         open_journal(tmp_path).close()
