@@ -663,6 +663,61 @@ class TestPluginState:
         assert journal.load_plugin_state("lims") == {"cursor": 1}
 
 
+class _HeldState(Journal):
+    """A journal whose state writes wait, in their worker thread, until released."""
+
+    def __init__(self, path: Path) -> None:
+        super().__init__(path)
+        self.writing = threading.Event()
+        self.release = threading.Event()
+
+    def save_plugin_state(
+        self, plugin: str, key: str, value: Any, *, term: int | None = None
+    ) -> None:
+        self.writing.set()
+        self.release.wait(10)
+        super().save_plugin_state(plugin, key, value, term=term)
+
+
+class TestPluginStateFromTrio:
+    async def test_a_stopped_plugin_leaves_its_state_write_and_the_next_waits_for_it(
+        self, tmp_path: Path
+    ) -> None:
+        """A plugin stops at once even while its state write waits for the store.
+
+        The write still ends in its thread, and the next call comes after it.
+        """
+        journal = _HeldState(tmp_path / "journal.sqlite3")
+        storage = SQLiteStorage(journal)
+        try:
+            async with trio.open_nursery() as nursery:
+                plugin = trio.CancelScope()
+
+                async def save_then_stop() -> None:
+                    with plugin:
+                        await storage.save_plugin_state("p", "slot", 1)
+
+                nursery.start_soon(save_then_stop)
+                await trio.to_thread.run_sync(journal.writing.wait, 10)
+                with trio.fail_after(2):
+                    plugin.cancel()
+                    await trio.testing.wait_all_tasks_blocked()
+                assert plugin.cancelled_caught
+                assert not journal.release.is_set()
+                loaded: list[dict[str, Any]] = []
+
+                async def load() -> None:
+                    loaded.append(await storage.load_plugin_state("p"))
+
+                nursery.start_soon(load)
+                await trio.testing.wait_all_tasks_blocked()
+                assert loaded == []
+                journal.release.set()
+            assert loaded == [{"slot": 1}]
+        finally:
+            journal.close()
+
+
 class TestPage:
     @pytest.fixture
     def seqs(self, journal: Journal) -> list[int]:

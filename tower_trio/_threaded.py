@@ -86,10 +86,11 @@ class ThreadedStorage(Generic[_Store]):
     """The tower's ``Storage`` on a blocking store, each call in a worker thread.
 
     Writes pass one at a time, in the order they were called (a FIFO
-    limiter of one), and are never abandoned when their caller is cancelled
+    limiter of one), and are not abandoned when their caller is cancelled
     (``abandon_on_cancel=False``: a transaction that has started commits or
-    rolls back before the caller sees its cancellation). Lookups have their
-    own limiter and connection, so they never wait for a batch commit.
+    rolls back before the caller sees its cancellation), except a plugin's
+    state (see ``_write_for_plugin``). Lookups have their own limiter and
+    connection, so they never wait for a batch commit.
     """
 
     def __init__(self, store: _Store, *, prune_batch: int = PRUNE_BATCH) -> None:
@@ -114,6 +115,18 @@ class ThreadedStorage(Generic[_Store]):
     async def _write(self, function: Callable[..., _T], *args: Any) -> _T:
         return await trio.to_thread.run_sync(
             function, *args, limiter=self._write_lock, abandon_on_cancel=False
+        )
+
+    async def _write_for_plugin(self, function: Callable[..., _T], *args: Any) -> _T:
+        # A plugin is cancelled when it stops (its lease ran out, the tower
+        # stops) and never looks at what its last state call did; waiting for
+        # a store that does not answer (PostgreSQL out of reach) would hold
+        # the stop until TCP gives up. Abandoned, the call still ends in its
+        # thread, holding the write limiter until then (trio releases it only
+        # when the thread ends), so the next write, or the plugin's next
+        # load, still comes after it; under a lease, the term fences it.
+        return await trio.to_thread.run_sync(
+            function, *args, limiter=self._write_lock, abandon_on_cancel=True
         )
 
     async def _read(self, function: Callable[..., _T], *args: Any) -> _T:
@@ -159,12 +172,14 @@ class ThreadedStorage(Generic[_Store]):
         return await self._read(self.journal.page, query)
 
     async def load_plugin_state(self, plugin: str) -> dict[str, Any]:
-        return await self._write(self.journal.load_plugin_state, plugin)
+        return await self._write_for_plugin(self.journal.load_plugin_state, plugin)
 
     async def save_plugin_state(
         self, plugin: str, key: str, value: Any | None, *, term: int | None = None
     ) -> None:
-        await self._write(partial(self.journal.save_plugin_state, term=term), plugin, key, value)
+        await self._write_for_plugin(
+            partial(self.journal.save_plugin_state, term=term), plugin, key, value
+        )
 
     def close(self) -> None:
         self.journal.close()
