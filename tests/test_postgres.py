@@ -16,8 +16,10 @@ from typing import TYPE_CHECKING
 from urllib.parse import quote
 
 import httpx
+import psycopg
 import pytest
 import trio
+from psycopg import sql
 
 from tests._helpers import VALID, Broker
 from tests._postgres import admin, open_schema, schema_url
@@ -29,9 +31,9 @@ from tower_trio._errors import ConfigError, FencedError, JournalError
 from tower_trio._journal import SQLiteStorage
 from tower_trio._journal_url import PostgresURL, parse_journal_url
 from tower_trio._leases import Leader
-from tower_trio._postgres import open_postgres_storage
+from tower_trio._postgres import PostgresStorage, open_postgres_storage
 from tower_trio._postgres_leases import PostgresLeases
-from tower_trio._postgres_schema import SCHEMA_VERSION
+from tower_trio._postgres_schema import SCHEMA_VERSION, connect
 from tower_trio._serialization import load_trigger
 from tower_trio._storage import Accepted, PageQuery, Refused
 from tower_trio._stores import open_storage_from
@@ -234,6 +236,71 @@ class TestReconnecting:
                     assert record is not None
                     assert record.status is DeliveryStatus.PENDING
                     assert await storage.pending_count() == 1
+            finally:
+                storage.close()
+
+
+@pytest.mark.postgres
+class TestCutOffInsideATransaction:
+    async def test_the_server_ends_a_session_silent_inside_a_transaction(self) -> None:
+        """Row locks of a tower cut off mid-transaction are freed after the timeout.
+
+        Another tower's takeover (of a lease, of triggers) waits for those
+        locks; without the timeout it would wait until TCP gives up.
+        """
+        async with open_schema() as schema:
+
+            def scenario() -> float:
+                # The cut-off tower: a transaction begun, a row locked, then silence.
+                cut_off = connect(schema, idle_in_transaction=0.3)
+                other = connect(schema)
+                try:
+                    cut_off.execute(
+                        sql.SQL("CREATE SCHEMA {}").format(sql.Identifier(str(schema.schema)))
+                    )
+                    cut_off.execute("CREATE TABLE held (id int PRIMARY KEY, n int)")
+                    cut_off.execute("INSERT INTO held VALUES (1, 0)")
+                    cut_off.execute("BEGIN")
+                    cut_off.execute("SELECT n FROM held WHERE id = 1 FOR UPDATE")
+                    # A regression waits for the lock: it fails in seconds, not hangs.
+                    other.execute("SET lock_timeout = '5s'")
+                    started = time.monotonic()
+                    other.execute("UPDATE held SET n = 1 WHERE id = 1")
+                    waited = time.monotonic() - started
+                    ended = (
+                        psycopg.errors.IdleInTransactionSessionTimeout,
+                        psycopg.OperationalError,
+                    )
+                    with pytest.raises(ended):
+                        cut_off.execute("SELECT 1")
+                    return waited
+                finally:
+                    cut_off.close()
+                    other.close()
+
+            waited = await trio.to_thread.run_sync(scenario)
+        assert waited < 5
+
+    async def test_the_towers_sessions_are_ended_within_either_ttl(self, tmp_path: Path) -> None:
+        async with open_schema() as schema:
+            settings = Settings.from_environ(
+                {
+                    "TOWER_JOURNAL_URL": schema_url(str(schema.schema)),
+                    "TOWER_LEASE_TTL": "4",
+                    "TOWER_REPLICA_TTL": "6",
+                    "TOWER_DATA_DIR": str(tmp_path),
+                }
+            )
+            storage = await open_storage_from(settings)
+            try:
+                assert isinstance(storage, PostgresStorage)
+
+                def shown() -> str:
+                    with storage.journal._using(storage.journal._writer, "read") as db:
+                        row = db.execute("SHOW idle_in_transaction_session_timeout").fetchone()
+                    return str(row[0]) if row else ""
+
+                assert await trio.to_thread.run_sync(shown) == "4s"
             finally:
                 storage.close()
 

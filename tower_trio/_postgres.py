@@ -73,10 +73,43 @@ _RECORD_COLUMNS = (
     "seq, uuid, api_version, protocol, source, body, status, created_at, "
     "published_at, attempts, last_error, retries, retried_at"
 )
-_INSERT = (
-    "INSERT INTO triggers (uuid, api_version, protocol, source, body, created_at, "
-    "idem_key, fingerprint, owner) VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s) RETURNING seq"
+# A batch is one statement, not a pipeline of one per row: a pipeline cut
+# off half-sent leaves its session "active", waiting for the rest, with the
+# batch's locks held (the lease row under FOR SHARE), where no server
+# timeout reaches it; between statements, idle_in_transaction_session_timeout
+# does (see connect).
+_INSERT = """
+INSERT INTO triggers (uuid, api_version, protocol, source, body, created_at,
+                      idem_key, fingerprint, owner)
+SELECT uuid, api_version, protocol, source, body, created_at, idem_key, fingerprint, %(owner)s
+FROM unnest(%(uuid)s::text[], %(api_version)s::text[], %(protocol)s::text[],
+            %(source)s::text[], %(body)s::bytea[], %(created_at)s::double precision[],
+            %(idem_key)s::text[], %(fingerprint)s::text[])
+     WITH ORDINALITY AS batch (uuid, api_version, protocol, source, body, created_at,
+                               idem_key, fingerprint, position)
+ORDER BY position
+RETURNING uuid, seq
+"""
+_INSERT_COLUMNS = (
+    "uuid",
+    "api_version",
+    "protocol",
+    "source",
+    "body",
+    "created_at",
+    "idem_key",
+    "fingerprint",
 )
+_SETTLE = """
+UPDATE triggers
+SET status = answer.status, attempts = answer.attempts, last_error = answer.last_error,
+    published_at = COALESCE(answer.published_at, triggers.published_at),
+    settled_at = answer.settled_at
+FROM unnest(%s::text[], %s::integer[], %s::text[], %s::double precision[],
+            %s::double precision[], %s::bigint[], %s::bigint[])
+     AS answer (status, attempts, last_error, published_at, settled_at, first, last)
+WHERE triggers.seq BETWEEN answer.first AND answer.last
+"""
 _OUTGOING_COLUMNS = "seq, uuid, api_version, protocol, source, body, created_at, attempts"
 _REGISTER = (
     "INSERT INTO instances (name, expires_at) VALUES (%(me)s, now() + %(ttl)s * interval '1 s') "
@@ -146,14 +179,15 @@ _FENCE = (
 class _Session:
     """One connection of the journal's, opened again by the call after it broke."""
 
-    def __init__(self, url: PostgresURL) -> None:
+    def __init__(self, url: PostgresURL, idle_in_transaction: float | None) -> None:
         self.url = url
+        self.idle_in_transaction = idle_in_transaction
         self.lock = threading.Lock()
         self._db: psycopg.Connection[Any] | None = None
 
     def connection(self) -> psycopg.Connection[Any]:
         if self._db is None or self._db.closed:
-            self._db = connect(self.url)
+            self._db = connect(self.url, idle_in_transaction=self.idle_in_transaction)
         return self._db
 
     def forget_if_broken(self) -> None:
@@ -178,16 +212,17 @@ class PostgresJournal:
         ttl: float = DEFAULT_TTL,
         max_bytes: int | None = None,
         clock: Callable[[], float] = time.time,
+        idle_in_transaction: float | None = None,
     ) -> None:
         self.url = url
         self.instance = instance
         self.clock = clock
         self._max_bytes = max_bytes
-        self._writer = _Session(url)
-        self._reader = _Session(url)
+        self._writer = _Session(url, idle_in_transaction)
+        self._reader = _Session(url, idle_in_transaction)
         # Heartbeats have a connection of their own: they must not wait
         # behind a batch commit, nor pass for a sign of life while one hangs.
-        self._beats = _Session(url)
+        self._beats = _Session(url, idle_in_transaction)
         try:
             with self._using(self._writer, "open") as db:
                 migrate(db, url)
@@ -269,14 +304,12 @@ class PostgresJournal:
         plan, fresh = _plan(entries, found)
         seqs: list[int] = []
         if fresh:
-            cursor = db.cursor()
-            cursor.executemany(
-                _INSERT,
-                [(*entry_values(*entry), self.instance) for entry in fresh],
-                returning=True,
-            )
-            seqs = [row[0] for _ in cursor.results() for row in cursor.fetchall()]
-            db.execute("UPDATE journal_state SET last_seq = greatest(last_seq, %s)", (seqs[-1],))
+            rows = [entry_values(*entry) for entry in fresh]
+            columns = dict(zip(_INSERT_COLUMNS, map(list, zip(*rows, strict=True)), strict=True))
+            stored = dict(db.execute(_INSERT, {**columns, "owner": self.instance}).fetchall())
+            # By uuid: RETURNING's order is not promised (the uuids are unique here).
+            seqs = [stored[row[0]] for row in rows]
+            db.execute("UPDATE journal_state SET last_seq = greatest(last_seq, %s)", (max(seqs),))
         results: list[Accepted | Duplicate] = []
         for step in plan:
             if isinstance(step, Duplicate):
@@ -296,12 +329,7 @@ class PostgresJournal:
         if not rows:
             return
         with self._using(self._writer, "write to") as db, db.transaction():
-            db.cursor().executemany(
-                "UPDATE triggers SET status = %s, attempts = %s, last_error = %s, "
-                "published_at = COALESCE(%s, published_at), settled_at = %s "
-                "WHERE seq BETWEEN %s AND %s",
-                rows,
-            )
+            db.execute(_SETTLE, [list(column) for column in zip(*rows, strict=True)])
 
     def retry(self, uuid: str) -> tuple[JournalRecord, Outgoing | None] | None:
         """Make a failed or unroutable trigger pending again; see ``Storage.retry``."""
@@ -542,15 +570,25 @@ async def open_postgres_storage(
     ttl: float = DEFAULT_TTL,
     max_bytes: int | None = None,
     clock: Callable[[], float] = time.time,
+    idle_in_transaction: float | None = None,
 ) -> PostgresStorage:
     """The journal in the database ``url`` names, its schema brought up to date.
 
     ``instance`` names this tower among those sharing the journal
     (``TOWER_INSTANCE``; by default the host name and process id), alive for
-    ``ttl`` seconds from now, until its heartbeats begin.
+    ``ttl`` seconds from now, until its heartbeats begin. A session cut off
+    inside a transaction is ended by the server after ``idle_in_transaction``
+    seconds (see ``connect``).
     """
     name = default_instance() if instance is None else instance
     journal = await trio.to_thread.run_sync(
-        lambda: PostgresJournal(url, instance=name, ttl=ttl, max_bytes=max_bytes, clock=clock)
+        lambda: PostgresJournal(
+            url,
+            instance=name,
+            ttl=ttl,
+            max_bytes=max_bytes,
+            clock=clock,
+            idle_in_transaction=idle_in_transaction,
+        )
     )
     return PostgresStorage(journal)

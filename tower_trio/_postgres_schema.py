@@ -122,8 +122,22 @@ _MIGRATIONS: tuple[tuple[str, ...], ...] = (
 SCHEMA_VERSION = len(_MIGRATIONS)
 
 
-def connect(url: PostgresURL) -> psycopg.Connection[Any]:
-    """A connection in autocommit mode (transactions are explicit), in the URL's schema."""
+_IDLE_SETTING = "idle_in_transaction_session_timeout"
+
+
+def connect(
+    url: PostgresURL, *, idle_in_transaction: float | None = None
+) -> psycopg.Connection[Any]:
+    """A connection in autocommit mode (transactions are explicit), in the URL's schema.
+
+    With ``idle_in_transaction`` (seconds), the server ends the session when
+    it has sat that long inside a transaction: the tower sends a
+    transaction's statements back to back, so that happens only when the
+    tower was cut off in the middle of one. Until then the transaction's
+    row locks stay, and another tower's takeover of a lease or of triggers
+    would wait for them as long as TCP takes to notice (hours). A URL that
+    sets ``idle_in_transaction_session_timeout`` itself keeps its own.
+    """
     options: dict[str, Any] = {}
     given = conninfo_to_dict(url.conninfo)
     if "connect_timeout" not in given:
@@ -131,12 +145,15 @@ def connect(url: PostgresURL) -> psycopg.Connection[Any]:
     if "application_name" not in given:
         options["application_name"] = "tower-trio"
     db = psycopg.connect(url.conninfo, autocommit=True, **options)
-    if url.schema is not None:
-        try:
+    try:
+        if url.schema is not None:
             db.execute(sql.SQL("SET search_path TO {}").format(sql.Identifier(url.schema)))
-        except BaseException:
-            db.close()
-            raise
+        if idle_in_transaction is not None and _IDLE_SETTING not in str(given.get("options", "")):
+            milliseconds = f"{max(1, round(idle_in_transaction * 1000))}ms"
+            db.execute("SELECT set_config(%s, %s, false)", (_IDLE_SETTING, milliseconds))
+    except BaseException:
+        db.close()
+        raise
     return db
 
 

@@ -48,6 +48,9 @@ async def open_storage_from(
         ttl=settings.replica_ttl,
         max_bytes=settings.journal_max_bytes,
         clock=clock,
+        # A transaction cut off mid-way holds its row locks (a plugin's lease,
+        # triggers being taken over) no longer than either TTL.
+        idle_in_transaction=min(settings.replica_ttl, settings.lease_ttl),
     )
 
 
