@@ -38,7 +38,13 @@ from ._logging import get_logger
 from ._models import FieldError, InvalidTriggerError
 from ._openapi import openapi_document
 from ._schemas import ProtocolSchemas
-from ._serialization import dumps, format_datetime, format_timestamp, trigger_from_wire
+from ._serialization import (
+    dumps,
+    format_datetime,
+    format_optional_timestamp,
+    format_timestamp,
+    trigger_from_wire,
+)
 from ._storage import JournalRecord, PageQuery, request_fingerprint
 from ._vocabulary import DEFAULT_LIST_LIMIT, MAX_KEY_LENGTH, MAX_LIST_LIMIT, DeliveryStatus
 
@@ -109,11 +115,11 @@ def _record_json(record: JournalRecord) -> bytes:
     """The trigger as published, its delivery record in front and ``createdAt`` last."""
     delivery = {
         "status": record.status,
-        "publishedAt": _timestamp(record.published_at),
+        "publishedAt": format_optional_timestamp(record.published_at),
         "attempts": record.attempts,
         "lastError": record.last_error,
         "retries": record.retries,
-        "retriedAt": _timestamp(record.retried_at),
+        "retriedAt": format_optional_timestamp(record.retried_at),
     }
     created_at = format_timestamp(record.created_at)
     return dumps(delivery)[:-1] + b"," + _with_created_at(record.body, created_at)[1:]
@@ -123,10 +129,6 @@ def _with_created_at(body: bytes, created_at: str) -> bytes:
     # The published body has no creation time (ULAS's format has none); the
     # HTTP answers carry it after the published fields.
     return body[:-1] + b',"createdAt":"%s"}' % created_at.encode()
-
-
-def _timestamp(value: float | None) -> str | None:
-    return None if value is None else format_timestamp(value)
 
 
 def _unknown_parameters(args: Mapping[str, str], allowed: frozenset[str]) -> Answer | None:

@@ -46,7 +46,7 @@ from ._runtime import (
     run_plugin_once,
 )
 from ._secrets import REDACTED, is_secret
-from ._serialization import format_timestamp
+from ._serialization import format_optional_timestamp
 
 if TYPE_CHECKING:
     from collections.abc import Mapping, Sequence
@@ -179,10 +179,6 @@ class SkippedPlugin:
     reason: str
 
 
-def _rfc3339(timestamp: float | None) -> str | None:
-    return None if timestamp is None else format_timestamp(timestamp)
-
-
 def plugins_report(
     statuses: Mapping[str, PluginStatus], plugins: Sequence[ConfiguredPlugin]
 ) -> list[dict[str, Any]]:
@@ -194,7 +190,7 @@ def plugins_report(
         if status.last_error is not None:
             last_error = {
                 "message": plugin.redact(status.last_error),
-                "at": _rfc3339(status.last_error_at),
+                "at": format_optional_timestamp(status.last_error_at),
             }
         report.append(
             {
@@ -204,7 +200,7 @@ def plugins_report(
                 "triggersSent": status.triggers_sent,
                 "errors": status.errors,
                 "lastError": last_error,
-                "lastTriggerAt": _rfc3339(status.last_trigger_at),
+                "lastTriggerAt": format_optional_timestamp(status.last_trigger_at),
                 "leader": None
                 if status.leader is None
                 else {"instance": status.leader.instance, "term": status.leader.term},

@@ -81,25 +81,14 @@ _RECORD_COLUMNS = (
 _INSERT = """
 INSERT INTO triggers (uuid, api_version, protocol, source, body, created_at,
                       idem_key, fingerprint, owner)
-SELECT uuid, api_version, protocol, source, body, created_at, idem_key, fingerprint, %(owner)s
-FROM unnest(%(uuid)s::text[], %(api_version)s::text[], %(protocol)s::text[],
-            %(source)s::text[], %(body)s::bytea[], %(created_at)s::double precision[],
-            %(idem_key)s::text[], %(fingerprint)s::text[])
+SELECT uuid, api_version, protocol, source, body, created_at, idem_key, fingerprint, %s
+FROM unnest(%s::text[], %s::text[], %s::text[], %s::text[], %s::bytea[],
+            %s::double precision[], %s::text[], %s::text[])
      WITH ORDINALITY AS batch (uuid, api_version, protocol, source, body, created_at,
                                idem_key, fingerprint, position)
 ORDER BY position
 RETURNING uuid, seq
 """
-_INSERT_COLUMNS = (
-    "uuid",
-    "api_version",
-    "protocol",
-    "source",
-    "body",
-    "created_at",
-    "idem_key",
-    "fingerprint",
-)
 _SETTLE = """
 UPDATE triggers
 SET status = answer.status, attempts = answer.attempts, last_error = answer.last_error,
@@ -305,8 +294,8 @@ class PostgresJournal:
         seqs: list[int] = []
         if fresh:
             rows = [entry_values(*entry) for entry in fresh]
-            columns = dict(zip(_INSERT_COLUMNS, map(list, zip(*rows, strict=True)), strict=True))
-            stored = dict(db.execute(_INSERT, {**columns, "owner": self.instance}).fetchall())
+            columns = [list(column) for column in zip(*rows, strict=True)]
+            stored = dict(db.execute(_INSERT, [self.instance, *columns]).fetchall())
             # By uuid: RETURNING's order is not promised (the uuids are unique here).
             seqs = [stored[row[0]] for row in rows]
             db.execute("UPDATE journal_state SET last_seq = greatest(last_seq, %s)", (max(seqs),))

@@ -36,6 +36,7 @@ __all__ = [
     "dump_trigger",
     "dumps",
     "format_datetime",
+    "format_optional_timestamp",
     "format_timestamp",
     "load_trigger",
     "parse_datetime",
@@ -78,6 +79,11 @@ def format_timestamp(seconds: float) -> str:
         _second_formatted = (second, time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(second)))
     prefix = _second_formatted[1]
     return f"{prefix}.{micros:06d}Z" if micros else f"{prefix}Z"
+
+
+def format_optional_timestamp(seconds: float | None) -> str | None:
+    """``format_timestamp``, or None for a time that has not come (not published yet)."""
+    return None if seconds is None else format_timestamp(seconds)
 
 
 def parse_datetime(value: str) -> datetime:
