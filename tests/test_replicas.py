@@ -507,15 +507,16 @@ class TestTowers:
                     assert looked_up.status_code == 503, looked_up.text
                     assert looked_up.json()["error"] == "journal unavailable"
                     assert looked_up.headers["Retry-After"] == "3"
-                    reasons = await readiness(client, lambda ready: not ready)
-                    assert any(r.startswith("journal unreachable:") for r in reasons), reasons
+                    # The failed write says so at once; the heartbeat's failure
+                    # follows within its interval, and /readyz must name it.
+                    await readiness(client, unreachable)
                     # Past its safe time it stops publishing, and joins again after.
                     await tower.wait_for("publisher.paused")
                     journal = (await client.get("/console/api/status")).json()["journal"]
                     assert journal["health"] == "red"
                     assert journal["replica"]["live"] is False
                     proxy.restore()
-                    await readiness(client, lambda ready: ready)
+                    await readiness(client, lambda ready, reasons: ready)
                     await tower.wait_for("publisher.resumed")
                     journal = (await client.get("/console/api/status")).json()["journal"]
                     assert journal["replica"]["live"] is True
@@ -597,10 +598,18 @@ def proxied_environ(
     }
 
 
-async def readiness(client: httpx.AsyncClient, until: Callable[[bool], bool]) -> list[str]:
-    """Ask /readyz until its answer satisfies ``until``; the reasons it gave then."""
+async def readiness(
+    client: httpx.AsyncClient, until: Callable[[bool, list[str]], bool]
+) -> list[str]:
+    """Ask /readyz until ``until(ready, reasons)`` holds; the reasons it gave then."""
     while True:
         answer = await client.get("/readyz")
-        if until(answer.status_code == 200):
-            return [] if answer.status_code == 200 else answer.json()["details"]
+        ready = answer.status_code == 200
+        reasons = [] if ready else answer.json()["details"]
+        if until(ready, reasons):
+            return reasons
         await trio.sleep(0.05)
+
+
+def unreachable(ready: bool, reasons: list[str]) -> bool:
+    return not ready and any(r.startswith("journal unreachable:") for r in reasons)
