@@ -10,6 +10,7 @@ whose network to PostgreSQL stops does.
 from __future__ import annotations
 
 import contextlib
+import logging
 from typing import Any
 
 import attrs
@@ -24,6 +25,7 @@ from tower_trio._channel import Submission, TriggerSendChannel
 from tower_trio._errors import FencedError, JournalError
 from tower_trio._leadership import MARGIN, serve_led_plugin
 from tower_trio._leases import HeldTerm, Leader, SoleLeases
+from tower_trio._models import FieldError, InvalidTriggerError
 from tower_trio._plugins import ConfiguredPlugin, DiscoveredPlugin
 from tower_trio._runtime import MemoryStateBackend, PluginState, PluginStatus, State
 from tower_trio._status import _plugin_health
@@ -48,6 +50,8 @@ class FakeLeases:
     timeout: float = TTL / 3
     shared: bool = True
     released: list[int] = attrs.Factory(list)
+    campaigns: list[float] = attrs.Factory(list)
+    """When each campaign (or renewal) was sent."""
 
     async def _reach(self) -> None:
         if self.instance in self.table.unreachable:
@@ -56,6 +60,7 @@ class FakeLeases:
         await trio.lowlevel.checkpoint()
 
     async def campaign(self, plugin: str, ttl: float) -> Leader | None:
+        self.campaigns.append(trio.current_time())
         await self._reach()
         now = trio.current_time()
         holder, term, expires = self.table.rows.get(plugin, ("", 0, now))
@@ -328,6 +333,154 @@ class TestLeadership:
         assert released_at == 1.0
 
 
+class TestRenewals:
+    async def test_a_leader_renews_and_a_standby_campaigns_every_third_of_the_ttl(
+        self, autojump_clock: trio.testing.MockClock
+    ) -> None:
+        """Renewals and campaigns come TTL / 3 apart: often enough that two may fail
+        before the leader's local deadline, no more often than that."""
+        table, runs = Table(), Runs()
+        send, receive = trio.open_memory_channel[Submission](10)
+        towers = {name: FakeLeases(table, name) for name in ("a", "b")}
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(_drain, receive)
+            for name, leases in towers.items():
+                await _start_led(nursery, _plugin(runs, name), send.clone(), leases)
+                await trio.sleep(0.5)
+            await trio.sleep(2 * TTL)
+            nursery.cancel_scope.cancel()
+        for name, start in (("a", 0.0), ("b", 0.5)):
+            sent = towers[name].campaigns
+            assert sent == pytest.approx([start + k * TTL / 3 for k in range(len(sent))])
+            assert len(sent) == 7
+
+    async def test_a_renewal_that_fails_once_does_not_stop_the_plugin(
+        self, autojump_clock: trio.testing.MockClock, caplog: pytest.LogCaptureFixture
+    ) -> None:
+        """One renewal without an answer is logged; the next one, answered before the
+        local deadline, keeps the plugin running in the same term."""
+        table, runs = Table(), Runs()
+        leases = FakeLeases(table, "a", timeout=0.5)
+        status = PluginStatus("p")
+        send, receive = trio.open_memory_channel[Submission](10)
+        with caplog.at_level(logging.INFO, logger="tower_trio"):
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(_drain, receive)
+                await _start_led(nursery, _plugin(runs, "a", table), send, leases, status)
+                await trio.sleep(4)
+                table.unreachable.add("a")  # the renewal sent at 6 s gets no answer
+                await trio.sleep(3)
+                table.unreachable.clear()  # the one at 9.5 s does, before 10.2 s
+                await trio.sleep(2 * TTL)
+                assert _state(status) is PluginState.RUNNING
+                assert status.leader == Leader("a", 1)
+                nursery.cancel_scope.cancel()
+        assert [span[:2] for span in runs.spans] == [("a", 1)]
+        (failed,) = _events(caplog, "lease.renew_failed")
+        assert failed["plugin"] == "p"
+        assert "no answer" in str(failed["error"])
+        assert _events(caplog, "lease.expired_locally") == []
+
+    async def test_each_change_of_leadership_is_logged_with_its_plugin_and_term(
+        self, autojump_clock: trio.testing.MockClock, caplog: pytest.LogCaptureFixture
+    ) -> None:
+        """Won, renewal failed, expired locally, lost, unknown, won again, lost to another
+        tower (not expired), won again, release failed: each a line naming the plugin."""
+        table, runs = Table(), Runs()
+        leases = FakeLeases(table, "a", timeout=1.0)
+        send, receive = trio.open_memory_channel[Submission](10)
+        with caplog.at_level(logging.INFO, logger="tower_trio"):
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(_drain, receive)
+                async with trio.open_nursery() as leading:
+                    await _start_led(leading, _plugin(runs, "a", table), send, leases)
+                    await trio.sleep(4)
+                    # Renewals at 6 s and 10 s get no answer; the run stops at 10.2 s
+                    # (3 s + 80% of the TTL), and the campaign then gets none either.
+                    table.unreachable.add("a")
+                    await trio.sleep(8)
+                    table.unreachable.clear()  # won again at 14.2 s, in term 2
+                    await trio.sleep(6)
+                    # Another tower takes it from under this one's renewal at 20.2 s,
+                    # and lets it run out at 27 s; this one wins it back at 29.2 s.
+                    table.rows["p"] = ("b", 3, trio.current_time() + TTL)
+                    await trio.sleep(12)
+                    table.unreachable.add("a")
+                    leading.cancel_scope.cancel()
+                nursery.cancel_scope.cancel()
+        logged = [
+            (record.msg, record.__dict__["fields"])
+            for record in caplog.records
+            if str(record.msg).startswith("lease.")
+        ]
+        assert [(event, fields["plugin"], fields.get("term")) for event, fields in logged] == [
+            ("lease.won", "p", 1),
+            ("lease.renew_failed", "p", None),
+            ("lease.expired_locally", "p", 1),
+            ("lease.lost", "p", 1),
+            ("lease.unknown", "p", None),
+            ("lease.won", "p", 2),
+            ("lease.lost", "p", 2),
+            ("lease.won", "p", 4),
+            ("lease.release_failed", "p", None),
+        ]
+        errors = [fields["error"] for _, fields in logged if "error" in fields]
+        assert len(errors) == 3
+        assert all("no answer" in str(error) for error in errors)
+        assert [span[:2] for span in runs.spans] == [("a", 1), ("a", 2), ("a", 4)]
+
+    async def test_a_leaders_triggers_are_checked_as_a_sole_towers_are(
+        self, autojump_clock: trio.testing.MockClock
+    ) -> None:
+        """The per-protocol check applies under a lease too: a trigger that fails it is
+        raised to the plugin, and never reaches the journal."""
+        refused: list[InvalidTriggerError] = []
+
+        async def run(send_channel: Any) -> None:
+            try:
+                await send_channel.send(_trigger())
+            except InvalidTriggerError as err:
+                refused.append(err)
+            await trio.sleep_forever()
+
+        plugin = ConfiguredPlugin(DiscoveredPlugin("p", "test", run, None, False), None)
+        send, receive = trio.open_memory_channel[Submission](10)
+        async with trio.open_nursery() as nursery:
+            await _start_led(
+                nursery,
+                plugin,
+                send,
+                FakeLeases(Table(), "a"),
+                check=lambda trigger: [FieldError("spec.volume", "is required")],
+            )
+            await trio.sleep(1)
+            assert receive.statistics().current_buffer_used == 0
+            nursery.cancel_scope.cancel()
+        (error,) = refused
+        assert error.errors == (FieldError("spec.volume", "is required"),)
+
+
+class TestOnTheWayOut:
+    async def test_an_error_while_stopping_is_not_hidden_by_the_cancellation(
+        self, autojump_clock: trio.testing.MockClock
+    ) -> None:
+        """A bug that raises while a stopped leader lets its lease go reaches the
+        supervisor: closing the plugin's channel must not replace it with Cancelled."""
+
+        @attrs.define
+        class BrokenRelease(FakeLeases):
+            async def release(self, plugin: str, term: int) -> None:
+                raise RuntimeError("release broke")
+
+        send, receive = trio.open_memory_channel[Submission](10)
+        with pytest.RaisesGroup(pytest.RaisesExc(RuntimeError, match="release broke")):
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(_drain, receive)
+                await _start_led(nursery, _plugin(Runs(), "a"), send, BrokenRelease(Table(), "a"))
+                await trio.sleep(1)
+                nursery.cancel_scope.cancel()
+
+
 class TestSoleTower:
     async def test_a_tower_alone_leads_every_plugin_in_the_first_term(self) -> None:
         """On a journal of its own, the plugin runs at once, in term 1, led by this tower."""
@@ -414,3 +567,32 @@ class TestACancelledLeadersSend:
         submission = receive.receive_nowait()
         assert submission.trigger.term is None
         assert submission.take()
+
+
+async def _start_led(
+    nursery: trio.Nursery,
+    plugin: ConfiguredPlugin,
+    send: trio.MemorySendChannel[Submission],
+    leases: FakeLeases,
+    status: PluginStatus | None = None,
+    *,
+    check: Any = None,
+) -> None:
+    """Start ``serve_led_plugin`` for ``plugin`` on ``leases``, with state in memory."""
+    await nursery.start(
+        lambda task_status: serve_led_plugin(
+            plugin,
+            send,
+            PluginStatus(plugin.name) if status is None else status,
+            leases,
+            ttl=TTL,
+            state_backend=MemoryStateBackend(),
+            check=check,
+            task_status=task_status,
+        )
+    )
+
+
+def _events(caplog: pytest.LogCaptureFixture, event: str) -> list[dict[str, Any]]:
+    """The fields of each ``event`` line."""
+    return [record.__dict__["fields"] for record in caplog.records if record.msg == event]

@@ -66,7 +66,7 @@ async def serve_led_plugin(
 ) -> None:
     """Run ``plugin`` whenever this tower holds its lease; see the module docstring."""
     serve = partial(serve_plugin, plugin, state_backend=state_backend, check=check)
-    async with send_channel:
+    with send_channel:
         if not leases.shared:
             # Alone on its journal: shown as leader, but with nothing to fence.
             status.leader = await leases.campaign(plugin.name, ttl)

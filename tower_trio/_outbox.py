@@ -97,7 +97,7 @@ class Outbox:
 
     async def serve_ingest(self, receive_channel: trio.MemoryReceiveChannel[Submission]) -> None:
         """Store every submission until every source has closed its end of the channel."""
-        async with receive_channel:
+        with receive_channel:
             while True:
                 try:
                     batch = [await receive_channel.receive()]

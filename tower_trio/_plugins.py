@@ -411,7 +411,7 @@ async def serve_plugin(
     """
     backoff = backoff or Backoff(initial=1.0, cap=60.0)
     state_backend = state_backend if state_backend is not None else MemoryStateBackend()
-    async with send_channel:
+    with send_channel:
         task_status.started()
         while True:
             started_at = trio.current_time()

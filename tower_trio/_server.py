@@ -114,7 +114,7 @@ async def serve_http(
             http_host=settings.http_host,
         )
     check_file_limit(settings.http_max_connections)
-    async with send_channel:
+    with send_channel:
         await serve_asgi(
             refuse_websockets(make_app(send_channel)),
             hypercorn_config(settings),

@@ -179,7 +179,7 @@ async def _serve_with_storage(
         await nursery.start(_run_in_scope, publisher_scope, publisher.serve, receive_channel)
         plugins_scope = trio.CancelScope()
         http_shutdown = trio.Event()
-        async with send_channel:
+        with send_channel:
             http_urls = await nursery.start(
                 serve_http, settings, make_app, send_channel.clone(), http_shutdown
             )
