@@ -10,6 +10,7 @@ import json
 import re
 import subprocess
 import sys
+import threading
 import time
 import uuid
 from typing import TYPE_CHECKING
@@ -21,7 +22,7 @@ import pytest
 import trio
 from psycopg import sql
 
-from tests._helpers import VALID, Broker
+from tests._helpers import VALID, Broker, unused_port
 from tests._postgres import admin, open_schema, schema_url
 from tests._towers import open_tower_process, tower_environ
 from tests.test_storage import entry, trigger
@@ -487,3 +488,121 @@ class TestLeasesAndFencing:
                 a.close()
                 b.close()
                 storage.close()
+
+
+@pytest.mark.postgres
+class TestLeaseCalls:
+    async def test_a_call_without_an_answer_is_abandoned_at_its_deadline(self) -> None:
+        """A server that takes the connection and says nothing (a cut network) holds a
+        lease call only until its timeout, whose error names the call and the fix."""
+        listeners = await trio.open_tcp_listeners(0, host="127.0.0.1")
+        held: list[trio.SocketStream] = []
+
+        async def say_nothing(stream: trio.SocketStream) -> None:
+            held.append(stream)
+            await trio.sleep_forever()
+
+        async with trio.open_nursery() as nursery:
+            await nursery.start(trio.serve_listeners, say_nothing, listeners)
+            port = listeners[0].socket.getsockname()[1]
+            leases = PostgresLeases(_url_on_port(port), "tower-a", timeout=0.5)
+            try:
+                with trio.fail_after(3):
+                    started = trio.current_time()
+                    with pytest.raises(JournalError) as raised:
+                        await leases.campaign("p", 9)
+                    assert trio.current_time() - started < 1.5
+                    with pytest.raises(JournalError) as released:
+                        await leases.release("p", 1)
+            finally:
+                leases.close()
+                nursery.cancel_scope.cancel()
+        assert held  # the calls did reach the silent server
+        shown = _url_on_port(port).shown
+        assert str(raised.value) == (
+            f"cannot campaign for the lease of plugin 'p' in the journal {shown}: "
+            "no answer within 0.5s; check the network to PostgreSQL"
+        )
+        assert str(released.value).startswith(
+            f"cannot release the lease of plugin 'p' in the journal {shown}: no answer"
+        )
+
+    async def test_a_server_that_is_not_there_is_named_with_the_fix(self) -> None:
+        """A refused connection fails the call at once, naming the URL and what to check."""
+        url = _url_on_port(unused_port())
+        leases = PostgresLeases(url, "tower-a", timeout=5)
+        try:
+            with trio.fail_after(5), pytest.raises(JournalError) as raised:
+                await leases.release("p", 1)
+        finally:
+            leases.close()
+        message = str(raised.value)
+        assert message.startswith(
+            f"cannot release the lease of plugin 'p' in the journal {url.shown}: "
+        )
+        assert message.endswith("; check that PostgreSQL is up and that TOWER_JOURNAL_URL names it")
+        assert "refused" in message
+
+    async def test_calls_share_one_connection_and_close_ends_it(self) -> None:
+        """Lease calls take turns on one connection; close() ends it, and a call that was
+        under way when the tower closed its leases does not keep its own."""
+        name = f"tower_leases_{uuid.uuid4().hex[:8]}"
+        async with open_schema() as plain:
+            storage = await open_postgres_storage(plain)
+            url = parse_journal_url(schema_url(str(plain.schema), application_name=name))
+            assert isinstance(url, PostgresURL)
+            leases = PostgresLeases(url, "tower-a", timeout=10)
+            try:
+                with trio.fail_after(20):
+                    assert await leases.campaign("p", 30) == Leader("tower-a", 1)
+                    assert await leases.campaign("p", 30) == Leader("tower-a", 1)
+                    await leases.release("p", 1)
+                    assert await _sessions(name) == 1
+                    # A campaign held up by a row lock while the tower closes its leases.
+                    async with trio.open_nursery() as nursery:
+                        locked, unlock = trio.Event(), threading.Event()
+                        nursery.start_soon(
+                            trio.to_thread.run_sync, _lock_lease_row, plain, locked, unlock
+                        )
+                        await locked.wait()
+                        nursery.start_soon(leases.campaign, "p", 30)
+                        await _until_sessions(name, 1, waiting_for_a_lock=True)
+                        leases.close()
+                        unlock.set()
+                    await _until_sessions(name, 0)
+            finally:
+                leases.close()
+                storage.close()
+
+
+def _url_on_port(port: int) -> PostgresURL:
+    url = parse_journal_url(schema_url("tower_nowhere").replace(":5432/", f":{port}/"))
+    assert isinstance(url, PostgresURL)
+    return url
+
+
+async def _sessions(application_name: str, *, waiting_for_a_lock: bool = False) -> int:
+    """Open sessions of ``application_name`` (only those waiting for a lock, if asked)."""
+    query = "SELECT count(*) FROM pg_stat_activity WHERE application_name = %s"
+    if waiting_for_a_lock:
+        query += " AND wait_event_type = 'Lock'"
+    ((count,),) = await trio.to_thread.run_sync(admin, query, application_name)
+    return int(count)
+
+
+async def _until_sessions(
+    application_name: str, count: int, *, waiting_for_a_lock: bool = False
+) -> None:
+    """Wait until the database shows ``count`` such sessions (it notices a close soon after)."""
+    while True:
+        if await _sessions(application_name, waiting_for_a_lock=waiting_for_a_lock) == count:
+            return
+        await trio.sleep(0.01)
+
+
+def _lock_lease_row(url: PostgresURL, locked: trio.Event, unlock: threading.Event) -> None:
+    """Hold the lease row of plugin p locked until ``unlock`` is set (in a worker thread)."""
+    with connect(url) as db, db.transaction():
+        db.execute("SELECT 1 FROM leases WHERE plugin = 'p' FOR UPDATE")
+        trio.from_thread.run_sync(locked.set)
+        unlock.wait(10)
