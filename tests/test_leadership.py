@@ -213,7 +213,10 @@ class TestLeadership:
 
     @pytest.mark.parametrize("swallows", [True, False], ids=["swallowed", "raised"])
     async def test_a_fenced_state_write_stops_the_run_at_once(
-        self, autojump_clock: trio.testing.MockClock, swallows: bool
+        self,
+        autojump_clock: trio.testing.MockClock,
+        caplog: pytest.LogCaptureFixture,
+        swallows: bool,
     ) -> None:
         """When the store refuses a state write, the run stops at once, whatever the plugin
         does with the error, without a crash logged, and the tower campaigns again."""
@@ -259,37 +262,43 @@ class TestLeadership:
         assert starts == [1, 3]
         assert ends[0] == 0.0
         assert (fenced.count, crashed.count) == (1, 0)
+        assert [(f["plugin"], f["term"]) for f in _events(caplog, "lease.fenced")] == [("p", 1)]
+        # Stopped by the store, not by its own deadline: no local expiry is logged.
+        assert _events(caplog, "lease.expired_locally") == []
         assert table.rows["p"][:2] == ("a", 3)
         assert leases.released == [3]
 
     async def test_the_lease_is_released_on_the_way_out(
-        self, autojump_clock: trio.testing.MockClock
+        self, autojump_clock: trio.testing.MockClock, caplog: pytest.LogCaptureFixture
     ) -> None:
         """A tower that stops gives its lease up, so another takes it over at its next campaign."""
         table, runs = Table(), Runs()
         send, receive = trio.open_memory_channel[Submission](10)
         status = PluginStatus("p")
-        async with trio.open_nursery() as nursery:
-            nursery.start_soon(_drain, receive)
-            async with trio.open_nursery() as leading:
-                leading.start_soon(
-                    lambda: serve_led_plugin(
-                        _plugin(runs, "a", table),
-                        send.clone(),
-                        status,
-                        FakeLeases(table, "a"),
-                        ttl=TTL,
-                        state_backend=MemoryStateBackend(),
+        with caplog.at_level(logging.INFO, logger="tower_trio"):
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(_drain, receive)
+                async with trio.open_nursery() as leading:
+                    leading.start_soon(
+                        lambda: serve_led_plugin(
+                            _plugin(runs, "a", table),
+                            send.clone(),
+                            status,
+                            FakeLeases(table, "a"),
+                            ttl=TTL,
+                            state_backend=MemoryStateBackend(),
+                        )
                     )
-                )
-                await trio.sleep(1)
-                leading.cancel_scope.cancel()
-            await trio.lowlevel.checkpoint()
-            nursery.cancel_scope.cancel()
+                    await trio.sleep(1)
+                    leading.cancel_scope.cancel()
+                await trio.lowlevel.checkpoint()
+                nursery.cancel_scope.cancel()
         holder, term, expires = table.rows["p"]
         assert (holder, term) == ("a", 1)
         assert expires == 1.0  # at once, not TTL after the last renewal
         assert status.leader is None
+        released = _events(caplog, "lease.released")
+        assert [(fields["plugin"], fields["term"]) for fields in released] == [("p", 1)]
 
     async def test_the_release_waits_for_a_trigger_still_being_written(
         self, autojump_clock: trio.testing.MockClock
@@ -428,6 +437,37 @@ class TestRenewals:
         assert len(errors) == 3
         assert all("no answer" in str(error) for error in errors)
         assert [span[:2] for span in runs.spans] == [("a", 1), ("a", 2), ("a", 4)]
+
+    async def test_a_refused_trigger_makes_the_leader_ask_for_its_lease_at_once(
+        self, autojump_clock: trio.testing.MockClock
+    ) -> None:
+        """The journal refusing a leader's trigger may mean its term is over: it renews
+        (or learns it lost) then, not at the next third of the TTL."""
+        refused: list[JournalError] = []
+
+        async def run(send_channel: Any) -> None:
+            await trio.sleep(1)
+            try:
+                await send_channel.send(_trigger())
+            except JournalError as err:
+                refused.append(err)
+            await trio.sleep_forever()
+
+        async def journal(receive: trio.MemoryReceiveChannel[Submission]) -> None:
+            submission = await receive.receive()
+            assert submission.take()
+            submission.rejected("a stale leadership term")
+
+        plugin = ConfiguredPlugin(DiscoveredPlugin("p", "test", run, None, False), None)
+        leases = FakeLeases(Table(), "a")
+        send, receive = trio.open_memory_channel[Submission](10)
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(journal, receive)
+            await _start_led(nursery, plugin, send, leases)
+            await trio.sleep(2)
+            nursery.cancel_scope.cancel()
+        assert len(refused) == 1
+        assert leases.campaigns == [0.0, 1.0]
 
     async def test_a_leaders_triggers_are_checked_as_a_sole_towers_are(
         self, autojump_clock: trio.testing.MockClock
