@@ -550,8 +550,7 @@ class TestLeaseCalls:
         name = f"tower_leases_{uuid.uuid4().hex[:8]}"
         async with open_schema() as plain:
             storage = await open_postgres_storage(plain)
-            url = parse_journal_url(schema_url(str(plain.schema), application_name=name))
-            assert isinstance(url, PostgresURL)
+            url = _named(plain, name)
             leases = PostgresLeases(url, "tower-a", timeout=10)
             try:
                 with trio.fail_after(20):
@@ -583,8 +582,7 @@ class TestLeaseCalls:
         name = f"tower_leases_{uuid.uuid4().hex[:8]}"
         async with open_schema() as plain:
             storage = await open_postgres_storage(plain)
-            url = parse_journal_url(schema_url(str(plain.schema), application_name=name))
-            assert isinstance(url, PostgresURL)
+            url = _named(plain, name)
             a = PostgresLeases(url, "tower-a", timeout=10)
             b = PostgresLeases(plain, "tower-b", timeout=10)
             try:
@@ -611,6 +609,13 @@ class TestLeaseCalls:
                 a.close()
                 b.close()
                 storage.close()
+
+
+def _named(url: PostgresURL, application_name: str) -> PostgresURL:
+    """``url`` with an application name, by which its sessions are found in pg_stat_activity."""
+    named = parse_journal_url(schema_url(str(url.schema), application_name=application_name))
+    assert isinstance(named, PostgresURL)
+    return named
 
 
 def _url_on_port(port: int) -> PostgresURL:
