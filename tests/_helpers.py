@@ -20,6 +20,8 @@ from tower_trio._supervisor import RunningTower, serve_tower
 if TYPE_CHECKING:
     from collections.abc import AsyncIterator, Iterator, Sequence
 
+    import pytest
+
     from tower_trio import Trigger
     from tower_trio._channel import Submission
     from tower_trio._plugins import ConfiguredPlugin
@@ -130,6 +132,11 @@ async def accept_all(
         async for submission in receive:
             submission.accepted()
             received.append(submission)
+
+
+def logged(caplog: pytest.LogCaptureFixture, event: str) -> list[dict[str, Any]]:
+    """The fields of each ``event`` line the tower logged during the test."""
+    return [record.__dict__["fields"] for record in caplog.records if record.msg == event]
 
 
 class LogWatch(logging.Handler):

@@ -17,7 +17,7 @@ import attrs
 import pytest
 import trio
 
-from tests._helpers import Broker, run_tower, tower_settings, unused_port, watching
+from tests._helpers import Broker, logged, run_tower, tower_settings, unused_port, watching
 from tests._rabbitmq import open_vhost
 from tests.conftest import BROKER_HOST
 from tests.test_guarantees import ROUTE, Relay, posted
@@ -215,11 +215,6 @@ def log(caplog: pytest.LogCaptureFixture) -> Iterator[pytest.LogCaptureFixture]:
         yield caplog
 
 
-def _events(log: pytest.LogCaptureFixture, event: str) -> list[dict[str, Any]]:
-    """The fields of each ``event`` line."""
-    return [record.__dict__["fields"] for record in log.records if record.msg == event]
-
-
 async def _node_shown(tower: Tower) -> tuple[str | None, dict[str, Any], dict[Any, float]]:
     """The node as the tower's statistics, console status and metrics name it."""
     status = (await tower.client.get("/console/api/status")).json()["broker"]
@@ -257,14 +252,14 @@ class TestFailover:
         assert _node_gauge(metrics, BROKER) == 1
         assert _node_gauge(metrics, f"127.0.0.1:{down}") == 0
         assert metrics[("tower_broker_connected", frozenset())] == 1
-        (lost,) = _events(log, "broker.disconnected")
+        (lost,) = logged(log, "broker.disconnected")
         assert lost["node"] == f"127.0.0.1:{down}"
         assert lost["error"].startswith(f"cannot reach the AMQP broker at 127.0.0.1:{down}")
-        (connected,) = _events(log, "broker.connected")
+        (connected,) = logged(log, "broker.connected")
         assert connected["node"] == BROKER
         assert "guest@" not in str(log.records)
         # Passing over a node that is down within a round costs no backoff.
-        assert [e["delay"] for e in _events(log, "broker.reconnecting")] == ["0.00s"]
+        assert [e["delay"] for e in logged(log, "broker.reconnecting")] == ["0.00s"]
 
     async def test_a_hanging_node_costs_one_connect_timeout(
         self, cluster: Cluster, log: pytest.LogCaptureFixture, nursery: trio.Nursery
@@ -282,7 +277,7 @@ class TestFailover:
                 node, _, _ = await _node_shown(tower)
         assert node == BROKER
         assert silent.accepted == 1
-        (hung,) = _events(log, "broker.disconnected")
+        (hung,) = logged(log, "broker.disconnected")
         assert hung["node"] == f"127.0.0.1:{silent.port}"
         assert "no connection within 0.5 s (TCP connect and AMQP handshake)" in hung["error"]
         # The timeout, then the real broker's handshake: far below the default 10 s.
@@ -337,7 +332,7 @@ class TestFailover:
         assert _node_gauge(metrics, BROKER) == 1
         assert _node_gauge(metrics, relayed) == 0
         assert tower.running.publisher.statistics().reconnects == 1
-        (moved,) = _events(log, "broker.failed_over")
+        (moved,) = logged(log, "broker.failed_over")
         assert (moved["from_node"], moved["to_node"]) == (relayed, BROKER)
 
     async def test_a_reconnect_starts_after_the_node_that_failed(
@@ -368,7 +363,7 @@ class TestFailover:
         assert silent.accepted == 1
         assert second.accepted == 1
         assert message.properties.message_id == answer.json()["uuid"]
-        reconnecting = _events(log, "broker.reconnecting")
+        reconnecting = logged(log, "broker.reconnecting")
         assert [(e["delay"], e["node"]) for e in reconnecting] == [
             ("0.00s", f"127.0.0.1:{second.port}"),
             ("0.00s", f"127.0.0.1:{third.port}"),

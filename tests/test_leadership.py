@@ -19,15 +19,15 @@ import trio
 import trio.lowlevel
 import trio.testing
 
-from tests._helpers import watching
+from tests._helpers import logged, watching
 from tower_trio import Trigger
 from tower_trio._channel import Submission, TriggerSendChannel
 from tower_trio._errors import FencedError, JournalError
 from tower_trio._leadership import MARGIN, serve_led_plugin
-from tower_trio._leases import HeldTerm, Leader, SoleLeases
+from tower_trio._leases import HeldTerm, Leader, Leases, SoleLeases
 from tower_trio._models import FieldError, InvalidTriggerError
 from tower_trio._plugins import ConfiguredPlugin, DiscoveredPlugin
-from tower_trio._runtime import MemoryStateBackend, PluginState, PluginStatus, State
+from tower_trio._runtime import MemoryStateBackend, PluginState, PluginStatus, State, StateBackend
 from tower_trio._status import _plugin_health
 
 TTL = 9.0
@@ -146,16 +146,12 @@ class TestLeadership:
         async with trio.open_nursery() as nursery:
             nursery.start_soon(_drain, receive)
             for name in ("a", "b"):
-                await nursery.start(
-                    lambda task_status, name=name: serve_led_plugin(
-                        _plugin(runs, name, table),
-                        send.clone(),
-                        statuses[name],
-                        FakeLeases(table, name),
-                        ttl=TTL,
-                        state_backend=MemoryStateBackend(),
-                        task_status=task_status,
-                    )
+                await _start_led(
+                    nursery,
+                    _plugin(runs, name, table),
+                    send.clone(),
+                    FakeLeases(table, name),
+                    statuses[name],
                 )
                 await trio.sleep(0.5)
             # Not a multiple of TTL / 3: no renewal is under way when the cut comes.
@@ -188,16 +184,8 @@ class TestLeadership:
         send, receive = trio.open_memory_channel[Submission](10)
         async with trio.open_nursery() as nursery:
             nursery.start_soon(_drain, receive)
-            await nursery.start(
-                lambda task_status: serve_led_plugin(
-                    _plugin(runs, "a", table),
-                    send,
-                    status,
-                    FakeLeases(table, "a"),
-                    ttl=TTL,
-                    state_backend=MemoryStateBackend(),
-                    task_status=task_status,
-                )
+            await _start_led(
+                nursery, _plugin(runs, "a", table), send, FakeLeases(table, "a"), status
             )
             await trio.sleep(10.1)
             table.unreachable.add("a")
@@ -246,25 +234,17 @@ class TestLeadership:
         ):
             async with trio.open_nursery() as nursery:
                 nursery.start_soon(_drain, receive)
-                await nursery.start(
-                    lambda task_status: serve_led_plugin(
-                        plugin,
-                        send,
-                        status,
-                        leases,
-                        ttl=TTL,
-                        state_backend=FencingBackend(leases),
-                        task_status=task_status,
-                    )
+                await _start_led(
+                    nursery, plugin, send, leases, status, state_backend=FencingBackend(leases)
                 )
                 await trio.sleep(TTL)
                 nursery.cancel_scope.cancel()
         assert starts == [1, 3]
         assert ends[0] == 0.0
         assert (fenced.count, crashed.count) == (1, 0)
-        assert [(f["plugin"], f["term"]) for f in _events(caplog, "lease.fenced")] == [("p", 1)]
+        assert [(f["plugin"], f["term"]) for f in logged(caplog, "lease.fenced")] == [("p", 1)]
         # Stopped by the store, not by its own deadline: no local expiry is logged.
-        assert _events(caplog, "lease.expired_locally") == []
+        assert logged(caplog, "lease.expired_locally") == []
         assert table.rows["p"][:2] == ("a", 3)
         assert leases.released == [3]
 
@@ -279,15 +259,12 @@ class TestLeadership:
             async with trio.open_nursery() as nursery:
                 nursery.start_soon(_drain, receive)
                 async with trio.open_nursery() as leading:
-                    leading.start_soon(
-                        lambda: serve_led_plugin(
-                            _plugin(runs, "a", table),
-                            send.clone(),
-                            status,
-                            FakeLeases(table, "a"),
-                            ttl=TTL,
-                            state_backend=MemoryStateBackend(),
-                        )
+                    await _start_led(
+                        leading,
+                        _plugin(runs, "a", table),
+                        send.clone(),
+                        FakeLeases(table, "a"),
+                        status,
                     )
                     await trio.sleep(1)
                     leading.cancel_scope.cancel()
@@ -297,7 +274,7 @@ class TestLeadership:
         assert (holder, term) == ("a", 1)
         assert expires == 1.0  # at once, not TTL after the last renewal
         assert status.leader is None
-        released = _events(caplog, "lease.released")
+        released = logged(caplog, "lease.released")
         assert [(fields["plugin"], fields["term"]) for fields in released] == [("p", 1)]
 
     async def test_the_release_waits_for_a_trigger_still_being_written(
@@ -325,16 +302,7 @@ class TestLeadership:
         async with trio.open_nursery() as nursery:
             nursery.start_soon(journal)
             async with trio.open_nursery() as leading:
-                leading.start_soon(
-                    lambda: serve_led_plugin(
-                        plugin,
-                        send.clone(),
-                        PluginStatus("p"),
-                        FakeLeases(table, "a"),
-                        ttl=TTL,
-                        state_backend=MemoryStateBackend(),
-                    )
-                )
+                await _start_led(leading, plugin, send.clone(), FakeLeases(table, "a"))
                 await trio.sleep(0.5)
                 leading.cancel_scope.cancel()
         _, _, released_at = table.rows["p"]
@@ -385,10 +353,10 @@ class TestRenewals:
                 assert status.leader == Leader("a", 1)
                 nursery.cancel_scope.cancel()
         assert [span[:2] for span in runs.spans] == [("a", 1)]
-        (failed,) = _events(caplog, "lease.renew_failed")
+        (failed,) = logged(caplog, "lease.renew_failed")
         assert failed["plugin"] == "p"
         assert "no answer" in str(failed["error"])
-        assert _events(caplog, "lease.expired_locally") == []
+        assert logged(caplog, "lease.expired_locally") == []
 
     async def test_each_change_of_leadership_is_logged_with_its_plugin_and_term(
         self, autojump_clock: trio.testing.MockClock, caplog: pytest.LogCaptureFixture
@@ -529,17 +497,7 @@ class TestSoleTower:
         send, receive = trio.open_memory_channel[Submission](10)
         async with trio.open_nursery() as nursery:
             nursery.start_soon(_drain, receive)
-            await nursery.start(
-                lambda task_status: serve_led_plugin(
-                    _plugin(runs, "a"),
-                    send,
-                    status,
-                    SoleLeases("tower-a"),
-                    ttl=TTL,
-                    state_backend=MemoryStateBackend(),
-                    task_status=task_status,
-                )
-            )
+            await _start_led(nursery, _plugin(runs, "a"), send, SoleLeases("tower-a"), status)
             await trio.sleep(0.1)
             assert status.state is PluginState.RUNNING
             assert status.leader == Leader("tower-a", 1)
@@ -613,12 +571,13 @@ async def _start_led(
     nursery: trio.Nursery,
     plugin: ConfiguredPlugin,
     send: trio.MemorySendChannel[Submission],
-    leases: FakeLeases,
+    leases: Leases,
     status: PluginStatus | None = None,
     *,
+    state_backend: StateBackend | None = None,
     check: Any = None,
 ) -> None:
-    """Start ``serve_led_plugin`` for ``plugin`` on ``leases``, with state in memory."""
+    """Start ``serve_led_plugin`` for ``plugin`` on ``leases``, with state in memory by default."""
     await nursery.start(
         lambda task_status: serve_led_plugin(
             plugin,
@@ -626,13 +585,8 @@ async def _start_led(
             PluginStatus(plugin.name) if status is None else status,
             leases,
             ttl=TTL,
-            state_backend=MemoryStateBackend(),
+            state_backend=MemoryStateBackend() if state_backend is None else state_backend,
             check=check,
             task_status=task_status,
         )
     )
-
-
-def _events(caplog: pytest.LogCaptureFixture, event: str) -> list[dict[str, Any]]:
-    """The fields of each ``event`` line."""
-    return [record.__dict__["fields"] for record in caplog.records if record.msg == event]
